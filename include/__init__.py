@@ -1,0 +1,1 @@
+"""The backfill engine and its local stand-ins, importable without a scheduler."""

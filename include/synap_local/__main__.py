@@ -1,0 +1,90 @@
+"""Command line of the local Synap API.
+
+    python -m include.synap_local serve [--port 8765] [--db .local/synap.sqlite3]
+    python -m include.synap_local counts [--db ...]
+    python -m include.synap_local list [--db ...] [--instance-id ...] [--limit 20] [--text]
+
+``list`` prints one JSON object a line; message text only with ``--text``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from .faults import Controls, FaultRule
+from .server import DEFAULT_API_KEY, LocalSynapServer, ServerSettings, Tenant
+from .store import DocumentStore
+
+DEFAULT_DB = Path(".local/synap.sqlite3")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m include.synap_local", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the API until interrupted")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8765, help="0 picks a free port")
+    serve.add_argument("--db", type=Path, default=DEFAULT_DB)
+    serve.add_argument("--tenant", action="append", default=[], metavar="KEY[:INSTANCE_ID[:b2b|b2c]]",
+                       help=f"an API key this server accepts (default: {DEFAULT_API_KEY})")
+    serve.add_argument("--max-batch", type=int, default=100)
+    serve.add_argument("--on-duplicate", choices=["reject", "update"], default="reject")
+    serve.add_argument("--rate-limit-per-minute", type=float, default=0.0, help="0: no limit")
+    serve.add_argument("--latency-ms", type=float, default=0.0)
+    serve.add_argument("--fault", action="append", default=[], metavar="JSON",
+                       help='e.g. \'{"kind": "status", "status": 503, "times": 2}\'')
+
+    for name in ("counts", "list"):
+        p = sub.add_parser(name, help=f"{name} stored documents (reads the store file)")
+        p.add_argument("--db", type=Path, default=DEFAULT_DB)
+        if name == "list":
+            p.add_argument("--instance-id")
+            p.add_argument("--limit", type=int, default=20)
+            p.add_argument("--text", action="store_true", help="include message text")
+
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    store = DocumentStore(args.db)
+    if args.command == "counts":
+        print(json.dumps(store.counts(), indent=2))
+        return 0
+    for doc in store.iter_documents(args.instance_id, args.limit):
+        row = doc.as_dict()
+        if not args.text:
+            row.pop("document")
+        print(json.dumps(row, ensure_ascii=False))
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s synap-local %(message)s")
+    controls = Controls(rate_limit_per_minute=args.rate_limit_per_minute, latency_ms=args.latency_ms,
+                        faults=[FaultRule.from_dict(json.loads(f)) for f in args.fault])
+    settings = ServerSettings(
+        db_path=args.db,
+        tenants=[Tenant.parse(t) for t in args.tenant] or [Tenant(DEFAULT_API_KEY)],
+        max_batch=args.max_batch, on_duplicate=args.on_duplicate, controls=controls)
+    server = LocalSynapServer(settings, args.host, args.port)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    # The first line is read by scripts and fixtures to learn the address.
+    print(f"synap-local listening on {server.url}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        server.store.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""Test-only misbehaviour of the local Synap API: rate limits and injected faults.
+
+All of it is off by default. Tests and benchmarks switch it on at start-up
+(CLI flags) or while the server runs (``POST /_local/controls``), so one
+server can be healthy, then throttled, then broken, then healthy again.
+
+The vendor's docs disagree on where the rate limit applies (per API key on a
+plan, or per instance for ingestion): this server limits per instance, and
+the number is configurable.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+FAULT_KINDS = frozenset({"status", "drop_before_store", "drop_after_store", "stall"})
+
+
+class TokenBucket:
+    """``per_minute`` requests a minute, with a burst of one second's worth."""
+
+    def __init__(self, per_minute: float, burst: float | None = None) -> None:
+        self.rate = per_minute / 60.0
+        self.capacity = max(1.0, burst if burst is not None else self.rate)
+        self._tokens = self.capacity
+        self._stamp = time.monotonic()
+        self._lock = threading.Lock()
+
+    def take(self) -> float:
+        """Take a token: 0.0 when allowed, else the seconds until one is free."""
+        with self._lock:
+            now = time.monotonic()
+            self._tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.rate)
+            self._stamp = now
+            if self._tokens >= 1.0:
+                self._tokens -= 1.0
+                return 0.0
+            return (1.0 - self._tokens) / self.rate
+
+
+def retry_after_header(wait_seconds: float) -> str:
+    """Retry-After is whole seconds; never tell a client to come back at 0."""
+    return str(max(1, math.ceil(wait_seconds)))
+
+
+@dataclass
+class FaultRule:
+    """One injected fault for batch/create requests.
+
+    kind: ``status`` answers ``status`` without storing; ``drop_before_store``
+    closes the connection without storing; ``drop_after_store`` stores, then
+    closes the connection with no answer (the client cannot know it landed);
+    ``stall`` waits ``seconds`` and then answers normally.
+    times: how many requests it hits (None: every one until cleared).
+    created_from/created_to: only batches holding a document whose
+    ``document_created_at`` falls in ``[created_from, created_to)``.
+    """
+
+    kind: str
+    status: int = 503
+    times: int | None = 1
+    seconds: float = 0.0
+    retry_after: int | None = None
+    created_from: datetime | None = None
+    created_to: datetime | None = None
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "FaultRule":
+        kind = raw.get("kind")
+        if kind not in FAULT_KINDS:
+            raise ValueError(f"fault kind must be one of {sorted(FAULT_KINDS)}")
+        return cls(
+            kind=kind,
+            status=int(raw.get("status", 503)),
+            times=None if raw.get("times", 1) is None else int(raw.get("times", 1)),
+            seconds=float(raw.get("seconds", 0.0)),
+            retry_after=None if raw.get("retry_after") is None else int(raw["retry_after"]),
+            created_from=_parse(raw.get("created_from")),
+            created_to=_parse(raw.get("created_to")),
+        )
+
+    def matches(self, created_ats: list[datetime]) -> bool:
+        if self.created_from is None and self.created_to is None:
+            return True
+        return any(
+            (self.created_from is None or ts >= self.created_from)
+            and (self.created_to is None or ts < self.created_to)
+            for ts in created_ats
+        )
+
+
+@dataclass
+class Controls:
+    """The switchable behaviour of a running server, shared by its threads."""
+
+    rate_limit_per_minute: float = 0.0
+    latency_ms: float = 0.0
+    faults: list[FaultRule] = field(default_factory=list)
+    _buckets: dict[str, TokenBucket] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def update(self, raw: dict[str, Any]) -> None:
+        with self._lock:
+            if "rate_limit_per_minute" in raw:
+                self.rate_limit_per_minute = float(raw["rate_limit_per_minute"] or 0)
+                self._buckets.clear()
+            if "latency_ms" in raw:
+                self.latency_ms = float(raw["latency_ms"] or 0)
+            if "faults" in raw:
+                self.faults = [FaultRule.from_dict(f) for f in raw["faults"] or []]
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "rate_limit_per_minute": self.rate_limit_per_minute,
+                "latency_ms": self.latency_ms,
+                "faults": [
+                    {"kind": f.kind, "status": f.status, "times": f.times,
+                     "created_from": f.created_from and f.created_from.isoformat(),
+                     "created_to": f.created_to and f.created_to.isoformat()}
+                    for f in self.faults
+                ],
+            }
+
+    def throttle(self, instance_id: str) -> float:
+        """0.0 when the request may proceed, else seconds to wait."""
+        with self._lock:
+            if self.rate_limit_per_minute <= 0:
+                return 0.0
+            bucket = self._buckets.get(instance_id)
+            if bucket is None:
+                bucket = self._buckets[instance_id] = TokenBucket(self.rate_limit_per_minute)
+        return bucket.take()
+
+    def take_fault(self, created_ats: list[datetime]) -> FaultRule | None:
+        """The first rule matching this request, consuming one of its uses."""
+        with self._lock:
+            for rule in self.faults:
+                if rule.matches(created_ats):
+                    if rule.times is not None:
+                        rule.times -= 1
+                        if rule.times <= 0:
+                            self.faults.remove(rule)
+                    return rule
+        return None
+
+
+def _parse(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    from datetime import timezone
+    parsed = datetime.fromisoformat(str(value))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)

@@ -1,0 +1,359 @@
+"""The local Synap-compatible API: the HTTP-level stand-in for hosted Synap.
+
+It speaks the wire contract the ``maximem-synap`` SDK uses (see
+``shared/reference/synap-contract.md``), so the real SDK talks to it through
+its base URL with no code change. Where the vendor's docs disagree, it picks:
+
+* a duplicate ``document_id`` in a batch is a per-document ``failed`` result
+  whose ``error_message`` starts with ``duplicate document_id`` (the replay
+  guide's behaviour), and the rest of the batch is stored. ``--on-duplicate
+  update`` overwrites instead (other pages' behaviour), still reported failed;
+* more than ``--max-batch`` (100) documents is a whole-request 400;
+* rate limits apply per instance (see ``faults.py``).
+
+Stdlib ``http.server`` on purpose: an injected fault can drop the TCP
+connection after storing a batch, which an ASGI server cannot do.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from .faults import Controls, FaultRule, retry_after_header
+from .store import DocumentStore
+from .validation import DocumentInvalid, normalize_document
+
+log = logging.getLogger("synap_local")
+
+DEFAULT_API_KEY = "local-dev-key"
+DEFAULT_INSTANCE_ID = "inst_0000000000000001"
+DUPLICATE_MESSAGE = "duplicate document_id: already ingested on this instance"
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """An API key and the instance it opens."""
+
+    api_key: str
+    instance_id: str = DEFAULT_INSTANCE_ID
+    isolation: str = "b2b"
+    client_id: str = "client_local"
+
+    @classmethod
+    def parse(cls, spec: str) -> "Tenant":
+        """``KEY[:INSTANCE_ID[:b2b|b2c]]``."""
+        key, _, rest = spec.partition(":")
+        instance, _, isolation = rest.partition(":")
+        tenant = cls(key, instance or DEFAULT_INSTANCE_ID, isolation or "b2b")
+        if not key or tenant.isolation not in ("b2b", "b2c"):
+            raise ValueError("tenant spec is KEY[:INSTANCE_ID[:b2b|b2c]]")
+        return tenant
+
+
+@dataclass
+class ServerSettings:
+    db_path: Path
+    tenants: list[Tenant] = field(default_factory=lambda: [Tenant(DEFAULT_API_KEY)])
+    max_batch: int = 100
+    on_duplicate: str = "reject"
+    controls: Controls = field(default_factory=Controls)
+
+
+class _Stats:
+    """Request counters, for tests and benchmarks (``GET /_local/stats``)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests: Counter[str] = Counter()
+        self.documents: Counter[str] = Counter()
+
+    def count(self, key: str, n: int = 1, *, documents: bool = False) -> None:
+        with self._lock:
+            (self.documents if documents else self.requests)[key] += n
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {"requests": dict(self.requests), "documents": dict(self.documents)}
+
+
+class _DropConnection(Exception):
+    """Close the socket without answering."""
+
+
+class _Answer(Exception):
+    def __init__(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None):
+        super().__init__(status)
+        self.status, self.body, self.headers = status, body, headers or {}
+
+
+class LocalSynapServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, settings: ServerSettings, host: str = "127.0.0.1", port: int = 0):
+        self.settings = settings
+        self.store = DocumentStore(settings.db_path)
+        self.stats = _Stats()
+        self.tenants = {t.api_key: t for t in settings.tenants}
+        super().__init__((host, port), _Handler)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start_in_thread(self) -> "LocalSynapServer":
+        threading.Thread(target=self.serve_forever, name="synap-local", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+        self.store.close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: LocalSynapServer
+
+    # -- plumbing ---------------------------------------------------------
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        log.debug("%s %s", self.address_string(), format % args)
+
+    def _send(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+        payload = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def _drop(self) -> None:
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _read_body(self) -> None:
+        # Always drain the body, even for a request we refuse: what is left
+        # unread on a kept-alive connection would be parsed as the next request.
+        length = int(self.headers.get("Content-Length") or 0)
+        self._raw_body = self.rfile.read(length) if length else b""
+
+    def _body(self) -> Any:
+        try:
+            return json.loads(self._raw_body or b"{}")
+        except ValueError:
+            raise _Answer(422, {"detail": "request body is not valid JSON"}) from None
+
+    def _tenant(self) -> Tenant:
+        auth = self.headers.get("Authorization", "")
+        scheme, _, key = auth.partition(" ")
+        tenant = self.server.tenants.get(key.strip()) if scheme.lower() == "bearer" else None
+        if tenant is None:
+            raise _Answer(401, {"detail": "invalid or missing API key"})
+        return tenant
+
+    def _dispatch(self, method: str) -> None:
+        path = self.path.split("?", 1)[0].rstrip("/") or "/"
+        route = _ROUTES.get((method, path))
+        if route is None and method == "GET" and path.startswith("/api/v1/memories/status/"):
+            route = _Handler._status
+        if route is None and method == "GET" and path.startswith("/_local/documents"):
+            route = _Handler._list_documents
+        status = 404
+        self._read_body()
+        try:
+            if route is None:
+                raise _Answer(404, {"detail": f"no route {method} {path}"})
+            route(self)
+            status = 200
+        except _Answer as answer:
+            status = answer.status
+            self._send(answer.status, answer.body, answer.headers)
+        except _DropConnection:
+            status = 0
+            self._drop()
+        finally:
+            self.server.stats.count(f"{method} {path if route is not _Handler._status else '/api/v1/memories/status/{id}'} {status}")
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._dispatch("POST")
+
+    # -- routes -----------------------------------------------------------
+    def _health(self) -> None:
+        self._send(200, {"status": "ok"})
+
+    def _whoami(self) -> None:
+        tenant = self._tenant()
+        self._send(200, {"client_id": tenant.client_id, "instance_id": tenant.instance_id,
+                         "user_context_isolation": tenant.isolation})
+
+    def _telemetry(self) -> None:
+        self._tenant()
+        body = self._body()
+        events = body.get("events") if isinstance(body, dict) else None
+        self._send(200, {"accepted": len(events) if isinstance(events, list) else 0})
+
+    def _batch(self) -> None:
+        tenant = self._tenant()
+        body = self._body()
+        documents = body.get("documents") if isinstance(body, dict) else None
+        if not isinstance(documents, list):
+            raise _Answer(422, {"detail": "body must hold a 'documents' list"})
+        if len(documents) > self.server.settings.max_batch:
+            raise _Answer(400, {"detail": f"a batch holds at most {self.server.settings.max_batch}"
+                                          f" documents; this one has {len(documents)}"})
+        results = self._ingest(tenant, documents, fail_fast=bool(body.get("fail_fast")))
+        failed = sum(1 for r in results if r["status"] == "failed")
+        self._send(200, {"batch_id": str(uuid.uuid4()), "total": len(results),
+                         "succeeded": len(results) - failed, "failed": failed,
+                         "results": results})
+
+    def _create(self) -> None:
+        tenant = self._tenant()
+        body = self._body()
+        if not isinstance(body, dict):
+            raise _Answer(422, {"detail": "body must be a JSON object"})
+        try:
+            normalize_document(body, tenant.isolation)
+        except DocumentInvalid as exc:
+            raise _Answer(400, {"detail": str(exc)}) from None
+        self._send(200, self._ingest(tenant, [body], fail_fast=False)[0])
+
+    def _status(self) -> None:
+        tenant = self._tenant()
+        ingestion_id = self.path.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+        doc = self.server.store.get_by_ingestion(tenant.instance_id, ingestion_id)
+        if doc is None:
+            raise _Answer(404, {"detail": "no such ingestion"})
+        self._send(200, {"ingestion_id": doc.ingestion_id, "document_id": doc.document_id,
+                         "status": "completed", "queued_at": doc.queued_at,
+                         "started_at": doc.queued_at, "completed_at": doc.queued_at,
+                         "memories_created": 1, "memory_ids": [doc.ingestion_id]})
+
+    def _local_stats(self) -> None:
+        self._send(200, {**self.server.stats.snapshot(), "stored": self.server.store.counts(),
+                         "controls": self.server.settings.controls.snapshot()})
+
+    def _list_documents(self) -> None:
+        from urllib.parse import parse_qs, urlsplit
+        query = parse_qs(urlsplit(self.path).query)
+        instance = (query.get("instance_id") or [None])[0]
+        limit = int((query.get("limit") or ["1000"])[0])
+        docs = [d.as_dict() for d in self.server.store.iter_documents(instance, limit)]
+        self._send(200, {"documents": docs, "count": len(docs)})
+
+    def _local_controls(self) -> None:
+        body = self._body()
+        try:
+            self.server.settings.controls.update(body if isinstance(body, dict) else {})
+        except (TypeError, ValueError) as exc:
+            raise _Answer(422, {"detail": str(exc)}) from None
+        self._send(200, self.server.settings.controls.snapshot())
+
+    # -- ingestion --------------------------------------------------------
+    def _ingest(self, tenant: Tenant, documents: list[Any], *, fail_fast: bool) -> list[dict[str, Any]]:
+        controls = self.server.settings.controls
+        wait = controls.throttle(tenant.instance_id)
+        if wait > 0:
+            raise _Answer(429, {"detail": "rate limit exceeded for this instance"},
+                          {"Retry-After": retry_after_header(wait)})
+        fault = controls.take_fault(_created_ats(documents))
+        if fault is not None:
+            self._apply_fault_before(fault)
+        if controls.latency_ms > 0:
+            time.sleep(controls.latency_ms / 1000.0)
+
+        now = datetime.now(timezone.utc).isoformat()
+        results: list[dict[str, Any] | None] = [None] * len(documents)
+        to_store: list[tuple[int, dict[str, Any]]] = []
+        stop = False
+        for index, raw in enumerate(documents):
+            document_id = raw.get("document_id") if isinstance(raw, dict) else None
+            if stop:
+                results[index] = _failed(document_id, "not processed: an earlier document failed and fail_fast is set", now)
+                continue
+            try:
+                doc = normalize_document(raw, tenant.isolation)
+            except DocumentInvalid as exc:
+                results[index] = _failed(document_id, str(exc), now)
+                stop = fail_fast
+                continue
+            doc["document_id"] = doc["document_id"] or f"doc_{uuid.uuid4()}"
+            doc["queued_at"] = now
+            to_store.append((index, doc))
+
+        outcomes = self.server.store.insert_many(
+            tenant.instance_id, [doc for _, doc in to_store],
+            on_duplicate=self.server.settings.on_duplicate)
+        for (index, doc), outcome in zip(to_store, outcomes):
+            if outcome.duplicate:
+                results[index] = {**_failed(doc["document_id"], DUPLICATE_MESSAGE, now),
+                                  "ingestion_id": outcome.ingestion_id}
+            else:
+                results[index] = {"ingestion_id": outcome.ingestion_id,
+                                  "document_id": doc["document_id"], "status": "queued",
+                                  "queued_at": now}
+        stored = sum(1 for o in outcomes if not o.duplicate)
+        self.server.stats.count(tenant.instance_id + " stored", stored, documents=True)
+        self.server.stats.count(tenant.instance_id + " duplicates", len(outcomes) - stored, documents=True)
+        if fault is not None and fault.kind == "drop_after_store":
+            raise _DropConnection()
+        return [r for r in results if r is not None]
+
+    def _apply_fault_before(self, fault: FaultRule) -> None:
+        if fault.kind == "status":
+            headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
+            raise _Answer(fault.status, {"detail": f"injected fault: HTTP {fault.status}"}, headers)
+        if fault.kind == "drop_before_store":
+            raise _DropConnection()
+        if fault.kind == "stall":
+            time.sleep(fault.seconds)
+
+
+def _failed(document_id: Any, message: str, now: str) -> dict[str, Any]:
+    return {"ingestion_id": str(uuid.uuid4()),
+            "document_id": document_id if isinstance(document_id, str) else "",
+            "status": "failed", "queued_at": now, "error_message": message}
+
+
+def _created_ats(documents: list[Any]) -> list[datetime]:
+    out = []
+    for raw in documents:
+        value = raw.get("document_created_at") if isinstance(raw, dict) else None
+        if isinstance(value, str):
+            try:
+                parsed = datetime.fromisoformat(value)
+            except ValueError:
+                continue
+            out.append(parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc))
+    return out
+
+
+_ROUTES = {
+    ("GET", "/health"): _Handler._health,
+    ("GET", "/api/v1/auth/whoami"): _Handler._whoami,
+    ("POST", "/v1/telemetry/batch"): _Handler._telemetry,
+    ("POST", "/api/v1/memories/batch"): _Handler._batch,
+    ("POST", "/api/v1/memories/create"): _Handler._create,
+    ("GET", "/_local/stats"): _Handler._local_stats,
+    ("POST", "/_local/controls"): _Handler._local_controls,
+}
