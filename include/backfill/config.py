@@ -1,0 +1,186 @@
+"""A backfill run's settings, validated from the DAG's params.
+
+Validation happens in the first task, before anything reads or sends, and
+every error names the param it is about. The result is a small dict that
+travels to the other tasks through XCom (no secrets: connections are named,
+not resolved, here).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from typing import Any, Mapping
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+MAX_BATCH_SIZE = 100  # what batch_create accepts per call
+MODES = ("long-range", "fast")
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class ParamError(ValueError):
+    """A param with a value the backfill cannot use; the message names it."""
+
+    def __init__(self, param: str, problem: str) -> None:
+        super().__init__(f"param {param!r}: {problem}")
+        self.param = param
+
+
+@dataclass(frozen=True)
+class SourceColumns:
+    """Column names of the conversation table (the vendor recipe's defaults)."""
+
+    user_id: str = "user_id"
+    customer_id: str = "customer_id"
+    conversation_id: str = "conversation_id"
+    message_index: str = "message_index"
+    user_text: str = "user_text"
+    assistant_text: str = "assistant_text"
+    created_at: str = "created_at"
+
+
+@dataclass(frozen=True)
+class BackfillConfig:
+    """Everything a partition needs to know, validated."""
+
+    synap_conn_id: str = "synap_default"
+    postgres_conn_id: str = "postgres_default"
+    source_table: str = "conversations"
+    columns: SourceColumns = field(default_factory=SourceColumns)
+    source_timezone: str = "UTC"
+    start: datetime | None = None
+    end: datetime | None = None
+    window_size: str = "P1D"
+    partition_timezone: str = "UTC"
+    max_partitions: int = 1000
+    batch_size: int = 50
+    mode: str = "long-range"
+    fetch_size: int = 1000
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["start"] = self.start.isoformat() if self.start else None
+        out["end"] = self.end.isoformat() if self.end else None
+        return out
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> "BackfillConfig":
+        """Rebuild from ``to_dict()`` output (as it comes back from XCom)."""
+        values = dict(raw)
+        values["columns"] = SourceColumns(**values.get("columns", {}))
+        for key in ("start", "end"):
+            values[key] = datetime.fromisoformat(values[key]) if values.get(key) else None
+        return cls(**values)
+
+
+def config_from_params(params: Mapping[str, Any]) -> BackfillConfig:
+    """Validate the DAG's params; raise ParamError naming the first bad one."""
+    get = params.get
+    columns = SourceColumns(**{
+        f.name: identifier(f"{f.name}_column", get(f"{f.name}_column", f.default))
+        for f in fields(SourceColumns)
+    })
+    table = str(get("source_table", "conversations") or "")
+    parts = table.split(".")
+    if len(parts) > 2:
+        raise ParamError("source_table", "use TABLE or SCHEMA.TABLE")
+    for part in parts:
+        identifier("source_table", part)
+
+    start = timestamp("start", get("start"))
+    end = timestamp("end", get("end"))
+    if start and end and end <= start:
+        raise ParamError("end", "must be after start")
+    if (start is None) != (end is None):
+        raise ParamError("start" if start is None else "end",
+                         "give both start and end, or neither to use the table's whole range")
+
+    window_size = str(get("window_size", "P1D") or "")
+    window_duration(window_size)  # validates
+
+    mode = get("mode", "long-range")
+    if mode not in MODES:
+        raise ParamError("mode", f"must be one of {', '.join(MODES)}")
+
+    return BackfillConfig(
+        synap_conn_id=non_empty("synap_conn_id", get("synap_conn_id", "synap_default")),
+        postgres_conn_id=non_empty("postgres_conn_id", get("postgres_conn_id", "postgres_default")),
+        source_table=table,
+        columns=columns,
+        source_timezone=zone("source_timezone", get("source_timezone", "UTC")),
+        start=start,
+        end=end,
+        window_size=window_size,
+        partition_timezone=zone("partition_timezone", get("partition_timezone", "UTC")),
+        max_partitions=bounded_int("max_partitions", get("max_partitions", 1000), 1, 100_000),
+        batch_size=bounded_int("batch_size", get("batch_size", 50), 1, MAX_BATCH_SIZE),
+        mode=mode,
+        fetch_size=bounded_int("fetch_size", get("fetch_size", 1000), 1, 100_000),
+    )
+
+
+def identifier(param: str, value: Any) -> str:
+    """A plain SQL identifier; anything else is refused before a query runs."""
+    if not isinstance(value, str) or not _IDENTIFIER.match(value) or len(value) > 63:
+        shown = repr(value)[:40]
+        raise ParamError(param, f"{shown} is not a plain SQL identifier "
+                                "(letters, digits and _; not starting with a digit; at most 63)")
+    return value
+
+
+def timestamp(param: str, value: Any) -> datetime | None:
+    """An ISO-8601 date-time; one without an offset is read as UTC."""
+    if value in (None, ""):
+        return None
+    if isinstance(value, datetime):
+        parsed = value
+    else:
+        try:
+            parsed = datetime.fromisoformat(str(value))
+        except ValueError:
+            raise ParamError(param, "is not an ISO-8601 date-time "
+                                    "(e.g. 2024-03-01T00:00:00Z)") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.astimezone(timezone.utc)
+
+
+def window_duration(value: str) -> Any:
+    """An ISO-8601 duration (``P1D``, ``PT6H``, ``P1W``, ``P1M``) as a pendulum Duration."""
+    import pendulum
+
+    try:
+        duration = pendulum.parse(value) if value.startswith("P") else None
+    except Exception:  # pendulum raises several types for bad input
+        duration = None
+    if not isinstance(duration, pendulum.Duration) or duration.total_seconds() < 60:
+        raise ParamError("window_size", f"{value[:20]!r} is not an ISO-8601 duration of at "
+                                        "least a minute (e.g. P1D, PT6H, P1W)")
+    return duration
+
+
+def zone(param: str, value: Any) -> str:
+    try:
+        ZoneInfo(str(value))
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ParamError(param, f"{str(value)[:40]!r} is not an IANA time zone (e.g. UTC, Europe/Berlin)") from None
+    return str(value)
+
+
+def bounded_int(param: str, value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ParamError(param, f"must be a whole number from {low} to {high}")
+    try:
+        number = int(value)
+    except ValueError:
+        raise ParamError(param, f"must be a whole number from {low} to {high}") from None
+    if not low <= number <= high:
+        raise ParamError(param, f"must be from {low} to {high}, got {number}")
+    return number
+
+
+def non_empty(param: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ParamError(param, "must not be empty")
+    return value.strip()
