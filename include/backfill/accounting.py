@@ -1,0 +1,150 @@
+"""Counting what became of every row, per partition and for the run.
+
+The invariant an operator relies on: for every partition, ``rows_read ==
+ingested + duplicates + rejected``. A partition report is what goes to XCom:
+counts and reason codes only, never text.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+from .results import BatchOutcome
+
+
+@dataclass
+class PartitionReport:
+    """What one partition did. Serialises to a small XCom dict."""
+
+    label: str
+    start: str | None
+    end: str | None
+    rows_read: int = 0
+    ingested: int = 0
+    duplicates: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    batches: int = 0
+    seconds: float = 0.0
+
+    @property
+    def rejected_total(self) -> int:
+        return sum(self.rejected.values())
+
+    @property
+    def accounted(self) -> int:
+        return self.ingested + self.duplicates + self.rejected_total
+
+    @property
+    def balanced(self) -> bool:
+        return self.rows_read == self.accounted
+
+    def add_batch(self, outcome: BatchOutcome) -> None:
+        self.batches += 1
+        self.add(outcome)
+
+    def add(self, outcome: BatchOutcome) -> None:
+        self.ingested += outcome.ingested
+        self.duplicates += outcome.duplicates
+        self.rejected.update(outcome.rejected)
+
+    def reject(self, reason: str, n: int = 1) -> None:
+        self.rejected[reason] += n
+
+    def to_xcom(self) -> dict[str, Any]:
+        return {
+            "label": self.label, "start": self.start, "end": self.end,
+            "rows_read": self.rows_read, "ingested": self.ingested,
+            "duplicates": self.duplicates, "rejected": self.rejected_total,
+            "rejected_by_reason": dict(self.rejected), "batches": self.batches,
+            "seconds": round(self.seconds, 3),
+        }
+
+    @classmethod
+    def from_xcom(cls, raw: Mapping[str, Any]) -> "PartitionReport":
+        report = cls(raw["label"], raw.get("start"), raw.get("end"),
+                     rows_read=raw["rows_read"], ingested=raw["ingested"],
+                     duplicates=raw["duplicates"],
+                     rejected=Counter(raw.get("rejected_by_reason") or {}),
+                     batches=raw.get("batches", 0), seconds=raw.get("seconds", 0.0))
+        if report.rejected_total != raw.get("rejected", report.rejected_total):
+            # Trust the total over the breakdown if they ever disagree.
+            report.rejected["unexplained"] += raw["rejected"] - report.rejected_total
+        return report
+
+
+@dataclass
+class RunSummary:
+    """The run's totals, and every reason it must fail."""
+
+    partitions: list[PartitionReport]
+    missing: list[str]
+
+    @property
+    def total(self) -> PartitionReport:
+        total = PartitionReport("TOTAL", None, None)
+        for p in self.partitions:
+            total.rows_read += p.rows_read
+            total.ingested += p.ingested
+            total.duplicates += p.duplicates
+            total.rejected.update(p.rejected)
+            total.batches += p.batches
+            total.seconds += p.seconds
+        return total
+
+    @property
+    def problems(self) -> list[str]:
+        out = [f"partition {label} did not finish (failed or upstream failed)"
+               for label in self.missing]
+        out += [f"partition {p.label}: read {p.rows_read} but accounted for {p.accounted}"
+                for p in self.partitions if not p.balanced]
+        return out
+
+    def to_xcom(self) -> dict[str, Any]:
+        total = self.total.to_xcom()
+        return {**{k: total[k] for k in ("rows_read", "ingested", "duplicates", "rejected",
+                                          "rejected_by_reason", "batches")},
+                "partitions": len(self.partitions) + len(self.missing),
+                "partitions_failed": len(self.missing), "problems": self.problems}
+
+    def render(self) -> str:
+        """One readable table: a row per partition, then the total and the problems."""
+        header = ("partition", "read", "ingested", "duplicates", "rejected", "batches", "seconds")
+        rows = [_row(p) for p in self.partitions]
+        rows += [(label, "-", "-", "-", "-", "-", "FAILED") for label in self.missing]
+        total = _row(self.total)
+        widths = [max(len(str(r[i])) for r in [header, total, *rows]) for i in range(len(header))]
+
+        def line(cells: Iterable[Any]) -> str:
+            cells = list(cells)
+            return "  ".join([str(cells[0]).ljust(widths[0])]
+                             + [str(c).rjust(w) for c, w in zip(cells[1:], widths[1:])])
+
+        rule = "-" * (sum(widths) + 2 * (len(widths) - 1))
+        out = [line(header), rule, *map(line, rows), rule, line(total)]
+        if self.total.rejected:
+            out.append("")
+            out.append("rejected rows by reason:")
+            out += [f"  {n:>8}  {reason}" for reason, n in self.total.rejected.most_common()]
+        out.append("")
+        if self.problems:
+            out.append("PROBLEMS:")
+            out += [f"  - {p}" for p in self.problems]
+        else:
+            out.append("every row accounted for: read = ingested + duplicates + rejected")
+        return "\n".join(out)
+
+
+def summarize(expected_labels: Iterable[str], reports: Iterable[Mapping[str, Any]]) -> RunSummary:
+    """Add up partition reports; name every expected partition that sent none."""
+    parsed = [PartitionReport.from_xcom(r) for r in reports if r]
+    seen = {p.label for p in parsed}
+    order = {label: i for i, label in enumerate(expected_labels)}
+    parsed.sort(key=lambda p: order.get(p.label, len(order)))
+    return RunSummary(parsed, [label for label in order if label not in seen])
+
+
+def _row(p: PartitionReport) -> tuple[Any, ...]:
+    return (p.label, p.rows_read, p.ingested, p.duplicates, p.rejected_total, p.batches,
+            f"{p.seconds:.1f}")

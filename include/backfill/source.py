@@ -1,0 +1,132 @@
+"""Reading the conversation table: its time range, and one window's rows.
+
+Works on any DB-API connection from psycopg 3 or psycopg2 (what
+``PostgresHook.get_conn()`` returns, depending on the SQLAlchemy version), so
+it is testable without Airflow.
+
+Time zones: the session's ``TimeZone`` is set to the source time zone, so a
+``timestamp without time zone`` column is read as local time there, both in
+the window filter (Postgres compares it with the UTC bounds in that zone) and
+in the ``::timestamptz`` value we read back. Filter and value use the same
+conversion, so a row's document timestamp always lies in its window. A
+``timestamptz`` column is unaffected.
+
+Rows come through a server-side (named) cursor in ``fetch_size`` chunks, so a
+partition's memory does not grow with its row count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Iterator
+
+from .config import BackfillConfig
+from .windows import Window
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRow:
+    """One conversation turn as read; any field may be None in a dirty table."""
+
+    conversation_id: str | None
+    message_index: int | None
+    user_id: str | None
+    customer_id: str | None
+    user_text: str | None
+    assistant_text: str | None
+    created_at: datetime | None
+
+    @property
+    def key(self) -> str:
+        """Identifies the row in logs and reject lists without its text."""
+        return f"{self.conversation_id}:{self.message_index}"
+
+
+@dataclass(frozen=True)
+class TableRange:
+    first: datetime | None
+    last: datetime | None
+    rows: int
+    rows_without_timestamp: int
+
+
+def quote_identifier(name: str) -> str:
+    """Double-quote an identifier; names are validated in config first."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quoted_table(config: BackfillConfig) -> str:
+    return ".".join(quote_identifier(part) for part in config.source_table.split("."))
+
+
+def select_slice_sql(config: BackfillConfig) -> str:
+    """The window query: half-open bounds, deterministic order with a tiebreak."""
+    c = config.columns
+    q = quote_identifier
+    return (
+        f"SELECT {q(c.conversation_id)}::text, {q(c.message_index)}, {q(c.user_id)}::text,"
+        f" {q(c.customer_id)}::text, {q(c.user_text)}::text, {q(c.assistant_text)}::text,"
+        f" {q(c.created_at)}::timestamptz"
+        f" FROM {quoted_table(config)}"
+        f" WHERE {q(c.created_at)} >= %(start)s AND {q(c.created_at)} < %(end)s"
+        f" ORDER BY {q(c.created_at)}, {q(c.conversation_id)}, {q(c.message_index)}"
+    )
+
+
+def select_untimed_sql(config: BackfillConfig) -> str:
+    """Rows whose timestamp is NULL: they belong to no window."""
+    c = config.columns
+    q = quote_identifier
+    return (
+        f"SELECT {q(c.conversation_id)}::text, {q(c.message_index)}, {q(c.user_id)}::text,"
+        f" {q(c.customer_id)}::text, {q(c.user_text)}::text, {q(c.assistant_text)}::text,"
+        f" NULL::timestamptz"
+        f" FROM {quoted_table(config)} WHERE {q(c.created_at)} IS NULL"
+        f" ORDER BY {q(c.conversation_id)}, {q(c.message_index)}"
+    )
+
+
+def set_session_timezone(conn: Any, tz: str) -> None:
+    with conn.cursor() as cur:
+        cur.execute("SELECT set_config('TimeZone', %s, false)", (tz,))
+
+
+def table_range(conn: Any, config: BackfillConfig) -> TableRange:
+    """First and last timestamp, and counts, in one scan."""
+    set_session_timezone(conn, config.source_timezone)
+    col = quote_identifier(config.columns.created_at)
+    with conn.cursor() as cur:
+        cur.execute(
+            f"SELECT min({col})::timestamptz, max({col})::timestamptz, count(*),"
+            f" count(*) FILTER (WHERE {col} IS NULL) FROM {quoted_table(config)}")
+        first, last, rows, untimed = cur.fetchone()
+    conn.commit()
+    return TableRange(_as_utc(first), _as_utc(last), rows, untimed)
+
+
+def read_window(conn: Any, config: BackfillConfig, window: Window | None) -> Iterator[SourceRow]:
+    """Yield the rows of ``window`` (``None``: the rows with no timestamp), in order."""
+    set_session_timezone(conn, config.source_timezone)
+    if window is None:
+        sql, args = select_untimed_sql(config), {}
+    else:
+        sql, args = select_slice_sql(config), {"start": window.start, "end": window.end}
+    with conn.cursor(name="synap_backfill_window") as cur:
+        cur.execute(sql, args)
+        while True:
+            chunk = cur.fetchmany(config.fetch_size)
+            if not chunk:
+                break
+            for conv, index, user, customer, user_text, assistant_text, created in chunk:
+                yield SourceRow(conv, index, user, customer, user_text, assistant_text,
+                                _as_utc(created))
+    conn.commit()
+
+
+def _as_utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:  # cannot happen after ::timestamptz, kept for safety
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
