@@ -1,0 +1,146 @@
+"""Airflow hook for Synap, Maximem's hosted agent memory, through the ``maximem-synap`` SDK.
+
+The connection (type ``synap``, default id ``synap_default``):
+
+* ``host``: the API base URL, e.g. ``http://127.0.0.1:8765`` for the local
+  Synap API. Empty means the SDK's hosted default. A host without a scheme
+  gets ``https://`` (or the connection's ``schema`` field as the scheme),
+  and ``port`` is appended when set.
+* ``password``: the API key. Airflow masks it in task logs.
+* ``extra`` (all optional):
+
+  - ``timeout_seconds``: read timeout of one request (SDK default 30).
+  - ``max_attempts``: the SDK's own retry attempts per request (default 3).
+  - ``duplicate_pattern``: a regex that marks a per-document failure as a
+    duplicate ``document_id`` (the server's exact wording is not published).
+
+Example, as an environment variable::
+
+    AIRFLOW_CONN_SYNAP_DEFAULT='{"conn_type": "synap", "host": "http://127.0.0.1:8765",
+                                 "password": "<api key>"}'
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, AsyncIterator
+
+from airflow.sdk import BaseHook
+
+if TYPE_CHECKING:
+    from maximem_synap import MaximemSynapSDK
+
+
+class SynapHook(BaseHook):
+    """Builds, initializes and shuts down a ``MaximemSynapSDK`` from an Airflow connection.
+
+    :param synap_conn_id: The Airflow connection holding the base URL (host)
+        and the API key (password). Defaults to ``synap_default``.
+    """
+
+    conn_name_attr = "synap_conn_id"
+    default_conn_name = "synap_default"
+    conn_type = "synap"
+    hook_name = "Synap"
+
+    def __init__(self, synap_conn_id: str = default_conn_name, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.synap_conn_id = synap_conn_id
+        self._settings: dict[str, Any] | None = None
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        return {
+            "hidden_fields": ["login"],
+            "relabeling": {"host": "API base URL", "password": "API key", "schema": "Scheme"},
+            "placeholders": {
+                "host": "http://127.0.0.1:8765 (empty: hosted Synap)",
+                "extra": '{"timeout_seconds": 30, "max_attempts": 3}',
+            },
+        }
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The connection, read once: base URL, API key and extras."""
+        if self._settings is None:
+            conn = self.get_connection(self.synap_conn_id)
+            extra = conn.extra_dejson
+            self._settings = {
+                "base_url": base_url(conn.host, conn.port, conn.schema),
+                "api_key": conn.password or "",
+                "timeout_seconds": float(extra.get("timeout_seconds", 30)),
+                "max_attempts": int(extra.get("max_attempts", 3)),
+                "duplicate_pattern": extra.get("duplicate_pattern") or None,
+            }
+        return self._settings
+
+    @property
+    def duplicate_pattern(self) -> str | None:
+        """The connection's ``duplicate_pattern`` extra; None: the engine's default."""
+        return self.settings["duplicate_pattern"]
+
+    def get_conn(self) -> "MaximemSynapSDK":
+        """A new, not yet initialized SDK for this connection; prefer ``session()``.
+
+        ``_force_new``: the SDK keeps one client per API key per process and
+        ignores the base URL when it hands an existing one back, so two
+        connections with one key (two regions) would share a target. Each hook
+        gets its own client instead.
+        """
+        from maximem_synap import MaximemSynapSDK, RetryPolicy, SDKConfig, TimeoutConfig
+
+        s = self.settings
+        if not s["api_key"]:
+            raise ValueError(f"Synap connection {self.synap_conn_id!r} has no API key (password)")
+        config = SDKConfig(
+            api_base_url=s["base_url"],
+            cache_backend=None,  # a backfill reads nothing back; keep workers stateless
+            history_search_model=None,
+            timeouts=TimeoutConfig(read=s["timeout_seconds"]),
+            retry_policy=RetryPolicy(max_attempts=s["max_attempts"]),
+        )
+        self.log.info("Synap client for connection %s at %s", self.synap_conn_id,
+                      s["base_url"] or "the hosted default")
+        return MaximemSynapSDK(api_key=s["api_key"], config=config, _force_new=True)
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator["MaximemSynapSDK"]:
+        """An initialized SDK, shut down (telemetry flushed, sockets closed) on exit."""
+        sdk = self.get_conn()
+        await sdk.initialize()
+        try:
+            yield sdk
+        finally:
+            await sdk.shutdown()
+
+    async def whoami(self) -> dict[str, Any]:
+        """``GET /api/v1/auth/whoami``: the client and instance this API key opens.
+
+        ``initialize()`` tolerates a failing whoami, so this calls it directly
+        through the SDK's transport to get the server's answer, errors included.
+        """
+        async with self.session() as sdk:
+            auth = await sdk._get_auth_context()
+            return await sdk._http_transport.get("/api/v1/auth/whoami", auth_context=auth)
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Call whoami; the message names the instance, or the error."""
+        try:
+            who = asyncio.run(self.whoami())
+        except Exception as exc:  # the UI shows the message; never the key
+            return False, f"{type(exc).__name__}: {exc}"
+        return True, (f"Connected: instance {who.get('instance_id')} "
+                      f"({who.get('user_context_isolation') or 'isolation not reported'})")
+
+
+def base_url(host: str | None, port: int | None, scheme: str | None) -> str | None:
+    """The SDK's ``api_base_url`` from a connection's host, port and schema fields."""
+    if not host:
+        return None
+    host = host.rstrip("/")
+    if "://" not in host:
+        host = f"{scheme or 'https'}://{host}"
+    if port and host.count(":") < 2:
+        host = f"{host}:{port}"
+    return host
