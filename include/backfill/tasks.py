@@ -1,0 +1,114 @@
+"""The bodies of the ``synap_backfill`` DAG's tasks: where the engine meets Airflow's hooks.
+
+Each function takes and returns small, JSON-able values (a config dict,
+window dicts, count reports), so the DAG file only wires them together and
+XCom never carries rows or text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import closing
+from typing import Any, Iterable, Mapping, Sequence
+
+from .accounting import PartitionReport, summarize
+from .config import BackfillConfig, config_from_params
+from .partition import backfill_rows
+from .results import DEFAULT_DUPLICATE_PATTERN
+from .source import read_window, table_range
+from .windows import Window, covering_range, plan_windows
+
+log = logging.getLogger("synap_backfill")
+
+UNTIMED_LABEL = "rows without a timestamp"
+
+
+def resolve_config(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate the run's params (a ParamError names the bad one) before anything runs."""
+    config = config_from_params(params)
+    log.info("backfill of %s into Synap connection %s, batches of %d, mode %s",
+             config.source_table, config.synap_conn_id, config.batch_size, config.mode)
+    return config.to_dict()
+
+
+def plan_partitions(config_dict: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Window bounds for the mapped partitions: small dicts, never rows.
+
+    With no start and end, the range is the table's own (first to last
+    timestamp, laid on the window grid), and rows with a NULL timestamp get a
+    partition of their own that rejects them with a reason, so none is lost.
+    """
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+    config = BackfillConfig.from_dict(config_dict)
+    untimed = 0
+    if config.start and config.end:
+        start, end = config.start, config.end
+    else:
+        with closing(PostgresHook(postgres_conn_id=config.postgres_conn_id).get_conn()) as conn:
+            extent = table_range(conn, config)
+        log.info("%s holds %d rows from %s to %s (%d without a timestamp)", config.source_table,
+                 extent.rows, extent.first, extent.last, extent.rows_without_timestamp)
+        untimed = extent.rows_without_timestamp
+        if extent.first is None:
+            start = end = None
+        else:
+            start, end = covering_range(extent.first, extent.last, config.window_size,
+                                        config.partition_timezone)
+    windows = [] if start is None else plan_windows(
+        start, end, config.window_size, config.partition_timezone,
+        max_partitions=config.max_partitions)
+    planned = [w.to_dict() for w in windows]
+    if untimed:
+        planned.append({"start": None, "end": None, "label": UNTIMED_LABEL})
+    log.info("planned %d partitions%s", len(planned),
+             f" from {planned[0]['label']} to {planned[-1]['label']}" if planned else "")
+    return planned
+
+
+def run_partition(config_dict: Mapping[str, Any], window_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """Backfill one window; return its counts for XCom. Safe to retry: ids are stable."""
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+    from synap_provider.hooks import SynapHook
+
+    config = BackfillConfig.from_dict(config_dict)
+    window = Window.from_dict(window_dict) if window_dict.get("start") else None
+    report = PartitionReport(window_dict["label"], window_dict.get("start"), window_dict.get("end"))
+    synap = SynapHook(synap_conn_id=config.synap_conn_id)
+    pattern = synap.duplicate_pattern or DEFAULT_DUPLICATE_PATTERN
+
+    async def run(rows: Iterable[Any]) -> None:
+        async with synap.session() as sdk:
+            async def submit(documents: list[Any]) -> Any:
+                return await sdk.memories.batch_create(documents=documents, fail_fast=False)
+
+            await backfill_rows(rows, submit, report, batch_size=config.batch_size,
+                                mode=config.mode, duplicate_pattern=pattern)
+
+    with closing(PostgresHook(postgres_conn_id=config.postgres_conn_id).get_conn()) as conn:
+        asyncio.run(run(read_window(conn, config, window)))
+    log.info("partition %s done: read %d, ingested %d, duplicates %d, rejected %d in %d batches,"
+             " %.1f s", report.label, report.rows_read, report.ingested, report.duplicates,
+             report.rejected_total, report.batches, report.seconds)
+    return report.to_xcom()
+
+
+def summarize_run(windows: Iterable[Mapping[str, Any]] | None,
+                  reports: Iterable[Mapping[str, Any]] | None) -> dict[str, Any]:
+    """Add up every partition, print the table, and fail when anything is unaccounted for."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    if windows is None:
+        raise AirflowFailException("no partition plan: the plan task failed, see its log")
+    if isinstance(reports, Sequence):
+        # One slice request; iterating a lazy XCom sequence item by item ends
+        # on a not-found lookup that Airflow logs as an error.
+        reports = reports[:]
+    summary = summarize([w["label"] for w in windows], list(reports or []))
+    log.info("backfill summary\n%s", summary.render())
+    if summary.problems:
+        raise AirflowFailException(
+            f"backfill incomplete: {len(summary.problems)} problem(s): "
+            + "; ".join(summary.problems[:5]))
+    return summary.to_xcom()
