@@ -44,10 +44,28 @@ def configure(home: Path, connections: Mapping[str, str] = {}) -> None:
 
 
 def migrate_db() -> None:
-    """Create or upgrade the metadata DB (SQLite in the Airflow home)."""
+    """Create or upgrade the metadata DB (SQLite in the Airflow home), and the pools."""
     from airflow.utils.db import initdb
 
     initdb()
+    ensure_pools()
+
+
+def synap_pools(slots: int = 4) -> dict[str, int]:
+    """One pool per Synap target: the primary's and each replay region's."""
+    from include.backfill.dag_factory import DEFAULT_POOL
+    from include.backfill.regions import load_regions
+
+    return {DEFAULT_POOL: slots, **{r.pool_name: slots for r in load_regions()}}
+
+
+def ensure_pools(slots: int = 4) -> None:
+    """Create the pools the backfill's partitions run in (bounding calls per Synap target)."""
+    from airflow.models.pool import Pool
+
+    for name, n in synap_pools(slots).items():
+        Pool.create_or_update_pool(name, n, "Synap backfill partitions in flight against one "
+                                   "Synap target", include_deferred=False)
 
 
 def load_dag(dag_id: str = "synap_backfill") -> Any:
@@ -114,7 +132,7 @@ def render_run(dag_run: Any) -> str:
     windows = (task_results(dag_run, "plan_partitions") or [None])[0]
     if windows is None:
         return f"run {dag_run.run_id}: {dag_run.state} (no partition plan; see the log)"
-    summary = summarize([w["label"] for w in windows], task_results(dag_run, "backfill_partition"))
+    summary = summarize(windows, task_results(dag_run, "backfill_partition"))
     return f"run {dag_run.run_id}: {dag_run.state}\n\n{summary.render()}"
 
 

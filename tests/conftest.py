@@ -63,6 +63,17 @@ def airflow_db() -> None:
     local_airflow.migrate_db()
 
 
+def read_store(db_path: Path) -> list[dict[str, Any]]:
+    """Everything a local Synap store file holds."""
+    from include.synap_local.store import DocumentStore
+
+    store = DocumentStore(db_path)
+    try:
+        return [d.as_dict() for d in store.iter_documents()]
+    finally:
+        store.close()
+
+
 @pytest.fixture()
 def stored_documents(synap: Any) -> Callable[[], list[dict[str, Any]]]:
     """Everything the test's Synap store holds, read from its file."""
@@ -83,10 +94,10 @@ def run_backfill(airflow_db: None, local_pg: Any, synap: Any, monkeypatch: pytes
                  ) -> Callable[..., Any]:
     """Run ``synap_backfill`` with dag.test() against this test's Postgres and Synap."""
 
-    def run(api_key: str = "local-dev-key", **conf: Any) -> Any:
+    def run(api_key: str = "local-dev-key", dag_id: str = "synap_backfill", **conf: Any) -> Any:
         monkeypatch.setenv("AIRFLOW_CONN_SYNAP_DEFAULT", json.dumps(
             {"conn_type": "synap", "host": synap.url, "password": api_key}))
         monkeypatch.setenv("AIRFLOW_CONN_POSTGRES_DEFAULT", local_pg.airflow_connection())
-        return local_airflow.run_dag("synap_backfill", conf)
+        return local_airflow.run_dag(dag_id, conf)
 
     return run

@@ -25,8 +25,13 @@ class PartitionReport:
     ingested: int = 0
     duplicates: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
+    not_sent: int = 0  # documents built but held back: a dry run
     batches: int = 0
     seconds: float = 0.0
+
+    @property
+    def key(self) -> str:
+        return window_key(self.start, self.end)
 
     @property
     def rejected_total(self) -> int:
@@ -34,7 +39,7 @@ class PartitionReport:
 
     @property
     def accounted(self) -> int:
-        return self.ingested + self.duplicates + self.rejected_total
+        return self.ingested + self.duplicates + self.rejected_total + self.not_sent
 
     @property
     def balanced(self) -> bool:
@@ -57,8 +62,8 @@ class PartitionReport:
             "label": self.label, "start": self.start, "end": self.end,
             "rows_read": self.rows_read, "ingested": self.ingested,
             "duplicates": self.duplicates, "rejected": self.rejected_total,
-            "rejected_by_reason": dict(self.rejected), "batches": self.batches,
-            "seconds": round(self.seconds, 3),
+            "rejected_by_reason": dict(self.rejected), "not_sent": self.not_sent,
+            "batches": self.batches, "seconds": round(self.seconds, 3),
         }
 
     @classmethod
@@ -67,7 +72,8 @@ class PartitionReport:
                      rows_read=raw["rows_read"], ingested=raw["ingested"],
                      duplicates=raw["duplicates"],
                      rejected=Counter(raw.get("rejected_by_reason") or {}),
-                     batches=raw.get("batches", 0), seconds=raw.get("seconds", 0.0))
+                     not_sent=raw.get("not_sent", 0), batches=raw.get("batches", 0),
+                     seconds=raw.get("seconds", 0.0))
         if report.rejected_total != raw.get("rejected", report.rejected_total):
             # Trust the total over the breakdown if they ever disagree.
             report.rejected["unexplained"] += raw["rejected"] - report.rejected_total
@@ -89,6 +95,7 @@ class RunSummary:
             total.ingested += p.ingested
             total.duplicates += p.duplicates
             total.rejected.update(p.rejected)
+            total.not_sent += p.not_sent
             total.batches += p.batches
             total.seconds += p.seconds
         return total
@@ -104,16 +111,19 @@ class RunSummary:
     def to_xcom(self) -> dict[str, Any]:
         total = self.total.to_xcom()
         return {**{k: total[k] for k in ("rows_read", "ingested", "duplicates", "rejected",
-                                          "rejected_by_reason", "batches")},
+                                          "rejected_by_reason", "not_sent", "batches")},
                 "partitions": len(self.partitions) + len(self.missing),
                 "partitions_failed": len(self.missing), "problems": self.problems}
 
     def render(self) -> str:
         """One readable table: a row per partition, then the total and the problems."""
+        dry = any(p.not_sent for p in self.partitions)
         header = ("partition", "read", "ingested", "duplicates", "rejected", "batches", "seconds")
-        rows = [_row(p) for p in self.partitions]
-        rows += [(label, "-", "-", "-", "-", "-", "FAILED") for label in self.missing]
-        total = _row(self.total)
+        if dry:
+            header = header[:5] + ("not sent (dry run)",) + header[5:]
+        rows = [_row(p, dry) for p in self.partitions]
+        rows += [(label, *["-"] * (len(header) - 2), "FAILED") for label in self.missing]
+        total = _row(self.total, dry)
         widths = [max(len(str(r[i])) for r in [header, total, *rows]) for i in range(len(header))]
 
         def line(cells: Iterable[Any]) -> str:
@@ -131,20 +141,30 @@ class RunSummary:
         if self.problems:
             out.append("PROBLEMS:")
             out += [f"  - {p}" for p in self.problems]
+        elif dry:
+            out.append("dry run: nothing was sent; every row accounted for: "
+                       "read = not sent + rejected")
         else:
             out.append("every row accounted for: read = ingested + duplicates + rejected")
         return "\n".join(out)
 
 
-def summarize(expected_labels: Iterable[str], reports: Iterable[Mapping[str, Any]]) -> RunSummary:
-    """Add up partition reports; name every expected partition that sent none."""
+def window_key(start: str | None, end: str | None) -> str:
+    """Identifies a planned window (labels are for people and may repeat)."""
+    return f"{start}|{end}"
+
+
+def summarize(windows: Iterable[Mapping[str, Any]], reports: Iterable[Mapping[str, Any]]) -> RunSummary:
+    """Add up partition reports; name every planned window that sent none."""
     parsed = [PartitionReport.from_xcom(r) for r in reports if r]
-    seen = {p.label for p in parsed}
-    order = {label: i for i, label in enumerate(expected_labels)}
-    parsed.sort(key=lambda p: order.get(p.label, len(order)))
-    return RunSummary(parsed, [label for label in order if label not in seen])
+    seen = {p.key for p in parsed}
+    order = {window_key(w.get("start"), w.get("end")): (i, w["label"]) for i, w in enumerate(windows)}
+    parsed.sort(key=lambda p: order.get(p.key, (len(order), ""))[0])
+    return RunSummary(parsed, [label for key, (_, label) in order.items() if key not in seen])
 
 
-def _row(p: PartitionReport) -> tuple[Any, ...]:
-    return (p.label, p.rows_read, p.ingested, p.duplicates, p.rejected_total, p.batches,
-            f"{p.seconds:.1f}")
+def _row(p: PartitionReport, dry: bool = False) -> tuple[Any, ...]:
+    counts = (p.rows_read, p.ingested, p.duplicates, p.rejected_total)
+    if dry:
+        counts += (p.not_sent,)
+    return (p.label, *counts, p.batches, f"{p.seconds:.1f}")

@@ -15,6 +15,9 @@ from typing import Any, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 MAX_BATCH_SIZE = 100  # what batch_create accepts per call
+# Well below Airflow's default max_map_length (1024): room for the untimed
+# partition and for an operator who lowers max_map_length a little.
+MAX_PARTITIONS = 1000
 MODES = ("long-range", "fast")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -53,9 +56,11 @@ class BackfillConfig:
     end: datetime | None = None
     window_size: str = "P1D"
     partition_timezone: str = "UTC"
-    max_partitions: int = 1000
+    max_partitions: int = 500
+    max_rows_per_partition: int = 100_000
     batch_size: int = 50
     mode: str = "long-range"
+    dry_run: bool = False
     fetch_size: int = 1000
 
     def to_dict(self) -> dict[str, Any]:
@@ -113,9 +118,12 @@ def config_from_params(params: Mapping[str, Any]) -> BackfillConfig:
         end=end,
         window_size=window_size,
         partition_timezone=zone("partition_timezone", get("partition_timezone", "UTC")),
-        max_partitions=bounded_int("max_partitions", get("max_partitions", 1000), 1, 100_000),
+        max_partitions=bounded_int("max_partitions", get("max_partitions", 500), 1, MAX_PARTITIONS),
+        max_rows_per_partition=bounded_int("max_rows_per_partition",
+                                           get("max_rows_per_partition", 100_000), 1, 100_000_000),
         batch_size=bounded_int("batch_size", get("batch_size", 50), 1, MAX_BATCH_SIZE),
         mode=mode,
+        dry_run=boolean("dry_run", get("dry_run", False)),
         fetch_size=bounded_int("fetch_size", get("fetch_size", 1000), 1, 100_000),
     )
 
@@ -178,6 +186,12 @@ def bounded_int(param: str, value: Any, low: int, high: int) -> int:
     if not low <= number <= high:
         raise ParamError(param, f"must be from {low} to {high}, got {number}")
     return number
+
+
+def boolean(param: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ParamError(param, "must be true or false")
+    return value
 
 
 def non_empty(param: str, value: Any) -> str:

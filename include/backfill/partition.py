@@ -27,14 +27,21 @@ class PartitionFailed(RuntimeError):
     """A partition stopped; the message says where and why, without text or secrets."""
 
 
-async def backfill_rows(rows: Iterable[SourceRow], submit: Submit, report: PartitionReport, *,
+async def backfill_rows(rows: Iterable[SourceRow], submit: Submit | None, report: PartitionReport, *,
                         batch_size: int, mode: str = "long-range",
                         duplicate_pattern: str = DEFAULT_DUPLICATE_PATTERN) -> PartitionReport:
-    """Send ``rows`` in batches of ``batch_size``; every row ends counted in ``report``."""
+    """Send ``rows`` in batches of ``batch_size``; every row ends counted in ``report``.
+
+    ``submit=None`` is a dry run: documents are built and counted as not sent.
+    """
     started = time.monotonic()
     batch: list[CreateMemoryRequest] = []
 
     async def flush() -> None:
+        if submit is None:
+            report.not_sent += len(batch)
+            batch.clear()
+            return
         try:
             response = await submit(batch)
         except Exception as exc:

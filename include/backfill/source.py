@@ -105,6 +105,39 @@ def table_range(conn: Any, config: BackfillConfig) -> TableRange:
     return TableRange(_as_utc(first), _as_utc(last), rows, untimed)
 
 
+def window_counts(conn: Any, config: BackfillConfig, windows: list[Window]) -> list[int]:
+    """Rows in each window, in one query (an index range scan per window)."""
+    if not windows:
+        return []
+    set_session_timezone(conn, config.source_timezone)
+    col = quote_identifier(config.columns.created_at)
+    with conn.cursor() as cur:
+        cur.execute(
+            f"SELECT count(t.{col}) FROM unnest(%(starts)s::timestamptz[], %(ends)s::timestamptz[])"
+            f" WITH ORDINALITY AS w(s, e, i)"
+            f" LEFT JOIN {quoted_table(config)} AS t ON t.{col} >= w.s AND t.{col} < w.e"
+            f" GROUP BY w.i ORDER BY w.i",
+            {"starts": [w.start for w in windows], "ends": [w.end for w in windows]})
+        counts = [n for (n,) in cur.fetchall()]
+    conn.commit()
+    return counts
+
+
+def split_points(conn: Any, config: BackfillConfig, window: Window, parts: int) -> list[datetime]:
+    """Timestamps that cut ``window`` into ``parts`` pieces of about equal row counts."""
+    set_session_timezone(conn, config.source_timezone)
+    col = quote_identifier(config.columns.created_at)
+    fractions = [i / parts for i in range(1, parts)]
+    with conn.cursor() as cur:
+        cur.execute(
+            f"SELECT percentile_disc(%(fractions)s::float8[]) WITHIN GROUP (ORDER BY {col})::timestamptz[]"
+            f" FROM {quoted_table(config)} WHERE {col} >= %(start)s AND {col} < %(end)s",
+            {"fractions": fractions, "start": window.start, "end": window.end})
+        (points,) = cur.fetchone()
+    conn.commit()
+    return [_as_utc(p) for p in points or [] if p is not None]
+
+
 def read_window(conn: Any, config: BackfillConfig, window: Window | None) -> Iterator[SourceRow]:
     """Yield the rows of ``window`` (``None``: the rows with no timestamp), in order."""
     set_session_timezone(conn, config.source_timezone)

@@ -16,8 +16,8 @@ from .accounting import PartitionReport, summarize
 from .config import BackfillConfig, config_from_params
 from .partition import backfill_rows
 from .results import DEFAULT_DUPLICATE_PATTERN
-from .source import read_window, table_range
-from .windows import Window, covering_range, plan_windows
+from .source import read_window, split_points, table_range, window_counts
+from .windows import Window, covering_range, plan_windows, size_by_rows
 
 log = logging.getLogger("synap_backfill")
 
@@ -56,15 +56,35 @@ def plan_partitions(config_dict: Mapping[str, Any]) -> list[dict[str, Any]]:
         else:
             start, end = covering_range(extent.first, extent.last, config.window_size,
                                         config.partition_timezone)
-    windows = [] if start is None else plan_windows(
-        start, end, config.window_size, config.partition_timezone,
-        max_partitions=config.max_partitions)
-    planned = [w.to_dict() for w in windows]
+    planned = [] if start is None else _fit_to_rows(config, start, end)
     if untimed:
-        planned.append({"start": None, "end": None, "label": UNTIMED_LABEL})
-    log.info("planned %d partitions%s", len(planned),
-             f" from {planned[0]['label']} to {planned[-1]['label']}" if planned else "")
+        planned.append({"start": None, "end": None, "label": UNTIMED_LABEL, "rows": untimed})
+    log.info("planned %d partitions for about %d rows%s", len(planned),
+             sum(w["rows"] for w in planned),
+             f", from {planned[0]['label']} to {planned[-1]['label']}" if planned else "")
     return planned
+
+
+def _fit_to_rows(config: BackfillConfig, start: Any, end: Any) -> list[dict[str, Any]]:
+    """Calendar windows, then split busy ones, drop empty ones, and keep under the cap."""
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+    # The calendar grid may be finer than the cap allows before empty windows
+    # are dropped; the cap applies to what is left.
+    grid_cap = max(config.max_partitions, 100_000)
+    windows = plan_windows(start, end, config.window_size, config.partition_timezone,
+                           max_partitions=grid_cap)
+    with closing(PostgresHook(postgres_conn_id=config.postgres_conn_id).get_conn()) as conn:
+        counts = window_counts(conn, config, windows)
+        sized = size_by_rows(
+            windows, counts, lambda w, parts: split_points(conn, config, w, parts),
+            max_rows=config.max_rows_per_partition, max_partitions=config.max_partitions,
+            tz=config.partition_timezone)
+    skipped = sum(1 for n in counts if n == 0)
+    if skipped or len(sized) != len(windows) - skipped:
+        log.info("fitted %d calendar windows to the data: %d empty skipped, %d partitions",
+                 len(windows), skipped, len(sized))
+    return [s.to_dict() for s in sized]
 
 
 def run_partition(config_dict: Mapping[str, Any], window_dict: Mapping[str, Any]) -> dict[str, Any]:
@@ -76,9 +96,12 @@ def run_partition(config_dict: Mapping[str, Any], window_dict: Mapping[str, Any]
     window = Window.from_dict(window_dict) if window_dict.get("start") else None
     report = PartitionReport(window_dict["label"], window_dict.get("start"), window_dict.get("end"))
     synap = SynapHook(synap_conn_id=config.synap_conn_id)
-    pattern = synap.duplicate_pattern or DEFAULT_DUPLICATE_PATTERN
 
     async def run(rows: Iterable[Any]) -> None:
+        if config.dry_run:
+            await backfill_rows(rows, None, report, batch_size=config.batch_size, mode=config.mode)
+            return
+        pattern = synap.duplicate_pattern or DEFAULT_DUPLICATE_PATTERN
         async with synap.session() as sdk:
             async def submit(documents: list[Any]) -> Any:
                 return await sdk.memories.batch_create(documents=documents, fail_fast=False)
@@ -88,9 +111,10 @@ def run_partition(config_dict: Mapping[str, Any], window_dict: Mapping[str, Any]
 
     with closing(PostgresHook(postgres_conn_id=config.postgres_conn_id).get_conn()) as conn:
         asyncio.run(run(read_window(conn, config, window)))
-    log.info("partition %s done: read %d, ingested %d, duplicates %d, rejected %d in %d batches,"
+    log.info("partition %s done: read %d, ingested %d, duplicates %d, rejected %d%s in %d batches,"
              " %.1f s", report.label, report.rows_read, report.ingested, report.duplicates,
-             report.rejected_total, report.batches, report.seconds)
+             report.rejected_total, f", not sent (dry run) {report.not_sent}" if config.dry_run else "",
+             report.batches, report.seconds)
     return report.to_xcom()
 
 
@@ -105,7 +129,7 @@ def summarize_run(windows: Iterable[Mapping[str, Any]] | None,
         # One slice request; iterating a lazy XCom sequence item by item ends
         # on a not-found lookup that Airflow logs as an error.
         reports = reports[:]
-    summary = summarize([w["label"] for w in windows], list(reports or []))
+    summary = summarize(windows, list(reports or []))
     log.info("backfill summary\n%s", summary.render())
     if summary.problems:
         raise AirflowFailException(

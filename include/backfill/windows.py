@@ -9,9 +9,10 @@ change. ``PT24H`` is always 24 hours.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable
 
 import pendulum
 
@@ -86,8 +87,12 @@ def _window(start: pendulum.DateTime, end: pendulum.DateTime, tz: str) -> Window
 
 
 def _label(start: pendulum.DateTime, end: pendulum.DateTime, tz: str) -> str:
-    midnight = all(t.hour == t.minute == t.second == t.microsecond == 0 for t in (start, end))
-    fmt = "YYYY-MM-DD" if midnight else "YYYY-MM-DD HH:mm"
+    if all(t.hour == t.minute == t.second == t.microsecond == 0 for t in (start, end)):
+        fmt = "YYYY-MM-DD"
+    elif all(t.second == t.microsecond == 0 for t in (start, end)):
+        fmt = "YYYY-MM-DD HH:mm"
+    else:  # a split at a row's timestamp
+        fmt = "YYYY-MM-DD HH:mm:ss.SSSSSS"
     suffix = "" if tz == "UTC" else f" {tz}"
     return f"{start.format(fmt)} → {end.format(fmt)}{suffix}"
 
@@ -97,3 +102,56 @@ def _utc(value: datetime) -> datetime:
     u = value.astimezone(timezone.utc)
     return datetime(u.year, u.month, u.day, u.hour, u.minute, u.second, u.microsecond,
                     tzinfo=timezone.utc)
+
+
+@dataclass(frozen=True)
+class SizedWindow:
+    """A window with the number of rows the planner expects in it."""
+
+    window: Window
+    rows: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.window.to_dict(), "rows": self.rows}
+
+
+SplitPoints = Callable[[Window, int], list[datetime]]
+
+
+def size_by_rows(windows: list[Window], counts: list[int], split_points: SplitPoints, *,
+                 max_rows: int, max_partitions: int, tz: str = "UTC") -> list[SizedWindow]:
+    """Fit calendar windows to the data: split busy ones, skip empty ones, respect a cap.
+
+    * A window holding more than ``max_rows`` rows is cut into ``ceil(rows /
+      max_rows)`` pieces at the row quantiles ``split_points`` returns (all
+      rows sharing one timestamp stay together, so a piece can be larger).
+    * A window holding no rows is dropped: a partition that does nothing still
+      costs a task start.
+    * While there are more than ``max_partitions`` pieces, neighbours are merged
+      pairwise, so a long range is coarsened rather than refused; the cap wins
+      over ``max_rows``.
+    The pieces still tile the occupied range without gaps between neighbours
+    that were merged, and stay half-open, so every row belongs to one piece.
+    """
+    pieces: list[SizedWindow] = []
+    for window, rows in zip(windows, counts):
+        if rows <= 0:
+            continue
+        if rows <= max_rows:
+            pieces.append(SizedWindow(window, rows))
+            continue
+        parts = math.ceil(rows / max_rows)
+        cuts = sorted({p for p in split_points(window, parts) if window.start < p < window.end})
+        bounds = [window.start, *cuts, window.end]
+        for start, end in zip(bounds, bounds[1:]):
+            pieces.append(SizedWindow(_window(pendulum.instance(start), pendulum.instance(end), tz),
+                                      rows // (len(cuts) + 1)))
+    while len(pieces) > max_partitions:
+        merged = []
+        for i in range(0, len(pieces), 2):
+            pair = pieces[i:i + 2]
+            start, end = pair[0].window.start, pair[-1].window.end
+            merged.append(SizedWindow(_window(pendulum.instance(start), pendulum.instance(end), tz),
+                                      sum(p.rows for p in pair)))
+        pieces = merged
+    return pieces

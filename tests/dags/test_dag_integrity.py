@@ -65,3 +65,41 @@ def test_the_params_default_to_the_vendor_recipe_and_bound_the_batch_size():
     schema = params.get_param("batch_size").schema
     assert (schema["minimum"], schema["maximum"]) == (1, 100)
     assert params.get_param("mode").schema["enum"] == ["long-range", "fast"]
+
+
+def test_two_regions_in_the_config_give_two_replay_dags_from_the_same_code(tmp_path, monkeypatch):
+    config = tmp_path / "regions.yaml"
+    config.write_text("regions:\n"
+                      "  - {name: eu, synap_conn_id: synap_eu, schedule: after_primary}\n"
+                      "  - {name: apac, synap_conn_id: synap_apac, schedule: '0 3 * * *'}\n")
+    monkeypatch.setenv("SYNAP_REGIONS_FILE", str(config))
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(REPO_ROOT / "dags"))
+    assert bag.import_errors == {}
+    assert set(bag.dag_ids) == {"synap_backfill", "synap_replay_eu", "synap_replay_apac"}
+    primary, eu, apac = (bag.dags[d] for d in ("synap_backfill", "synap_replay_eu", "synap_replay_apac"))
+    for replay in (eu, apac):
+        assert set(replay.task_dict) == set(primary.task_dict)
+    assert eu.params["synap_conn_id"] == "synap_eu" and apac.params["synap_conn_id"] == "synap_apac"
+    assert eu.task_dict["backfill_partition"].pool == "synap_eu"
+    assert primary.task_dict["backfill_partition"].pool == "synap_api"
+    # eu runs when the primary's summary emits its asset; apac on its cron.
+    (outlet,) = primary.task_dict["summarize"].outlets
+    assert [a.uri for a in eu.timetable.asset_condition.objects] == [outlet.uri]
+    assert apac.timetable.expression == "0 3 * * *"
+
+
+def test_the_bad_params_the_form_must_refuse_fail_their_own_schema():
+    from airflow.sdk import ParamsDict  # noqa: F401  (validates like the API server)
+
+    params = load_dag("synap_backfill").params
+    for name, value in (("batch_size", 500), ("mode", "turbo"), ("start", "next tuesday"),
+                        ("window_size", "1 day"), ("source_table", "x; drop table y")):
+        param = params.get_param(name)
+        try:
+            param.resolve(value)
+        except Exception as exc:
+            assert name in str(exc) or "ParamValidationError" in type(exc).__name__
+        else:
+            raise AssertionError(f"{name}={value!r} was accepted")

@@ -180,3 +180,64 @@ def test_a_wrong_api_key_fails_the_partitions_with_an_authentication_error_and_s
     assert "AuthenticationError: invalid or missing API key" in log
     assert "was not accepted" in log
     assert "did not finish" in log
+
+
+def test_a_replay_into_a_second_region_ends_with_the_same_document_ids(
+        local_pg, run_backfill, stored_documents, tmp_path, monkeypatch):
+    import json
+
+    from include.synap_local.process import running_synap
+    from tests.conftest import read_store
+
+    with local_pg.connect() as conn:
+        load_demo_table(conn, "conv_regions", turns=300, days=3, seed=21)
+    config = tmp_path / "regions.yaml"
+    config.write_text("regions:\n  - {name: second, synap_conn_id: synap_second, schedule: after_primary}\n")
+    monkeypatch.setenv("SYNAP_REGIONS_FILE", str(config))
+    assert str(run_backfill(source_table="conv_regions").state) == "success"
+
+    with running_synap(tmp_path / "second-region.sqlite3", "--tenant",
+                       "second-key:inst_00000000000000e2:b2b") as second:
+        monkeypatch.setenv("AIRFLOW_CONN_SYNAP_SECOND", json.dumps(
+            {"conn_type": "synap", "host": second.url, "password": "second-key"}))
+        replay = run_backfill(dag_id="synap_replay_second", source_table="conv_regions")
+        assert str(replay.state) == "success"
+        replayed = read_store(second.db_path)
+
+    first = stored_documents()
+    assert len(first) == 300
+    assert {d["document_id"] for d in replayed} == {d["document_id"] for d in first}
+    assert {d["instance_id"] for d in replayed} == {"inst_00000000000000e2"}
+
+
+def test_a_dry_run_reads_and_builds_everything_and_sends_nothing(local_pg, run_backfill,
+                                                                 stored_documents, synap):
+    with local_pg.connect() as conn:
+        total = load_demo_table(conn, "conv_dry", turns=250, days=2, seed=8)
+
+    dag_run = run_backfill(source_table="conv_dry", dry_run=True)
+
+    assert str(dag_run.state) == "success"
+    (summary,) = local_airflow.task_results(dag_run, "summarize")
+    assert (summary["rows_read"], summary["not_sent"], summary["ingested"]) == (total, total, 0)
+    assert stored_documents() == []
+    assert not any("memories/batch" in k for k in synap.get("/_local/stats")["requests"])
+
+
+def test_partitions_are_sized_by_rows_busy_days_split_and_empty_days_skipped(
+        local_pg, run_backfill, stored_documents):
+    conv = str(uuid.uuid4())
+    busy = [("u1", "c1", conv, i, f"t{i}", "ok", datetime(2024, 5, 1, tzinfo=UTC) + timedelta(minutes=i))
+            for i in range(250)]
+    quiet = [("u1", "c1", conv, 1000, "later", "ok", datetime(2024, 5, 4, 9, tzinfo=UTC))]
+    make_table(local_pg, "conv_sized", busy + quiet)  # May 2 and 3 are empty
+
+    dag_run = run_backfill(source_table="conv_sized", max_rows_per_partition=100)
+
+    assert str(dag_run.state) == "success"
+    (plan,) = local_airflow.task_results(dag_run, "plan_partitions")
+    assert len(plan) == 4  # May 1 in three pieces, May 4; May 2 and 3 skipped
+    assert plan[-1]["label"] == "2024-05-04 → 2024-05-05"
+    reads = [r["rows_read"] for r in local_airflow.task_results(dag_run, "backfill_partition")]
+    assert sum(reads) == 251 and max(reads) <= 100 and min(reads) == 1
+    assert len(stored_documents()) == 251

@@ -3,14 +3,18 @@ from collections import Counter
 from include.backfill.accounting import PartitionReport, summarize
 
 
+def window(label):
+    return {"start": f"{label}-start", "end": f"{label}-end", "label": label}
+
+
 def report(label, read, ingested, duplicates=0, rejected=None):
-    r = PartitionReport(label, None, None, rows_read=read, ingested=ingested,
+    r = PartitionReport(label, f"{label}-start", f"{label}-end", rows_read=read, ingested=ingested,
                         duplicates=duplicates, rejected=Counter(rejected or {}), batches=1)
     return r.to_xcom()
 
 
 def test_the_summary_adds_up_every_partition():
-    summary = summarize(["d1", "d2"], [report("d2", 10, 4, 5, {"created_at is NULL": 1}),
+    summary = summarize([window("d1"), window("d2")], [report("d2", 10, 4, 5, {"created_at is NULL": 1}),
                                        report("d1", 3, 3)])
     total = summary.total
     assert (total.rows_read, total.ingested, total.duplicates, total.rejected_total) == (13, 7, 5, 1)
@@ -21,14 +25,14 @@ def test_the_summary_adds_up_every_partition():
 
 
 def test_a_partition_that_sent_no_report_is_named_as_failed():
-    summary = summarize(["d1", "d2", "d3"], [report("d1", 3, 3)])
+    summary = summarize([window("d1"), window("d2"), window("d3")], [report("d1", 3, 3)])
     assert summary.missing == ["d2", "d3"]
     assert any("d2" in p for p in summary.problems)
     assert "FAILED" in summary.render()
 
 
 def test_a_partition_whose_counts_do_not_add_up_is_a_problem():
-    summary = summarize(["d1"], [report("d1", 10, 8)])
+    summary = summarize([window("d1")], [report("d1", 10, 8)])
     assert summary.problems == ["partition d1: read 10 but accounted for 8"]
 
 
@@ -36,5 +40,20 @@ def test_the_xcom_form_carries_counts_only():
     r = PartitionReport("d1", "2024-03-01T00:00:00+00:00", "2024-03-02T00:00:00+00:00",
                         rows_read=2, ingested=1, rejected=Counter({"created_at is NULL": 1}))
     assert set(r.to_xcom()) == {"label", "start", "end", "rows_read", "ingested", "duplicates",
-                                "rejected", "rejected_by_reason", "batches", "seconds"}
+                                "rejected", "rejected_by_reason", "not_sent", "batches", "seconds"}
     assert PartitionReport.from_xcom(r.to_xcom()).balanced
+
+
+def test_two_windows_with_the_same_label_are_told_apart_by_their_bounds():
+    same = [{"start": "a", "end": "b", "label": "x"}, {"start": "b", "end": "c", "label": "x"}]
+    r = PartitionReport("x", "a", "b", rows_read=1, ingested=1).to_xcom()
+    summary = summarize(same, [r])
+    assert summary.missing == ["x"] and len(summary.partitions) == 1
+
+
+def test_a_dry_run_balances_with_documents_not_sent():
+    r = PartitionReport("d1", "d1-start", "d1-end", rows_read=3, not_sent=2,
+                        rejected=Counter({"created_at is NULL": 1}))
+    summary = summarize([window("d1")], [r.to_xcom()])
+    assert summary.problems == []
+    assert "not sent (dry run)" in summary.render() and "dry run: nothing was sent" in summary.render()

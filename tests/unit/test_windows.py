@@ -3,7 +3,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from include.backfill.config import timestamp
-from include.backfill.windows import TooManyPartitions, Window, covering_range, plan_windows
+from include.backfill.windows import (TooManyPartitions, Window, covering_range, plan_windows,
+                                      size_by_rows)
 
 UTC = timezone.utc
 
@@ -79,3 +80,45 @@ def test_too_many_windows_is_refused_with_advice():
 def test_a_window_survives_the_round_trip_through_xcom():
     window = plan_windows(utc(2024, 3, 1), utc(2024, 3, 2), "P1D")[0]
     assert Window.from_dict(window.to_dict()) == window
+
+
+def day(n: int) -> Window:
+    return plan_windows(utc(2024, 3, n), utc(2024, 3, n + 1), "P1D")[0]
+
+
+def no_split(window, parts):
+    raise AssertionError("nothing should be split")
+
+
+def test_empty_windows_are_skipped_and_quiet_ones_kept():
+    sized = size_by_rows([day(1), day(2), day(3)], [5, 0, 7], no_split, max_rows=100, max_partitions=10)
+    assert [(s.window.label, s.rows) for s in sized] == [
+        ("2024-03-01 → 2024-03-02", 5), ("2024-03-03 → 2024-03-04", 7)]
+
+
+def test_a_busy_window_is_split_at_the_row_quantiles_it_is_given():
+    cuts = [utc(2024, 3, 1, 8), utc(2024, 3, 1, 16, 30, 5, 123)]
+    sized = size_by_rows([day(1)], [300], lambda w, parts: cuts[:parts - 1], max_rows=100,
+                         max_partitions=10)
+    assert [(s.window.start, s.window.end) for s in sized] == [
+        (utc(2024, 3, 1), cuts[0]), (cuts[0], cuts[1]), (cuts[1], utc(2024, 3, 2))]
+    assert [s.rows for s in sized] == [100, 100, 100]
+    assert sized[2].window.label == "2024-03-01 16:30:05.000123 → 2024-03-02 00:00:00.000000"
+
+
+def test_split_points_outside_the_window_or_repeated_are_ignored():
+    sized = size_by_rows([day(1)], [300], lambda w, parts: [utc(2024, 3, 1), utc(2024, 3, 1, 12),
+                                                            utc(2024, 3, 1, 12), utc(2024, 3, 2)],
+                         max_rows=100, max_partitions=10)
+    assert [(s.window.start, s.window.end) for s in sized] == [
+        (utc(2024, 3, 1), utc(2024, 3, 1, 12)), (utc(2024, 3, 1, 12), utc(2024, 3, 2))]
+
+
+def test_too_many_partitions_are_merged_with_their_neighbours_until_under_the_cap():
+    days = [day(n) for n in range(1, 11)]
+    sized = size_by_rows(days, [1] * 10, no_split, max_rows=100, max_partitions=4)
+    assert len(sized) == 3  # 10 → 5 → 3
+    assert sized[0].window.start == utc(2024, 3, 1) and sized[-1].window.end == utc(2024, 3, 11)
+    assert all(a.window.end == b.window.start for a, b in zip(sized, sized[1:]))
+    assert sum(s.rows for s in sized) == 10
+    assert sized[0].window.label == "2024-03-01 → 2024-03-05"

@@ -1,0 +1,28 @@
+"""Airflow DAGs: replay the Synap backfill into extra regions, one per entry of include/regions.yaml."""
+
+from __future__ import annotations
+
+from include.backfill.dag_factory import PRIMARY_BACKFILL_DONE, build_backfill_dag
+from include.backfill.regions import AFTER_PRIMARY, load_regions
+
+DOC_MD = """
+### Synap region replay: `{name}`
+
+The same backfill as `synap_backfill`, into the Synap connection `{conn}`, with the
+same stable document ids, so this region ends with exactly the documents of the
+first. Schedule: {schedule}. Configured in `include/regions.yaml`.
+"""
+
+for region in load_regions():
+    after_primary = region.schedule == AFTER_PRIMARY
+    build_backfill_dag(
+        region.dag_id,
+        doc_md=DOC_MD.format(name=region.name, conn=region.synap_conn_id,
+                             schedule="after `synap_backfill` succeeds (asset "
+                                      "`synap_backfill_complete`)" if after_primary
+                             else f"`{region.schedule}`" if region.schedule else "manual"),
+        schedule=[PRIMARY_BACKFILL_DONE] if after_primary else region.schedule,
+        params=region.param_defaults(),
+        pool=region.pool_name,
+        tags=["replay", region.name],
+    )

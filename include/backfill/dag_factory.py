@@ -1,0 +1,136 @@
+"""One definition of the backfill DAG, used for the primary backfill and each region replay.
+
+Only ``airflow.sdk`` is imported here: building a DAG touches no database,
+network or SDK. Task bodies import the engine when they run.
+
+The params are the UI's trigger form. Each carries a JSON schema that the API
+server checks when a run is triggered, so a wrong type, a batch size over 100,
+an unknown mode or a malformed date is refused with HTTP 400 naming the
+field, and nothing runs. What one field's schema cannot express (end before
+start, an unknown time zone) is refused by the first task, ``resolve_config``,
+before anything reads or sends.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import pendulum
+from airflow.sdk import Asset, Param, dag, get_current_context, task
+
+# Emitted by the primary backfill's summary when every row is accounted for;
+# a region replay can be scheduled on it.
+PRIMARY_BACKFILL_DONE = Asset(name="synap_backfill_complete", uri="synap://backfill/synap_backfill")
+DEFAULT_POOL = "synap_api"
+
+# ISO-8601 date-time: date, optional time (with optional fraction) and offset.
+_DATE_TIME = (r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?)?"
+              r"(Z|[+-]\d{2}(:?\d{2})?)?$")
+# ISO-8601 duration as the window size (P1D, PT6H, P1W, P1M, P1DT12H).
+_DURATION = r"^P(?=\d|T\d)(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(?=\d)(\d+H)?(\d+M)?(\d+S)?)?$"
+_IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
+_TABLE = r"^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?$"
+_CONN_ID = r"^[A-Za-z0-9_.\-]{1,250}$"
+_COLUMNS = ("user_id", "customer_id", "conversation_id", "message_index", "user_text",
+            "assistant_text", "created_at")
+
+
+def backfill_params(**defaults: Any) -> dict[str, Param]:
+    """The trigger form; ``defaults`` override the recipe's defaults (a region's connection)."""
+    d = {"start": None, "end": None, "window_size": "P1D", "partition_timezone": "UTC",
+         "max_rows_per_partition": 100_000, "max_partitions": 500, "batch_size": 50,
+         "mode": "long-range", "dry_run": False, "synap_conn_id": "synap_default",
+         "postgres_conn_id": "postgres_default", "source_table": "conversations",
+         "source_timezone": "UTC", **{f"{c}_column": c for c in _COLUMNS}, **defaults}
+    params = {
+        "start": Param(d["start"], type=["null", "string"], format="date-time", pattern=_DATE_TIME,
+                       title="Start (inclusive)", section="Range",
+                       description="ISO-8601 date-time. Leave start and end empty to backfill "
+                                   "the table's whole range."),
+        "end": Param(d["end"], type=["null", "string"], format="date-time", pattern=_DATE_TIME,
+                     title="End (exclusive)", section="Range",
+                     description="ISO-8601 date-time, after start. A date-time without an "
+                                 "offset is UTC."),
+        "window_size": Param(d["window_size"], type="string", pattern=_DURATION,
+                             title="Window size", section="Partitions",
+                             description="ISO-8601 duration of one partition: P1D (a calendar "
+                                         "day in the partition time zone), PT6H, P1W."),
+        "partition_timezone": Param(d["partition_timezone"], type="string", minLength=1,
+                                    title="Partition time zone", section="Partitions",
+                                    description="IANA zone whose calendar the windows follow."),
+        "max_rows_per_partition": Param(d["max_rows_per_partition"], type="integer", minimum=1,
+                                        maximum=100_000_000, title="Max rows per partition",
+                                        section="Partitions",
+                                        description="A busier window is split at row quantiles."),
+        "max_partitions": Param(d["max_partitions"], type="integer", minimum=1, maximum=1000,
+                                title="Max partitions", section="Partitions",
+                                description="Neighbouring windows are merged until the plan "
+                                            "fits (Airflow maps at most 1024)."),
+        "batch_size": Param(d["batch_size"], type="integer", minimum=1, maximum=100,
+                            title="Batch size", section="Sending",
+                            description="Documents per batch_create call (Synap accepts 100)."),
+        "mode": Param(d["mode"], type="string", enum=["long-range", "fast"], title="Mode",
+                      section="Sending",
+                      values_display={"long-range": "long-range (full extraction: right for a backfill)",
+                                      "fast": "fast (skips most extraction: wrong for a backfill)"},
+                      description="long-range runs Synap's full extraction pipeline."),
+        "dry_run": Param(d["dry_run"], type="boolean", title="Dry run", section="Sending",
+                         description="Read, build and count documents without sending any."),
+        "synap_conn_id": Param(d["synap_conn_id"], type="string", pattern=_CONN_ID,
+                               title="Synap connection", section="Connections"),
+        "postgres_conn_id": Param(d["postgres_conn_id"], type="string", pattern=_CONN_ID,
+                                  title="Postgres connection", section="Connections"),
+        "source_table": Param(d["source_table"], type="string", pattern=_TABLE,
+                              title="Source table", section="Source",
+                              description="TABLE or SCHEMA.TABLE (plain identifiers)."),
+    }
+    for column in _COLUMNS:
+        params[f"{column}_column"] = Param(
+            d[f"{column}_column"], type="string", pattern=_IDENTIFIER, section="Source",
+            title=f"{column} column", description=f"Column holding the {column.replace('_', ' ')}.")
+    params["source_timezone"] = Param(
+        d["source_timezone"], type="string", minLength=1, title="Source time zone",
+        section="Source", description="IANA zone of timestamps stored without one.")
+    return params
+
+
+def build_backfill_dag(dag_id: str, *, doc_md: str, schedule: Any = None,
+                       params: dict[str, Any] | None = None, pool: str = DEFAULT_POOL,
+                       outlets: Iterable[Asset] = (), tags: Iterable[str] = ()) -> Any:
+    """The backfill DAG: resolve_config → plan_partitions → backfill_partition[n] → summarize."""
+
+    @dag(dag_id=dag_id, schedule=schedule, start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
+         catchup=False, max_active_runs=1, doc_md=doc_md, tags=["synap", *tags],
+         params=backfill_params(**(params or {})))
+    def backfill():
+        @task
+        def resolve_config() -> dict:
+            from include.backfill.tasks import resolve_config as resolve
+
+            return resolve(get_current_context()["params"])
+
+        @task
+        def plan_partitions(config: dict) -> list[dict]:
+            from include.backfill.tasks import plan_partitions as plan
+
+            return plan(config)
+
+        @task(map_index_template="{{ window_label }}", pool=pool)
+        def backfill_partition(config: dict, window: dict) -> dict:
+            from include.backfill.tasks import run_partition
+
+            get_current_context()["window_label"] = window["label"]
+            return run_partition(config, window)
+
+        @task(trigger_rule="all_done", outlets=list(outlets))
+        def summarize(windows: list[dict] | None, reports: list[dict] | None) -> dict:
+            from include.backfill.tasks import summarize_run
+
+            return summarize_run(windows, reports)
+
+        config = resolve_config()
+        windows = plan_partitions(config)
+        reports = backfill_partition.partial(config=config).expand(window=windows)
+        summarize(windows, reports)
+
+    return backfill()
