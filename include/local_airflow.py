@@ -106,19 +106,27 @@ def task_states(dag_run: Any) -> dict[tuple[str, int], str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m include.local_airflow run [DAG_ID] [--conf JSON]``: one dag.test() run.
+    """Commands for a local Airflow; expects the environment from ``airflow_env()``.
 
-    Expects the environment from ``airflow_env()`` and the connections to be set.
-    Prints the run's summary table last; exits 1 unless the run succeeded.
+    ``run [DAG_ID] [--conf JSON]``: one dag.test() run; prints the summary table
+    last and exits 1 unless the run succeeded (connections must be set).
+    ``setup [--pool-slots N]``: migrate the metadata DB and create the pools.
     """
     import argparse
     import json
 
     parser = argparse.ArgumentParser(prog="python -m include.local_airflow")
-    parser.add_argument("command", choices=["run"])
+    parser.add_argument("command", choices=["run", "setup"])
     parser.add_argument("dag_id", nargs="?", default="synap_backfill")
     parser.add_argument("--conf", default="{}", help="run conf (params) as JSON")
+    parser.add_argument("--pool-slots", type=int, default=4)
     args = parser.parse_args(argv)
+    if args.command == "setup":
+        from airflow.utils.db import initdb
+
+        initdb()
+        ensure_pools(args.pool_slots)
+        return 0
     migrate_db()
     dag_run = run_dag(args.dag_id, json.loads(args.conf))
     print(render_run(dag_run), flush=True)

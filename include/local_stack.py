@@ -1,0 +1,228 @@
+"""``make ui``: a running local Airflow with everything the backfill needs, on loopback.
+
+Starts an embedded PostgreSQL with the demo ``conversations`` table, the local
+Synap API with two instances (the primary and the ``eu`` replay region), and
+Airflow's api-server, scheduler, dag-processor and triggerer (LocalExecutor,
+SQLite metadata DB), with the connections and pools in place. Prints the URL
+and login, and on Ctrl-C stops every process it started and checks they are
+gone. The end-to-end tests start the same stack.
+
+    python -m include.local_stack [--port 8080] [--turns 20000] [--days 90]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from .demo_data import load_demo_table
+from .local_airflow import REPO_ROOT, airflow_env
+from .local_postgres import LocalPostgres
+from .synap_local.process import SynapProcess
+
+PRIMARY_TENANT = "local-dev-key:inst_0000000000000001:b2b"
+EU_TENANT = "local-eu-key:inst_00000000000000e1:b2b"
+COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalStack:
+    """Everything ``make ui`` runs; ``start()`` then ``stop()`` (or use ``with``)."""
+
+    def __init__(self, state_dir: Path, *, port: int = 8080, turns: int = 20_000, days: int = 90,
+                 seed: int = 7, pool_slots: int = 4, extra_env: dict[str, str] | None = None) -> None:
+        self.state = state_dir
+        self.port = port
+        self.turns, self.days, self.seed = turns, days, seed
+        self.pool_slots = pool_slots
+        self.extra_env = extra_env or {}
+        self.url = f"http://127.0.0.1:{port}"
+        self.pg = LocalPostgres(state_dir / "postgres")
+        self.synap = SynapProcess(state_dir / "synap.sqlite3", "--tenant", PRIMARY_TENANT,
+                                  "--tenant", EU_TENANT)
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.rows = 0
+
+    # -- lifecycle ----------------------------------------------------------
+    def start(self, timeout: float = 180) -> "LocalStack":
+        self.state.mkdir(parents=True, exist_ok=True)
+        (self.state / "logs").mkdir(exist_ok=True)
+        try:
+            self.pg.start()
+            with self.pg.connect() as conn:
+                self.rows = load_demo_table(conn, turns=self.turns, days=self.days, seed=self.seed)
+            self.synap.start()
+            env = self.env()
+            self._run_setup(env)
+            for name in COMPONENTS:
+                self._spawn(name, env)
+            self.wait_until_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop every process this stack started, by process group, and make sure they are gone."""
+        for proc in self.processes.values():
+            _signal_group(proc, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        for proc in self.processes.values():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        for name, proc in self.processes.items():
+            _signal_group(proc, signal.SIGKILL)  # stragglers: the group's children too
+            proc.wait(timeout=10)
+            if _group_alive(proc.pid):
+                raise RuntimeError(f"airflow {name} (process group {proc.pid}) did not stop")
+        self.processes.clear()
+        self.synap.stop()
+        self.pg.stop()
+
+    def __enter__(self) -> "LocalStack":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    # -- configuration ------------------------------------------------------
+    @property
+    def password(self) -> str:
+        path = self.state / "passwords.json"
+        if not path.exists():
+            path.write_text(json.dumps({"admin": secrets.token_urlsafe(12)}))
+        return json.loads(path.read_text())["admin"]
+
+    def env(self) -> dict[str, str]:
+        secret_file = self.state / "jwt-secret"
+        if not secret_file.exists():
+            secret_file.write_text(secrets.token_urlsafe(32))
+        _ = self.password  # write the passwords file before the api-server reads it
+        synap_url = self.synap.url
+        return {
+            **os.environ,
+            **airflow_env(self.state / "airflow"),
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__API__PORT": str(self.port),
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__BASE_URL": self.url,
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.url}/execution/",
+            "AIRFLOW__API_AUTH__JWT_SECRET": secret_file.read_text(),
+            "AIRFLOW__API__SECRET_KEY": secret_file.read_text(),
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.state / "passwords.json"),
+            "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "True",
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+            "AIRFLOW__API__WORKERS": "1",
+            "AIRFLOW_CONN_SYNAP_DEFAULT": json.dumps(
+                {"conn_type": "synap", "host": synap_url, "password": PRIMARY_TENANT.split(":")[0]}),
+            "AIRFLOW_CONN_SYNAP_EU": json.dumps(
+                {"conn_type": "synap", "host": synap_url, "password": EU_TENANT.split(":")[0]}),
+            "AIRFLOW_CONN_POSTGRES_DEFAULT": self.pg.airflow_connection(),
+            **self.extra_env,
+        }
+
+    def _run_setup(self, env: dict[str, str]) -> None:
+        """Migrate the metadata DB and create the pools, as the compose init service does."""
+        log = (self.state / "logs" / "setup.log").open("wb")
+        subprocess.run([sys.executable, "-m", "include.local_airflow", "setup",
+                        "--pool-slots", str(self.pool_slots)],
+                       cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=True,
+                       timeout=300)
+
+    def _spawn(self, name: str, env: dict[str, str]) -> None:
+        log = (self.state / "logs" / f"{name}.log").open("wb")
+        airflow = Path(sys.executable).parent / "airflow"
+        self.processes[name] = subprocess.Popen(
+            [str(airflow), name], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+
+    def wait_until_ready(self, timeout: float) -> None:
+        """Until the API answers and the scheduler, dag-processor and triggerer report healthy."""
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        while time.monotonic() < deadline:
+            for name, proc in self.processes.items():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"airflow {name} exited with {proc.returncode}; "
+                                       f"see {self.state / 'logs' / (name + '.log')}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/api/v2/monitor/health", timeout=5) as resp:
+                    last = json.load(resp)
+                if all((last.get(k) or {}).get("status") == "healthy"
+                       for k in ("metadatabase", "scheduler", "triggerer", "dag_processor")):
+                    return
+            except (OSError, ValueError):
+                pass
+            time.sleep(1)
+        raise TimeoutError(f"Airflow not ready after {timeout:.0f}s (last health: {last})")
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    # Zombies of the group count as gone: only their parent can reap them.
+    out = subprocess.run(["ps", "-o", "stat=", "-g", str(pgid)], capture_output=True, text=True).stdout
+    return any(not line.strip().startswith("Z") for line in out.splitlines() if line.strip())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--turns", type=int, default=20_000)
+    parser.add_argument("--days", type=int, default=90)
+    args = parser.parse_args(argv)
+    stack = LocalStack(REPO_ROOT / ".local" / "ui", port=args.port, turns=args.turns, days=args.days)
+    print("starting embedded PostgreSQL, the local Synap API and Airflow (about 30 s)...", flush=True)
+    stack.start()
+    print(f"""
+Airflow is up: {stack.url}
+  login:        admin / {stack.password}
+  DAGs:         synap_backfill (trigger it: DAG page -> Trigger), synap_replay_eu
+  source:       conversations, {stack.rows} turns in the embedded PostgreSQL
+  Synap:        {stack.synap.url} (primary: local-dev-key, eu region: local-eu-key)
+  logs:         {(stack.state / 'logs').relative_to(REPO_ROOT)}/
+Ctrl-C stops everything.""", flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        while all(p.poll() is None for p in stack.processes.values()):
+            time.sleep(1)
+        print("an Airflow component exited; stopping", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        print("stopping...", flush=True)
+        stack.stop()
+        print("stopped: Airflow, the local Synap API and PostgreSQL", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

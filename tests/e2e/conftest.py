@@ -1,0 +1,103 @@
+"""A running Airflow (as `make ui` starts it) and a small REST API v2 client for it."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from include.local_stack import LocalStack, free_port
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+
+
+class AirflowClient:
+    """Just what the tests need of Airflow's REST API v2 (JWT from /auth/token)."""
+
+    def __init__(self, url: str, username: str, password: str) -> None:
+        self.url = url
+        body = json.dumps({"username": username, "password": password}).encode()
+        req = urllib.request.Request(f"{url}/auth/token", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            self.token = json.load(resp)["access_token"]
+
+    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        req = urllib.request.Request(
+            self.url + path, method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                return resp.status, json.load(resp)
+        except urllib.error.HTTPError as err:
+            text = err.read().decode()
+            try:
+                return err.code, json.loads(text)
+            except ValueError:
+                return err.code, text
+
+    def ok(self, method: str, path: str, body: Any = None) -> Any:
+        status, answer = self.call(method, path, body)
+        assert status < 300, f"{method} {path}: HTTP {status}: {answer}"
+        return answer
+
+    def wait_for_dag(self, dag_id: str, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while self.call("GET", f"/api/v2/dags/{dag_id}")[0] != 200:
+            assert time.monotonic() < deadline, f"DAG {dag_id} never appeared"
+            time.sleep(1)
+
+    def trigger(self, dag_id: str, run_id: str, conf: dict) -> tuple[int, Any]:
+        return self.call("POST", f"/api/v2/dags/{dag_id}/dagRuns",
+                         {"logical_date": None, "dag_run_id": run_id, "conf": conf})
+
+    def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 300) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            state = self.ok("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")["state"]
+            if state in ("success", "failed"):
+                return state
+            assert time.monotonic() < deadline, f"run {run_id} still {state} after {timeout}s"
+            time.sleep(2)
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
+        return self.ok("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=1000")[
+            "task_instances"]
+
+    def xcom(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> Any:
+        return self.ok("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}"
+                              f"/xcomEntries/return_value?map_index={map_index}&deserialize=true")["value"]
+
+    def log(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1, map_index: int = -1) -> str:
+        answer = self.ok("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}"
+                                f"/logs/{try_number}?map_index={map_index}")
+        content = answer.get("content")
+        if isinstance(content, str):
+            return content
+        return "\n".join(json.dumps(e, ensure_ascii=False) for e in content)
+
+
+@pytest.fixture(scope="session")
+def stack(scratch: Path) -> Iterator[LocalStack]:
+    with LocalStack(scratch / "stack", port=free_port(), turns=1500, days=5, seed=3) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def airflow(stack: LocalStack) -> AirflowClient:
+    client = AirflowClient(stack.url, "admin", stack.password)
+    client.wait_for_dag("synap_backfill")
+    client.ok("PATCH", "/api/v2/dags/synap_backfill", {"is_paused": False})
+    return client
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
