@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install demo demo-fresh test test-unit synap-api lock clean
+.PHONY: install demo demo-fresh ui test test-unit test-e2e synap-api lock clean
 
 $(STAMP): requirements.txt constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version' 
@@ -22,11 +22,17 @@ demo: $(STAMP)  ## run the backfill end to end on the embedded default (run twic
 demo-fresh: $(STAMP)  ## the demo, after forgetting earlier demo runs
 	$(PY) -m include.demo --fresh
 
-test: $(STAMP)  ## all tests: unit, DAG integrity, integration (embedded PostgreSQL, local Synap API)
+ui: $(STAMP)  ## a running local Airflow with demo data, the local Synap API, connections and pools
+	$(PY) -m include.local_stack
+
+test: $(STAMP)  ## every test: unit, DAG integrity, integration, end to end (a real Airflow; browser)
 	$(PY) -m pytest
 
-test-unit: $(STAMP)
+test-unit: $(STAMP)  ## the fast ones
 	$(PY) -m pytest tests/unit tests/dags
+
+test-e2e: $(STAMP)  ## only the ones that start a real Airflow
+	$(PY) -m pytest tests/e2e
 
 synap-api: $(STAMP)  ## serve the local Synap API on 127.0.0.1:8765 (store .local/synap.sqlite3)
 	$(PY) -m include.synap_local serve --port 8765

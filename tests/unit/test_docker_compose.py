@@ -1,0 +1,77 @@
+"""docker-compose.yaml cannot run here (no Docker engine): validate it and check it matches the repo."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from include.local_airflow import synap_pools
+
+REPO = Path(__file__).resolve().parents[2]
+COMPOSE = yaml.safe_load((REPO / "docker-compose.yaml").read_text())
+SERVICES = COMPOSE["services"]
+AIRFLOW_SERVICES = {"airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
+                    "airflow-triggerer", "airflow-worker", "airflow-init"}
+
+
+def test_it_validates_against_the_compose_specification():
+    checker = Path(sys.executable).parent / "check-jsonschema"
+    result = subprocess.run([str(checker), "--builtin-schema", "vendor.compose-spec",
+                             str(REPO / "docker-compose.yaml")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_it_has_the_official_airflow_3_services_plus_source_db_and_synap_api():
+    assert AIRFLOW_SERVICES | {"postgres", "redis", "source-db", "synap-api", "source-init"} == set(SERVICES)
+    assert SERVICES["airflow-worker"]["command"] == "celery worker"
+    env = SERVICES["airflow-scheduler"]["environment"]
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+
+
+def test_every_dependency_names_a_service_and_long_running_services_have_healthchecks():
+    for name, service in SERVICES.items():
+        for dependency in service.get("depends_on") or {}:
+            assert dependency in SERVICES, f"{name} depends on missing service {dependency}"
+            assert dependency != name
+        if name not in {"airflow-init", "source-init"}:
+            assert "healthcheck" in service, f"{name} has no healthcheck"
+
+
+@pytest.mark.parametrize("service", sorted(AIRFLOW_SERVICES))
+def test_airflow_services_mount_the_repo_folders_and_can_import_include(service):
+    mounts = {v.split(":")[0]: v.split(":")[1] for v in SERVICES[service]["volumes"]}
+    for folder in ("dags", "plugins", "include"):
+        assert mounts[f"./{folder}"] == f"/opt/airflow/{folder}"
+        assert (REPO / folder).is_dir()
+    assert "/opt/airflow" in SERVICES[service]["environment"]["PYTHONPATH"].split(":")
+
+
+def test_the_init_creates_every_pool_and_connection_the_dags_use():
+    script = "\n".join(SERVICES["airflow-init"]["command"])
+    created = set(re.findall(r"airflow pools set (\S+) ", script))
+    assert created == set(synap_pools())
+    connections = set(re.findall(r"add_conn (\S+) ", script))
+    from include.backfill.regions import load_regions
+
+    assert {"synap_default", "postgres_default", *(r.synap_conn_id for r in load_regions())} <= connections
+    assert "airflow db migrate" in script
+
+
+def test_the_image_installs_the_versions_requirements_pins():
+    pins = dict(re.findall(r"^([A-Za-z0-9_.\-]+)==(\S+)", (REPO / "requirements.txt").read_text(), re.M))
+    dockerfile = (REPO / "Dockerfile").read_text()
+    base = re.search(r"FROM apache/airflow:(\S+)-python3\.11", dockerfile).group(1)
+    assert base == pins["apache-airflow"]
+    for package in ("apache-airflow", "apache-airflow-providers-postgres", "maximem-synap", "pendulum"):
+        assert f'"{package}=={pins[package]}"' in dockerfile
+
+
+def test_the_synap_api_and_demo_data_services_run_this_repos_modules():
+    assert SERVICES["synap-api"]["entrypoint"][-1] == "include.synap_local"
+    assert "--tenant local-dev-key" in SERVICES["synap-api"]["command"]
+    assert SERVICES["source-init"]["entrypoint"][-1] == "include.demo_data"
