@@ -200,8 +200,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--days", type=int, default=90)
     args = parser.parse_args(argv)
     stack = LocalStack(REPO_ROOT / ".local" / "ui", port=args.port, turns=args.turns, days=args.days)
+    # Ctrl-C and SIGTERM both stop everything, even when this process was
+    # started with SIGINT ignored (as shells do for background jobs).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     print("starting embedded PostgreSQL, the local Synap API and Airflow (about 30 s)...", flush=True)
-    stack.start()
+    try:
+        stack.start()  # stops what it started if it fails or is interrupted
+    except KeyboardInterrupt:
+        return 130
     print(f"""
 Airflow is up: {stack.url}
   login:        admin / {stack.password}
@@ -210,7 +217,6 @@ Airflow is up: {stack.url}
   Synap:        {stack.synap.url} (primary: local-dev-key, eu region: local-eu-key)
   logs:         {(stack.state / 'logs').relative_to(REPO_ROOT)}/
 Ctrl-C stops everything.""", flush=True)
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         while all(p.poll() is None for p in stack.processes.values()):
             time.sleep(1)
