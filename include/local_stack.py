@@ -45,12 +45,14 @@ class LocalStack:
     """Everything ``make ui`` runs; ``start()`` then ``stop()`` (or use ``with``)."""
 
     def __init__(self, state_dir: Path, *, port: int = 8080, turns: int = 20_000, days: int = 90,
-                 seed: int = 7, pool_slots: int = 4, extra_env: dict[str, str] | None = None) -> None:
+                 seed: int = 7, pool_slots: int = 4, extra_env: dict[str, str] | None = None,
+                 synap_extra: dict[str, Any] | None = None) -> None:
         self.state = state_dir
         self.port = port
         self.turns, self.days, self.seed = turns, days, seed
         self.pool_slots = pool_slots
         self.extra_env = extra_env or {}
+        self.synap_extra = synap_extra or {}
         self.url = f"http://127.0.0.1:{port}"
         self.pg = LocalPostgres(state_dir / "postgres")
         self.synap = SynapProcess(state_dir / "synap.sqlite3", "--tenant", PRIMARY_TENANT,
@@ -132,9 +134,11 @@ class LocalStack:
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
             "AIRFLOW__API__WORKERS": "1",
             "AIRFLOW_CONN_SYNAP_DEFAULT": json.dumps(
-                {"conn_type": "synap", "host": synap_url, "password": PRIMARY_TENANT.split(":")[0]}),
+                {"conn_type": "synap", "host": synap_url, "password": PRIMARY_TENANT.split(":")[0],
+                 "extra": self.synap_extra}),
             "AIRFLOW_CONN_SYNAP_EU": json.dumps(
-                {"conn_type": "synap", "host": synap_url, "password": EU_TENANT.split(":")[0]}),
+                {"conn_type": "synap", "host": synap_url, "password": EU_TENANT.split(":")[0],
+                 "extra": self.synap_extra}),
             "AIRFLOW_CONN_POSTGRES_DEFAULT": self.pg.airflow_connection(),
             **self.extra_env,
         }

@@ -61,6 +61,10 @@ class BackfillConfig:
     batch_size: int = 50
     mode: str = "long-range"
     dry_run: bool = False
+    max_document_chars: int = 100_000
+    ledger_conn_id: str = ""  # empty: the source connection
+    ledger_schema: str = "synap_backfill"
+    restart_partitions: bool = False
     fetch_size: int = 1000
 
     def to_dict(self) -> dict[str, Any]:
@@ -124,6 +128,11 @@ def config_from_params(params: Mapping[str, Any]) -> BackfillConfig:
         batch_size=bounded_int("batch_size", get("batch_size", 50), 1, MAX_BATCH_SIZE),
         mode=mode,
         dry_run=boolean("dry_run", get("dry_run", False)),
+        max_document_chars=bounded_int("max_document_chars", get("max_document_chars", 100_000),
+                                       100, 10_000_000),
+        ledger_conn_id=str(get("ledger_conn_id") or "").strip(),
+        ledger_schema=identifier("ledger_schema", get("ledger_schema", "synap_backfill")),
+        restart_partitions=boolean("restart_partitions", get("restart_partitions", False)),
         fetch_size=bounded_int("fetch_size", get("fetch_size", 1000), 1, 100_000),
     )
 

@@ -13,6 +13,7 @@ before anything reads or sends.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any, Iterable
 
 import pendulum
@@ -39,7 +40,9 @@ def backfill_params(**defaults: Any) -> dict[str, Param]:
     """The trigger form; ``defaults`` override the recipe's defaults (a region's connection)."""
     d = {"start": None, "end": None, "window_size": "P1D", "partition_timezone": "UTC",
          "max_rows_per_partition": 100_000, "max_partitions": 500, "batch_size": 50,
-         "mode": "long-range", "dry_run": False, "synap_conn_id": "synap_default",
+         "mode": "long-range", "dry_run": False, "max_document_chars": 100_000,
+         "restart_partitions": False, "ledger_conn_id": "", "ledger_schema": "synap_backfill",
+         "synap_conn_id": "synap_default",
          "postgres_conn_id": "postgres_default", "source_table": "conversations",
          "source_timezone": "UTC", **{f"{c}_column": c for c in _COLUMNS}, **defaults}
     params = {
@@ -76,10 +79,28 @@ def backfill_params(**defaults: Any) -> dict[str, Param]:
                       description="long-range runs Synap's full extraction pipeline."),
         "dry_run": Param(d["dry_run"], type="boolean", title="Dry run", section="Sending",
                          description="Read, build and count documents without sending any."),
+        "max_document_chars": Param(d["max_document_chars"], type="integer", minimum=100,
+                                    maximum=10_000_000, title="Max document characters",
+                                    section="Sending",
+                                    description="A longer turn is rejected with a reason (Synap "
+                                                "publishes no limit)."),
+        "restart_partitions": Param(d["restart_partitions"], type="boolean",
+                                    title="Restart partitions", section="Sending",
+                                    description="Ignore checkpoints and start every partition "
+                                                "from its first row."),
         "synap_conn_id": Param(d["synap_conn_id"], type="string", pattern=_CONN_ID,
                                title="Synap connection", section="Connections"),
         "postgres_conn_id": Param(d["postgres_conn_id"], type="string", pattern=_CONN_ID,
                                   title="Postgres connection", section="Connections"),
+        "ledger_conn_id": Param(d["ledger_conn_id"], type="string",
+                                pattern=r"^([A-Za-z0-9_.\-]{1,250})?$", title="Ledger connection",
+                                section="Connections",
+                                description="Postgres for checkpoints and rejected rows; empty: "
+                                            "the source connection."),
+        "ledger_schema": Param(d["ledger_schema"], type="string", pattern=_IDENTIFIER,
+                               title="Ledger schema", section="Connections",
+                               description="Schema of the checkpoints and rejected_rows tables "
+                                           "(created if missing)."),
         "source_table": Param(d["source_table"], type="string", pattern=_TABLE,
                               title="Source table", section="Source",
                               description="TABLE or SCHEMA.TABLE (plain identifiers)."),
@@ -115,12 +136,16 @@ def build_backfill_dag(dag_id: str, *, doc_md: str, schedule: Any = None,
 
             return plan(config)
 
-        @task(map_index_template="{{ window_label }}", pool=pool)
+        @task(map_index_template="{{ window_label }}", pool=pool, retries=2,
+              retry_delay=timedelta(seconds=20))
         def backfill_partition(config: dict, window: dict) -> dict:
             from include.backfill.tasks import run_partition
 
-            get_current_context()["window_label"] = window["label"]
-            return run_partition(config, window)
+            context = get_current_context()
+            context["window_label"] = window["label"]
+            run = context["dag_run"]
+            return run_partition(config, window, dag_id=run.dag_id, run_id=run.run_id,
+                                 run_started=run.start_date)
 
         @task(trigger_rule="all_done", outlets=list(outlets))
         def summarize(windows: list[dict] | None, reports: list[dict] | None) -> dict:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from maximem_synap import CreateMemoryRequest
 
+from . import results
 from .source import SourceRow
 
 DOCUMENT_TYPE = "ai-chat-conversation"
@@ -31,6 +32,10 @@ class RejectReason:
     NO_MESSAGE_INDEX = "message_index is NULL"
     EMPTY_TURN = "user and assistant text are both NULL or empty"
     NUL_CHARACTER = "text contains a NUL character"
+    INVALID_UTF8 = "text is not valid UTF-8"
+    TOO_LONG = "text is longer than max_document_chars"
+    B2B_SCOPE = "user_id without customer_id on a b2b instance"
+    DUPLICATED_IN_SOURCE = results.DUPLICATED_IN_SOURCE
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,13 +48,23 @@ def document_id(conversation_id: str, message_index: int) -> str:
     return f"backfill:{conversation_id}:{message_index}"
 
 
-def build_document(row: SourceRow, mode: str = "long-range") -> CreateMemoryRequest | Rejected:
-    """The recipe's document for ``row``, or why there cannot be one."""
+def build_document(row: SourceRow, mode: str = "long-range", *, max_chars: int | None = None,
+                   isolation: str | None = None) -> CreateMemoryRequest | Rejected:
+    """The recipe's document for ``row``, or why there cannot be one.
+
+    ``isolation`` is the instance's (``b2b``/``b2c``, from whoami): on a b2b
+    instance a user without a customer is refused here rather than by Synap.
+    """
     reason = _problem(row)
     if reason:
         return Rejected(row.key, reason)
+    text = f"User: {row.user_text or ''}\nAssistant: {row.assistant_text or ''}"
+    if max_chars is not None and len(text) > max_chars:
+        return Rejected(row.key, RejectReason.TOO_LONG)
+    if isolation == "b2b" and row.user_id and not row.customer_id:
+        return Rejected(row.key, RejectReason.B2B_SCOPE)
     return CreateMemoryRequest(
-        document=f"User: {row.user_text or ''}\nAssistant: {row.assistant_text or ''}",
+        document=text,
         document_type=DOCUMENT_TYPE,
         document_id=document_id(row.conversation_id, row.message_index),
         document_created_at=row.created_at,
@@ -71,6 +86,8 @@ def _problem(row: SourceRow) -> str | None:
         return RejectReason.CONVERSATION_ID_NOT_UUID
     if row.message_index is None:
         return RejectReason.NO_MESSAGE_INDEX
+    if row.invalid_text:
+        return RejectReason.INVALID_UTF8
     if not (row.user_text or "").strip() and not (row.assistant_text or "").strip():
         return RejectReason.EMPTY_TURN
     if "\x00" in (row.user_text or "") or "\x00" in (row.assistant_text or ""):

@@ -10,6 +10,7 @@ for a server that words it differently.
 from __future__ import annotations
 
 import re
+from datetime import datetime, timedelta, timezone
 from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -17,16 +18,20 @@ from typing import Any, Iterable
 DEFAULT_DUPLICATE_PATTERN = r"duplicate|already (exists|ingested)"
 ACCEPTED_STATUSES = frozenset({"queued", "processing", "completed", "partial_success"})
 MISSING_RESULT = "server returned no result for this document"
+DUPLICATED_IN_SOURCE = "row duplicated in the source (same conversation_id and message_index)"
 MAX_REASON_LENGTH = 120
+CLOCK_SKEW = timedelta(seconds=2)  # between this worker's clock and the server's
 
 
 @dataclass
 class BatchOutcome:
-    """How one batch's documents ended."""
+    """How one batch's documents ended (``recovered``: ingested by a lost attempt of ours)."""
 
     ingested: int = 0
     duplicates: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
+    recovered: int = 0
+    rejected_ids: list[tuple[str, str]] = field(default_factory=list)  # (document_id, reason)
 
     @property
     def rejected_total(self) -> int:
@@ -34,8 +39,20 @@ class BatchOutcome:
 
 
 def classify_batch(document_ids: Iterable[str], results: Iterable[Any],
-                   duplicate_pattern: str = DEFAULT_DUPLICATE_PATTERN) -> BatchOutcome:
-    """Match results to the submitted ids (not by position) and count outcomes."""
+                   duplicate_pattern: str = DEFAULT_DUPLICATE_PATTERN,
+                   stored_since: datetime | None = None,
+                   run_started: datetime | None = None) -> BatchOutcome:
+    """Match results to the submitted ids (not by position) and count outcomes.
+
+    ``stored_since``: this batch was sent before, with an unknown outcome, at
+    that time. A duplicate whose original ``queued_at`` is not older was
+    stored by that lost attempt: it counts as ingested by this run. A server
+    that does not report the original time gets the benefit of the doubt.
+
+    ``run_started``: any other duplicate first stored after this run began
+    was stored by another row of this run: the row is a copy in the source,
+    rejected as such rather than skipped as earlier work.
+    """
     duplicate = re.compile(duplicate_pattern, re.IGNORECASE)
     by_id: dict[str, deque[Any]] = defaultdict(deque)
     for result in results:
@@ -46,15 +63,48 @@ def classify_batch(document_ids: Iterable[str], results: Iterable[Any],
         queue = by_id.get(doc_id)
         result = queue.popleft() if queue else None
         status = str(getattr(result, "status", "") or "")
+        reason = None
         if result is None:
-            outcome.rejected[MISSING_RESULT] += 1
+            reason = MISSING_RESULT
         elif status in ACCEPTED_STATUSES:
             outcome.ingested += 1
         elif duplicate.search(result.error_message or ""):
-            outcome.duplicates += 1
+            if stored_since is not None and _not_before(result, stored_since):
+                outcome.ingested += 1
+                outcome.recovered += 1
+            elif run_started is not None and _reported_not_before(result, run_started):
+                reason = DUPLICATED_IN_SOURCE
+            else:
+                outcome.duplicates += 1
         else:
-            outcome.rejected[server_reason(result.error_message)] += 1
+            reason = server_reason(result.error_message)
+        if reason:
+            outcome.rejected[reason] += 1
+            outcome.rejected_ids.append((doc_id, reason))
     return outcome
+
+
+def _not_before(result: Any, since: datetime) -> bool:
+    """The original write is not older than ``since`` (unknown: assume it is ours)."""
+    queued = _queued_at(result)
+    return queued is None or queued >= since - CLOCK_SKEW
+
+
+def _reported_not_before(result: Any, since: datetime) -> bool:
+    """The server says the original write is clearly not older than ``since``.
+
+    Strict by the skew: a write from just before a run started (a run right
+    after another) must stay earlier work, never a copy in the source.
+    """
+    queued = _queued_at(result)
+    return queued is not None and queued >= since + CLOCK_SKEW
+
+
+def _queued_at(result: Any) -> datetime | None:
+    queued = getattr(result, "queued_at", None)
+    if not isinstance(queued, datetime):
+        return None
+    return queued if queued.tzinfo else queued.replace(tzinfo=timezone.utc)
 
 
 def server_reason(message: str | None) -> str:

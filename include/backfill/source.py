@@ -12,17 +12,31 @@ conversion, so a row's document timestamp always lies in its window. A
 ``timestamptz`` column is unaffected.
 
 Rows come through a server-side (named) cursor in ``fetch_size`` chunks, so a
-partition's memory does not grow with its row count.
+partition's memory does not grow with its row count. Their order is total:
+``(created_at, conversation_id, message_index, ctid)``, NULLs folded to
+fixed values and the row's physical id as the last tiebreak, so a partition
+can resume strictly after the last acknowledged row (a ``Position``), even
+past rows that are exact copies. ``ctid`` is stable while rows are not
+updated; a table rewritten mid-backfill (``VACUUM FULL``) needs a restart.
+
+Texts are read as bytes (``textsend``) and decoded here, so a row holding
+invalid UTF-8 (possible in a ``SQL_ASCII`` database) is rejected alone
+instead of failing the whole fetch.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Iterator
+from typing import Any, Iterator, Tuple
 
 from .config import BackfillConfig
 from .windows import Window
+
+
+# (created_at or None for untimed rows, conversation key, message index key, ctid)
+Position = Tuple[Any, str, int, str]
+NULL_INDEX = -9223372036854775808  # where a NULL message_index sorts
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,11 +50,18 @@ class SourceRow:
     user_text: str | None
     assistant_text: str | None
     created_at: datetime | None
+    ctid: str = ""
+    invalid_text: bool = False  # a text column held bytes that are not UTF-8
 
     @property
     def key(self) -> str:
         """Identifies the row in logs and reject lists without its text."""
         return f"{self.conversation_id}:{self.message_index}"
+
+    @property
+    def position(self) -> Position:
+        return (self.created_at, self.conversation_id or "",
+                NULL_INDEX if self.message_index is None else self.message_index, self.ctid)
 
 
 @dataclass(frozen=True)
@@ -60,31 +81,41 @@ def quoted_table(config: BackfillConfig) -> str:
     return ".".join(quote_identifier(part) for part in config.source_table.split("."))
 
 
-def select_slice_sql(config: BackfillConfig) -> str:
-    """The window query: half-open bounds, deterministic order with a tiebreak."""
+def _select(config: BackfillConfig, timed: bool) -> str:
     c = config.columns
     q = quote_identifier
     return (
         f"SELECT {q(c.conversation_id)}::text, {q(c.message_index)}, {q(c.user_id)}::text,"
-        f" {q(c.customer_id)}::text, {q(c.user_text)}::text, {q(c.assistant_text)}::text,"
-        f" {q(c.created_at)}::timestamptz"
-        f" FROM {quoted_table(config)}"
-        f" WHERE {q(c.created_at)} >= %(start)s AND {q(c.created_at)} < %(end)s"
-        f" ORDER BY {q(c.created_at)}, {q(c.conversation_id)}, {q(c.message_index)}"
-    )
+        f" {q(c.customer_id)}::text, textsend({q(c.user_text)}::text),"
+        f" textsend({q(c.assistant_text)}::text),"
+        f" {q(c.created_at) + '::timestamptz' if timed else 'NULL::timestamptz'}, ctid::text"
+        f" FROM {quoted_table(config)}")
 
 
-def select_untimed_sql(config: BackfillConfig) -> str:
+def _order_key(config: BackfillConfig, timed: bool) -> list[str]:
+    c = config.columns
+    q = quote_identifier
+    keys = [f"COALESCE({q(c.conversation_id)}::text, '')",
+            f"COALESCE({q(c.message_index)}::bigint, {NULL_INDEX})", "ctid"]
+    return ([q(c.created_at)] if timed else []) + keys
+
+
+def select_slice_sql(config: BackfillConfig, *, after: bool = False) -> str:
+    """The window query: half-open bounds, a total order; optionally after a position."""
+    q = quote_identifier(config.columns.created_at)
+    key = _order_key(config, timed=True)
+    resume = (f" AND ({', '.join(key)}) > (%(a_ts)s, %(a_conv)s, %(a_idx)s, %(a_ctid)s::tid)"
+              if after else "")
+    return (f"{_select(config, timed=True)} WHERE {q} >= %(start)s AND {q} < %(end)s{resume}"
+            f" ORDER BY {', '.join(key)}")
+
+
+def select_untimed_sql(config: BackfillConfig, *, after: bool = False) -> str:
     """Rows whose timestamp is NULL: they belong to no window."""
-    c = config.columns
-    q = quote_identifier
-    return (
-        f"SELECT {q(c.conversation_id)}::text, {q(c.message_index)}, {q(c.user_id)}::text,"
-        f" {q(c.customer_id)}::text, {q(c.user_text)}::text, {q(c.assistant_text)}::text,"
-        f" NULL::timestamptz"
-        f" FROM {quoted_table(config)} WHERE {q(c.created_at)} IS NULL"
-        f" ORDER BY {q(c.conversation_id)}, {q(c.message_index)}"
-    )
+    q = quote_identifier(config.columns.created_at)
+    key = _order_key(config, timed=False)
+    resume = f" AND ({', '.join(key)}) > (%(a_conv)s, %(a_idx)s, %(a_ctid)s::tid)" if after else ""
+    return f"{_select(config, timed=False)} WHERE {q} IS NULL{resume} ORDER BY {', '.join(key)}"
 
 
 def set_session_timezone(conn: Any, tz: str) -> None:
@@ -138,23 +169,41 @@ def split_points(conn: Any, config: BackfillConfig, window: Window, parts: int) 
     return [_as_utc(p) for p in points or [] if p is not None]
 
 
-def read_window(conn: Any, config: BackfillConfig, window: Window | None) -> Iterator[SourceRow]:
-    """Yield the rows of ``window`` (``None``: the rows with no timestamp), in order."""
+def read_window(conn: Any, config: BackfillConfig, window: Window | None,
+                after: Position | None = None) -> Iterator[SourceRow]:
+    """Yield the rows of ``window`` (``None``: the rows with no timestamp) in order,
+    strictly after ``after`` when resuming."""
     set_session_timezone(conn, config.source_timezone)
+    args: dict[str, Any] = {}
+    if after is not None:
+        args.update(a_ts=after[0], a_conv=after[1], a_idx=after[2], a_ctid=after[3])
     if window is None:
-        sql, args = select_untimed_sql(config), {}
+        sql = select_untimed_sql(config, after=after is not None)
     else:
-        sql, args = select_slice_sql(config), {"start": window.start, "end": window.end}
+        sql = select_slice_sql(config, after=after is not None)
+        args.update(start=window.start, end=window.end)
     with conn.cursor(name="synap_backfill_window") as cur:
         cur.execute(sql, args)
         while True:
             chunk = cur.fetchmany(config.fetch_size)
             if not chunk:
                 break
-            for conv, index, user, customer, user_text, assistant_text, created in chunk:
+            for conv, index, user, customer, user_raw, assistant_raw, created, ctid in chunk:
+                user_text, user_ok = _text(user_raw)
+                assistant_text, assistant_ok = _text(assistant_raw)
                 yield SourceRow(conv, index, user, customer, user_text, assistant_text,
-                                _as_utc(created))
+                                _as_utc(created), ctid, not (user_ok and assistant_ok))
     conn.commit()
+
+
+def _text(raw: Any) -> tuple[str | None, bool]:
+    """Decoded text and whether it was valid UTF-8."""
+    if raw is None:
+        return None, True
+    try:
+        return bytes(raw).decode("utf-8"), True
+    except UnicodeDecodeError:
+        return None, False
 
 
 def _as_utc(value: datetime | None) -> datetime | None:

@@ -10,12 +10,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from contextlib import closing
-from typing import Any, Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-from .accounting import PartitionReport, summarize
+from .accounting import PartitionReport, summarize, window_key
 from .config import BackfillConfig, config_from_params
-from .partition import backfill_rows
+from .ledger import Ledger
+from .partition import PartitionFailed, PartitionSettings, run_partition_rows
 from .results import DEFAULT_DUPLICATE_PATTERN
+from .sending import RetryPolicy
 from .source import read_window, split_points, table_range, window_counts
 from .windows import Window, covering_range, plan_windows, size_by_rows
 
@@ -87,35 +90,84 @@ def _fit_to_rows(config: BackfillConfig, start: Any, end: Any) -> list[dict[str,
     return [s.to_dict() for s in sized]
 
 
-def run_partition(config_dict: Mapping[str, Any], window_dict: Mapping[str, Any]) -> dict[str, Any]:
-    """Backfill one window; return its counts for XCom. Safe to retry: ids are stable."""
+def run_partition(config_dict: Mapping[str, Any], window_dict: Mapping[str, Any], *,
+                  dag_id: str = "synap_backfill", run_id: str = "manual",
+                  run_started: datetime | None = None) -> dict[str, Any]:
+    """Backfill one window; return its counts for XCom. Safe to retry: it resumes."""
     from airflow.providers.postgres.hooks.postgres import PostgresHook
     from synap_provider.hooks import SynapHook
 
     config = BackfillConfig.from_dict(config_dict)
     window = Window.from_dict(window_dict) if window_dict.get("start") else None
     report = PartitionReport(window_dict["label"], window_dict.get("start"), window_dict.get("end"))
+    source = PostgresHook(postgres_conn_id=config.postgres_conn_id)
     synap = SynapHook(synap_conn_id=config.synap_conn_id)
 
-    async def run(rows: Iterable[Any]) -> None:
+    def read(after: Any) -> Iterator[Any]:
+        # A connection per pass: after a lost connection the next pass opens a new one.
+        with closing(source.get_conn()) as conn:
+            yield from read_window(conn, config, window, after)
+
+    settings = PartitionSettings(
+        batch_size=config.batch_size, mode=config.mode, max_chars=config.max_document_chars,
+        run_started=run_started, read_errors=_connection_errors())
+
+    async def run(ledger: Ledger | None) -> None:
         if config.dry_run:
-            await backfill_rows(rows, None, report, batch_size=config.batch_size, mode=config.mode)
+            await run_partition_rows(read, None, report, settings)
             return
-        pattern = synap.duplicate_pattern or DEFAULT_DUPLICATE_PATTERN
+        s = synap.settings
+        settings.duplicate_pattern = synap.duplicate_pattern or DEFAULT_DUPLICATE_PATTERN
+        settings.retry = RetryPolicy(max_attempts=s["max_attempts"], backoff_max=s["backoff_max"],
+                                     max_wait=s["max_wait"])
         async with synap.session() as sdk:
+            settings.isolation = getattr(sdk, "_user_context_isolation", None)
+
             async def submit(documents: list[Any]) -> Any:
                 return await sdk.memories.batch_create(documents=documents, fail_fast=False)
 
-            await backfill_rows(rows, submit, report, batch_size=config.batch_size,
-                                mode=config.mode, duplicate_pattern=pattern)
+            await run_partition_rows(read, submit, report, settings, ledger,
+                                     restart=config.restart_partitions)
 
-    with closing(PostgresHook(postgres_conn_id=config.postgres_conn_id).get_conn()) as conn:
-        asyncio.run(run(read_window(conn, config, window)))
+    try:
+        if config.dry_run:
+            asyncio.run(run(None))
+        else:
+            ledger_hook = PostgresHook(postgres_conn_id=config.ledger_conn_id or config.postgres_conn_id)
+            with closing(ledger_hook.get_conn()) as ledger_conn:
+                ledger = Ledger(ledger_conn, config.ledger_schema, dag_id, run_id,
+                                window_key(window_dict.get("start"), window_dict.get("end")),
+                                report.label)
+                asyncio.run(run(ledger))
+    except PartitionFailed as exc:
+        if exc.permanent:
+            from airflow.sdk.exceptions import AirflowFailException
+
+            raise AirflowFailException(str(exc)) from None  # retrying cannot help
+        raise
     log.info("partition %s done: read %d, ingested %d, duplicates %d, rejected %d%s in %d batches,"
              " %.1f s", report.label, report.rows_read, report.ingested, report.duplicates,
              report.rejected_total, f", not sent (dry run) {report.not_sent}" if config.dry_run else "",
              report.batches, report.seconds)
     return report.to_xcom()
+
+
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    """What psycopg (3 or 2) raises when the source connection is lost."""
+    errors: list[type[BaseException]] = []
+    try:
+        import psycopg
+
+        errors += [psycopg.OperationalError, psycopg.InterfaceError]
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        import psycopg2
+
+        errors += [psycopg2.OperationalError, psycopg2.InterfaceError]
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(errors)
 
 
 def summarize_run(windows: Iterable[Mapping[str, Any]] | None,

@@ -306,13 +306,16 @@ class _Handler(BaseHTTPRequestHandler):
             on_duplicate=self.server.settings.on_duplicate)
         for (index, doc), outcome in zip(to_store, outcomes):
             if outcome.duplicate:
-                results[index] = {**_failed(doc["document_id"], DUPLICATE_MESSAGE, now),
+                # The original ingestion's id and time: a client that resent a batch
+                # whose first answer it lost can tell its own earlier write from older work.
+                results[index] = {**_failed(doc["document_id"], DUPLICATE_MESSAGE, outcome.queued_at),
                                   "ingestion_id": outcome.ingestion_id}
             else:
                 results[index] = {"ingestion_id": outcome.ingestion_id,
                                   "document_id": doc["document_id"], "status": "queued",
                                   "queued_at": now}
         stored = sum(1 for o in outcomes if not o.duplicate)
+        self.server.stats.count(tenant.instance_id + " received", len(documents), documents=True)
         self.server.stats.count(tenant.instance_id + " stored", stored, documents=True)
         self.server.stats.count(tenant.instance_id + " duplicates", len(outcomes) - stored, documents=True)
         if fault is not None and fault.kind == "drop_after_store":

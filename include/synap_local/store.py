@@ -59,10 +59,11 @@ class StoredDocument:
 
 @dataclass(frozen=True)
 class InsertOutcome:
-    """What happened to one document offered to the store."""
+    """What happened to one document offered to the store (a duplicate: the original's id and time)."""
 
     ingestion_id: str
     duplicate: bool
+    queued_at: str
 
 
 class DocumentStore:
@@ -111,12 +112,12 @@ class DocumentStore:
                      doc["document"], doc["queued_at"]),
                 )
                 if cur.rowcount == 1:
-                    outcomes.append(InsertOutcome(ingestion_id, duplicate=False))
+                    outcomes.append(InsertOutcome(ingestion_id, False, doc["queued_at"]))
                     continue
-                existing = conn.execute(
-                    "SELECT ingestion_id FROM documents WHERE instance_id=? AND document_id=?",
+                existing, first_queued = conn.execute(
+                    "SELECT ingestion_id, queued_at FROM documents WHERE instance_id=? AND document_id=?",
                     (instance_id, doc["document_id"]),
-                ).fetchone()[0]
+                ).fetchone()
                 if on_duplicate == "update":
                     conn.execute(
                         "UPDATE documents SET user_id=?, customer_id=?, document_created_at=?,"
@@ -127,7 +128,7 @@ class DocumentStore:
                          json.dumps(doc.get("metadata") or {}, sort_keys=True),
                          doc["document"], instance_id, doc["document_id"]),
                     )
-                outcomes.append(InsertOutcome(existing, duplicate=True))
+                outcomes.append(InsertOutcome(existing, True, first_queued))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")

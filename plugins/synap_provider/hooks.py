@@ -9,10 +9,16 @@ The connection (type ``synap``, default id ``synap_default``):
 * ``password``: the API key. Airflow masks it in task logs.
 * ``extra`` (all optional):
 
-  - ``timeout_seconds``: read timeout of one request (SDK default 30).
-  - ``max_attempts``: the SDK's own retry attempts per request (default 3).
+  - ``timeout_seconds``: read timeout of one request (default 30).
+  - ``max_attempts``: attempts per batch before a partition fails (default 8).
+  - ``backoff_max``: the longest pause between attempts, seconds (default 60).
+  - ``max_wait``: the longest ``Retry-After`` honoured, seconds (default 600).
   - ``duplicate_pattern``: a regex that marks a per-document failure as a
     duplicate ``document_id`` (the server's exact wording is not published).
+
+The SDK's own retries are off: the backfill retries itself (honouring a
+``Retry-After`` past the SDK's 10 s cap, and resending a batch whose outcome
+is unknown, which the SDK will not do).
 
 Example, as an environment variable::
 
@@ -70,7 +76,9 @@ class SynapHook(BaseHook):
                 "base_url": base_url(conn.host, conn.port, conn.schema),
                 "api_key": conn.password or "",
                 "timeout_seconds": float(extra.get("timeout_seconds", 30)),
-                "max_attempts": int(extra.get("max_attempts", 3)),
+                "max_attempts": int(extra.get("max_attempts", 8)),
+                "backoff_max": float(extra.get("backoff_max", 60)),
+                "max_wait": float(extra.get("max_wait", 600)),
                 "duplicate_pattern": extra.get("duplicate_pattern") or None,
             }
         return self._settings
@@ -88,7 +96,7 @@ class SynapHook(BaseHook):
         connections with one key (two regions) would share a target. Each hook
         gets its own client instead.
         """
-        from maximem_synap import MaximemSynapSDK, RetryPolicy, SDKConfig, TimeoutConfig
+        from maximem_synap import MaximemSynapSDK, SDKConfig, TimeoutConfig
 
         s = self.settings
         if not s["api_key"]:
@@ -98,7 +106,7 @@ class SynapHook(BaseHook):
             cache_backend=None,  # a backfill reads nothing back; keep workers stateless
             history_search_model=None,
             timeouts=TimeoutConfig(read=s["timeout_seconds"]),
-            retry_policy=RetryPolicy(max_attempts=s["max_attempts"]),
+            retry_policy=None,  # the backfill's own loop retries (include/backfill/sending.py)
         )
         self.log.info("Synap client for connection %s at %s", self.synap_conn_id,
                       s["base_url"] or "the hosted default")

@@ -85,7 +85,9 @@ class AirflowClient:
 
 @pytest.fixture(scope="session")
 def stack(scratch: Path) -> Iterator[LocalStack]:
-    with LocalStack(scratch / "stack", port=free_port(), turns=1500, days=5, seed=3) as running:
+    # Few, short retries: the fault test exhausts them on purpose.
+    with LocalStack(scratch / "stack", port=free_port(), turns=1500, days=5, seed=3,
+                    synap_extra={"max_attempts": 2, "backoff_max": 1}) as running:
         yield running
 
 
