@@ -94,9 +94,11 @@ def run_backfill(airflow_db: None, local_pg: Any, synap: Any, monkeypatch: pytes
                  ) -> Callable[..., Any]:
     """Run ``synap_backfill`` with dag.test() against this test's Postgres and Synap."""
 
-    def run(api_key: str = "local-dev-key", dag_id: str = "synap_backfill", **conf: Any) -> Any:
+    def run(api_key: str = "local-dev-key", dag_id: str = "synap_backfill",
+            synap_url: str | None = None, synap_extra: dict | None = None, **conf: Any) -> Any:
         monkeypatch.setenv("AIRFLOW_CONN_SYNAP_DEFAULT", json.dumps(
-            {"conn_type": "synap", "host": synap.url, "password": api_key}))
+            {"conn_type": "synap", "host": synap_url or synap.url, "password": api_key,
+             "extra": synap_extra or {"backoff_max": 4}}))
         monkeypatch.setenv("AIRFLOW_CONN_POSTGRES_DEFAULT", local_pg.airflow_connection())
         return local_airflow.run_dag(dag_id, conf)
 

@@ -42,6 +42,7 @@ def backfill_params(**defaults: Any) -> dict[str, Param]:
          "max_rows_per_partition": 100_000, "max_partitions": 500, "batch_size": 50,
          "mode": "long-range", "dry_run": False, "max_document_chars": 100_000,
          "restart_partitions": False, "ledger_conn_id": "", "ledger_schema": "synap_backfill",
+         "fetch_size": 1000,
          "synap_conn_id": "synap_default",
          "postgres_conn_id": "postgres_default", "source_table": "conversations",
          "source_timezone": "UTC", **{f"{c}_column": c for c in _COLUMNS}, **defaults}
@@ -109,6 +110,9 @@ def backfill_params(**defaults: Any) -> dict[str, Param]:
         params[f"{column}_column"] = Param(
             d[f"{column}_column"], type="string", pattern=_IDENTIFIER, section="Source",
             title=f"{column} column", description=f"Column holding the {column.replace('_', ' ')}.")
+    params["fetch_size"] = Param(
+        d["fetch_size"], type="integer", minimum=1, maximum=100_000, title="Fetch size",
+        section="Source", description="Rows per round trip of the server-side cursor.")
     params["source_timezone"] = Param(
         d["source_timezone"], type="string", minLength=1, title="Source time zone",
         section="Source", description="IANA zone of timestamps stored without one.")

@@ -11,7 +11,9 @@ if missing:
   (never its text), for an operator to act on.
 
 Both are written in one transaction per acknowledged batch, on a connection of
-their own (autocommit), separate from the one reading the window.
+their own, separate from the one reading the window (a commit there would close
+its server-side cursor). JSON is kept in ``text`` columns and the connection
+speaks UTF-8, so the ledger works in a legacy ``SQL_ASCII`` database too.
 """
 
 from __future__ import annotations
@@ -47,11 +49,12 @@ class Ledger:
 
     def ensure_tables(self) -> None:
         with self.conn.cursor() as cur:
+            cur.execute("SET client_encoding TO 'UTF8'")
             cur.execute("SELECT pg_advisory_xact_lock(hashtext('synap_backfill_ledger'))")
             cur.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
             cur.execute(f"""CREATE TABLE IF NOT EXISTS {self.schema}.checkpoints (
                 dag_id text NOT NULL, run_id text NOT NULL, window_key text NOT NULL,
-                partition text NOT NULL, position jsonb, report jsonb NOT NULL,
+                partition text NOT NULL, position text, report text NOT NULL,
                 finished boolean NOT NULL DEFAULT false,
                 updated_at timestamptz NOT NULL DEFAULT now(),
                 PRIMARY KEY (dag_id, run_id, window_key))""")

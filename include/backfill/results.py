@@ -58,7 +58,10 @@ def classify_batch(document_ids: Iterable[str], results: Iterable[Any],
     for result in results:
         by_id[str(result.document_id)].append(result)
     outcome = BatchOutcome()
+    in_batch: set[str] = set()
     for doc_id in document_ids:
+        copy_in_batch = doc_id in in_batch
+        in_batch.add(doc_id)
         # The same id twice in one batch has two results: take them in order.
         queue = by_id.get(doc_id)
         result = queue.popleft() if queue else None
@@ -69,7 +72,9 @@ def classify_batch(document_ids: Iterable[str], results: Iterable[Any],
         elif status in ACCEPTED_STATUSES:
             outcome.ingested += 1
         elif duplicate.search(result.error_message or ""):
-            if stored_since is not None and _not_before(result, stored_since):
+            if copy_in_batch:
+                reason = DUPLICATED_IN_SOURCE
+            elif stored_since is not None and _not_before(result, stored_since):
                 outcome.ingested += 1
                 outcome.recovered += 1
             elif run_started is not None and _reported_not_before(result, run_started):

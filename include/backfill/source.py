@@ -191,9 +191,17 @@ def read_window(conn: Any, config: BackfillConfig, window: Window | None,
             for conv, index, user, customer, user_raw, assistant_raw, created, ctid in chunk:
                 user_text, user_ok = _text(user_raw)
                 assistant_text, assistant_ok = _text(assistant_raw)
-                yield SourceRow(conv, index, user, customer, user_text, assistant_text,
-                                _as_utc(created), ctid, not (user_ok and assistant_ok))
+                yield SourceRow(_str(conv), index, _str(user), _str(customer), user_text,
+                                assistant_text, _as_utc(created), _str(ctid),
+                                not (user_ok and assistant_ok))
     conn.commit()
+
+
+def _str(value: Any) -> Any:
+    """psycopg returns text as bytes from a SQL_ASCII database: ids are decoded leniently."""
+    if isinstance(value, (bytes, memoryview)):
+        return bytes(value).decode("utf-8", "replace")
+    return value
 
 
 def _text(raw: Any) -> tuple[str | None, bool]:

@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--on-duplicate", choices=["reject", "update"], default="reject")
     serve.add_argument("--rate-limit-per-minute", type=float, default=0.0, help="0: no limit")
     serve.add_argument("--latency-ms", type=float, default=0.0)
+    serve.add_argument("--strict-batches", action="store_true",
+                       help="refuse a whole batch (422) when one document is invalid")
     serve.add_argument("--fault", action="append", default=[], metavar="JSON",
                        help='e.g. \'{"kind": "status", "status": 503, "times": 2}\'')
 
@@ -67,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s synap-local %(message)s")
     controls = Controls(rate_limit_per_minute=args.rate_limit_per_minute, latency_ms=args.latency_ms,
+                        strict_batches=args.strict_batches,
                         faults=[FaultRule.from_dict(json.loads(f)) for f in args.fault])
     settings = ServerSettings(
         db_path=args.db,

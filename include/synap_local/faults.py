@@ -57,6 +57,9 @@ class FaultRule:
     closes the connection with no answer (the client cannot know it landed);
     ``stall`` waits ``seconds`` and then answers normally.
     times: how many requests it hits (None: every one until cleared).
+    for_seconds: instead of a count, every matching request from the first one
+    it hits until that many seconds later (a storm: a client that comes back
+    before its ``Retry-After`` is up gets hit again).
     created_from/created_to: only batches holding a document whose
     ``document_created_at`` falls in ``[created_from, created_to)``.
     """
@@ -68,6 +71,9 @@ class FaultRule:
     retry_after: int | None = None
     created_from: datetime | None = None
     created_to: datetime | None = None
+    for_seconds: float | None = None
+    hits: int = 0
+    _first_hit: float | None = None
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "FaultRule":
@@ -82,6 +88,7 @@ class FaultRule:
             retry_after=None if raw.get("retry_after") is None else int(raw["retry_after"]),
             created_from=_parse(raw.get("created_from")),
             created_to=_parse(raw.get("created_to")),
+            for_seconds=None if raw.get("for_seconds") is None else float(raw["for_seconds"]),
         )
 
     def matches(self, created_ats: list[datetime]) -> bool:
@@ -101,6 +108,9 @@ class Controls:
     rate_limit_per_minute: float = 0.0
     latency_ms: float = 0.0
     faults: list[FaultRule] = field(default_factory=list)
+    # Refuse a whole batch (422) when one document is invalid, as an API that
+    # validates the request schema would, instead of per-document failures.
+    strict_batches: bool = False
     _buckets: dict[str, TokenBucket] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -113,12 +123,15 @@ class Controls:
                 self.latency_ms = float(raw["latency_ms"] or 0)
             if "faults" in raw:
                 self.faults = [FaultRule.from_dict(f) for f in raw["faults"] or []]
+            if "strict_batches" in raw:
+                self.strict_batches = bool(raw["strict_batches"])
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             return {
                 "rate_limit_per_minute": self.rate_limit_per_minute,
                 "latency_ms": self.latency_ms,
+                "strict_batches": self.strict_batches,
                 "faults": [
                     {"kind": f.kind, "status": f.status, "times": f.times,
                      "created_from": f.created_from and f.created_from.isoformat(),
@@ -140,13 +153,21 @@ class Controls:
     def take_fault(self, created_ats: list[datetime]) -> FaultRule | None:
         """The first rule matching this request, consuming one of its uses."""
         with self._lock:
-            for rule in self.faults:
-                if rule.matches(created_ats):
-                    if rule.times is not None:
-                        rule.times -= 1
-                        if rule.times <= 0:
-                            self.faults.remove(rule)
-                    return rule
+            now = time.monotonic()
+            for rule in list(self.faults):
+                if not rule.matches(created_ats):
+                    continue
+                if rule.for_seconds is not None:
+                    rule._first_hit = rule._first_hit or now
+                    if now - rule._first_hit > rule.for_seconds:
+                        self.faults.remove(rule)
+                        continue
+                elif rule.times is not None:
+                    rule.times -= 1
+                    if rule.times <= 0:
+                        self.faults.remove(rule)
+                rule.hits += 1
+                return rule
         return None
 
 

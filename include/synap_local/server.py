@@ -294,6 +294,8 @@ class _Handler(BaseHTTPRequestHandler):
             try:
                 doc = normalize_document(raw, tenant.isolation)
             except DocumentInvalid as exc:
+                if controls.strict_batches:
+                    raise _Answer(422, {"detail": f"documents[{index}]: {exc}"}) from None
                 results[index] = _failed(document_id, str(exc), now)
                 stop = fail_fast
                 continue

@@ -1,0 +1,121 @@
+"""Poison rows mixed into good ones: each bad row rejected with its reason and recorded,
+the good rows around it stored, and the counts adding up."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from include import local_airflow
+from include.backfill.documents import RejectReason
+
+pytestmark = pytest.mark.integration
+AT = datetime(2024, 5, 1, 10, tzinfo=timezone.utc)
+
+
+@pytest.fixture(scope="module")
+def ascii_db(local_pg):
+    """A SQL_ASCII database: the kind of legacy source where text may hold invalid UTF-8."""
+    with local_pg.connect(autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS legacy_app")
+        conn.execute("CREATE DATABASE legacy_app ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C'"
+                     " TEMPLATE template0")
+    conn_json = json.loads(local_pg.airflow_connection())
+    return json.dumps({**conn_json, "schema": "legacy_app"})
+
+
+def test_every_kind_of_poison_row_is_rejected_with_its_reason_and_the_good_rows_go_in(
+        local_pg, ascii_db, run_backfill, stored_documents, monkeypatch):
+    import psycopg
+
+    good = [str(uuid.uuid4()) for _ in range(4)]
+    copy = str(uuid.uuid4())
+    rows = [  # (conversation_id, message_index, user_id, customer_id, user_text, assistant_text, created_at)
+        (good[0], 0, "u1", "c1", "'good one'", "'ok'", AT),
+        (str(uuid.uuid4()), 0, "u1", "c1", "NULL", "NULL", AT + timedelta(minutes=1)),
+        (str(uuid.uuid4()), 0, "u1", "c1", "''", "''", AT + timedelta(minutes=2)),
+        ("conv-17", 0, "u1", "c1", "'not a uuid'", "'ok'", AT + timedelta(minutes=3)),
+        (str(uuid.uuid4()), 0, "u1", "c1", "'no time'", "'ok'", None),
+        (str(uuid.uuid4()), None, "u1", "c1", "'no index'", "'ok'", AT + timedelta(minutes=4)),
+        (good[1], 0, "u1", "c1", "'good two'", "'ok'", AT + timedelta(minutes=5)),
+        (str(uuid.uuid4()), 0, "u1", "c1", f"'{'long ' * 400}'", "'ok'", AT + timedelta(minutes=6)),
+        (str(uuid.uuid4()), 0, "u1", "c1", r"E'caf\xe9 latin-1'", "'ok'", AT + timedelta(minutes=7)),
+        (str(uuid.uuid4()), 0, "u1", None, "'user, no customer'", "'ok'", AT + timedelta(minutes=8)),
+        (copy, 0, "u1", "c1", "'said once'", "'ok'", AT + timedelta(minutes=9)),
+        (copy, 0, "u1", "c1", "'said once'", "'ok'", AT + timedelta(minutes=9)),  # copied row
+        (good[2], 0, "u1", "c1", "'good three'", "'ok'", AT + timedelta(minutes=10)),
+        (good[3], 0, "u2", "c2", "'good four'", "'ok'", AT + timedelta(minutes=11)),
+    ]
+    with psycopg.connect(local_pg.uri.replace("/postgres?", "/legacy_app?"), autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS conversations")
+        conn.execute("CREATE TABLE conversations (user_id text, customer_id text, conversation_id text,"
+                     " message_index int, user_text text, assistant_text text, created_at timestamptz)")
+        for conv, index, user, customer, user_text, assistant_text, at in rows:
+            # Literals, not parameters: the invalid byte must reach the table as it is.
+            conn.execute(
+                f"INSERT INTO conversations VALUES ({_lit(user)}, {_lit(customer)}, {_lit(conv)},"
+                f" {'NULL' if index is None else index}, {user_text}, {assistant_text},"
+                f" {_lit(at.isoformat()) if at else 'NULL'})")
+    monkeypatch.setenv("AIRFLOW_CONN_LEGACY_APP", ascii_db)
+
+    dag_run = run_backfill(postgres_conn_id="legacy_app", max_document_chars=1000)
+
+    assert str(dag_run.state) == "success"
+    (summary,) = local_airflow.task_results(dag_run, "summarize")
+    assert (summary["rows_read"], summary["ingested"], summary["rejected"]) == (14, 5, 9), summary
+    assert summary["rows_read"] == summary["ingested"] + summary["duplicates"] + summary["rejected"]
+    assert summary["rejected_by_reason"] == {
+        RejectReason.EMPTY_TURN: 2, RejectReason.CONVERSATION_ID_NOT_UUID: 1,
+        RejectReason.NO_TIMESTAMP: 1, RejectReason.NO_MESSAGE_INDEX: 1, RejectReason.TOO_LONG: 1,
+        RejectReason.INVALID_UTF8: 1, RejectReason.B2B_SCOPE: 1, RejectReason.DUPLICATED_IN_SOURCE: 1}
+    assert sorted(d["document_id"] for d in stored_documents()) == sorted(
+        f"backfill:{c}:0" for c in [*good, copy])
+
+    with psycopg.connect(local_pg.uri.replace("/postgres?", "/legacy_app?")) as conn:
+        conn.execute("SET client_encoding TO 'UTF8'")
+        recorded = conn.execute(
+            "SELECT partition, row_key, reason, row_ctid <> '' FROM synap_backfill.rejected_rows"
+            " WHERE run_id = %s ORDER BY reason, row_key", (dag_run.run_id,)).fetchall()
+    assert len(recorded) == 9
+    assert {reason for _, _, reason, _ in recorded} == set(summary["rejected_by_reason"])
+    assert ("rows without a timestamp", f"{rows[4][0]}:0", RejectReason.NO_TIMESTAMP, True) in recorded
+    assert all(has_ctid for *_, has_ctid in recorded)
+    assert not any("latin" in key or "long" in key for _, key, _, _ in recorded)  # keys, never text
+
+
+def test_a_batch_refused_whole_is_split_until_the_culprit_is_isolated(
+        local_pg, tmp_path, run_backfill, monkeypatch):
+    from include.synap_local.process import running_synap
+    from tests.conftest import read_store
+
+    conv = str(uuid.uuid4())
+    with local_pg.connect() as conn:
+        conn.execute("DROP TABLE IF EXISTS conv_strict")
+        conn.execute("CREATE TABLE conv_strict (user_id text, customer_id text, conversation_id uuid,"
+                     " message_index int, user_text text, assistant_text text, created_at timestamptz)")
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO conv_strict VALUES (%s,%s,%s,%s,%s,%s,%s)", [
+                ("u1", "c9" if i == 13 else None, conv, i, f"turn {i}", "ok", AT + timedelta(minutes=i))
+                for i in range(20)])
+    # A b2c instance refuses a customer_id; in strict mode one bad document fails the whole batch.
+    with running_synap(tmp_path / "strict.sqlite3", "--strict-batches", "--tenant",
+                       "b2c-key:inst_00000000000000c3:b2c") as strict:
+        dag_run = run_backfill(api_key="b2c-key", synap_url=strict.url, source_table="conv_strict",
+                               batch_size=20)
+        stored = read_store(strict.db_path)
+        refusals = strict.get("/_local/stats")["requests"]["POST /api/v1/memories/batch 422"]
+
+    assert str(dag_run.state) == "success"
+    (summary,) = local_airflow.task_results(dag_run, "summarize")
+    assert (summary["ingested"], summary["rejected"]) == (19, 1)
+    (reason,) = summary["rejected_by_reason"]
+    assert reason.startswith("server refused the document:") and "customer_id" in reason
+    assert len(stored) == 19 and f"backfill:{conv}:13" not in {d["document_id"] for d in stored}
+    assert refusals == 6  # one per halving on the culprit's side: 20, 10, 5, 3, 2 and 1 documents
+
+
+def _lit(value):
+    return "NULL" if value is None else "'" + str(value).replace("'", "''") + "'"

@@ -1,0 +1,69 @@
+"""Neither the API key nor message text reaches task logs, XCom or rendered templates,
+even on the paths that log the most: retries, rejections and a failing run."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from include.synap_local.process import running_synap
+
+pytestmark = pytest.mark.integration
+KEY = "sk-live-7f3c9a1e5b2d4c6e"
+WRONG_KEY = "sk-live-0000deadbeef1111"
+TEXTS = ["Marker-Orchid-4471 lives at 12 Quiet Lane", "Marker-Heron-9902 card ends 4242"]
+
+
+def everything_a_run_left(dag_runs) -> str:
+    from airflow.models.renderedtifields import RenderedTaskInstanceFields as Rendered
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    parts = []
+    with create_session() as session:
+        for dag_run in dag_runs:
+            for row in session.query(XComModel).filter(XComModel.run_id == dag_run.run_id):
+                parts.append(json.dumps(XComModel.deserialize_value(row), default=str))
+            for row in session.query(Rendered).filter(Rendered.run_id == dag_run.run_id):
+                parts.append(json.dumps(row.rendered_fields, default=str))
+    logs = Path(os.environ["AIRFLOW_HOME"]) / "logs"
+    for path in logs.rglob("*") if logs.exists() else []:
+        if path.is_file():
+            parts.append(path.read_text(errors="replace"))
+    return "\n".join(parts)
+
+
+def test_the_api_key_and_message_text_never_reach_logs_xcom_or_rendered_templates(
+        local_pg, run_backfill, tmp_path, capfd):
+    conv = str(uuid.uuid4())
+    at = datetime(2024, 5, 1, 9, tzinfo=timezone.utc)
+    with local_pg.connect() as conn:
+        conn.execute("DROP TABLE IF EXISTS conv_secret")
+        conn.execute("CREATE TABLE conv_secret (user_id text, customer_id text, conversation_id uuid,"
+                     " message_index int, user_text text, assistant_text text, created_at timestamptz)")
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO conv_secret VALUES (%s,%s,%s,%s,%s,%s,%s)", [
+                ("u1", "c1", conv, i, TEXTS[i % 2], TEXTS[(i + 1) % 2], at + timedelta(minutes=i))
+                for i in range(30)] + [("u1", None, conv, 99, TEXTS[0], "", at)])
+
+    with running_synap(tmp_path / "secret.sqlite3", "--tenant", f"{KEY}:inst_00000000000000f1:b2b",
+                       "--strict-batches") as synap:
+        # Paths that log: a retried 503, a dropped connection, a rejected row, then a bad key.
+        synap.controls(faults=[{"kind": "status", "status": 503, "times": 1},
+                               {"kind": "drop_after_store", "times": 1}])
+        ok = run_backfill(api_key=KEY, synap_url=synap.url, source_table="conv_secret", batch_size=10)
+        failed = run_backfill(api_key=WRONG_KEY, synap_url=synap.url, source_table="conv_secret",
+                              restart_partitions=True)
+        assert len(synap.get("/_local/documents?limit=100")["documents"]) == 30
+
+    assert str(ok.state) == "success" and str(failed.state) == "failed"
+    captured = capfd.readouterr()
+    seen = captured.out + captured.err + everything_a_run_left([ok, failed])
+    assert "Done. Returned value was" in seen and "AuthenticationError" in seen  # we did read the logs
+    for secret in (KEY, WRONG_KEY, *TEXTS, "Marker-Orchid", "Quiet Lane"):
+        assert secret not in seen, f"{secret!r} leaked"
