@@ -62,7 +62,7 @@ def test_an_operator_triggers_a_backfill_from_the_form_and_it_succeeds(browser, 
     pick(page, dialog, 2, "2024/06/29", "00:00")
     page.screenshot(path=str(artifacts / "trigger-form-range.png"), full_page=True)
     dialog.get_by_text("Sending", exact=True).click()
-    batch = dialog.get_by_role("spinbutton")
+    batch = dialog.get_by_role("spinbutton", name="Batch size")
     batch.fill("100")
     batch.press("Tab")
     page.screenshot(path=str(artifacts / "trigger-form-sending.png"), full_page=True)
