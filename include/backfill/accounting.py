@@ -115,8 +115,11 @@ class RunSummary:
                 "partitions": len(self.partitions) + len(self.missing),
                 "partitions_failed": len(self.missing), "problems": self.problems}
 
-    def render(self) -> str:
-        """One readable table: a row per partition, then the total and the problems."""
+    def render(self, rejects_at: str | None = None) -> str:
+        """One readable table: a row per partition, then the total and the problems.
+
+        ``rejects_at``: where the rejected rows are recorded (a query to run).
+        """
         dry = any(p.not_sent for p in self.partitions)
         header = ("partition", "read", "ingested", "duplicates", "rejected", "batches", "seconds")
         if dry:
@@ -137,6 +140,8 @@ class RunSummary:
             out.append("")
             out.append("rejected rows by reason:")
             out += [f"  {n:>8}  {reason}" for reason, n in self.total.rejected.most_common()]
+            if rejects_at:
+                out.append(f"each one is recorded (row key, reason; no text): {rejects_at}")
         out.append("")
         if self.problems:
             out.append("PROBLEMS:")

@@ -152,14 +152,14 @@ def build_backfill_dag(dag_id: str, *, doc_md: str, schedule: Any = None,
                                  run_started=run.start_date)
 
         @task(trigger_rule="all_done", outlets=list(outlets))
-        def summarize(windows: list[dict] | None, reports: list[dict] | None) -> dict:
+        def summarize(config: dict | None, windows: list[dict] | None, reports: list[dict] | None) -> dict:
             from include.backfill.tasks import summarize_run
 
-            return summarize_run(windows, reports)
+            return summarize_run(windows, reports, config, get_current_context()["dag_run"].run_id)
 
         config = resolve_config()
         windows = plan_partitions(config)
         reports = backfill_partition.partial(config=config).expand(window=windows)
-        summarize(windows, reports)
+        summarize(config, windows, reports)
 
     return backfill()

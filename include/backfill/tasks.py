@@ -171,7 +171,9 @@ def _connection_errors() -> tuple[type[BaseException], ...]:
 
 
 def summarize_run(windows: Iterable[Mapping[str, Any]] | None,
-                  reports: Iterable[Mapping[str, Any]] | None) -> dict[str, Any]:
+                  reports: Iterable[Mapping[str, Any]] | None,
+                  config_dict: Mapping[str, Any] | None = None, run_id: str | None = None
+                  ) -> dict[str, Any]:
     """Add up every partition, print the table, and fail when anything is unaccounted for."""
     from airflow.sdk.exceptions import AirflowFailException
 
@@ -182,7 +184,12 @@ def summarize_run(windows: Iterable[Mapping[str, Any]] | None,
         # on a not-found lookup that Airflow logs as an error.
         reports = reports[:]
     summary = summarize(windows, list(reports or []))
-    log.info("backfill summary\n%s", summary.render())
+    rejects_at = None
+    if config_dict and run_id and not config_dict.get("dry_run"):
+        config = BackfillConfig.from_dict(config_dict)
+        rejects_at = (f"SELECT * FROM {config.ledger_schema}.rejected_rows WHERE run_id = '{run_id}'"
+                      f" (connection {config.ledger_conn_id or config.postgres_conn_id})")
+    log.info("backfill summary\n%s", summary.render(rejects_at))
     if summary.problems:
         raise AirflowFailException(
             f"backfill incomplete: {len(summary.problems)} problem(s): "

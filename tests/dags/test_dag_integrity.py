@@ -54,7 +54,7 @@ def test_the_backfill_dag_is_wired_plan_then_mapped_partitions_then_summary():
     assert partition.upstream_task_ids == {"resolve_config", "plan_partitions"}
     summary = dag.task_dict["summarize"]
     assert summary.trigger_rule == "all_done"
-    assert summary.upstream_task_ids == {"plan_partitions", "backfill_partition"}
+    assert summary.upstream_task_ids == {"resolve_config", "plan_partitions", "backfill_partition"}
     assert dag.doc_md and "Synap backfill" in dag.doc_md
 
 

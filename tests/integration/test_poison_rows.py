@@ -73,6 +73,8 @@ def test_every_kind_of_poison_row_is_rejected_with_its_reason_and_the_good_rows_
         RejectReason.INVALID_UTF8: 1, RejectReason.B2B_SCOPE: 1, RejectReason.DUPLICATED_IN_SOURCE: 1}
     assert sorted(d["document_id"] for d in stored_documents()) == sorted(
         f"backfill:{c}:0" for c in [*good, copy])
+    table = local_airflow.render_run(dag_run)
+    assert "text is not valid UTF-8" in table
 
     with psycopg.connect(local_pg.uri.replace("/postgres?", "/legacy_app?")) as conn:
         conn.execute("SET client_encoding TO 'UTF8'")
