@@ -127,7 +127,8 @@ def test_a_new_york_source_timezone_shifts_naive_timestamps(local_pg, run_backfi
 
 
 def test_bad_rows_are_rejected_with_reasons_and_good_rows_around_them_go_in(
-        local_pg, run_backfill, stored_documents, capfd):
+        local_pg, run_backfill, stored_documents, caplog):
+    caplog.set_level("INFO", logger="synap_backfill")
     conv = str(uuid.uuid4())
     at = datetime(2024, 5, 1, 10, tzinfo=UTC)
     make_table(local_pg, "conv_dirty", [
@@ -152,7 +153,7 @@ def test_bad_rows_are_rejected_with_reasons_and_good_rows_around_them_go_in(
     }
     assert sorted(d["document_id"] for d in stored_documents()) == [
         f"backfill:{conv}:0", f"backfill:{conv}:5"]
-    log = capfd.readouterr().out
+    log = caplog.text
     assert "rejected rows by reason:" in log
     assert f"SELECT * FROM synap_backfill.rejected_rows WHERE run_id = '{dag_run.run_id}'" in log
 

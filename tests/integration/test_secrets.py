@@ -39,7 +39,8 @@ def everything_a_run_left(dag_runs) -> str:
 
 
 def test_the_api_key_and_message_text_never_reach_logs_xcom_or_rendered_templates(
-        local_pg, run_backfill, tmp_path, capfd):
+        local_pg, run_backfill, tmp_path, capfd, caplog):
+    caplog.set_level("DEBUG")  # every logger, at its noisiest
     conv = str(uuid.uuid4())
     at = datetime(2024, 5, 1, 9, tzinfo=timezone.utc)
     with local_pg.connect() as conn:
@@ -63,7 +64,9 @@ def test_the_api_key_and_message_text_never_reach_logs_xcom_or_rendered_template
 
     assert str(ok.state) == "success" and str(failed.state) == "failed"
     captured = capfd.readouterr()
-    seen = captured.out + captured.err + everything_a_run_left([ok, failed])
-    assert "Done. Returned value was" in seen and "AuthenticationError" in seen  # we did read the logs
+    seen = captured.out + captured.err + caplog.text + everything_a_run_left([ok, failed])
+    for proof in ("Done. Returned value was", "AuthenticationError", "batch 1 done",
+                  "not accepted (attempt 1/"):
+        assert proof in seen, f"{proof!r}: the logs were not all read"
     for secret in (KEY, WRONG_KEY, *TEXTS, "Marker-Orchid", "Quiet Lane"):
         assert secret not in seen, f"{secret!r} leaked"
