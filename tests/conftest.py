@@ -12,7 +12,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import pytest
 
@@ -61,6 +61,17 @@ def synap(tmp_path: Path) -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def airflow_db() -> None:
     local_airflow.migrate_db()
+
+
+def make_table(pg: Any, name: str, rows: Iterable[tuple], created_at_type: str = "timestamptz") -> None:
+    """A conversations-shaped table holding exactly ``rows``."""
+    with pg.connect() as conn:
+        conn.execute(f"DROP TABLE IF EXISTS {name}")
+        conn.execute(f"CREATE TABLE {name} (user_id text, customer_id text, conversation_id uuid,"
+                     f" message_index int, user_text text, assistant_text text,"
+                     f" created_at {created_at_type})")
+        with conn.cursor() as cur:
+            cur.executemany(f"INSERT INTO {name} VALUES (%s,%s,%s,%s,%s,%s,%s)", list(rows))
 
 
 def read_store(db_path: Path) -> list[dict[str, Any]]:

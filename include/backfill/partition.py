@@ -62,14 +62,6 @@ class PartitionSettings:
     read_errors: tuple[type[BaseException], ...] = ()  # what a lost source connection raises
 
 
-async def backfill_rows(rows: Iterable[SourceRow], submit: Submit | None, report: PartitionReport, *,
-                        batch_size: int, mode: str = "long-range",
-                        duplicate_pattern: str = DEFAULT_DUPLICATE_PATTERN) -> PartitionReport:
-    """Send ``rows`` once, without a ledger (``submit=None``: a dry run)."""
-    settings = PartitionSettings(batch_size=batch_size, mode=mode, duplicate_pattern=duplicate_pattern)
-    return await run_partition_rows(lambda _after: rows, submit, report, settings)
-
-
 async def run_partition_rows(read: Read, submit: Submit | None, report: PartitionReport,
                              settings: PartitionSettings, ledger: Ledger | None = None, *,
                              restart: bool = False) -> PartitionReport:

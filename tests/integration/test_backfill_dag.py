@@ -4,26 +4,16 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterable
+from typing import Any
 
 import pytest
 
 from include import local_airflow
 from include.demo_data import load_demo_table
+from tests.conftest import make_table
 
 pytestmark = pytest.mark.integration
 UTC = timezone.utc
-
-
-def make_table(pg: Any, name: str, rows: Iterable[tuple], created_at_type: str = "timestamptz") -> None:
-    """A conversations-shaped table holding exactly ``rows``."""
-    with pg.connect() as conn:
-        conn.execute(f"DROP TABLE IF EXISTS {name}")
-        conn.execute(f"CREATE TABLE {name} (user_id text, customer_id text, conversation_id uuid,"
-                     f" message_index int, user_text text, assistant_text text,"
-                     f" created_at {created_at_type})")
-        with conn.cursor() as cur:
-            cur.executemany(f"INSERT INTO {name} VALUES (%s,%s,%s,%s,%s,%s,%s)", list(rows))
 
 
 def source_rows(pg: Any, table: str) -> list[tuple]:

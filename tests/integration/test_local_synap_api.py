@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 from maximem_synap import (AuthenticationError, CreateMemoryRequest, InvalidInputError,
-                           MaximemSynapSDK, RateLimitError, RetryPolicy, SDKConfig)
+                           MaximemSynapSDK, NetworkTimeoutError, RateLimitError, RetryPolicy,
+                           SDKConfig, ServiceUnavailableError)
 
 from include.synap_local import LocalSynapServer, ServerSettings, Tenant
 from include.synap_local.store import DocumentStore
@@ -145,7 +146,7 @@ def test_an_injected_503_is_transient_and_the_sdk_retries_it(server):
 
 def test_a_dropped_connection_after_storing_leaves_the_batch_stored(server):
     server.settings.controls.update({"faults": [{"kind": "drop_after_store", "times": 1}]})
-    with pytest.raises(Exception):
+    with pytest.raises(NetworkTimeoutError, match="Connection closed by peer"):
         call(server, "key-b2b", batch([doc(1)]), retries=1)
     assert DocumentStore(server.settings.db_path).counts() == {"inst_00000000000000b2": 1}
 
@@ -155,7 +156,7 @@ def test_a_fault_can_target_one_time_window_only(server):
         "kind": "status", "status": 500, "times": None,
         "created_from": "2024-03-02T00:00:00Z", "created_to": "2024-03-03T00:00:00Z"}]})
     assert call(server, "key-b2b", batch([doc(1)])).results[0].status == "queued"
-    with pytest.raises(Exception):
+    with pytest.raises(ServiceUnavailableError, match="injected fault: HTTP 500"):
         call(server, "key-b2b", batch([doc(2, document_created_at=datetime(2024, 3, 2, 5, tzinfo=timezone.utc))]))
 
 

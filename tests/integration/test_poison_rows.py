@@ -91,17 +91,12 @@ def test_every_kind_of_poison_row_is_rejected_with_its_reason_and_the_good_rows_
 def test_a_batch_refused_whole_is_split_until_the_culprit_is_isolated(
         local_pg, tmp_path, run_backfill, monkeypatch):
     from include.synap_local.process import running_synap
-    from tests.conftest import read_store
+    from tests.conftest import make_table, read_store
 
     conv = str(uuid.uuid4())
-    with local_pg.connect() as conn:
-        conn.execute("DROP TABLE IF EXISTS conv_strict")
-        conn.execute("CREATE TABLE conv_strict (user_id text, customer_id text, conversation_id uuid,"
-                     " message_index int, user_text text, assistant_text text, created_at timestamptz)")
-        with conn.cursor() as cur:
-            cur.executemany("INSERT INTO conv_strict VALUES (%s,%s,%s,%s,%s,%s,%s)", [
-                ("u1", "c9" if i == 13 else None, conv, i, f"turn {i}", "ok", AT + timedelta(minutes=i))
-                for i in range(20)])
+    make_table(local_pg, "conv_strict", [
+        ("u1", "c9" if i == 13 else None, conv, i, f"turn {i}", "ok", AT + timedelta(minutes=i))
+        for i in range(20)])
     # A b2c instance refuses a customer_id; in strict mode one bad document fails the whole batch.
     with running_synap(tmp_path / "strict.sqlite3", "--strict-batches", "--tenant",
                        "b2c-key:inst_00000000000000c3:b2c") as strict:

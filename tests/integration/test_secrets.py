@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from include.synap_local.process import running_synap
+from tests.conftest import make_table
 
 pytestmark = pytest.mark.integration
 KEY = "sk-live-7f3c9a1e5b2d4c6e"
@@ -43,14 +44,9 @@ def test_the_api_key_and_message_text_never_reach_logs_xcom_or_rendered_template
     caplog.set_level("DEBUG")  # every logger, at its noisiest
     conv = str(uuid.uuid4())
     at = datetime(2024, 5, 1, 9, tzinfo=timezone.utc)
-    with local_pg.connect() as conn:
-        conn.execute("DROP TABLE IF EXISTS conv_secret")
-        conn.execute("CREATE TABLE conv_secret (user_id text, customer_id text, conversation_id uuid,"
-                     " message_index int, user_text text, assistant_text text, created_at timestamptz)")
-        with conn.cursor() as cur:
-            cur.executemany("INSERT INTO conv_secret VALUES (%s,%s,%s,%s,%s,%s,%s)", [
-                ("u1", "c1", conv, i, TEXTS[i % 2], TEXTS[(i + 1) % 2], at + timedelta(minutes=i))
-                for i in range(30)] + [("u1", None, conv, 99, TEXTS[0], "", at)])
+    make_table(local_pg, "conv_secret", [
+        ("u1", "c1", conv, i, TEXTS[i % 2], TEXTS[(i + 1) % 2], at + timedelta(minutes=i))
+        for i in range(30)] + [("u1", None, conv, 99, TEXTS[0], "", at)])
 
     with running_synap(tmp_path / "secret.sqlite3", "--tenant", f"{KEY}:inst_00000000000000f1:b2b",
                        "--strict-batches") as synap:
