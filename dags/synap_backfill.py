@@ -24,7 +24,8 @@ knowing what its users already told it.
    `synap_backfill_complete` asset, which region replays can be scheduled on.
 
 **Retry one window:** clear just that mapped `backfill_partition` instance together with
-`summarize` (downstream). Only that window runs again; its stored rows come back as duplicates.
+`summarize` (downstream). Only that window runs again, resuming after its last checkpoint
+(batches already acknowledged are not sent again); the summary adds everything up anew.
 """
 
 build_backfill_dag("synap_backfill", doc_md=DOC_MD, outlets=[PRIMARY_BACKFILL_DONE],
