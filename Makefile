@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install demo demo-fresh ui test test-unit test-e2e synap-api lock clean
+.PHONY: install demo demo-fresh ui test test-unit test-e2e bench synap-api lock clean
 
 $(STAMP): requirements.txt constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version' 
@@ -33,6 +33,9 @@ test-unit: $(STAMP)  ## the fast ones
 
 test-e2e: $(STAMP)  ## only the ones that start a real Airflow
 	$(PY) -m pytest tests/e2e
+
+bench: $(STAMP)  ## the vendor recipe vs this backfill, measured (ARGS="--profile cloud-like --turns 10000")
+	$(PY) -m include.bench $(ARGS)
 
 synap-api: $(STAMP)  ## serve the local Synap API on 127.0.0.1:8765 (store .local/synap.sqlite3)
 	$(PY) -m include.synap_local serve --port 8765
