@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     # started with SIGINT ignored (as shells do for background jobs).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    print("starting embedded PostgreSQL, the local Synap API and Airflow (about 30 s)...", flush=True)
+    print("starting embedded PostgreSQL, the local Synap API and Airflow ...", flush=True)
     try:
         stack.start()  # stops what it started if it fails or is interrupted
     except KeyboardInterrupt:
