@@ -43,12 +43,12 @@ def configure(home: Path, connections: Mapping[str, str] = {}) -> None:
             sys.path.insert(0, path)
 
 
-def migrate_db() -> None:
+def migrate_db(pool_slots: int = 4) -> None:
     """Create or upgrade the metadata DB (SQLite in the Airflow home), and the pools."""
     from airflow.utils.db import initdb
 
     initdb()
-    ensure_pools()
+    ensure_pools(pool_slots)
 
 
 def synap_pools(slots: int = 4) -> dict[str, int]:
@@ -122,10 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pool-slots", type=int, default=4)
     args = parser.parse_args(argv)
     if args.command == "setup":
-        from airflow.utils.db import initdb
-
-        initdb()
-        ensure_pools(args.pool_slots)
+        migrate_db(args.pool_slots)
         return 0
     migrate_db()
     dag_run = run_dag(args.dag_id, json.loads(args.conf))

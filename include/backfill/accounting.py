@@ -45,10 +45,6 @@ class PartitionReport:
     def balanced(self) -> bool:
         return self.rows_read == self.accounted
 
-    def add_batch(self, outcome: BatchOutcome) -> None:
-        self.batches += 1
-        self.add(outcome)
-
     def add(self, outcome: BatchOutcome) -> None:
         self.ingested += outcome.ingested
         self.duplicates += outcome.duplicates

@@ -83,14 +83,33 @@ class BackfillConfig:
         return cls(**values)
 
 
+# Bounds of the whole-number params, shared with the trigger form's JSON schema.
+LIMITS = {
+    "max_partitions": (1, MAX_PARTITIONS),
+    "max_rows_per_partition": (1, 100_000_000),
+    "batch_size": (1, MAX_BATCH_SIZE),
+    "max_document_chars": (100, 10_000_000),
+    "fetch_size": (1, 100_000),
+}
+
+
 def config_from_params(params: Mapping[str, Any]) -> BackfillConfig:
-    """Validate the DAG's params; raise ParamError naming the first bad one."""
-    get = params.get
+    """Validate the DAG's params; raise ParamError naming the first bad one.
+
+    A missing param takes ``BackfillConfig``'s default, the same one the form shows.
+    """
+    defaults = BackfillConfig()
+
+    def get(name: str, default: Any = None) -> Any:
+        return params.get(name, getattr(defaults, name, default))
+
+    def whole(name: str) -> int:
+        return bounded_int(name, get(name), *LIMITS[name])
     columns = SourceColumns(**{
         f.name: identifier(f"{f.name}_column", get(f"{f.name}_column", f.default))
         for f in fields(SourceColumns)
     })
-    table = str(get("source_table", "conversations") or "")
+    table = str(get("source_table") or "")
     parts = table.split(".")
     if len(parts) > 2:
         raise ParamError("source_table", "use TABLE or SCHEMA.TABLE")
@@ -105,35 +124,33 @@ def config_from_params(params: Mapping[str, Any]) -> BackfillConfig:
         raise ParamError("start" if start is None else "end",
                          "give both start and end, or neither to use the table's whole range")
 
-    window_size = str(get("window_size", "P1D") or "")
+    window_size = str(get("window_size") or "")
     window_duration(window_size)  # validates
 
-    mode = get("mode", "long-range")
+    mode = get("mode")
     if mode not in MODES:
         raise ParamError("mode", f"must be one of {', '.join(MODES)}")
 
     return BackfillConfig(
-        synap_conn_id=non_empty("synap_conn_id", get("synap_conn_id", "synap_default")),
-        postgres_conn_id=non_empty("postgres_conn_id", get("postgres_conn_id", "postgres_default")),
+        synap_conn_id=non_empty("synap_conn_id", get("synap_conn_id")),
+        postgres_conn_id=non_empty("postgres_conn_id", get("postgres_conn_id")),
         source_table=table,
         columns=columns,
-        source_timezone=zone("source_timezone", get("source_timezone", "UTC")),
+        source_timezone=zone("source_timezone", get("source_timezone")),
         start=start,
         end=end,
         window_size=window_size,
-        partition_timezone=zone("partition_timezone", get("partition_timezone", "UTC")),
-        max_partitions=bounded_int("max_partitions", get("max_partitions", 500), 1, MAX_PARTITIONS),
-        max_rows_per_partition=bounded_int("max_rows_per_partition",
-                                           get("max_rows_per_partition", 100_000), 1, 100_000_000),
-        batch_size=bounded_int("batch_size", get("batch_size", 50), 1, MAX_BATCH_SIZE),
+        partition_timezone=zone("partition_timezone", get("partition_timezone")),
+        max_partitions=whole("max_partitions"),
+        max_rows_per_partition=whole("max_rows_per_partition"),
+        batch_size=whole("batch_size"),
         mode=mode,
-        dry_run=boolean("dry_run", get("dry_run", False)),
-        max_document_chars=bounded_int("max_document_chars", get("max_document_chars", 100_000),
-                                       100, 10_000_000),
+        dry_run=boolean("dry_run", get("dry_run")),
+        max_document_chars=whole("max_document_chars"),
         ledger_conn_id=str(get("ledger_conn_id") or "").strip(),
-        ledger_schema=identifier("ledger_schema", get("ledger_schema", "synap_backfill")),
-        restart_partitions=boolean("restart_partitions", get("restart_partitions", False)),
-        fetch_size=bounded_int("fetch_size", get("fetch_size", 1000), 1, 100_000),
+        ledger_schema=identifier("ledger_schema", get("ledger_schema")),
+        restart_partitions=boolean("restart_partitions", get("restart_partitions")),
+        fetch_size=whole("fetch_size"),
     )
 
 

@@ -13,11 +13,14 @@ before anything reads or sends.
 
 from __future__ import annotations
 
+from dataclasses import fields
 from datetime import timedelta
 from typing import Any, Iterable
 
 import pendulum
 from airflow.sdk import Asset, Param, dag, get_current_context, task
+
+from include.backfill.config import LIMITS, MODES, BackfillConfig, SourceColumns
 
 # Emitted by the primary backfill's summary when every row is accounted for;
 # a region replay can be scheduled on it.
@@ -32,20 +35,14 @@ _DURATION = r"^P(?=\d|T\d)(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(?=\d)(\d+H)?(\d+M)?(\d+
 _IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
 _TABLE = r"^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?$"
 _CONN_ID = r"^[A-Za-z0-9_.\-]{1,250}$"
-_COLUMNS = ("user_id", "customer_id", "conversation_id", "message_index", "user_text",
-            "assistant_text", "created_at")
+_COLUMNS = tuple(f.name for f in fields(SourceColumns))
 
 
 def backfill_params(**defaults: Any) -> dict[str, Param]:
     """The trigger form; ``defaults`` override the recipe's defaults (a region's connection)."""
-    d = {"start": None, "end": None, "window_size": "P1D", "partition_timezone": "UTC",
-         "max_rows_per_partition": 100_000, "max_partitions": 500, "batch_size": 50,
-         "mode": "long-range", "dry_run": False, "max_document_chars": 100_000,
-         "restart_partitions": False, "ledger_conn_id": None, "ledger_schema": "synap_backfill",
-         "fetch_size": 1000,
-         "synap_conn_id": "synap_default",
-         "postgres_conn_id": "postgres_default", "source_table": "conversations",
-         "source_timezone": "UTC", **{f"{c}_column": c for c in _COLUMNS}, **defaults}
+    base = BackfillConfig()  # the defaults config_from_params applies, shown in the form
+    d = {**{k: v for k, v in base.to_dict().items() if k != "columns"}, "ledger_conn_id": None,
+         **{f"{c}_column": getattr(base.columns, c) for c in _COLUMNS}, **defaults}
     params = {
         "start": Param(d["start"], type=["null", "string"], format="date-time", pattern=_DATE_TIME,
                        title="Start (inclusive)", section="Range",
@@ -62,26 +59,27 @@ def backfill_params(**defaults: Any) -> dict[str, Param]:
         "partition_timezone": Param(d["partition_timezone"], type="string", minLength=1,
                                     title="Partition time zone", section="Partitions",
                                     description="IANA zone whose calendar the windows follow."),
-        "max_rows_per_partition": Param(d["max_rows_per_partition"], type="integer", minimum=1,
-                                        maximum=100_000_000, title="Max rows per partition",
+        "max_rows_per_partition": Param(d["max_rows_per_partition"], type="integer",
+                                        **_bounds("max_rows_per_partition"),
+                                        title="Max rows per partition",
                                         section="Partitions",
                                         description="A busier window is split at row quantiles."),
-        "max_partitions": Param(d["max_partitions"], type="integer", minimum=1, maximum=1000,
+        "max_partitions": Param(d["max_partitions"], type="integer", **_bounds("max_partitions"),
                                 title="Max partitions", section="Partitions",
                                 description="Neighbouring windows are merged until the plan "
                                             "fits (Airflow maps at most 1024)."),
-        "batch_size": Param(d["batch_size"], type="integer", minimum=1, maximum=100,
+        "batch_size": Param(d["batch_size"], type="integer", **_bounds("batch_size"),
                             title="Batch size", section="Sending",
                             description="Documents per batch_create call (Synap accepts 100)."),
-        "mode": Param(d["mode"], type="string", enum=["long-range", "fast"], title="Mode",
+        "mode": Param(d["mode"], type="string", enum=list(MODES), title="Mode",
                       section="Sending",
                       values_display={"long-range": "long-range (full extraction: right for a backfill)",
                                       "fast": "fast (skips most extraction: wrong for a backfill)"},
                       description="long-range runs Synap's full extraction pipeline."),
         "dry_run": Param(d["dry_run"], type="boolean", title="Dry run", section="Sending",
                          description="Read, build and count documents without sending any."),
-        "max_document_chars": Param(d["max_document_chars"], type="integer", minimum=100,
-                                    maximum=10_000_000, title="Max document characters",
+        "max_document_chars": Param(d["max_document_chars"], type="integer",
+                                    **_bounds("max_document_chars"), title="Max document characters",
                                     section="Sending",
                                     description="A longer turn is rejected with a reason (Synap "
                                                 "publishes no limit)."),
@@ -111,12 +109,17 @@ def backfill_params(**defaults: Any) -> dict[str, Param]:
             d[f"{column}_column"], type="string", pattern=_IDENTIFIER, section="Source",
             title=f"{column} column", description=f"Column holding the {column.replace('_', ' ')}.")
     params["fetch_size"] = Param(
-        d["fetch_size"], type="integer", minimum=1, maximum=100_000, title="Fetch size",
+        d["fetch_size"], type="integer", **_bounds("fetch_size"), title="Fetch size",
         section="Source", description="Rows per round trip of the server-side cursor.")
     params["source_timezone"] = Param(
         d["source_timezone"], type="string", minLength=1, title="Source time zone",
         section="Source", description="IANA zone of timestamps stored without one.")
     return params
+
+
+def _bounds(name: str) -> dict[str, int]:
+    low, high = LIMITS[name]
+    return {"minimum": low, "maximum": high}
 
 
 def build_backfill_dag(dag_id: str, *, doc_md: str, schedule: Any = None,

@@ -25,6 +25,7 @@ from .windows import Window, covering_range, plan_windows, size_by_rows
 log = logging.getLogger("synap_backfill")
 
 UNTIMED_LABEL = "rows without a timestamp"
+GRID_LIMIT = 100_000  # calendar windows counted before fitting (choose a larger window_size past it)
 
 
 def resolve_config(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -46,20 +47,19 @@ def plan_partitions(config_dict: Mapping[str, Any]) -> list[dict[str, Any]]:
 
     config = BackfillConfig.from_dict(config_dict)
     untimed = 0
-    if config.start and config.end:
-        start, end = config.start, config.end
-    else:
-        with closing(PostgresHook(postgres_conn_id=config.postgres_conn_id).get_conn()) as conn:
-            extent = table_range(conn, config)
-        log.info("%s holds %d rows from %s to %s (%d without a timestamp)", config.source_table,
-                 extent.rows, extent.first, extent.last, extent.rows_without_timestamp)
-        untimed = extent.rows_without_timestamp
-        if extent.first is None:
-            start = end = None
+    planned: list[dict[str, Any]] = []
+    with closing(PostgresHook(postgres_conn_id=config.postgres_conn_id).get_conn()) as conn:
+        if config.start and config.end:
+            start, end = config.start, config.end
         else:
-            start, end = covering_range(extent.first, extent.last, config.window_size,
-                                        config.partition_timezone)
-    planned = [] if start is None else _fit_to_rows(config, start, end)
+            extent = table_range(conn, config)
+            log.info("%s holds %d rows from %s to %s (%d without a timestamp)", config.source_table,
+                     extent.rows, extent.first, extent.last, extent.rows_without_timestamp)
+            untimed = extent.rows_without_timestamp
+            start, end = (None, None) if extent.first is None else covering_range(
+                extent.first, extent.last, config.window_size, config.partition_timezone)
+        if start is not None:
+            planned = _fit_to_rows(conn, config, start, end)
     if untimed:
         planned.append({"start": None, "end": None, "label": UNTIMED_LABEL, "rows": untimed})
     log.info("planned %d partitions for about %d rows%s", len(planned),
@@ -68,21 +68,17 @@ def plan_partitions(config_dict: Mapping[str, Any]) -> list[dict[str, Any]]:
     return planned
 
 
-def _fit_to_rows(config: BackfillConfig, start: Any, end: Any) -> list[dict[str, Any]]:
+def _fit_to_rows(conn: Any, config: BackfillConfig, start: Any, end: Any) -> list[dict[str, Any]]:
     """Calendar windows, then split busy ones, drop empty ones, and keep under the cap."""
-    from airflow.providers.postgres.hooks.postgres import PostgresHook
-
-    # The calendar grid may be finer than the cap allows before empty windows
-    # are dropped; the cap applies to what is left.
-    grid_cap = max(config.max_partitions, 100_000)
+    # The calendar grid may be much finer than max_partitions: the cap applies
+    # after empty windows are dropped and neighbours merged.
     windows = plan_windows(start, end, config.window_size, config.partition_timezone,
-                           max_partitions=grid_cap)
-    with closing(PostgresHook(postgres_conn_id=config.postgres_conn_id).get_conn()) as conn:
-        counts = window_counts(conn, config, windows)
-        sized = size_by_rows(
-            windows, counts, lambda w, parts: split_points(conn, config, w, parts),
-            max_rows=config.max_rows_per_partition, max_partitions=config.max_partitions,
-            tz=config.partition_timezone)
+                           max_partitions=GRID_LIMIT)
+    counts = window_counts(conn, config, windows)
+    sized = size_by_rows(
+        windows, counts, lambda w, parts: split_points(conn, config, w, parts),
+        max_rows=config.max_rows_per_partition, max_partitions=config.max_partitions,
+        tz=config.partition_timezone)
     skipped = sum(1 for n in counts if n == 0)
     if skipped or len(sized) != len(windows) - skipped:
         log.info("fitted %d calendar windows to the data: %d empty skipped, %d partitions",

@@ -56,8 +56,8 @@ def plan_windows(start: datetime, end: datetime, window_size: str, tz: str = "UT
         if len(bounds) > max_partitions:
             raise TooManyPartitions(
                 f"the range {start.isoformat()} to {end.isoformat()} splits into more than "
-                f"{max_partitions} windows of {window_size}: choose a larger window_size, "
-                "a shorter range, or raise max_partitions")
+                f"{max_partitions} windows of {window_size}: choose a larger window_size "
+                "or a shorter range")
         bounds.append(min(bounds[-1] + size, stop.in_timezone(tz)))
     return [_window(a, b, tz) for a, b in zip(bounds, bounds[1:])]
 
