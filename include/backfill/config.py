@@ -58,7 +58,7 @@ class BackfillConfig:
     partition_timezone: str = "UTC"
     max_partitions: int = 500
     max_rows_per_partition: int = 100_000
-    batch_size: int = 50
+    batch_size: int = MAX_BATCH_SIZE  # fewer calls against a per-request limit
     mode: str = "long-range"
     dry_run: bool = False
     max_document_chars: int = 100_000

@@ -16,6 +16,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 from .accounting import PartitionReport, summarize, window_key
 from .config import BackfillConfig, config_from_params
 from .ledger import Ledger
+from .pacing import SharedPacer
 from .partition import PartitionFailed, PartitionSettings, run_partition_rows
 from .results import DEFAULT_DUPLICATE_PATTERN
 from .sending import RetryPolicy
@@ -106,7 +107,8 @@ def run_partition(config_dict: Mapping[str, Any], window_dict: Mapping[str, Any]
 
     settings = PartitionSettings(
         batch_size=config.batch_size, mode=config.mode, max_chars=config.max_document_chars,
-        run_started=run_started, read_errors=_connection_errors())
+        run_started=run_started, read_errors=_connection_errors(),
+        expected_rows=window_dict.get("rows"))
 
     async def run(ledger: Ledger | None) -> None:
         if config.dry_run:
@@ -116,8 +118,16 @@ def run_partition(config_dict: Mapping[str, Any], window_dict: Mapping[str, Any]
         settings.duplicate_pattern = synap.duplicate_pattern or DEFAULT_DUPLICATE_PATTERN
         settings.retry = RetryPolicy(max_attempts=s["max_attempts"], backoff_max=s["backoff_max"],
                                      max_wait=s["max_wait"])
+        settings.max_in_flight = s["max_in_flight"]
         async with synap.session() as sdk:
             settings.isolation = getattr(sdk, "_user_context_isolation", None)
+            if s["requests_per_minute"] > 0 and ledger is not None:
+                # The limit is the instance's: every partition sending there shares one schedule.
+                target = f"{s['base_url'] or 'hosted'} {getattr(sdk, 'instance_id', None) or ''}"
+                pacer = SharedPacer(ledger.conn, config.ledger_schema, target.strip(),
+                                    s["requests_per_minute"])
+                pacer.ensure_table()
+                settings.pacer = pacer
 
             async def submit(documents: list[Any]) -> Any:
                 return await sdk.memories.batch_create(documents=documents, fail_fast=False)
@@ -141,10 +151,13 @@ def run_partition(config_dict: Mapping[str, Any], window_dict: Mapping[str, Any]
 
             raise AirflowFailException(str(exc)) from None  # retrying cannot help
         raise
+    waited = getattr(settings.pacer, "waited", 0.0)
     log.info("partition %s done: read %d, ingested %d, duplicates %d, rejected %d%s in %d batches,"
-             " %.1f s", report.label, report.rows_read, report.ingested, report.duplicates,
-             report.rejected_total, f", not sent (dry run) {report.not_sent}" if config.dry_run else "",
-             report.batches, report.seconds)
+             " %.1f s (%.0f rows/s%s)", report.label, report.rows_read, report.ingested,
+             report.duplicates, report.rejected_total,
+             f", not sent (dry run) {report.not_sent}" if config.dry_run else "", report.batches,
+             report.seconds, report.rows_read / report.seconds if report.seconds else 0.0,
+             f"; {waited:.1f} s waiting for the target's pacing" if waited else "")
     return report.to_xcom()
 
 

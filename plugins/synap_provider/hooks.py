@@ -15,6 +15,12 @@ The connection (type ``synap``, default id ``synap_default``):
   - ``max_wait``: the longest ``Retry-After`` honoured, seconds (default 600).
   - ``duplicate_pattern``: a regex that marks a per-document failure as a
     duplicate ``document_id`` (the server's exact wording is not published).
+  - ``requests_per_minute``: batch requests a minute that all partitions
+    sending to this target keep to together (default 600, the contract's
+    per-instance ingestion limit; the vendor's docs also cite 60 a minute per
+    key on the Free plan: set 60 there). 0 turns pacing off.
+  - ``max_in_flight``: batches one partition keeps on the wire at once
+    (default 4; enough to fill the limit at a few hundred ms a call).
 
 The SDK's own retries are off: the backfill retries itself (honouring a
 ``Retry-After`` past the SDK's 10 s cap, and resending a batch whose outcome
@@ -80,6 +86,8 @@ class SynapHook(BaseHook):
                 "backoff_max": float(extra.get("backoff_max", 60)),
                 "max_wait": float(extra.get("max_wait", 600)),
                 "duplicate_pattern": extra.get("duplicate_pattern") or None,
+                "requests_per_minute": float(extra.get("requests_per_minute", 600)),
+                "max_in_flight": max(1, int(extra.get("max_in_flight", 4))),
             }
         return self._settings
 

@@ -58,9 +58,9 @@ def test_the_backfill_dag_is_wired_plan_then_mapped_partitions_then_summary():
     assert dag.doc_md and "Synap backfill" in dag.doc_md
 
 
-def test_the_params_default_to_the_vendor_recipe_and_bound_the_batch_size():
+def test_the_params_default_to_full_batches_in_long_range_mode_and_bound_the_batch_size():
     params = load_dag("synap_backfill").params
-    assert params["batch_size"] == 50 and params["mode"] == "long-range"
+    assert params["batch_size"] == 100 and params["mode"] == "long-range"
     assert params["source_table"] == "conversations"
     schema = params.get_param("batch_size").schema
     assert (schema["minimum"], schema["maximum"]) == (1, 100)

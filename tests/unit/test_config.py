@@ -3,11 +3,11 @@ import pytest
 from include.backfill.config import BackfillConfig, ParamError, config_from_params
 
 
-def test_defaults_follow_the_vendor_recipe():
+def test_defaults_follow_the_vendor_recipe_but_fill_each_call():
     config = config_from_params({})
     assert config.source_table == "conversations"
     assert config.columns.created_at == "created_at"
-    assert (config.batch_size, config.mode, config.window_size) == (50, "long-range", "P1D")
+    assert (config.batch_size, config.mode, config.window_size) == (100, "long-range", "P1D")
     assert config.source_timezone == "UTC"
 
 

@@ -1,0 +1,112 @@
+"""Client-side pacing: keep every partition of one Synap target, together, under its rate limit.
+
+Synap limits ingestion per instance (600 batch requests a minute on the
+contract's plan); a backfill that runs into the limit spends its time in
+429s and ``Retry-After`` waits. So each request first takes a slot from one
+schedule shared by every partition, worker and DAG run sending to that
+target: a GCRA ("virtual scheduling") token bucket kept as a single row in
+the ledger database. Taking a slot is one statement::
+
+    next_at := greatest(next_at, now) + interval;  wait := next_at - interval - now
+
+so requests leave evenly spaced at the configured rate, however many
+partitions run, and the schedule needs no coordinator. A 429 pushes the
+shared schedule back by its ``Retry-After``, so the other partitions pause too
+instead of each finding the limit on its own.
+
+Why not a bucket per partition, sized by the pool's slots: when fewer
+partitions run than the pool has slots (the tail of a run, a retry of one
+partition) each would still send at its fraction, and the target would sit
+idle. The shared row gives the whole rate to whatever is running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Protocol
+
+from .source import quote_identifier
+
+
+class Pacer(Protocol):
+    async def acquire(self) -> None: ...
+
+    def hold(self, seconds: float) -> None: ...
+
+
+class Unpaced:
+    """No pacing (``requests_per_minute`` 0, or a dry run)."""
+
+    async def acquire(self) -> None:
+        return None
+
+    def hold(self, seconds: float) -> None:
+        return None
+
+
+class SharedPacer:
+    """The shared schedule of one target, in ``<schema>.pacing`` on ``conn``.
+
+    :param conn: A DB-API connection to the ledger database; this object
+        commits on it, so it must not be the one reading the source.
+    :param schema: The ledger schema (its ``pacing`` table is created if missing).
+    :param target: What the limit applies to, e.g. the base URL and instance id.
+        Never the API key.
+    :param requests_per_minute: The rate to keep to, for all partitions together.
+    """
+
+    def __init__(self, conn: Any, schema: str, target: str, requests_per_minute: float) -> None:
+        if requests_per_minute <= 0:
+            raise ValueError("requests_per_minute must be positive (0 means: use Unpaced)")
+        self.conn = conn
+        self.table = f"{quote_identifier(schema)}.pacing"
+        self.schema = quote_identifier(schema)
+        self.target = target
+        self.interval = 60.0 / requests_per_minute
+        self.waited = 0.0  # seconds this partition spent waiting for slots
+        self._held_until = 0.0  # monotonic; a hold this process learned of
+
+    def ensure_table(self) -> None:
+        with self.conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(hashtext('synap_backfill_ledger'))")
+            cur.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
+            cur.execute(f"CREATE TABLE IF NOT EXISTS {self.table} ("
+                        " target text PRIMARY KEY, next_at timestamptz NOT NULL)")
+        self.conn.commit()
+
+    def reserve(self) -> float:
+        """Take the next free slot of the shared schedule; seconds until it comes."""
+        with self.conn.cursor() as cur:
+            cur.execute(
+                f"INSERT INTO {self.table} AS p (target, next_at)"
+                " VALUES (%(target)s, clock_timestamp() + make_interval(secs => %(step)s))"
+                " ON CONFLICT (target) DO UPDATE SET next_at ="
+                " greatest(p.next_at, clock_timestamp()) + make_interval(secs => %(step)s)"
+                " RETURNING extract(epoch FROM p.next_at - clock_timestamp())::float8 - %(step)s",
+                {"target": self.target, "step": self.interval})
+            (wait,) = cur.fetchone()
+        self.conn.commit()
+        return max(0.0, float(wait))
+
+    async def acquire(self) -> None:
+        while True:
+            wait = self.reserve()
+            if wait > 0:
+                self.waited += wait
+                await asyncio.sleep(wait)
+            held = self._held_until - time.monotonic()
+            if held <= 0:
+                return
+            # A 429 came back while this slot was waiting: the slot predates the
+            # hold, so wait the hold out and take a new one.
+            self.waited += held
+            await asyncio.sleep(held)
+
+    def hold(self, seconds: float) -> None:
+        """Nobody sends to this target for ``seconds`` (the server said so)."""
+        self._held_until = max(self._held_until, time.monotonic() + seconds)
+        with self.conn.cursor() as cur:
+            cur.execute(f"UPDATE {self.table} SET next_at = greatest(next_at, clock_timestamp()"
+                        " + make_interval(secs => %s)) WHERE target = %s", (float(seconds), self.target))
+        self.conn.commit()
