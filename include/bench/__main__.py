@@ -2,17 +2,28 @@
 
 For each profile, each contender runs in a child process against a fresh
 local Synap API store and the same conversations table in the embedded
-PostgreSQL; the parent measures wall time, the child's CPU seconds and peak
-memory (``wait4``), and reads the API's counters (calls answered 429).
+PostgreSQL; the parent measures wall time, CPU seconds and peak memory
+(``wait4``; the backfill's partition processes report their own), and reads
+the API's counters (calls answered 429).
 
 Profiles:
   cloud-like   each batch call takes 250 ms at the server, 600 batch calls a minute
-               per instance (429 with Retry-After above that); 30,000 turns
-  unthrottled  no added latency, no limit; 100,000 turns (1,000,000 with --large)
+               per instance (429 with Retry-After above that); 50,000 turns.
+               The backfill's connection says requests_per_minute 600.
+  unthrottled  no added latency, no limit; 100,000 turns (1,000,000 with --large).
+               The backfill's connection turns pacing off.
+
+The backfill runs with its defaults (batches of 100, 4 in flight per
+partition) and ``--workers`` partitions at a time (4, the pool's slots).
+
+With ``--large`` (or ``--memory``), it also runs one partition of 10,000 rows
+and one of 1,000,000 rows, each in a process of its own, and compares their
+peak memory.
 
     python -m include.bench [--profile cloud-like|unthrottled|all] [--turns N] [--large]
+                            [--memory] [--workers N]
 
-Prints a table and writes the same as JSON to .local/bench/results.json.
+Prints tables and writes the same as JSON to .local/bench/results.json.
 Nothing here asserts a time: the machines are shared and noisy.
 """
 
@@ -26,6 +37,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from include.demo_data import load_demo_table
 from include.local_airflow import REPO_ROOT, airflow_env
@@ -36,10 +48,12 @@ from include.synap_local.process import SynapProcess
 STATE = REPO_ROOT / ".local" / "bench"
 PROFILES = {
     "cloud-like": {"args": ["--latency-ms", "250", "--rate-limit-per-minute", "600"],
-                   "turns": 30_000, "ceiling_calls_per_s": 10.0},
-    "unthrottled": {"args": [], "turns": 100_000, "ceiling_calls_per_s": None},
+                   "turns": 50_000, "ceiling_calls_per_s": 10.0, "extra": {"requests_per_minute": 600}},
+    "unthrottled": {"args": [], "turns": 100_000, "ceiling_calls_per_s": None,
+                    "extra": {"requests_per_minute": 0}},
 }
-BACKFILL_PARAMS = {"batch_size": 100, "window_size": "P1D"}
+LARGE = 1_000_000
+MEMORY_ROWS = (10_000, LARGE)
 
 
 @dataclass
@@ -53,6 +67,7 @@ class Result:
     peak_rss_mb: float
     calls: int
     calls_429: int
+    partitions: int | None = None
     ratio_to_recipe: float | None = None
     ceiling_fraction: float | None = None
 
@@ -60,20 +75,26 @@ class Result:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", choices=[*PROFILES, "all"], default="all")
+    parser.add_argument("--profile", choices=[*PROFILES, "all", "none"], default="all")
     parser.add_argument("--turns", type=int, help="override the profile's table size")
-    parser.add_argument("--large", action="store_true", help="1,000,000 turns for unthrottled")
+    parser.add_argument("--large", action="store_true",
+                        help=f"{LARGE:,} turns for unthrottled, and the memory comparison")
+    parser.add_argument("--memory", action="store_true",
+                        help=f"compare a {MEMORY_ROWS[0]:,}-row and a {MEMORY_ROWS[1]:,}-row partition")
+    parser.add_argument("--workers", type=int, default=4, help="partitions at a time (pool slots)")
     args = parser.parse_args(argv)
     STATE.mkdir(parents=True, exist_ok=True)
     results: list[Result] = []
+    memory: list[dict] = []
     with LocalPostgres(STATE / "postgres") as pg:
-        for name in (PROFILES if args.profile == "all" else [args.profile]):
+        for name in ([] if args.profile == "none" else
+                     PROFILES if args.profile == "all" else [args.profile]):
             profile = PROFILES[name]
-            turns = args.turns or (1_000_000 if args.large and name == "unthrottled" else profile["turns"])
+            turns = args.turns or (LARGE if args.large and name == "unthrottled" else profile["turns"])
             table = f"bench_{turns}"
             _ensure_table(pg, table, turns)
-            recipe = _measure(name, "vendor recipe", pg, table, turns, profile)
-            ours = _measure(name, "this backfill", pg, table, turns, profile)
+            recipe = _measure(name, "vendor recipe", pg, table, turns, profile, args.workers)
+            ours = _measure(name, "this backfill", pg, table, turns, profile, args.workers)
             ours.ratio_to_recipe = round(ours.turns_per_s / recipe.turns_per_s, 2)
             recipe.ratio_to_recipe = 1.0
             if profile["ceiling_calls_per_s"]:
@@ -81,9 +102,16 @@ def main(argv: list[str] | None = None) -> int:
                     # The ceiling is 600 calls a minute of 100 documents: 1,000 turns/s.
                     r.ceiling_fraction = round(r.turns_per_s / (profile["ceiling_calls_per_s"] * 100), 3)
             results += [recipe, ours]
-    print(render(results))
+        if args.large or args.memory:
+            _ensure_table(pg, f"bench_{LARGE}", LARGE)
+            memory = [_measure_window(pg, f"bench_{LARGE}", rows) for rows in MEMORY_ROWS]
+    if results:
+        print(render(results))
+    if memory:
+        print("\n" + render_memory(memory))
     out = STATE / "results.json"
-    out.write_text(json.dumps([asdict(r) for r in results], indent=2))
+    out.write_text(json.dumps({"throughput": [asdict(r) for r in results], "memory": memory},
+                              indent=2))
     print(f"\nwritten to {out.relative_to(REPO_ROOT)}")
     return 0
 
@@ -98,24 +126,65 @@ def _ensure_table(pg: LocalPostgres, table: str, turns: int) -> None:
 
 
 def _measure(profile_name: str, contender: str, pg: LocalPostgres, table: str, turns: int,
-             profile: dict) -> Result:
-    db = STATE / f"synap-{profile_name}-{contender.split()[0]}.sqlite3"
+             profile: dict, workers: int) -> Result:
+    if contender == "vendor recipe":
+        cmd = ["include.bench.recipe", "--uri", pg.uri, "--table", table]
+    else:
+        cmd = ["include.bench.backfill", "run", json.dumps({"source_table": table}),
+               "--workers", str(workers)]
+    print(f"{profile_name}: {contender} on {turns} turns...", flush=True)
+    run = _run_child(f"{profile_name}-{contender.split()[0]}", cmd, pg, profile)
+    if run.stored != turns:
+        raise RuntimeError(f"{contender} stored {run.stored} of {turns} turns; see {run.log}")
+    batch_calls = {k: v for k, v in run.stats["requests"].items()
+                   if k.startswith("POST /api/v1/memories/batch")}
+    peak_kb = run.done.get("worker_peak_rss_kb") or run.usage.ru_maxrss
+    return Result(
+        profile=profile_name, contender=contender, turns=turns, seconds=round(run.seconds, 1),
+        turns_per_s=round(turns / run.seconds, 1),
+        cpu_s_per_1000_turns=round((run.usage.ru_utime + run.usage.ru_stime) / turns * 1000, 3),
+        peak_rss_mb=round(peak_kb / 1024, 1),
+        calls=sum(batch_calls.values()),
+        calls_429=sum(v for k, v in batch_calls.items() if k.endswith(" 429")),
+        partitions=run.done.get("partitions"))
+
+
+def _measure_window(pg: LocalPostgres, table: str, rows: int) -> dict:
+    """One partition of the table's first ``rows`` rows, alone in its process: its peak memory."""
+    print(f"memory: one partition of {rows} rows...", flush=True)
+    run = _run_child(f"memory-{rows}", ["include.bench.backfill", "window",
+                                         json.dumps({"source_table": table}), "--rows", str(rows)],
+                     pg, PROFILES["unthrottled"])
+    return {"rows": run.done["rows_read"], "ingested": run.done["ingested"],
+            "seconds": round(run.seconds, 1), "peak_rss_mb": round(run.usage.ru_maxrss / 1024, 1)}
+
+
+@dataclass
+class _ChildRun:
+    seconds: float
+    usage: Any
+    stats: dict
+    stored: int
+    done: dict
+    log: Path
+
+
+def _run_child(name: str, module_args: list[str], pg: LocalPostgres, profile: dict) -> _ChildRun:
+    """Run ``python -m <module_args>`` against a fresh local Synap API with the profile's faults."""
+    db = STATE / f"synap-{name}.sqlite3"
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db}{suffix}").unlink(missing_ok=True)
     synap = SynapProcess(db, *profile["args"]).start()
     try:
         env = {**os.environ, **airflow_env(STATE / "airflow"),
                "AIRFLOW_CONN_SYNAP_DEFAULT": json.dumps(
-                   {"conn_type": "synap", "host": synap.url, "password": DEFAULT_API_KEY}),
+                   {"conn_type": "synap", "host": synap.url, "password": DEFAULT_API_KEY,
+                    "extra": profile["extra"]}),
                "AIRFLOW_CONN_POSTGRES_DEFAULT": pg.airflow_connection()}
-        if contender == "vendor recipe":
-            cmd = [sys.executable, "-m", "include.bench.recipe", "--uri", pg.uri, "--url", synap.url,
-                   "--key", DEFAULT_API_KEY, "--table", table]
-        else:
-            cmd = [sys.executable, "-m", "include.bench.backfill",
-                   json.dumps({**BACKFILL_PARAMS, "source_table": table})]
-        print(f"{profile_name}: {contender} on {turns} turns...", flush=True)
-        log_path = STATE / f"{profile_name}-{contender.split()[0]}.log"
+        cmd = [sys.executable, "-m", *module_args]
+        if module_args[0] == "include.bench.recipe":
+            cmd += ["--url", synap.url, "--key", DEFAULT_API_KEY]
+        log_path = STATE / f"{name}.log"
         with log_path.open("w") as log:
             started = time.monotonic()
             child = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log,
@@ -123,28 +192,28 @@ def _measure(profile_name: str, contender: str, pg: LocalPostgres, table: str, t
             _, status, usage = os.wait4(child.pid, 0)
             seconds = time.monotonic() - started
         if status != 0:
-            raise RuntimeError(f"{contender} failed ({status}); see {log_path}")
+            raise RuntimeError(f"{name} failed ({status}); see {log_path}")
         stats = synap.get("/_local/stats")
     finally:
         synap.stop()
-    stored = sum(stats["stored"].values())
-    if stored != turns:
-        raise RuntimeError(f"{contender} stored {stored} of {turns} turns")
-    requests = stats["requests"]
-    batch_calls = {k: v for k, v in requests.items() if k.startswith("POST /api/v1/memories/batch")}
-    return Result(
-        profile=profile_name, contender=contender, turns=turns, seconds=round(seconds, 1),
-        turns_per_s=round(turns / seconds, 1),
-        cpu_s_per_1000_turns=round((usage.ru_utime + usage.ru_stime) / turns * 1000, 3),
-        peak_rss_mb=round(usage.ru_maxrss / 1024, 1),
-        calls=sum(batch_calls.values()),
-        calls_429=sum(v for k, v in batch_calls.items() if k.endswith(" 429")))
+    done_lines = [line for line in log_path.read_text().splitlines() if line.startswith("done: ")]
+    done = json.loads(done_lines[-1][6:]) if done_lines and done_lines[-1][6:].startswith("{") else {}
+    return _ChildRun(seconds, usage, stats, sum(stats["stored"].values()), done, log_path)
+
+
+def render_memory(memory: list[dict]) -> str:
+    small, large = memory[0], memory[-1]
+    lines = [f"peak memory of one partition process: {m['rows']:>9} rows  {m['peak_rss_mb']:7.1f} MB"
+             f"  ({m['seconds']} s)" for m in memory]
+    lines.append(f"{large['rows']} rows vs {small['rows']} rows: "
+                 f"{large['peak_rss_mb'] / small['peak_rss_mb'] - 1:+.1%}")
+    return "\n".join(lines)
 
 
 def render(results: list[Result]) -> str:
-    header = ("profile", "contender", "turns", "seconds", "turns/s", "x recipe", "of ceiling",
-              "calls", "429s", "CPU s/1k turns", "peak MB")
-    rows = [(r.profile, r.contender, r.turns, r.seconds, r.turns_per_s,
+    header = ("profile", "contender", "turns", "partitions", "seconds", "turns/s", "x recipe",
+              "of ceiling", "calls", "429s", "CPU s/1k turns", "peak MB")
+    rows = [(r.profile, r.contender, r.turns, r.partitions or "-", r.seconds, r.turns_per_s,
              "-" if r.ratio_to_recipe is None else r.ratio_to_recipe,
              "-" if r.ceiling_fraction is None else f"{r.ceiling_fraction:.0%}",
              r.calls, r.calls_429, r.cpu_s_per_1000_turns, r.peak_rss_mb) for r in results]

@@ -1,34 +1,92 @@
-"""This project's backfill for the benchmark: the DAG's task bodies, run as one worker runs them.
+"""This project's backfill for the benchmark: the DAG's task bodies, run as workers run them.
 
-Plans the partitions and runs each with ``run_partition``, one after the
-other in this process, as ``dag.test()`` would, without the scheduler's
-per-task start-up (which the benchmark is not about). Connections come from
-``AIRFLOW_CONN_*`` variables; params as JSON.
+``run``: plans the partitions, then runs each with ``run_partition`` in a
+process of its own, ``--workers`` at a time, as a worker with that many pool
+slots would (forked, so Airflow's per-task start-up, which the benchmark is
+not about, is left out). Prints the totals and the largest peak RSS of a
+partition process.
 
-    python -m include.bench.backfill '{"source_table": "...", "batch_size": 100}'
+``window``: runs one partition holding the table's first ``--rows`` rows in
+this process, for the memory comparison between a small and a large one.
+
+Connections come from ``AIRFLOW_CONN_*`` variables; params as JSON.
+
+    python -m include.bench.backfill run '{"source_table": "..."}' --workers 4
+    python -m include.bench.backfill window '{"source_table": "..."}' --rows 10000
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
-from datetime import datetime, timezone
+import multiprocessing
+import resource
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from include.backfill.tasks import plan_partitions, resolve_config, run_partition
+
+_RUN: dict[str, Any] = {}
+
+
+def _partition(window: dict[str, Any]) -> dict[str, Any]:
+    report = run_partition(_RUN["config"], window, dag_id="synap_bench", run_id=_RUN["run_id"],
+                           run_started=_RUN["started"])
+    return {**report, "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
+
+
+def run(params: dict[str, Any], workers: int) -> dict[str, Any]:
+    started = datetime.now(timezone.utc)
+    _RUN.update(config=resolve_config(params), started=started,
+                run_id=f"bench-{started.strftime('%Y%m%dT%H%M%S%f')}")
+    windows = plan_partitions(_RUN["config"])
+    # A fresh process per partition, forked after the imports, like a task runner.
+    with multiprocessing.get_context("fork").Pool(workers, maxtasksperchild=1) as pool:
+        reports = pool.map(_partition, windows, chunksize=1)
+    totals = {key: sum(r[key] for r in reports)
+              for key in ("rows_read", "ingested", "duplicates", "rejected", "batches")}
+    return {**totals, "partitions": len(reports),
+            "worker_peak_rss_kb": max(r["peak_rss_kb"] for r in reports)}
+
+
+def first_rows_window(params: dict[str, Any], rows: int) -> dict[str, Any]:
+    """A window from the table's first timestamp to the one after its first ``rows`` rows."""
+    from contextlib import closing
+
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+    config = resolve_config(params)
+    table, created = config["source_table"], config["columns"]["created_at"]
+    with closing(PostgresHook(postgres_conn_id=config["postgres_conn_id"]).get_conn()) as conn:
+        with conn.cursor() as cur:
+            cur.execute(f"SELECT min({created}), (SELECT {created} FROM {table} ORDER BY {created}"
+                        f" OFFSET %s LIMIT 1), max({created}) FROM {table}", (rows,))
+            first, after, last = cur.fetchone()
+    end = after if after is not None else last + timedelta(microseconds=1)
+    return {"start": first.isoformat(), "end": end.isoformat(), "label": f"first {rows} rows",
+            "rows": rows}
+
+
+def window(params: dict[str, Any], rows: int) -> dict[str, Any]:
+    config = resolve_config(params)
+    started = datetime.now(timezone.utc)
+    report = run_partition(config, first_rows_window(params, rows), dag_id="synap_bench",
+                           run_id=f"bench-window-{started.strftime('%Y%m%dT%H%M%S%f')}",
+                           run_started=started)
+    return {key: report[key] for key in ("rows_read", "ingested", "duplicates", "rejected", "batches")}
 
 
 def main(argv: list[str] | None = None) -> int:
-    from include.backfill.tasks import plan_partitions, resolve_config, run_partition
-
-    params = json.loads((argv or sys.argv[1:])[0])
-    config = resolve_config(params)
-    started = datetime.now(timezone.utc)
-    run_id = f"bench-{started.strftime('%Y%m%dT%H%M%S%f')}"
-    totals = {"rows_read": 0, "ingested": 0, "duplicates": 0, "rejected": 0}
-    for window in plan_partitions(config):
-        report = run_partition(config, window, dag_id="synap_bench", run_id=run_id,
-                               run_started=started)
-        for key in totals:
-            totals[key] += report[key]
-    print("done: " + json.dumps(totals))
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=["run", "window"])
+    parser.add_argument("params")
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--rows", type=int, default=10_000)
+    args = parser.parse_args(argv)
+    params = json.loads(args.params)
+    result = run(params, args.workers) if args.what == "run" else window(params, args.rows)
+    print("done: " + json.dumps(result))
     return 0
 
 
