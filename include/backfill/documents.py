@@ -12,6 +12,7 @@ that never carries its text, and the rows around it go on.
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
 
@@ -21,6 +22,8 @@ from . import results
 from .source import SourceRow
 
 DOCUMENT_TYPE = "ai-chat-conversation"
+# What PostgreSQL's uuid type prints; any other spelling goes through uuid.UUID.
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 class RejectReason:
@@ -80,10 +83,11 @@ def _problem(row: SourceRow) -> str | None:
         return RejectReason.NO_TIMESTAMP
     if row.conversation_id is None or not row.conversation_id.strip():
         return RejectReason.NO_CONVERSATION_ID
-    try:
-        uuid.UUID(row.conversation_id)
-    except ValueError:
-        return RejectReason.CONVERSATION_ID_NOT_UUID
+    if not _CANONICAL_UUID.fullmatch(row.conversation_id):
+        try:
+            uuid.UUID(row.conversation_id)
+        except ValueError:
+            return RejectReason.CONVERSATION_ID_NOT_UUID
     if row.message_index is None:
         return RejectReason.NO_MESSAGE_INDEX
     if row.invalid_text:

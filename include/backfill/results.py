@@ -65,7 +65,8 @@ def classify_batch(document_ids: Iterable[str], results: Iterable[Any],
         # The same id twice in one batch has two results: take them in order.
         queue = by_id.get(doc_id)
         result = queue.popleft() if queue else None
-        status = str(getattr(result, "status", "") or "")
+        status = getattr(result, "status", "") or ""
+        status = getattr(status, "value", status)
         reason = None
         if result is None:
             reason = MISSING_RESULT

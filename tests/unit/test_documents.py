@@ -51,3 +51,7 @@ def test_a_row_that_cannot_make_a_document_is_rejected_with_a_reason(changes, re
     assert isinstance(rejected, Rejected)
     assert rejected.reason == reason
     assert "Kraków" not in rejected.key and "Kraków" not in rejected.reason
+
+
+def test_a_conversation_id_in_another_uuid_spelling_is_accepted():
+    assert not isinstance(build_document(row(conversation_id="{" + CONV.upper() + "}")), Rejected)
