@@ -28,6 +28,8 @@ class PartitionReport:
     not_sent: int = 0  # documents built but held back: a dry run
     batches: int = 0
     seconds: float = 0.0
+    started_at: float | None = None  # epoch seconds: the first attempt's start
+    finished_at: float | None = None
 
     @property
     def key(self) -> str:
@@ -60,6 +62,7 @@ class PartitionReport:
             "duplicates": self.duplicates, "rejected": self.rejected_total,
             "rejected_by_reason": dict(self.rejected), "not_sent": self.not_sent,
             "batches": self.batches, "seconds": round(self.seconds, 3),
+            "started_at": self.started_at, "finished_at": self.finished_at,
         }
 
     @classmethod
@@ -69,7 +72,8 @@ class PartitionReport:
                      duplicates=raw["duplicates"],
                      rejected=Counter(raw.get("rejected_by_reason") or {}),
                      not_sent=raw.get("not_sent", 0), batches=raw.get("batches", 0),
-                     seconds=raw.get("seconds", 0.0))
+                     seconds=raw.get("seconds", 0.0), started_at=raw.get("started_at"),
+                     finished_at=raw.get("finished_at"))
         if report.rejected_total != raw.get("rejected", report.rejected_total):
             # Trust the total over the breakdown if they ever disagree.
             report.rejected["unexplained"] += raw["rejected"] - report.rejected_total
@@ -82,6 +86,25 @@ class RunSummary:
 
     partitions: list[PartitionReport]
     missing: list[str]
+    sample_of: dict[str, int] | None = None  # a sample run: the whole plan's partitions and rows
+
+    @property
+    def wall_seconds(self) -> float | None:
+        """From the first partition's start to the last one's end."""
+        starts = [p.started_at for p in self.partitions if p.started_at is not None]
+        ends = [p.finished_at for p in self.partitions if p.finished_at is not None]
+        return max(ends) - min(starts) if starts and ends and max(ends) > min(starts) else None
+
+    @property
+    def turns_per_s(self) -> float | None:
+        wall = self.wall_seconds
+        return self.total.rows_read / wall if wall else None
+
+    @property
+    def estimated_seconds_for_all(self) -> float | None:
+        """A sample run's rate, applied to the whole plan's rows."""
+        rate = self.turns_per_s
+        return self.sample_of["rows"] / rate if self.sample_of and rate else None
 
     @property
     def total(self) -> PartitionReport:
@@ -109,7 +132,11 @@ class RunSummary:
         return {**{k: total[k] for k in ("rows_read", "ingested", "duplicates", "rejected",
                                           "rejected_by_reason", "not_sent", "batches")},
                 "partitions": len(self.partitions) + len(self.missing),
-                "partitions_failed": len(self.missing), "problems": self.problems}
+                "partitions_failed": len(self.missing), "problems": self.problems,
+                "turns_per_s": round(self.turns_per_s, 1) if self.turns_per_s else None,
+                "sample_of": self.sample_of,
+                "estimated_seconds_for_all": round(self.estimated_seconds_for_all)
+                if self.estimated_seconds_for_all else None}
 
     def render(self, rejects_at: str | None = None) -> str:
         """One readable table: a row per partition, then the total and the problems.
@@ -138,6 +165,16 @@ class RunSummary:
             out += [f"  {n:>8}  {reason}" for reason, n in self.total.rejected.most_common()]
             if rejects_at:
                 out.append(f"each one is recorded (row key, reason; no text): {rejects_at}")
+        if self.turns_per_s:
+            out.append(f"{self.total.rows_read} rows in {_duration(self.wall_seconds)} from the first"
+                       f" partition's start to the last one's end: {self.turns_per_s:.0f} turns/s")
+        if self.sample_of:
+            estimate = self.estimated_seconds_for_all
+            out.append(f"sample run: {len(self.partitions) + len(self.missing)} of"
+                       f" {self.sample_of['partitions']} partitions, {self.total.rows_read} of about"
+                       f" {self.sample_of['rows']} rows. "
+                       + (f"At this rate the whole table takes about {_duration(estimate)}."
+                          if estimate else "Too little ran to estimate the whole table."))
         out.append("")
         if self.problems:
             out.append("PROBLEMS:")
@@ -150,6 +187,15 @@ class RunSummary:
         return "\n".join(out)
 
 
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
+
+
 def window_key(start: str | None, end: str | None) -> str:
     """Identifies a planned window (labels are for people and may repeat)."""
     return f"{start}|{end}"
@@ -159,9 +205,12 @@ def summarize(windows: Iterable[Mapping[str, Any]], reports: Iterable[Mapping[st
     """Add up partition reports; name every planned window that sent none."""
     parsed = [PartitionReport.from_xcom(r) for r in reports if r]
     seen = {p.key for p in parsed}
+    windows = list(windows)
     order = {window_key(w.get("start"), w.get("end")): (i, w["label"]) for i, w in enumerate(windows)}
     parsed.sort(key=lambda p: order.get(p.key, (len(order), ""))[0])
-    return RunSummary(parsed, [label for key, (_, label) in order.items() if key not in seen])
+    sample_of = next((w["sample_of"] for w in windows if w.get("sample_of")), None)
+    return RunSummary(parsed, [label for key, (_, label) in order.items() if key not in seen],
+                      sample_of)
 
 
 def _row(p: PartitionReport, dry: bool = False) -> tuple[Any, ...]:

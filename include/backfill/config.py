@@ -58,6 +58,7 @@ class BackfillConfig:
     partition_timezone: str = "UTC"
     max_partitions: int = 500
     max_rows_per_partition: int = 100_000
+    min_rows_per_partition: int = 20_000
     batch_size: int = MAX_BATCH_SIZE  # fewer calls against a per-request limit
     mode: str = "long-range"
     dry_run: bool = False
@@ -66,6 +67,7 @@ class BackfillConfig:
     ledger_schema: str = "synap_backfill"
     restart_partitions: bool = False
     fetch_size: int = 1000
+    sample_partitions: int = 0  # 0: all; else run that many, spread over the plan, and estimate
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -87,9 +89,11 @@ class BackfillConfig:
 LIMITS = {
     "max_partitions": (1, MAX_PARTITIONS),
     "max_rows_per_partition": (1, 100_000_000),
+    "min_rows_per_partition": (1, 100_000_000),
     "batch_size": (1, MAX_BATCH_SIZE),
     "max_document_chars": (100, 10_000_000),
     "fetch_size": (1, 100_000),
+    "sample_partitions": (0, MAX_PARTITIONS),
 }
 
 
@@ -143,6 +147,7 @@ def config_from_params(params: Mapping[str, Any]) -> BackfillConfig:
         partition_timezone=zone("partition_timezone", get("partition_timezone")),
         max_partitions=whole("max_partitions"),
         max_rows_per_partition=whole("max_rows_per_partition"),
+        min_rows_per_partition=whole("min_rows_per_partition"),
         batch_size=whole("batch_size"),
         mode=mode,
         dry_run=boolean("dry_run", get("dry_run")),
@@ -151,6 +156,7 @@ def config_from_params(params: Mapping[str, Any]) -> BackfillConfig:
         ledger_schema=identifier("ledger_schema", get("ledger_schema")),
         restart_partitions=boolean("restart_partitions", get("restart_partitions")),
         fetch_size=whole("fetch_size"),
+        sample_partitions=whole("sample_partitions"),
     )
 
 

@@ -64,6 +64,12 @@ def backfill_params(**defaults: Any) -> dict[str, Param]:
                                         title="Max rows per partition",
                                         section="Partitions",
                                         description="A busier window is split at row quantiles."),
+        "min_rows_per_partition": Param(d["min_rows_per_partition"], type="integer",
+                                        **_bounds("min_rows_per_partition"),
+                                        title="Min rows per partition", section="Partitions",
+                                        description="Quiet neighbouring windows are joined up to "
+                                                    "this many rows, so a task's start-up counts "
+                                                    "for little. 1: a partition per window."),
         "max_partitions": Param(d["max_partitions"], type="integer", **_bounds("max_partitions"),
                                 title="Max partitions", section="Partitions",
                                 description="Neighbouring windows are merged until the plan "
@@ -78,6 +84,12 @@ def backfill_params(**defaults: Any) -> dict[str, Param]:
                       description="long-range runs Synap's full extraction pipeline."),
         "dry_run": Param(d["dry_run"], type="boolean", title="Dry run", section="Sending",
                          description="Read, build and count documents without sending any."),
+        "sample_partitions": Param(d["sample_partitions"], type="integer",
+                                   **_bounds("sample_partitions"), title="Sample partitions",
+                                   section="Sending",
+                                   description="Send only this many partitions, spread over the "
+                                               "range, and estimate the whole table's wall-clock "
+                                               "time in the summary. 0: all."),
         "max_document_chars": Param(d["max_document_chars"], type="integer",
                                     **_bounds("max_document_chars"), title="Max document characters",
                                     section="Sending",
@@ -125,7 +137,11 @@ def _bounds(name: str) -> dict[str, int]:
 def build_backfill_dag(dag_id: str, *, doc_md: str, schedule: Any = None,
                        params: dict[str, Any] | None = None, pool: str = DEFAULT_POOL,
                        outlets: Iterable[Asset] = (), tags: Iterable[str] = ()) -> Any:
-    """The backfill DAG: resolve_config → plan_partitions → backfill_partition[n] → summarize."""
+    """The backfill DAG: resolve_config → plan_partitions → backfill_partition[n] → summarize.
+
+    With ``outlets``, an ``announce_complete`` task after the summary emits them
+    when the whole table went to Synap (not after a dry run or a sample).
+    """
 
     @dag(dag_id=dag_id, schedule=schedule, start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
          catchup=False, max_active_runs=1, doc_md=doc_md, tags=["synap", *tags],
@@ -154,7 +170,7 @@ def build_backfill_dag(dag_id: str, *, doc_md: str, schedule: Any = None,
             return run_partition(config, window, dag_id=run.dag_id, run_id=run.run_id,
                                  run_started=run.start_date)
 
-        @task(trigger_rule="all_done", outlets=list(outlets))
+        @task(trigger_rule="all_done")
         def summarize(config: dict | None, windows: list[dict] | None, reports: list[dict] | None) -> dict:
             from include.backfill.tasks import summarize_run
 
@@ -163,6 +179,16 @@ def build_backfill_dag(dag_id: str, *, doc_md: str, schedule: Any = None,
         config = resolve_config()
         windows = plan_partitions(config)
         reports = backfill_partition.partial(config=config).expand(window=windows)
-        summarize(config, windows, reports)
+        summary = summarize(config, windows, reports)
+
+        if outlets:
+            @task(outlets=list(outlets))
+            def announce_complete(config: dict, summary: dict) -> None:
+                """Emits the assets only after a full, real run (skipped for a dry run or a sample)."""
+                from include.backfill.tasks import announce_complete as announce
+
+                announce(config, summary)
+
+            announce_complete(config, summary)
 
     return backfill()

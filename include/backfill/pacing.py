@@ -64,7 +64,8 @@ class SharedPacer:
         self.schema = quote_identifier(schema)
         self.target = target
         self.interval = 60.0 / requests_per_minute
-        self.waited = 0.0  # seconds this partition spent waiting for slots
+        self.waited = 0.0  # seconds this partition's requests spent waiting for slots, summed
+        self.slots = 0
         self._held_until = 0.0  # monotonic; a hold this process learned of
 
     def ensure_table(self) -> None:
@@ -92,6 +93,7 @@ class SharedPacer:
     async def acquire(self) -> None:
         while True:
             wait = self.reserve()
+            self.slots += 1
             if wait > 0:
                 self.waited += wait
                 await asyncio.sleep(wait)
@@ -107,6 +109,9 @@ class SharedPacer:
         """Nobody sends to this target for ``seconds`` (the server said so)."""
         self._held_until = max(self._held_until, time.monotonic() + seconds)
         with self.conn.cursor() as cur:
-            cur.execute(f"UPDATE {self.table} SET next_at = greatest(next_at, clock_timestamp()"
-                        " + make_interval(secs => %s)) WHERE target = %s", (float(seconds), self.target))
+            cur.execute(f"INSERT INTO {self.table} AS p (target, next_at)"
+                        " VALUES (%(target)s, clock_timestamp() + make_interval(secs => %(hold)s))"
+                        " ON CONFLICT (target) DO UPDATE SET next_at = greatest(p.next_at,"
+                        " clock_timestamp() + make_interval(secs => %(hold)s))",
+                        {"target": self.target, "hold": float(seconds)})
         self.conn.commit()

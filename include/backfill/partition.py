@@ -82,6 +82,7 @@ async def run_partition_rows(read: Read, submit: Submit | None, report: Partitio
                              restart: bool = False) -> PartitionReport:
     """Backfill a partition, resuming from its checkpoint; every row ends counted in ``report``."""
     state = _State(report, settings)
+    report.started_at = time.time()
     if ledger is not None:
         ledger.ensure_tables()
         if restart:
@@ -146,8 +147,10 @@ class _State:
         # The attempt that stopped may have had this many batches in flight.
         self.resend_since, self.resend_left = saved_at, self.settings.max_in_flight
         restored = PartitionReport.from_xcom(counts)
-        for name in ("rows_read", "ingested", "duplicates", "rejected", "not_sent", "batches"):
+        for name in ("rows_read", "ingested", "duplicates", "rejected", "not_sent", "batches",
+                     "finished_at"):
             setattr(self.report, name, getattr(restored, name))
+        self.report.started_at = restored.started_at or self.report.started_at
         self.base_seconds = restored.seconds
         self.started = time.monotonic()
 
@@ -262,6 +265,8 @@ class _Pipeline:
             rejects += self._count(cut, delivery)
             report.batches += 1
         report.seconds = state.elapsed()
+        if cut.finished:
+            report.finished_at = time.time()
         state.position = cut.position
         if self.ledger is not None and (cut.documents or rejects or cut.finished):
             state.saved_at = self.ledger.save(cut.position, report.to_xcom(), rejects,

@@ -63,14 +63,33 @@ def plan_partitions(config_dict: Mapping[str, Any]) -> list[dict[str, Any]]:
             planned = _fit_to_rows(conn, config, start, end)
     if untimed:
         planned.append({"start": None, "end": None, "label": UNTIMED_LABEL, "rows": untimed})
+    if config.sample_partitions and config.sample_partitions < len(planned):
+        timed = [w for w in planned if w["start"] is not None]
+        sample = _sample(timed, min(config.sample_partitions, len(timed)))
+        for w in sample:
+            w["sample_of"]["rows"] += untimed
+            w["sample_of"]["partitions"] += 1 if untimed else 0
+        log.info("sample run: %d of %d partitions, about %d of %d rows", len(sample),
+                 len(planned), sum(w["rows"] for w in sample), sum(w["rows"] for w in planned))
+        planned = sample
     log.info("planned %d partitions for about %d rows%s", len(planned),
              sum(w["rows"] for w in planned),
              f", from {planned[0]['label']} to {planned[-1]['label']}" if planned else "")
     return planned
 
 
+def _sample(planned: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
+    """``count`` partitions spread evenly over the plan, each knowing the whole plan's size."""
+    whole = {"partitions": len(planned), "rows": sum(w["rows"] for w in planned)}
+    if count <= 1:
+        picks = [len(planned) // 2]
+    else:
+        picks = sorted({round(i * (len(planned) - 1) / (count - 1)) for i in range(count)})
+    return [{**planned[i], "sample_of": whole} for i in picks]
+
+
 def _fit_to_rows(conn: Any, config: BackfillConfig, start: Any, end: Any) -> list[dict[str, Any]]:
-    """Calendar windows, then split busy ones, drop empty ones, and keep under the cap."""
+    """Calendar windows, then split busy ones, join quiet ones, drop empty ones, keep under the cap."""
     # The calendar grid may be much finer than max_partitions: the cap applies
     # after empty windows are dropped and neighbours merged.
     windows = plan_windows(start, end, config.window_size, config.partition_timezone,
@@ -79,6 +98,7 @@ def _fit_to_rows(conn: Any, config: BackfillConfig, start: Any, end: Any) -> lis
     sized = size_by_rows(
         windows, counts, lambda w, parts: split_points(conn, config, w, parts),
         max_rows=config.max_rows_per_partition, max_partitions=config.max_partitions,
+        min_rows=config.min_rows_per_partition,
         tz=config.partition_timezone)
     skipped = sum(1 for n in counts if n == 0)
     if skipped or len(sized) != len(windows) - skipped:
@@ -151,14 +171,28 @@ def run_partition(config_dict: Mapping[str, Any], window_dict: Mapping[str, Any]
 
             raise AirflowFailException(str(exc)) from None  # retrying cannot help
         raise
-    waited = getattr(settings.pacer, "waited", 0.0)
+    pacer = settings.pacer
+    slots = getattr(pacer, "slots", 0)
     log.info("partition %s done: read %d, ingested %d, duplicates %d, rejected %d%s in %d batches,"
              " %.1f s (%.0f rows/s%s)", report.label, report.rows_read, report.ingested,
              report.duplicates, report.rejected_total,
              f", not sent (dry run) {report.not_sent}" if config.dry_run else "", report.batches,
              report.seconds, report.rows_read / report.seconds if report.seconds else 0.0,
-             f"; {waited:.1f} s waiting for the target's pacing" if waited else "")
+             f"; a request waited {pacer.waited / slots:.2f} s on average for its pacing slot"
+             if slots else "")
     return report.to_xcom()
+
+
+def announce_complete(config_dict: Mapping[str, Any], summary: Mapping[str, Any]) -> None:
+    """Let the run's assets be emitted only when it sent the whole table."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    if config_dict.get("dry_run"):
+        raise AirflowSkipException("a dry run sent nothing: not announcing the backfill complete")
+    if summary.get("sample_of"):
+        raise AirflowSkipException("a sample run sent part of the table: not announcing the "
+                                   "backfill complete")
+    log.info("backfill complete: %d rows accounted for; announcing it", summary.get("rows_read", 0))
 
 
 def _connection_errors() -> tuple[type[BaseException], ...]:

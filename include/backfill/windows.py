@@ -119,14 +119,18 @@ SplitPoints = Callable[[Window, int], list[datetime]]
 
 
 def size_by_rows(windows: list[Window], counts: list[int], split_points: SplitPoints, *,
-                 max_rows: int, max_partitions: int, tz: str = "UTC") -> list[SizedWindow]:
-    """Fit calendar windows to the data: split busy ones, skip empty ones, respect a cap.
+                 max_rows: int, max_partitions: int, min_rows: int = 1, tz: str = "UTC"
+                 ) -> list[SizedWindow]:
+    """Fit calendar windows to the data: split busy ones, join quiet ones, skip empty ones, cap.
 
     * A window holding more than ``max_rows`` rows is cut into ``ceil(rows /
       max_rows)`` pieces at the row quantiles ``split_points`` returns (all
       rows sharing one timestamp stay together, so a piece can be larger).
     * A window holding no rows is dropped: a partition that does nothing still
       costs a task start.
+    * Quiet neighbours are joined until a piece holds ``min_rows`` (never past
+      ``max_rows``): each task's start-up and each partition's last, partly
+      filled batch then count for little.
     * While there are more than ``max_partitions`` pieces, neighbours are merged
       pairwise, so a long range is coarsened rather than refused; the cap wins
       over ``max_rows``.
@@ -146,12 +150,24 @@ def size_by_rows(windows: list[Window], counts: list[int], split_points: SplitPo
         for start, end in zip(bounds, bounds[1:]):
             pieces.append(SizedWindow(_window(pendulum.instance(start), pendulum.instance(end), tz),
                                       rows // (len(cuts) + 1)))
+    if min_rows > 1:
+        groups: list[list[SizedWindow]] = []
+        for piece in pieces:
+            held = sum(p.rows for p in groups[-1]) if groups else 0
+            if groups and held < min_rows and held + piece.rows <= max_rows:
+                groups[-1].append(piece)
+            else:
+                groups.append([piece])
+        pieces = [_join(group, tz) for group in groups]
     while len(pieces) > max_partitions:
-        merged = []
-        for i in range(0, len(pieces), 2):
-            pair = pieces[i:i + 2]
-            start, end = pair[0].window.start, pair[-1].window.end
-            merged.append(SizedWindow(_window(pendulum.instance(start), pendulum.instance(end), tz),
-                                      sum(p.rows for p in pair)))
-        pieces = merged
+        pieces = [_join(pieces[i:i + 2], tz) for i in range(0, len(pieces), 2)]
     return pieces
+
+
+def _join(pieces: list[SizedWindow], tz: str) -> SizedWindow:
+    """One window from the first piece's start to the last one's end (gaps between hold no rows)."""
+    if len(pieces) == 1:
+        return pieces[0]
+    start, end = pieces[0].window.start, pieces[-1].window.end
+    return SizedWindow(_window(pendulum.instance(start), pendulum.instance(end), tz),
+                       sum(p.rows for p in pieces))

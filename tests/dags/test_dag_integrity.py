@@ -48,13 +48,17 @@ def test_the_dags_parse_without_errors_network_database_or_heavy_imports(scratch
 def test_the_backfill_dag_is_wired_plan_then_mapped_partitions_then_summary():
     dag = load_dag("synap_backfill")
     assert type(dag.timetable).__name__ == "NullTimetable"  # schedule=None: manual only
-    assert set(dag.task_dict) == {"resolve_config", "plan_partitions", "backfill_partition", "summarize"}
+    assert set(dag.task_dict) == {"resolve_config", "plan_partitions", "backfill_partition", "summarize",
+                                  "announce_complete"}
     partition = dag.task_dict["backfill_partition"]
     assert partition.map_index_template == "{{ window_label }}"
     assert partition.upstream_task_ids == {"resolve_config", "plan_partitions"}
     summary = dag.task_dict["summarize"]
     assert summary.trigger_rule == "all_done"
     assert summary.upstream_task_ids == {"resolve_config", "plan_partitions", "backfill_partition"}
+    announce = dag.task_dict["announce_complete"]
+    assert announce.upstream_task_ids == {"resolve_config", "summarize"}
+    assert announce.trigger_rule == "all_success" and announce.outlets
     assert dag.doc_md and "Synap backfill" in dag.doc_md
 
 
@@ -80,12 +84,13 @@ def test_two_regions_in_the_config_give_two_replay_dags_from_the_same_code(tmp_p
     assert set(bag.dag_ids) == {"synap_backfill", "synap_replay_eu", "synap_replay_apac"}
     primary, eu, apac = (bag.dags[d] for d in ("synap_backfill", "synap_replay_eu", "synap_replay_apac"))
     for replay in (eu, apac):
-        assert set(replay.task_dict) == set(primary.task_dict)
+        # The same tasks; only the primary announces its completion.
+        assert set(replay.task_dict) == set(primary.task_dict) - {"announce_complete"}
     assert eu.params["synap_conn_id"] == "synap_eu" and apac.params["synap_conn_id"] == "synap_apac"
     assert eu.task_dict["backfill_partition"].pool == "synap_eu"
     assert primary.task_dict["backfill_partition"].pool == "synap_api"
-    # eu runs when the primary's summary emits its asset; apac on its cron.
-    (outlet,) = primary.task_dict["summarize"].outlets
+    # eu runs when the primary announces it is complete; apac on its cron.
+    (outlet,) = primary.task_dict["announce_complete"].outlets
     assert [a.uri for a in eu.timetable.asset_condition.objects] == [outlet.uri]
     assert apac.timetable.expression == "0 3 * * *"
 

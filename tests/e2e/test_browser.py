@@ -61,6 +61,10 @@ def test_an_operator_triggers_a_backfill_from_the_form_and_it_succeeds(browser, 
     pick(page, dialog, 1, "2024/06/27", "00:00")
     pick(page, dialog, 2, "2024/06/29", "00:00")
     page.screenshot(path=str(artifacts / "trigger-form-range.png"), full_page=True)
+    dialog.get_by_text("Partitions", exact=True).click()
+    smallest = dialog.get_by_role("spinbutton", name="Min rows per partition")
+    smallest.fill("1")  # a partition per day, to see them mapped
+    smallest.press("Tab")
     dialog.get_by_text("Sending", exact=True).click()
     batch = dialog.get_by_role("spinbutton", name="Batch size")
     batch.fill("100")
@@ -71,7 +75,7 @@ def test_an_operator_triggers_a_backfill_from_the_form_and_it_succeeds(browser, 
     run_id = _new_run(airflow, known)
     assert airflow.wait_for_run(DAG, run_id) == "success"
     conf = airflow.ok("GET", f"/api/v2/dags/{DAG}/dagRuns/{run_id}")["conf"]
-    assert conf["batch_size"] == 100
+    assert conf["batch_size"] == 100 and conf["min_rows_per_partition"] == 1
     assert conf["start"].startswith("2024-06-27T00:00") and conf["end"].startswith("2024-06-29T00:00")
     summary = airflow.xcom(DAG, run_id, "summarize")
     assert summary["partitions"] == 2 and summary["problems"] == []

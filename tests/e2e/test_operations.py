@@ -17,7 +17,7 @@ def partitions(airflow, run_id):
 
 
 def test_a_triggered_backfill_succeeds_with_every_row_and_labelled_partitions(airflow, stack):
-    status, _ = airflow.trigger(DAG, "e2e_first", {"batch_size": 100})
+    status, _ = airflow.trigger(DAG, "e2e_first", {"batch_size": 100, "min_rows_per_partition": 1})
     assert status == 200
 
     assert airflow.wait_for_run(DAG, "e2e_first") == "success"
@@ -60,7 +60,7 @@ def test_one_failed_partition_is_retried_alone_and_the_summary_adds_up_again(air
                                   "created_from": "2024-06-28T00:00:00Z",
                                   "created_to": "2024-06-29T00:00:00Z"}])
     try:
-        airflow.trigger(DAG, "e2e_retry", {"batch_size": 100})
+        airflow.trigger(DAG, "e2e_retry", {"batch_size": 100, "min_rows_per_partition": 1})
         assert airflow.wait_for_run(DAG, "e2e_retry") == "failed"
     finally:
         stack.synap.controls(faults=[])

@@ -74,7 +74,7 @@ def test_rows_on_a_window_boundary_land_in_exactly_one_partition(local_pg, run_b
     make_table(local_pg, "conv_edges",
                [("u1", "c1", conv, i, f"turn {i}", "ok", at) for i, at in enumerate(instants)])
 
-    dag_run = run_backfill(source_table="conv_edges", window_size="P1D")
+    dag_run = run_backfill(source_table="conv_edges", window_size="P1D", min_rows_per_partition=1)
 
     assert str(dag_run.state) == "success"
     reports = {r["label"]: r["rows_read"] for r in local_airflow.task_results(dag_run, "backfill_partition")}
@@ -216,6 +216,27 @@ def test_a_dry_run_reads_and_builds_everything_and_sends_nothing(local_pg, run_b
     assert (summary["rows_read"], summary["not_sent"], summary["ingested"]) == (total, total, 0)
     assert stored_documents() == []
     assert not any("memories/batch" in k for k in synap.get("/_local/stats")["requests"])
+    assert states(dag_run, "announce_complete") == ["skipped"]  # a region replay must not start
+
+
+def test_a_sample_run_sends_a_spread_of_partitions_and_estimates_the_whole_table(
+        local_pg, run_backfill, stored_documents):
+    with local_pg.connect() as conn:
+        total = load_demo_table(conn, "conv_sample", turns=400, days=8, seed=9)
+
+    dag_run = run_backfill(source_table="conv_sample", sample_partitions=2, min_rows_per_partition=1)
+
+    assert str(dag_run.state) == "success"
+    (plan,) = local_airflow.task_results(dag_run, "plan_partitions")
+    assert len(plan) == 2 and plan[0]["sample_of"] == {"partitions": 8, "rows": total}
+    first, last = min(r[6] for r in source_rows(local_pg, "conv_sample")), max(
+        r[6] for r in source_rows(local_pg, "conv_sample"))
+    # Spread over the range: the first day's partition and the last day's.
+    assert plan[0]["start"] <= first.isoformat() and plan[1]["end"] > last.isoformat()
+    (summary,) = local_airflow.task_results(dag_run, "summarize")
+    assert len(stored_documents()) == summary["ingested"] == sum(w["rows"] for w in plan)
+    assert summary["turns_per_s"] > 0 and summary["estimated_seconds_for_all"] > 0
+    assert states(dag_run, "announce_complete") == ["skipped"]
 
 
 def test_partitions_are_sized_by_rows_busy_days_split_and_empty_days_skipped(
@@ -226,7 +247,8 @@ def test_partitions_are_sized_by_rows_busy_days_split_and_empty_days_skipped(
     quiet = [("u1", "c1", conv, 1000, "later", "ok", datetime(2024, 5, 4, 9, tzinfo=UTC))]
     make_table(local_pg, "conv_sized", busy + quiet)  # May 2 and 3 are empty
 
-    dag_run = run_backfill(source_table="conv_sized", max_rows_per_partition=100)
+    dag_run = run_backfill(source_table="conv_sized", max_rows_per_partition=100,
+                           min_rows_per_partition=1)
 
     assert str(dag_run.state) == "success"
     (plan,) = local_airflow.task_results(dag_run, "plan_partitions")

@@ -40,7 +40,8 @@ def test_the_xcom_form_carries_counts_only():
     r = PartitionReport("d1", "2024-03-01T00:00:00+00:00", "2024-03-02T00:00:00+00:00",
                         rows_read=2, ingested=1, rejected=Counter({"created_at is NULL": 1}))
     assert set(r.to_xcom()) == {"label", "start", "end", "rows_read", "ingested", "duplicates",
-                                "rejected", "rejected_by_reason", "not_sent", "batches", "seconds"}
+                                "rejected", "rejected_by_reason", "not_sent", "batches", "seconds",
+                                "started_at", "finished_at"}
     assert PartitionReport.from_xcom(r.to_xcom()).balanced
 
 
@@ -57,3 +58,25 @@ def test_a_dry_run_balances_with_documents_not_sent():
     summary = summarize([window("d1")], [r.to_xcom()])
     assert summary.problems == []
     assert "not sent (dry run)" in summary.render() and "dry run: nothing was sent" in summary.render()
+
+
+def test_the_rate_is_taken_over_the_wall_clock_from_first_start_to_last_end():
+    a = PartitionReport("d1", "d1-start", "d1-end", rows_read=600, ingested=600,
+                        started_at=1000.0, finished_at=1004.0)
+    b = PartitionReport("d2", "d2-start", "d2-end", rows_read=600, ingested=600,
+                        started_at=1001.0, finished_at=1006.0)
+    summary = summarize([window("d1"), window("d2")], [a.to_xcom(), b.to_xcom()])
+    assert summary.turns_per_s == 200.0  # 1,200 rows in 6 s, though the partitions overlapped
+    assert summary.estimated_seconds_for_all is None  # not a sample
+    assert "200 turns/s" in summary.render()
+
+
+def test_a_sample_run_estimates_the_whole_tables_wall_clock_at_its_measured_rate():
+    whole = {"partitions": 40, "rows": 1_000_000}
+    r = PartitionReport("d7", "d7-start", "d7-end", rows_read=25_000, ingested=25_000,
+                        started_at=0.0, finished_at=25.0)
+    summary = summarize([{**window("d7"), "sample_of": whole}], [r.to_xcom()])
+    assert summary.estimated_seconds_for_all == 1000.0
+    assert summary.to_xcom()["sample_of"] == whole
+    assert "sample run: 1 of 40 partitions" in summary.render()
+    assert "the whole table takes about 17 min" in summary.render()

@@ -122,3 +122,20 @@ def test_too_many_partitions_are_merged_with_their_neighbours_until_under_the_ca
     assert all(a.window.end == b.window.start for a, b in zip(sized, sized[1:]))
     assert sum(s.rows for s in sized) == 10
     assert sized[0].window.label == "2024-03-01 → 2024-03-05"
+
+
+def test_quiet_neighbours_are_joined_up_to_the_minimum_but_never_past_the_maximum():
+    days = [day(n) for n in range(1, 8)]
+    sized = size_by_rows(days, [40, 30, 0, 50, 90, 10, 10], no_split, max_rows=100,
+                         max_partitions=10, min_rows=60)
+    # 40+30 reaches 60; 50 cannot take 90 (140 > 100); 90 is enough alone; 10+10.
+    assert [s.rows for s in sized] == [70, 50, 90, 20]
+    assert [s.window.label for s in sized] == [
+        "2024-03-01 → 2024-03-03", "2024-03-04 → 2024-03-05", "2024-03-05 → 2024-03-06",
+        "2024-03-06 → 2024-03-08"]
+
+
+def test_a_minimum_of_one_keeps_a_partition_per_calendar_window():
+    sized = size_by_rows([day(1), day(2)], [5, 7], no_split, max_rows=100, max_partitions=10,
+                         min_rows=1)
+    assert [s.rows for s in sized] == [5, 7]
