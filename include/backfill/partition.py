@@ -222,13 +222,14 @@ class _Pipeline:
                     cut.sending.cancel()
 
     async def _cut(self, cut: _Cut) -> None:
+        # Apply what is answered at the head, and make room for this batch.
+        while self.pending and (len(self.pending) >= self.settings.max_in_flight
+                                or self.pending[0].sending is None or self.pending[0].sending.done()):
+            await self._apply(self.pending.popleft())
         if cut.documents and self.submit is not None:
             cut.sending = asyncio.create_task(self._deliver([d for d, _ in cut.documents]))
         self.pending.append(cut)
         await asyncio.sleep(0)  # let the new batch start on the wire before reading on
-        while self.pending and (len(self.pending) > self.settings.max_in_flight
-                                or self.pending[0].sending is None or self.pending[0].sending.done()):
-            await self._apply(self.pending.popleft())
 
     async def _drain(self) -> None:
         while self.pending:
@@ -269,8 +270,11 @@ class _Pipeline:
             report.finished_at = time.time()
         state.position = cut.position
         if self.ledger is not None and (cut.documents or rejects or cut.finished):
-            state.saved_at = self.ledger.save(cut.position, report.to_xcom(), rejects,
-                                              finished=cut.finished)
+            # In a thread: the commit waits for the ledger's disk, and the batches
+            # in flight must not wait with it. Saves stay in order: one at a time.
+            state.saved_at = await asyncio.to_thread(self.ledger.save, cut.position,
+                                                     report.to_xcom(), rejects,
+                                                     finished=cut.finished)
         if cut.documents:
             log.debug("partition %s: batch %d done; so far read %d, ingested %d, duplicates %d,"
                       " rejected %d", report.label, report.batches, report.rows_read,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from contextlib import closing
+from contextlib import AsyncExitStack, closing
 from datetime import datetime
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
@@ -130,6 +130,8 @@ def run_partition(config_dict: Mapping[str, Any], window_dict: Mapping[str, Any]
         run_started=run_started, read_errors=_connection_errors(),
         expected_rows=window_dict.get("rows"))
 
+    ledger_hook = PostgresHook(postgres_conn_id=config.ledger_conn_id or config.postgres_conn_id)
+
     async def run(ledger: Ledger | None) -> None:
         if config.dry_run:
             await run_partition_rows(read, None, report, settings)
@@ -139,12 +141,14 @@ def run_partition(config_dict: Mapping[str, Any], window_dict: Mapping[str, Any]
         settings.retry = RetryPolicy(max_attempts=s["max_attempts"], backoff_max=s["backoff_max"],
                                      max_wait=s["max_wait"])
         settings.max_in_flight = s["max_in_flight"]
-        async with synap.session() as sdk:
+        async with synap.session() as sdk, AsyncExitStack() as stack:
             settings.isolation = getattr(sdk, "_user_context_isolation", None)
-            if s["requests_per_minute"] > 0 and ledger is not None:
-                # The limit is the instance's: every partition sending there shares one schedule.
+            if s["requests_per_minute"] > 0:
+                # The limit is the instance's: every partition sending there shares one
+                # schedule. Its own connection: checkpoints commit from another thread.
                 target = f"{s['base_url'] or 'hosted'} {getattr(sdk, 'instance_id', None) or ''}"
-                pacer = SharedPacer(ledger.conn, config.ledger_schema, target.strip(),
+                pacing_conn = stack.enter_context(closing(ledger_hook.get_conn()))
+                pacer = SharedPacer(pacing_conn, config.ledger_schema, target.strip(),
                                     s["requests_per_minute"])
                 pacer.ensure_table()
                 settings.pacer = pacer
@@ -159,7 +163,6 @@ def run_partition(config_dict: Mapping[str, Any], window_dict: Mapping[str, Any]
         if config.dry_run:
             asyncio.run(run(None))
         else:
-            ledger_hook = PostgresHook(postgres_conn_id=config.ledger_conn_id or config.postgres_conn_id)
             with closing(ledger_hook.get_conn()) as ledger_conn:
                 ledger = Ledger(ledger_conn, config.ledger_schema, dag_id, run_id,
                                 window_key(window_dict.get("start"), window_dict.get("end")),

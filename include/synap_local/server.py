@@ -77,6 +77,17 @@ class _Stats:
         self._lock = threading.Lock()
         self.requests: Counter[str] = Counter()
         self.documents: Counter[str] = Counter()
+        self.batches_in_flight = 0
+        self.max_batches_in_flight = 0  # the most batch requests being served at once
+
+    def batch_started(self) -> None:
+        with self._lock:
+            self.batches_in_flight += 1
+            self.max_batches_in_flight = max(self.max_batches_in_flight, self.batches_in_flight)
+
+    def batch_ended(self) -> None:
+        with self._lock:
+            self.batches_in_flight -= 1
 
     def count(self, key: str, n: int = 1, *, documents: bool = False) -> None:
         with self._lock:
@@ -84,7 +95,8 @@ class _Stats:
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
-            return {"requests": dict(self.requests), "documents": dict(self.documents)}
+            return {"requests": dict(self.requests), "documents": dict(self.documents),
+                    "max_batches_in_flight": self.max_batches_in_flight}
 
 
 class _DropConnection(Exception):
@@ -217,6 +229,13 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, {"accepted": len(events) if isinstance(events, list) else 0})
 
     def _batch(self) -> None:
+        self.server.stats.batch_started()
+        try:
+            self._batch_in_flight()
+        finally:
+            self.server.stats.batch_ended()
+
+    def _batch_in_flight(self) -> None:
         tenant = self._tenant()
         body = self._body()
         documents = body.get("documents") if isinstance(body, dict) else None

@@ -52,6 +52,25 @@ def test_every_row_is_stored_once_with_its_id_timestamp_scope_and_text(
             summary["rejected"]) == (total, total, 0, 0)
 
 
+
+def test_a_partition_keeps_several_batches_in_flight_and_still_counts_in_order(
+        local_pg, run_backfill, synap):
+    with local_pg.connect() as conn:
+        total = load_demo_table(conn, "conv_in_flight", turns=1000, days=1, seed=12)
+    synap.controls(latency_ms=150)  # a slow answer: the next batches go out meanwhile
+
+    # Unpaced: at 600 a minute, 150 ms answers need only two on the wire.
+    dag_run = run_backfill(source_table="conv_in_flight", batch_size=50,
+                           synap_extra={"requests_per_minute": 0})
+
+    assert str(dag_run.state) == "success"
+    # One partition, 20 batches: up to max_in_flight (4) were on the wire at once.
+    assert synap.get("/_local/stats")["max_batches_in_flight"] == 4
+    (summary,) = local_airflow.task_results(dag_run, "summarize")
+    assert (summary["partitions"], summary["batches"]) == (1, 20)
+    assert (summary["rows_read"], summary["ingested"]) == (total, total)
+
+
 def test_a_second_run_is_all_duplicate_skips_and_succeeds(local_pg, run_backfill, stored_documents):
     with local_pg.connect() as conn:
         total = load_demo_table(conn, "conv_twice", turns=400, days=3, seed=5)
