@@ -12,20 +12,25 @@ knowing what its users already told it.
 
 1. **resolve_config** validates the params (a bad one fails here, named, and nothing runs).
 2. **plan_partitions** splits `[start, end)` (default: the table's whole range) into
-   half-open UTC windows of `window_size`, splits busy ones at row quantiles, skips
-   empty ones and keeps the count under `max_partitions`. Rows with no timestamp get
-   a partition that rejects them with a reason.
+   half-open UTC windows of `window_size`, splits busy ones at row quantiles, joins
+   quiet ones up to `min_rows_per_partition`, skips empty ones and keeps the count
+   under `max_partitions`. Rows with no timestamp get a partition that rejects them
+   with a reason. `sample_partitions` keeps only that many, spread over the range.
 3. **backfill_partition** (one per window, labelled with it) reads its rows in a stable
    order and sends them with `batch_create` in `long-range` mode, with the original
    timestamps and the stable id `backfill:{conversation_id}:{message_index}`, in the
-   `synap_api` pool. Re-running is safe: rows already in Synap come back as duplicate skips.
-4. **summarize** adds up every partition and fails the run if one failed or if
-   `read != ingested + duplicates + rejected` anywhere. On success it emits the
-   `synap_backfill_complete` asset, which region replays can be scheduled on.
+   `synap_api` pool, several batches in flight, paced to the connection's
+   `requests_per_minute` together with every other partition sending there.
+   Re-running is safe: rows already in Synap come back as duplicate skips.
+4. **summarize** adds up every partition, states the run's turns/s (and, for a sample,
+   the estimated time for the whole table), and fails the run if one failed or if
+   `read != ingested + duplicates + rejected` anywhere.
+5. **announce_complete** emits the `synap_backfill_complete` asset, which region
+   replays can be scheduled on; skipped after a dry run or a sample.
 
 **Retry one window:** clear just that mapped `backfill_partition` instance together with
 `summarize` (downstream). Only that window runs again, resuming after its last checkpoint
-(batches already acknowledged are not sent again); the summary adds everything up anew.
+(batches already applied are not sent again); the summary adds everything up anew.
 """
 
 build_backfill_dag("synap_backfill", doc_md=DOC_MD, outlets=[PRIMARY_BACKFILL_DONE],
