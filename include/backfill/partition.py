@@ -241,7 +241,7 @@ class _Pipeline:
 
     async def _apply(self, cut: _Cut) -> None:
         """Count a cut's rows and answers into the report, then checkpoint after its last row."""
-        state, report, settings = self.state, self.state.report, self.settings
+        state, report = self.state, self.state.report
         number = report.batches + 1
         rejects = list(cut.rejects)
         delivery = None

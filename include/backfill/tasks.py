@@ -72,8 +72,9 @@ def plan_partitions(config_dict: Mapping[str, Any]) -> list[dict[str, Any]]:
         log.info("sample run: %d of %d partitions, about %d of %d rows", len(sample),
                  len(planned), sum(w["rows"] for w in sample), sum(w["rows"] for w in planned))
         planned = sample
-    log.info("planned %d partitions for about %d rows%s", len(planned),
-             sum(w["rows"] for w in planned),
+    log.info("planned %d partition%s for about %d rows%s", len(planned),
+             "" if len(planned) == 1 else "s", sum(w["rows"] for w in planned),
+             f": {planned[0]['label']}" if len(planned) == 1 else
              f", from {planned[0]['label']} to {planned[-1]['label']}" if planned else "")
     return planned
 
@@ -102,7 +103,7 @@ def _fit_to_rows(conn: Any, config: BackfillConfig, start: Any, end: Any) -> lis
         tz=config.partition_timezone)
     skipped = sum(1 for n in counts if n == 0)
     if skipped or len(sized) != len(windows) - skipped:
-        log.info("fitted %d calendar windows to the data: %d empty skipped, %d partitions",
+        log.info("fitted %d calendar windows to the data: %d empty skipped, %d partition(s)",
                  len(windows), skipped, len(sized))
     return [s.to_dict() for s in sized]
 

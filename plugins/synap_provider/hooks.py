@@ -68,7 +68,7 @@ class SynapHook(BaseHook):
             "relabeling": {"host": "API base URL", "password": "API key", "schema": "Scheme"},
             "placeholders": {
                 "host": "http://127.0.0.1:8765 (empty: hosted Synap)",
-                "extra": '{"timeout_seconds": 30, "max_attempts": 3}',
+                "extra": '{"requests_per_minute": 600, "max_in_flight": 4}',
             },
         }
 
