@@ -64,11 +64,10 @@ def plan_partitions(config_dict: Mapping[str, Any]) -> list[dict[str, Any]]:
     if untimed:
         planned.append({"start": None, "end": None, "label": UNTIMED_LABEL, "rows": untimed})
     if config.sample_partitions and config.sample_partitions < len(planned):
+        whole = {"partitions": len(planned), "rows": sum(w["rows"] for w in planned)}
         timed = [w for w in planned if w["start"] is not None]
-        sample = _sample(timed, min(config.sample_partitions, len(timed)))
-        for w in sample:
-            w["sample_of"]["rows"] += untimed
-            w["sample_of"]["partitions"] += 1 if untimed else 0
+        sample = [{**w, "sample_of": whole}
+                  for w in _spread(timed, min(config.sample_partitions, len(timed)))]
         log.info("sample run: %d of %d partitions, about %d of %d rows", len(sample),
                  len(planned), sum(w["rows"] for w in sample), sum(w["rows"] for w in planned))
         planned = sample
@@ -79,14 +78,12 @@ def plan_partitions(config_dict: Mapping[str, Any]) -> list[dict[str, Any]]:
     return planned
 
 
-def _sample(planned: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
-    """``count`` partitions spread evenly over the plan, each knowing the whole plan's size."""
-    whole = {"partitions": len(planned), "rows": sum(w["rows"] for w in planned)}
+def _spread(windows: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
+    """``count`` windows spread evenly from the first to the last (one: the middle one)."""
     if count <= 1:
-        picks = [len(planned) // 2]
-    else:
-        picks = sorted({round(i * (len(planned) - 1) / (count - 1)) for i in range(count)})
-    return [{**planned[i], "sample_of": whole} for i in picks]
+        return [windows[len(windows) // 2]]
+    return [windows[i] for i in sorted({round(i * (len(windows) - 1) / (count - 1))
+                                         for i in range(count)})]
 
 
 def _fit_to_rows(conn: Any, config: BackfillConfig, start: Any, end: Any) -> list[dict[str, Any]]:

@@ -258,6 +258,22 @@ def test_a_sample_run_sends_a_spread_of_partitions_and_estimates_the_whole_table
     assert states(dag_run, "announce_complete") == ["skipped"]
 
 
+
+def test_a_sample_counts_the_rows_without_a_timestamp_once_in_the_whole_table(local_pg, run_backfill):
+    conv = str(uuid.uuid4())
+    rows = [("u1", "c1", conv, i, f"t{i}", "ok", datetime(2024, 5, 1 + i // 10, 9, i, tzinfo=UTC))
+            for i in range(30)]
+    make_table(local_pg, "conv_sample_untimed", rows + [("u1", "c1", conv, 99, "x", "ok", None)])
+
+    dag_run = run_backfill(source_table="conv_sample_untimed", sample_partitions=2,
+                           min_rows_per_partition=1)
+
+    (plan,) = local_airflow.task_results(dag_run, "plan_partitions")
+    # Three days and the untimed partition; the sample takes the first and last day.
+    assert [w["rows"] for w in plan] == [10, 10]
+    assert all(w["sample_of"] == {"partitions": 4, "rows": 31} for w in plan)
+
+
 def test_partitions_are_sized_by_rows_busy_days_split_and_empty_days_skipped(
         local_pg, run_backfill, stored_documents):
     conv = str(uuid.uuid4())
