@@ -110,8 +110,8 @@ def backfill_params(**defaults: Any) -> dict[str, Param]:
                                             "the source connection."),
         "ledger_schema": Param(d["ledger_schema"], type="string", pattern=_IDENTIFIER,
                                title="Ledger schema", section="Connections",
-                               description="Schema of the checkpoints and rejected_rows tables "
-                                           "(created if missing)."),
+                               description="Schema of the checkpoints, rejected_rows and pacing "
+                                           "tables (created if missing)."),
         "source_table": Param(d["source_table"], type="string", pattern=_TABLE,
                               title="Source table", section="Source",
                               description="TABLE or SCHEMA.TABLE (plain identifiers)."),

@@ -1,16 +1,17 @@
 """Checkpoints and rejected rows, kept in PostgreSQL so a partition can resume.
 
-Two tables in a schema of their own (``synap_backfill`` by default), created
+Tables in a schema of their own (``synap_backfill`` by default), created
 if missing:
 
 * ``checkpoints``: per DAG run and window, the position of the last row whose
   batch Synap acknowledged, the partition's counts up to there, and when. A
   retried or resumed partition starts after that position, so a worker killed
-  mid-partition costs at most the batch in flight.
+  mid-partition costs at most the batches in flight.
 * ``rejected_rows``: every rejected row, by run, partition, row key and reason
   (never its text), for an operator to act on.
+* ``pacing``: the shared request schedule of each Synap target (``pacing.py``).
 
-Both are written in one transaction per acknowledged batch, on a connection of
+Checkpoints and rejects are written in one transaction per acknowledged batch, on a connection of
 their own, separate from the one reading the window (a commit there would close
 its server-side cursor). JSON is kept in ``text`` columns and the connection
 speaks UTF-8, so the ledger works in a legacy ``SQL_ASCII`` database too.
@@ -36,6 +37,33 @@ class Checkpoint:
     saved_at: datetime
 
 
+def ensure_tables(conn: Any, schema: str) -> None:
+    """Create the schema and its tables if missing (checkpoints, rejected rows, pacing).
+
+    Under an advisory lock: partitions starting together would otherwise race
+    on ``CREATE ... IF NOT EXISTS``.
+    """
+    s = quote_identifier(schema)
+    with conn.cursor() as cur:
+        cur.execute("SET client_encoding TO 'UTF8'")
+        cur.execute("SELECT pg_advisory_xact_lock(hashtext('synap_backfill_ledger'))")
+        cur.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
+        cur.execute(f"""CREATE TABLE IF NOT EXISTS {s}.checkpoints (
+            dag_id text NOT NULL, run_id text NOT NULL, window_key text NOT NULL,
+            partition text NOT NULL, position text, report text NOT NULL,
+            finished boolean NOT NULL DEFAULT false,
+            updated_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (dag_id, run_id, window_key))""")
+        cur.execute(f"""CREATE TABLE IF NOT EXISTS {s}.rejected_rows (
+            dag_id text NOT NULL, run_id text NOT NULL, window_key text NOT NULL,
+            partition text NOT NULL, row_key text NOT NULL, row_ctid text NOT NULL,
+            reason text NOT NULL, rejected_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (dag_id, run_id, window_key, row_ctid, reason))""")
+        cur.execute(f"CREATE TABLE IF NOT EXISTS {s}.pacing ("
+                    " target text PRIMARY KEY, next_at timestamptz NOT NULL)")
+    conn.commit()
+
+
 class Ledger:
     """The checkpoint and rejects of one partition of one DAG run."""
 
@@ -48,22 +76,7 @@ class Ledger:
         self.label = label
 
     def ensure_tables(self) -> None:
-        with self.conn.cursor() as cur:
-            cur.execute("SET client_encoding TO 'UTF8'")
-            cur.execute("SELECT pg_advisory_xact_lock(hashtext('synap_backfill_ledger'))")
-            cur.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
-            cur.execute(f"""CREATE TABLE IF NOT EXISTS {self.schema}.checkpoints (
-                dag_id text NOT NULL, run_id text NOT NULL, window_key text NOT NULL,
-                partition text NOT NULL, position text, report text NOT NULL,
-                finished boolean NOT NULL DEFAULT false,
-                updated_at timestamptz NOT NULL DEFAULT now(),
-                PRIMARY KEY (dag_id, run_id, window_key))""")
-            cur.execute(f"""CREATE TABLE IF NOT EXISTS {self.schema}.rejected_rows (
-                dag_id text NOT NULL, run_id text NOT NULL, window_key text NOT NULL,
-                partition text NOT NULL, row_key text NOT NULL, row_ctid text NOT NULL,
-                reason text NOT NULL, rejected_at timestamptz NOT NULL DEFAULT now(),
-                PRIMARY KEY (dag_id, run_id, window_key, row_ctid, reason))""")
-        self.conn.commit()
+        ensure_tables(self.conn, self.schema_name)
 
     def load(self) -> Checkpoint | None:
         with self.conn.cursor() as cur:

@@ -26,6 +26,7 @@ import asyncio
 import time
 from typing import Any, Protocol
 
+from .ledger import ensure_tables
 from .source import quote_identifier
 
 
@@ -61,7 +62,7 @@ class SharedPacer:
             raise ValueError("requests_per_minute must be positive (0 means: use Unpaced)")
         self.conn = conn
         self.table = f"{quote_identifier(schema)}.pacing"
-        self.schema = quote_identifier(schema)
+        self.schema = schema
         self.target = target
         self.interval = 60.0 / requests_per_minute
         self.waited = 0.0  # seconds this partition's requests spent waiting for slots, summed
@@ -69,12 +70,7 @@ class SharedPacer:
         self._held_until = 0.0  # monotonic; a hold this process learned of
 
     def ensure_table(self) -> None:
-        with self.conn.cursor() as cur:
-            cur.execute("SELECT pg_advisory_xact_lock(hashtext('synap_backfill_ledger'))")
-            cur.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
-            cur.execute(f"CREATE TABLE IF NOT EXISTS {self.table} ("
-                        " target text PRIMARY KEY, next_at timestamptz NOT NULL)")
-        self.conn.commit()
+        ensure_tables(self.conn, self.schema)
 
     def reserve(self) -> float:
         """Take the next free slot of the shared schedule; seconds until it comes."""

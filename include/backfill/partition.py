@@ -38,7 +38,7 @@ from .documents import Rejected, build_document
 from .ledger import Ledger
 from .pacing import Pacer, Unpaced
 from .results import DEFAULT_DUPLICATE_PATTERN, classify_batch
-from .sending import Delivery, GaveUp, RetryPolicy, deliver
+from .sending import Delivery, GaveUp, RetryPolicy, deliver, is_plan_stop
 from .source import Position, SourceRow
 
 log = logging.getLogger("synap_backfill")
@@ -123,7 +123,7 @@ def _paced(submit: Submit, pacer: Pacer) -> Submit:
         try:
             return await submit(documents)
         except RateLimitError as exc:
-            if exc.retry_after_seconds and not getattr(exc, "reason", None):
+            if exc.retry_after_seconds and not is_plan_stop(exc):
                 pacer.hold(float(exc.retry_after_seconds))
             raise
     return paced

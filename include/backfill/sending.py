@@ -97,7 +97,7 @@ async def _send(docs: list[CreateMemoryRequest], submit: RawSubmit, policy: Retr
         try:
             return Sent(docs, await submit(docs), unknown_since)
         except RateLimitError as exc:
-            if getattr(exc, "reason", None):  # a credit or plan stop: waiting will not help
+            if is_plan_stop(exc):
                 raise
             delivery.rate_limited += 1
             wait = float(exc.retry_after_seconds) if exc.retry_after_seconds else policy.backoff(attempt)
@@ -121,6 +121,11 @@ async def _send(docs: list[CreateMemoryRequest], submit: RawSubmit, policy: Retr
                     label, len(docs), attempt, policy.max_attempts, type(error).__name__, wait)
         await sleep(wait)
     raise AssertionError("unreachable")
+
+
+def is_plan_stop(exc: RateLimitError) -> bool:
+    """A 429 that names a credit or plan stop: waiting will not help."""
+    return bool(getattr(exc, "reason", None))
 
 
 def _reason(exc: Exception) -> str:

@@ -49,13 +49,12 @@ def run(params: dict[str, Any], workers: int) -> dict[str, Any]:
             "worker_peak_rss_kb": max(r["peak_rss_kb"] for r in reports)}
 
 
-def first_rows_window(params: dict[str, Any], rows: int) -> dict[str, Any]:
+def first_rows_window(config: dict[str, Any], rows: int) -> dict[str, Any]:
     """A window from the table's first timestamp to the one after its first ``rows`` rows."""
     from contextlib import closing
 
     from airflow.providers.postgres.hooks.postgres import PostgresHook
 
-    config = resolve_config(params)
     table, created = config["source_table"], config["columns"]["created_at"]
     with closing(PostgresHook(postgres_conn_id=config["postgres_conn_id"]).get_conn()) as conn:
         with conn.cursor() as cur:
@@ -70,7 +69,7 @@ def first_rows_window(params: dict[str, Any], rows: int) -> dict[str, Any]:
 def window(params: dict[str, Any], rows: int) -> dict[str, Any]:
     config = resolve_config(params)
     started = datetime.now(timezone.utc)
-    report = run_partition(config, first_rows_window(params, rows), dag_id="synap_bench",
+    report = run_partition(config, first_rows_window(config, rows), dag_id="synap_bench",
                            run_id=f"bench-window-{started.strftime('%Y%m%dT%H%M%S%f')}",
                            run_started=started)
     return {key: report[key] for key in ("rows_read", "ingested", "duplicates", "rejected", "batches")}
