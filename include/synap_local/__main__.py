@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from .faults import Controls, FaultRule
-from .server import DEFAULT_API_KEY, LocalSynapServer, ServerSettings, Tenant
+from .server import DEFAULT_API_KEY, TENANT_SPEC, LocalSynapServer, ServerSettings, Tenant
 from .store import DocumentStore
 
 DEFAULT_DB = Path(".local/synap.sqlite3")
@@ -32,10 +32,14 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8765, help="0 picks a free port")
     serve.add_argument("--db", type=Path, default=DEFAULT_DB)
-    serve.add_argument("--tenant", action="append", default=[], metavar="KEY[:INSTANCE_ID[:b2b|b2c]]",
-                       help=f"an API key this server accepts (default: {DEFAULT_API_KEY})")
+    serve.add_argument("--tenant", action="append", default=[], metavar=TENANT_SPEC,
+                       help=f"an API key this server accepts (default: {DEFAULT_API_KEY}, b2b);"
+                            " *-unreported: whoami names no isolation")
     serve.add_argument("--max-batch", type=int, default=100)
     serve.add_argument("--on-duplicate", choices=["reject", "update"], default="reject")
+    serve.add_argument("--duplicate-reports-original", action="store_true",
+                       help="a duplicate's result carries the first write's queued_at and"
+                            " ingestion_id (more than Synap's docs promise; default: this answer's)")
     serve.add_argument("--rate-limit-per-minute", type=float, default=0.0, help="0: no limit")
     serve.add_argument("--latency-ms", type=float, default=0.0)
     serve.add_argument("--strict-batches", action="store_true",
@@ -74,7 +78,8 @@ def _serve(args: argparse.Namespace) -> int:
     settings = ServerSettings(
         db_path=args.db,
         tenants=[Tenant.parse(t) for t in args.tenant] or [Tenant(DEFAULT_API_KEY)],
-        max_batch=args.max_batch, on_duplicate=args.on_duplicate, controls=controls)
+        max_batch=args.max_batch, on_duplicate=args.on_duplicate,
+        duplicate_reports_original=args.duplicate_reports_original, controls=controls)
     server = LocalSynapServer(settings, args.host, args.port)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     # The first line is read by scripts and fixtures to learn the address.

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-FAULT_KINDS = frozenset({"status", "drop_before_store", "drop_after_store", "stall"})
+FAULT_KINDS = frozenset({"status", "drop_before_store", "drop_after_store", "reset_after_store",
+                         "stall"})
 
 
 class TokenBucket:
@@ -55,7 +56,9 @@ class FaultRule:
     kind: ``status`` answers ``status`` without storing; ``drop_before_store``
     closes the connection without storing; ``drop_after_store`` stores, then
     closes the connection with no answer (the client cannot know it landed);
-    ``stall`` waits ``seconds`` and then answers normally.
+    ``reset_after_store`` stores, then resets the connection (TCP RST) while
+    the client waits for the answer; ``stall`` waits ``seconds`` and then
+    answers normally.
     times: how many requests it hits (None: every one until cleared).
     for_seconds: instead of a count, every matching request from the first one
     it hits until that many seconds later (a storm: a client that comes back
@@ -111,6 +114,14 @@ class Controls:
     # Refuse a whole batch (422) when one document is invalid, as an API that
     # validates the request schema would, instead of per-document failures.
     strict_batches: bool = False
+    # Refuse every document with this reason (a plan without the mode, a scope
+    # the instance does not have): a server that accepts nothing of a backfill.
+    refuse_documents: str = ""
+    # Seconds added to this server's clock (its queued_at): a worker clock
+    # 10 minutes ahead of the server is -600 here.
+    clock_offset_seconds: float = 0.0
+    # The instance is still being built until then (monotonic; 0: ready).
+    _not_ready_until: float = 0.0
     _buckets: dict[str, TokenBucket] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -125,6 +136,13 @@ class Controls:
                 self.faults = [FaultRule.from_dict(f) for f in raw["faults"] or []]
             if "strict_batches" in raw:
                 self.strict_batches = bool(raw["strict_batches"])
+            if "refuse_documents" in raw:
+                self.refuse_documents = str(raw["refuse_documents"] or "")
+            if "clock_offset_seconds" in raw:
+                self.clock_offset_seconds = float(raw["clock_offset_seconds"] or 0)
+            if "instance_not_ready_for_seconds" in raw:
+                seconds = float(raw["instance_not_ready_for_seconds"] or 0)
+                self._not_ready_until = time.monotonic() + seconds if seconds > 0 else 0.0
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
@@ -132,6 +150,9 @@ class Controls:
                 "rate_limit_per_minute": self.rate_limit_per_minute,
                 "latency_ms": self.latency_ms,
                 "strict_batches": self.strict_batches,
+                "refuse_documents": self.refuse_documents,
+                "clock_offset_seconds": self.clock_offset_seconds,
+                "instance_not_ready_for_seconds": round(self.not_ready_left(), 1),
                 "faults": [
                     {"kind": f.kind, "status": f.status, "times": f.times,
                      "created_from": f.created_from and f.created_from.isoformat(),
@@ -139,6 +160,16 @@ class Controls:
                     for f in self.faults
                 ],
             }
+
+    def not_ready_left(self) -> float:
+        """Seconds until the instance is built (0: ready)."""
+        return max(0.0, self._not_ready_until - time.monotonic()) if self._not_ready_until else 0.0
+
+    def server_now(self) -> datetime:
+        """This server's clock, as skewed by ``clock_offset_seconds``."""
+        from datetime import timedelta, timezone
+
+        return datetime.now(timezone.utc) + timedelta(seconds=self.clock_offset_seconds)
 
     def throttle(self, instance_id: str) -> float:
         """0.0 when the request may proceed, else seconds to wait."""

@@ -1,17 +1,38 @@
 """The local Synap-compatible API: the HTTP-level stand-in for hosted Synap.
 
-It speaks the wire contract the ``maximem-synap`` SDK uses (see
-``shared/reference/synap-contract.md``), so the real SDK talks to it through
-its base URL with no code change. Where the vendor's docs disagree, it picks:
+It speaks the wire contract the ``maximem-synap`` SDK uses, so the real SDK
+talks to it through its base URL with no code change. By default it does only
+what the SDK's code and Synap's published docs promise (summarised in
+``shared/reference/synap-contract.md``), never more, so a client test cannot
+pass because this server is kinder than hosted Synap. Each behaviour, and the
+source it follows:
 
-* a duplicate ``document_id`` in a batch is a per-document ``failed`` result
-  whose ``error_message`` starts with ``duplicate document_id`` (the replay
-  guide's behaviour), and the rest of the batch is stored. ``--on-duplicate
-  update`` overwrites instead (other pages' behaviour), still reported failed;
-* more than ``--max-batch`` (100) documents is a whole-request 400;
-* rate limits apply per instance (see ``faults.py``).
+* ``GET /api/v1/auth/whoami`` answers ``client_id``, ``instance_id`` and
+  ``user_context_isolation`` named as the SDK names it: ``equals_customer``
+  on a B2C instance (``maximem_synap.scoping.B2C_ISOLATION``),
+  ``strict-isolation`` on a B2B one (the SDK's docstrings), or no field at all
+  (an older server; ``scoping.check_customer_id`` treats that as unknown).
+* Scope (``memories/models.py``'s ``CreateMemoryRequest`` comment and
+  ``scoping.py``): a B2C instance refuses any ``customer_id``; a B2B instance
+  refuses ``user_id`` without ``customer_id``. Per document, whatever the
+  instance reports in whoami.
+* A repeated ``document_id`` is a per-document ``failed`` result whose
+  ``error_message`` says so, and the rest of the batch is stored (the replay
+  guide). Nothing published says which ``queued_at`` or ``ingestion_id`` such a
+  result carries, and the SDK requires both: it gets the time of *this* answer
+  and a new id. ``--duplicate-reports-original`` sends the first write's time
+  and id instead, so tests can show the client is right either way.
+  ``--on-duplicate update`` overwrites (other pages' behaviour), still failed.
+* More than ``--max-batch`` (100) documents is a whole-request 400 (docs: up
+  to 100 per call).
+* While the instance is being built (``instance_not_ready_for_seconds``, a
+  control): memory writes get ``409 {"error": "instance_not_ready"}`` with
+  ``Retry-After`` (the SDK's ``InstanceNotReadyError`` and
+  ``transport/http_client.py``).
+* Rate limits, when switched on, apply per instance with ``Retry-After``
+  (see ``faults.py``); so do the other injected faults, all off by default.
 
-Stdlib ``http.server`` on purpose: an injected fault can drop the TCP
+Stdlib ``http.server`` on purpose: an injected fault can drop or reset the TCP
 connection after storing a batch, which an ASGI server cannot do.
 """
 
@@ -19,7 +40,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import socket
+import struct
 import threading
 import time
 import uuid
@@ -29,6 +52,8 @@ from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+from maximem_synap.scoping import B2C_ISOLATION
 
 from .faults import Controls, FaultRule, retry_after_header
 from .store import DocumentStore
@@ -41,24 +66,46 @@ DEFAULT_INSTANCE_ID = "inst_0000000000000001"
 DUPLICATE_MESSAGE = "duplicate document_id: already ingested on this instance"
 
 
+B2B_ISOLATION = "strict-isolation"  # what the SDK's docstrings call a B2B instance
+# A tenant's kind as the CLI spells it: (enforced rules, what whoami reports).
+TENANT_KINDS = {
+    "b2b": ("b2b", B2B_ISOLATION),
+    "b2c": ("b2c", B2C_ISOLATION),
+    "b2b-unreported": ("b2b", None),
+    "b2c-unreported": ("b2c", None),
+}
+TENANT_SPEC = f"KEY[:INSTANCE_ID[:{'|'.join(TENANT_KINDS)}]]"
+
+
 @dataclass(frozen=True)
 class Tenant:
-    """An API key and the instance it opens."""
+    """An API key and the instance it opens.
+
+    ``kind``: ``b2b`` or ``b2c``, the scope rules enforced; ``reports_isolation``:
+    whether whoami names it (an older server does not).
+    """
 
     api_key: str
     instance_id: str = DEFAULT_INSTANCE_ID
-    isolation: str = "b2b"
+    kind: str = "b2b"
+    reports_isolation: bool = True
     client_id: str = "client_local"
+
+    @property
+    def isolation(self) -> str | None:
+        """``user_context_isolation`` as whoami reports it."""
+        if not self.reports_isolation:
+            return None
+        return B2C_ISOLATION if self.kind == "b2c" else B2B_ISOLATION
 
     @classmethod
     def parse(cls, spec: str) -> "Tenant":
-        """``KEY[:INSTANCE_ID[:b2b|b2c]]``."""
         key, _, rest = spec.partition(":")
-        instance, _, isolation = rest.partition(":")
-        tenant = cls(key, instance or DEFAULT_INSTANCE_ID, isolation or "b2b")
-        if not key or tenant.isolation not in ("b2b", "b2c"):
-            raise ValueError("tenant spec is KEY[:INSTANCE_ID[:b2b|b2c]]")
-        return tenant
+        instance, _, kind = rest.partition(":")
+        if not key or (kind or "b2b") not in TENANT_KINDS:
+            raise ValueError(f"tenant spec is {TENANT_SPEC}")
+        enforced, reported = TENANT_KINDS[kind or "b2b"]
+        return cls(key, instance or DEFAULT_INSTANCE_ID, enforced, reported is not None)
 
 
 @dataclass
@@ -67,6 +114,9 @@ class ServerSettings:
     tenants: list[Tenant] = field(default_factory=lambda: [Tenant(DEFAULT_API_KEY)])
     max_batch: int = 100
     on_duplicate: str = "reject"
+    # Richer than the contract: a duplicate's result carries the first write's
+    # queued_at and ingestion_id. Off by default; no count may depend on it.
+    duplicate_reports_original: bool = False
     controls: Controls = field(default_factory=Controls)
 
 
@@ -100,7 +150,11 @@ class _Stats:
 
 
 class _DropConnection(Exception):
-    """Close the socket without answering."""
+    """Close the socket without answering (``reset``: with a TCP RST, as a crashed peer does)."""
+
+    def __init__(self, reset: bool = False) -> None:
+        super().__init__()
+        self.reset = reset
 
 
 class _Answer(Exception):
@@ -157,10 +211,17 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(payload)
 
-    def _drop(self) -> None:
+    def _drop(self, reset: bool = False) -> None:
         self.close_connection = True
         try:
-            self.connection.shutdown(socket.SHUT_RDWR)
+            if reset:
+                # Linger 0: close() sends RST, so a client reading its answer gets
+                # "connection reset" (httpx.ReadError), not a clean end of stream.
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                           struct.pack("ii", 1, 0))
+                self.connection.close()
+            else:
+                self.connection.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
 
@@ -201,9 +262,9 @@ class _Handler(BaseHTTPRequestHandler):
         except _Answer as answer:
             status = answer.status
             self._send(answer.status, answer.body, answer.headers)
-        except _DropConnection:
+        except _DropConnection as drop:
             status = 0
-            self._drop()
+            self._drop(drop.reset)
         finally:
             self.server.stats.count(f"{method} {path if route is not _Handler._status else '/api/v1/memories/status/{id}'} {status}")
 
@@ -219,8 +280,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _whoami(self) -> None:
         tenant = self._tenant()
-        self._send(200, {"client_id": tenant.client_id, "instance_id": tenant.instance_id,
-                         "user_context_isolation": tenant.isolation})
+        who = {"client_id": tenant.client_id, "instance_id": tenant.instance_id}
+        if tenant.isolation is not None:
+            who["user_context_isolation"] = tenant.isolation
+        self._send(200, who)
 
     def _telemetry(self) -> None:
         self._tenant()
@@ -256,7 +319,8 @@ class _Handler(BaseHTTPRequestHandler):
         if not isinstance(body, dict):
             raise _Answer(422, {"detail": "body must be a JSON object"})
         try:
-            normalize_document(body, tenant.isolation)
+            self._refuse_if_not_ready(tenant)
+            normalize_document(body, tenant.kind)
         except DocumentInvalid as exc:
             raise _Answer(400, {"detail": str(exc)}) from None
         self._send(200, self._ingest(tenant, [body], fail_fast=False)[0])
@@ -295,6 +359,7 @@ class _Handler(BaseHTTPRequestHandler):
     # -- ingestion --------------------------------------------------------
     def _ingest(self, tenant: Tenant, documents: list[Any], *, fail_fast: bool) -> list[dict[str, Any]]:
         controls = self.server.settings.controls
+        self._refuse_if_not_ready(tenant)
         wait = controls.throttle(tenant.instance_id)
         if wait > 0:
             raise _Answer(429, {"detail": "rate limit exceeded for this instance"},
@@ -305,7 +370,7 @@ class _Handler(BaseHTTPRequestHandler):
         if controls.latency_ms > 0:
             time.sleep(controls.latency_ms / 1000.0)
 
-        now = datetime.now(timezone.utc).isoformat()
+        now = controls.server_now().isoformat()
         results: list[dict[str, Any] | None] = [None] * len(documents)
         to_store: list[tuple[int, dict[str, Any]]] = []
         stop = False
@@ -315,7 +380,9 @@ class _Handler(BaseHTTPRequestHandler):
                 results[index] = _failed(document_id, "not processed: an earlier document failed and fail_fast is set", now)
                 continue
             try:
-                doc = normalize_document(raw, tenant.isolation)
+                doc = normalize_document(raw, tenant.kind)
+                if controls.refuse_documents:
+                    raise DocumentInvalid(controls.refuse_documents)
             except DocumentInvalid as exc:
                 if controls.strict_batches:
                     raise _Answer(422, {"detail": f"documents[{index}]: {exc}"}) from None
@@ -330,11 +397,11 @@ class _Handler(BaseHTTPRequestHandler):
             tenant.instance_id, [doc for _, doc in to_store],
             on_duplicate=self.server.settings.on_duplicate)
         for (index, doc), outcome in zip(to_store, outcomes):
-            if outcome.duplicate:
-                # The original ingestion's id and time: a client that resent a batch
-                # whose first answer it lost can tell its own earlier write from older work.
+            if outcome.duplicate and self.server.settings.duplicate_reports_original:
                 results[index] = {**_failed(doc["document_id"], DUPLICATE_MESSAGE, outcome.queued_at),
                                   "ingestion_id": outcome.ingestion_id}
+            elif outcome.duplicate:
+                results[index] = _failed(doc["document_id"], DUPLICATE_MESSAGE, now)
             else:
                 results[index] = {"ingestion_id": outcome.ingestion_id,
                                   "document_id": doc["document_id"], "status": "queued",
@@ -343,9 +410,17 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.stats.count(tenant.instance_id + " received", len(documents), documents=True)
         self.server.stats.count(tenant.instance_id + " stored", stored, documents=True)
         self.server.stats.count(tenant.instance_id + " duplicates", len(outcomes) - stored, documents=True)
-        if fault is not None and fault.kind == "drop_after_store":
-            raise _DropConnection()
+        if fault is not None and fault.kind in ("drop_after_store", "reset_after_store"):
+            raise _DropConnection(reset=fault.kind == "reset_after_store")
         return [r for r in results if r is not None]
+
+    def _refuse_if_not_ready(self, tenant: Tenant) -> None:
+        left = self.server.settings.controls.not_ready_left()
+        if left > 0:
+            raise _Answer(409, {"error": "instance_not_ready", "instance_id": tenant.instance_id,
+                                "state": "building", "retry_after_seconds": math.ceil(left),
+                                "message": "This instance's memory architecture is still being"
+                                           " built."}, {"Retry-After": retry_after_header(left)})
 
     def _apply_fault_before(self, fault: FaultRule) -> None:
         if fault.kind == "status":

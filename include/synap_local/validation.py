@@ -4,10 +4,11 @@ Each check returns a reason that names the field and never echoes its value:
 reasons travel into logs and XCom on the client side, and a value could be
 message text or a secret.
 
-Scope rules follow ``synap-contract.md``. B2C: user_id and/or customer_id
-are optional, but a customer_id is refused (the SDK refuses it too, before
-sending). B2B: user_id without customer_id is refused. A timestamp without an
-offset is read as UTC, the same default the backfill uses for its source.
+Scope rules follow the SDK (``scoping.py``, and ``CreateMemoryRequest``'s
+comment in ``memories/models.py``). B2C: any customer_id is refused; user_id
+is the whole identity. B2B: user_id without customer_id is refused. A
+timestamp without an offset is read as UTC, the same default the backfill uses
+for its source.
 """
 
 from __future__ import annotations
@@ -27,8 +28,11 @@ class DocumentInvalid(ValueError):
     """A document the server refuses; the message is safe to show."""
 
 
-def normalize_document(raw: Any, isolation: str) -> dict[str, Any]:
-    """Return the document as stored, or raise DocumentInvalid with a reason."""
+def normalize_document(raw: Any, kind: str) -> dict[str, Any]:
+    """Return the document as stored, or raise DocumentInvalid with a reason.
+
+    ``kind``: the instance's scope rules, ``b2b`` or ``b2c``.
+    """
     if not isinstance(raw, dict):
         raise DocumentInvalid("document entry is not a JSON object")
 
@@ -61,10 +65,10 @@ def normalize_document(raw: Any, isolation: str) -> dict[str, Any]:
 
     user_id = _optional_id(raw, "user_id")
     customer_id = _optional_id(raw, "customer_id")
-    if isolation == "b2b" and user_id and not customer_id:
-        raise DocumentInvalid("user_id without customer_id is not accepted on a b2b instance")
-    if isolation == "b2c" and customer_id:
-        raise DocumentInvalid("customer_id is not accepted on a b2c instance")
+    if kind == "b2b" and user_id and not customer_id:
+        raise DocumentInvalid("user_id without customer_id is not accepted on a B2B instance")
+    if kind == "b2c" and customer_id:
+        raise DocumentInvalid("customer_id is not accepted on a B2C instance")
 
     metadata = raw.get("metadata") or {}
     if not isinstance(metadata, dict):
