@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -77,9 +78,21 @@ def load_dag(dag_id: str = "synap_backfill") -> Any:
     return bag.dags[dag_id]
 
 
-def run_dag(dag_id: str = "synap_backfill", conf: Mapping[str, Any] | None = None) -> Any:
-    """Run the DAG once in this process with ``dag.test()``; returns the DagRun."""
-    return load_dag(dag_id).test(run_conf=dict(conf or {}))
+def run_dag(dag_id: str = "synap_backfill", conf: Mapping[str, Any] | None = None, *,
+            logical_date: datetime | None = None, retry_delay: float | None = None) -> Any:
+    """Run the DAG once in this process with ``dag.test()``; returns the DagRun.
+
+    ``logical_date``: the run's id follows from it, and a run with the same one
+    replaces the last: the same DAG run, run again (as after a worker died).
+    ``retry_delay``: seconds between a task's tries instead of the DAG's own.
+    """
+    dag = load_dag(dag_id)
+    if retry_delay is not None:
+        for task in dag.tasks:
+            task.retry_delay = timedelta(seconds=retry_delay)
+    if logical_date is None:
+        return dag.test(run_conf=dict(conf or {}))
+    return dag.test(run_conf=dict(conf or {}), logical_date=logical_date, run_after=logical_date)
 
 
 def task_results(dag_run: Any, task_id: str) -> list[Any]:
@@ -120,12 +133,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("dag_id", nargs="?", default="synap_backfill")
     parser.add_argument("--conf", default="{}", help="run conf (params) as JSON")
     parser.add_argument("--pool-slots", type=int, default=4)
+    parser.add_argument("--logical-date", type=datetime.fromisoformat, default=None,
+                        help="ISO date-time: the run id follows from it; the same one runs the"
+                             " same DAG run again")
     args = parser.parse_args(argv)
     if args.command == "setup":
         migrate_db(args.pool_slots)
         return 0
     migrate_db()
-    dag_run = run_dag(args.dag_id, json.loads(args.conf))
+    dag_run = run_dag(args.dag_id, json.loads(args.conf), logical_date=args.logical_date)
     print(render_run(dag_run), flush=True)
     return 0 if str(dag_run.state) == "success" else 1
 

@@ -50,12 +50,22 @@ def local_pg(scratch: Path) -> Iterator[Any]:
 
 
 @pytest.fixture()
-def synap(tmp_path: Path) -> Iterator[Any]:
-    """A local Synap API process with an empty store, for one test."""
+def synap(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A local Synap API process with an empty store, for one test.
+
+    In its default mode unless a test parametrizes it (indirectly) with CLI flags.
+    """
     from include.synap_local.process import running_synap
 
-    with running_synap(tmp_path / "synap.sqlite3") as proc:
+    with running_synap(tmp_path / "synap.sqlite3", *getattr(request, "param", ())) as proc:
         yield proc
+
+
+# Where the docs are silent on what a duplicate's result carries, the counts must
+# be right both ways: this answer's time and a new id (the default), or the first write's.
+BOTH_DUPLICATE_ANSWERS = pytest.mark.parametrize(
+    "synap", [(), ("--duplicate-reports-original",)], indirect=True,
+    ids=["duplicate-answers-now", "duplicate-answers-first-write"])
 
 
 @pytest.fixture(scope="session")
@@ -106,11 +116,13 @@ def run_backfill(airflow_db: None, local_pg: Any, synap: Any, monkeypatch: pytes
     """Run ``synap_backfill`` with dag.test() against this test's Postgres and Synap."""
 
     def run(api_key: str = "local-dev-key", dag_id: str = "synap_backfill",
-            synap_url: str | None = None, synap_extra: dict | None = None, **conf: Any) -> Any:
+            synap_url: str | None = None, synap_extra: dict | None = None,
+            logical_date: Any = None, retry_delay: float | None = None, **conf: Any) -> Any:
         monkeypatch.setenv("AIRFLOW_CONN_SYNAP_DEFAULT", json.dumps(
             {"conn_type": "synap", "host": synap_url or synap.url, "password": api_key,
              "extra": synap_extra or {"backoff_max": 4}}))
         monkeypatch.setenv("AIRFLOW_CONN_POSTGRES_DEFAULT", local_pg.airflow_connection())
-        return local_airflow.run_dag(dag_id, conf)
+        return local_airflow.run_dag(dag_id, conf, logical_date=logical_date,
+                                     retry_delay=retry_delay)
 
     return run

@@ -26,6 +26,9 @@ class PartitionReport:
     duplicates: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     not_sent: int = 0  # documents built but held back: a dry run
+    # Of ``ingested``: found already stored when sent again after a lost answer
+    # or a stopped attempt; this run's write, unless it was in Synap before the run.
+    ingested_on_resend: int = 0
     batches: int = 0
     seconds: float = 0.0
     started_at: float | None = None  # epoch seconds: the first attempt's start
@@ -49,6 +52,7 @@ class PartitionReport:
 
     def add(self, outcome: BatchOutcome) -> None:
         self.ingested += outcome.ingested
+        self.ingested_on_resend += outcome.recovered
         self.duplicates += outcome.duplicates
         self.rejected.update(outcome.rejected)
 
@@ -61,7 +65,7 @@ class PartitionReport:
             "rows_read": self.rows_read, "ingested": self.ingested,
             "duplicates": self.duplicates, "rejected": self.rejected_total,
             "rejected_by_reason": dict(self.rejected), "not_sent": self.not_sent,
-            "batches": self.batches, "seconds": round(self.seconds, 3),
+            "ingested_on_resend": self.ingested_on_resend, "batches": self.batches, "seconds": round(self.seconds, 3),
             "started_at": self.started_at, "finished_at": self.finished_at,
         }
 
@@ -71,7 +75,9 @@ class PartitionReport:
                      rows_read=raw["rows_read"], ingested=raw["ingested"],
                      duplicates=raw["duplicates"],
                      rejected=Counter(raw.get("rejected_by_reason") or {}),
-                     not_sent=raw.get("not_sent", 0), batches=raw.get("batches", 0),
+                     not_sent=raw.get("not_sent", 0),
+                     ingested_on_resend=raw.get("ingested_on_resend", 0),
+                     batches=raw.get("batches", 0),
                      seconds=raw.get("seconds", 0.0), started_at=raw.get("started_at"),
                      finished_at=raw.get("finished_at"))
         if report.rejected_total != raw.get("rejected", report.rejected_total):
@@ -87,6 +93,7 @@ class RunSummary:
     partitions: list[PartitionReport]
     missing: list[str]
     sample_of: dict[str, int] | None = None  # a sample run: the whole plan's partitions and rows
+    max_rejected_share: float = 1.0  # above it, the run has a problem
 
     @property
     def wall_seconds(self) -> float | None:
@@ -115,6 +122,7 @@ class RunSummary:
             total.duplicates += p.duplicates
             total.rejected.update(p.rejected)
             total.not_sent += p.not_sent
+            total.ingested_on_resend += p.ingested_on_resend
             total.batches += p.batches
             total.seconds += p.seconds
         return total
@@ -125,12 +133,20 @@ class RunSummary:
                for label in self.missing]
         out += [f"partition {p.label}: read {p.rows_read} but accounted for {p.accounted}"
                 for p in self.partitions if not p.balanced]
+        total = self.total
+        if total.rows_read and total.rejected_total > self.max_rejected_share * total.rows_read:
+            reason, n = total.rejected.most_common(1)[0]
+            out.append(f"{total.rejected_total} of {total.rows_read} rows rejected"
+                       f" ({total.rejected_total / total.rows_read:.1%}), more than"
+                       f" max_rejected_share {self.max_rejected_share:.1%}; most often:"
+                       f" {reason} ({n})")
         return out
 
     def to_xcom(self) -> dict[str, Any]:
         total = self.total.to_xcom()
         return {**{k: total[k] for k in ("rows_read", "ingested", "duplicates", "rejected",
-                                          "rejected_by_reason", "not_sent", "batches")},
+                                          "rejected_by_reason", "not_sent", "ingested_on_resend",
+                                          "batches")},
                 "partitions": len(self.partitions) + len(self.missing),
                 "partitions_failed": len(self.missing), "problems": self.problems,
                 "turns_per_s": round(self.turns_per_s, 1) if self.turns_per_s else None,
@@ -165,6 +181,11 @@ class RunSummary:
             out += [f"  {n:>8}  {reason}" for reason, n in self.total.rejected.most_common()]
             if rejects_at:
                 out.append(f"each one is recorded (row key, reason; no text): {rejects_at}")
+        if self.total.ingested_on_resend:
+            out.append(f"{self.total.ingested_on_resend} of the ingested documents were already"
+                       " stored when sent again after a lost answer or a stopped attempt: counted"
+                       " as this run's writes (one that was in Synap before this run would be a"
+                       " duplicate; the contract gives no way to tell)")
         if self.turns_per_s:
             out.append(f"{self.total.rows_read} rows in {_duration(self.wall_seconds)} from the first"
                        f" partition's start to the last one's end: {self.turns_per_s:.0f} turns/s")
@@ -201,7 +222,8 @@ def window_key(start: str | None, end: str | None) -> str:
     return f"{start}|{end}"
 
 
-def summarize(windows: Iterable[Mapping[str, Any]], reports: Iterable[Mapping[str, Any]]) -> RunSummary:
+def summarize(windows: Iterable[Mapping[str, Any]], reports: Iterable[Mapping[str, Any]],
+              max_rejected_share: float = 1.0) -> RunSummary:
     """Add up partition reports; name every planned window that sent none."""
     parsed = [PartitionReport.from_xcom(r) for r in reports if r]
     seen = {p.key for p in parsed}
@@ -210,7 +232,7 @@ def summarize(windows: Iterable[Mapping[str, Any]], reports: Iterable[Mapping[st
     parsed.sort(key=lambda p: order.get(p.key, (len(order), ""))[0])
     sample_of = next((w["sample_of"] for w in windows if w.get("sample_of")), None)
     return RunSummary(parsed, [label for key, (_, label) in order.items() if key not in seen],
-                      sample_of)
+                      sample_of, max_rejected_share)
 
 
 def _row(p: PartitionReport, dry: bool = False) -> tuple[Any, ...]:

@@ -32,7 +32,10 @@ class ParamError(ValueError):
 
 @dataclass(frozen=True)
 class SourceColumns:
-    """Column names of the conversation table (the vendor recipe's defaults)."""
+    """Column names of the conversation table (the vendor recipe's defaults).
+
+    ``customer_id`` may be empty: a source without customers (a B2C app).
+    """
 
     user_id: str = "user_id"
     customer_id: str = "customer_id"
@@ -68,6 +71,7 @@ class BackfillConfig:
     restart_partitions: bool = False
     fetch_size: int = 1000
     sample_partitions: int = 0  # 0: all; else run that many, spread over the plan, and estimate
+    max_rejected_share: float = 0.01  # the run fails when more of its rows are rejected
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -111,8 +115,9 @@ def config_from_params(params: Mapping[str, Any]) -> BackfillConfig:
         return bounded_int(name, get(name), *LIMITS[name])
     columns = SourceColumns(**{
         f.name: identifier(f"{f.name}_column", get(f"{f.name}_column", f.default))
-        for f in fields(SourceColumns)
-    })
+        for f in fields(SourceColumns) if f.name != "customer_id"
+    }, customer_id=optional_identifier("customer_id_column",
+                                       get("customer_id_column", SourceColumns.customer_id)))
     table = str(get("source_table") or "")
     parts = table.split(".")
     if len(parts) > 2:
@@ -157,6 +162,7 @@ def config_from_params(params: Mapping[str, Any]) -> BackfillConfig:
         restart_partitions=boolean("restart_partitions", get("restart_partitions")),
         fetch_size=whole("fetch_size"),
         sample_partitions=whole("sample_partitions"),
+        max_rejected_share=share("max_rejected_share", get("max_rejected_share")),
     )
 
 
@@ -167,6 +173,24 @@ def identifier(param: str, value: Any) -> str:
         raise ParamError(param, f"{shown} is not a plain SQL identifier "
                                 "(letters, digits and _; not starting with a digit; at most 63)")
     return value
+
+
+def optional_identifier(param: str, value: Any) -> str:
+    """A plain SQL identifier, or empty (None or "") for a column the source does not have."""
+    return "" if value in (None, "") else identifier(param, value)
+
+
+def share(param: str, value: Any) -> float:
+    """A fraction from 0 to 1."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ParamError(param, "must be a number from 0 to 1")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ParamError(param, "must be a number from 0 to 1") from None
+    if not 0 <= number <= 1:
+        raise ParamError(param, f"must be from 0 to 1, got {number}")
+    return number
 
 
 def timestamp(param: str, value: Any) -> datetime | None:

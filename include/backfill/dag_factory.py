@@ -33,6 +33,7 @@ _DATE_TIME = (r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?)?"
 # ISO-8601 duration as the window size (P1D, PT6H, P1W, P1M, P1DT12H).
 _DURATION = r"^P(?=\d|T\d)(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(?=\d)(\d+H)?(\d+M)?(\d+S)?)?$"
 _IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
+_OPTIONAL_IDENTIFIER = r"^([A-Za-z_][A-Za-z0-9_]{0,62})?$"
 _TABLE = r"^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?$"
 _CONN_ID = r"^[A-Za-z0-9_.\-]{1,250}$"
 _COLUMNS = tuple(f.name for f in fields(SourceColumns))
@@ -90,6 +91,12 @@ def backfill_params(**defaults: Any) -> dict[str, Param]:
                                    description="Send only this many partitions, spread over the "
                                                "range, and estimate the whole table's wall-clock "
                                                "time in the summary. 0: all."),
+        "max_rejected_share": Param(d["max_rejected_share"], type="number", minimum=0, maximum=1,
+                                    title="Max rejected share", section="Sending",
+                                    description="The run fails (and announces nothing) when a"
+                                                " larger share of its rows is rejected: dirty rows"
+                                                " are normal, a wholesale refusal is not. 0.01:"
+                                                " 1%; 1: never."),
         "max_document_chars": Param(d["max_document_chars"], type="integer",
                                     **_bounds("max_document_chars"), title="Max document characters",
                                     section="Sending",
@@ -120,6 +127,11 @@ def backfill_params(**defaults: Any) -> dict[str, Param]:
         params[f"{column}_column"] = Param(
             d[f"{column}_column"], type="string", pattern=_IDENTIFIER, section="Source",
             title=f"{column} column", description=f"Column holding the {column.replace('_', ' ')}.")
+    params["customer_id_column"] = Param(
+        d["customer_id_column"], type=["null", "string"], pattern=_OPTIONAL_IDENTIFIER, section="Source",
+        title="customer_id column", description="Column holding the customer id; empty when the"
+                                                " source has none (a B2C app). Never sent to a B2C"
+                                                " instance.")
     params["fetch_size"] = Param(
         d["fetch_size"], type="integer", **_bounds("fetch_size"), title="Fetch size",
         section="Source", description="Rows per round trip of the server-side cursor.")
@@ -157,7 +169,8 @@ def build_backfill_dag(dag_id: str, *, doc_md: str, schedule: Any = None,
         def plan_partitions(config: dict) -> list[dict]:
             from include.backfill.tasks import plan_partitions as plan
 
-            return plan(config)
+            run = get_current_context()["dag_run"]
+            return plan(config, dag_id=run.dag_id, run_id=run.run_id)
 
         @task(map_index_template="{{ window_label }}", pool=pool, retries=2,
               retry_delay=timedelta(seconds=20))
@@ -167,8 +180,7 @@ def build_backfill_dag(dag_id: str, *, doc_md: str, schedule: Any = None,
             context = get_current_context()
             context["window_label"] = window["label"]
             run = context["dag_run"]
-            return run_partition(config, window, dag_id=run.dag_id, run_id=run.run_id,
-                                 run_started=run.start_date)
+            return run_partition(config, window, dag_id=run.dag_id, run_id=run.run_id)
 
         @task(trigger_rule="all_done")
         def summarize(config: dict | None, windows: list[dict] | None, reports: list[dict] | None) -> dict:

@@ -8,6 +8,13 @@ that makes every re-run and every retry safe.
 
 A row that cannot make a sound document is rejected here, with a reason code
 that never carries its text, and the rows around it go on.
+
+Scope follows the instance's ``user_context_isolation`` from whoami, as the
+SDK defines it (``maximem_synap.scoping``): on a B2C instance
+(``equals_customer``) the user id is the whole identity and no
+``customer_id`` is sent; on a B2B instance (``strict-isolation``) a user
+without a customer is refused by Synap, so it is rejected here first; an
+instance that reports neither gets both ids as read, and Synap decides.
 """
 
 from __future__ import annotations
@@ -15,13 +22,18 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Mapping
 
 from maximem_synap import CreateMemoryRequest
+from maximem_synap.scoping import B2C_ISOLATION
 
 from . import results
 from .source import SourceRow
 
 DOCUMENT_TYPE = "ai-chat-conversation"
+# The SDK exports only B2C_ISOLATION; its docstrings call B2B instances this.
+B2B_ISOLATION = "strict-isolation"
 # What PostgreSQL's uuid type prints; any other spelling goes through uuid.UUID.
 _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
@@ -37,7 +49,8 @@ class RejectReason:
     NUL_CHARACTER = "text contains a NUL character"
     INVALID_UTF8 = "text is not valid UTF-8"
     TOO_LONG = "text is longer than max_document_chars"
-    B2B_SCOPE = "user_id without customer_id on a b2b instance"
+    B2B_SCOPE = "user_id without customer_id on a B2B instance"
+    B2C_NO_USER = "customer_id without user_id on a B2C instance (customer ids are not sent there)"
     DUPLICATED_IN_SOURCE = results.DUPLICATED_IN_SOURCE
 
 
@@ -52,27 +65,38 @@ def document_id(conversation_id: str, message_index: int) -> str:
 
 
 def build_document(row: SourceRow, mode: str = "long-range", *, max_chars: int | None = None,
-                   isolation: str | None = None) -> CreateMemoryRequest | Rejected:
+                   isolation: str | None = None, copies: Mapping[str, datetime] = {}
+                   ) -> CreateMemoryRequest | Rejected:
     """The recipe's document for ``row``, or why there cannot be one.
 
-    ``isolation`` is the instance's (``b2b``/``b2c``, from whoami): on a b2b
-    instance a user without a customer is refused here rather than by Synap.
+    ``isolation``: the instance's ``user_context_isolation`` (None: not reported).
+    ``copies``: turns the source holds at several timestamps, by document id,
+    with the earliest one's timestamp: only that copy is sent.
     """
     reason = _problem(row)
     if reason:
         return Rejected(row.key, reason)
+    doc_id = document_id(row.conversation_id, row.message_index)
+    first_copy = copies.get(doc_id)
+    if row.repeats_earlier or (first_copy is not None and row.created_at > first_copy):
+        return Rejected(row.key, RejectReason.DUPLICATED_IN_SOURCE)
     text = f"User: {row.user_text or ''}\nAssistant: {row.assistant_text or ''}"
     if max_chars is not None and len(text) > max_chars:
         return Rejected(row.key, RejectReason.TOO_LONG)
-    if isolation == "b2b" and row.user_id and not row.customer_id:
+    customer_id = row.customer_id
+    if isolation == B2C_ISOLATION:
+        if customer_id and not row.user_id:
+            return Rejected(row.key, RejectReason.B2C_NO_USER)
+        customer_id = None
+    elif isolation == B2B_ISOLATION and row.user_id and not customer_id:
         return Rejected(row.key, RejectReason.B2B_SCOPE)
     return CreateMemoryRequest(
         document=text,
         document_type=DOCUMENT_TYPE,
-        document_id=document_id(row.conversation_id, row.message_index),
+        document_id=doc_id,
         document_created_at=row.created_at,
         user_id=row.user_id,
-        customer_id=row.customer_id,
+        customer_id=customer_id,
         mode=mode,
         metadata={"conversation_id": row.conversation_id, "source": "backfill"},
     )

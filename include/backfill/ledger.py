@@ -1,25 +1,40 @@
-"""Checkpoints and rejected rows, kept in PostgreSQL so a partition can resume.
+"""Checkpoints, sent marks, rejected rows and source copies, kept in PostgreSQL.
 
 Tables in a schema of their own (``synap_backfill`` by default), created
 if missing:
 
 * ``checkpoints``: per DAG run and window, the position of the last row whose
-  batch Synap acknowledged, the partition's counts up to there, and when. A
-  retried or resumed partition starts after that position, so a worker killed
-  mid-partition costs at most the batches in flight.
+  batch Synap acknowledged, the partition's counts up to there, and
+  ``sent_through``: how many of the window's rows (in read order) had been put
+  on the wire. That mark is written *before* a batch is sent (write-ahead), so
+  a later attempt of the same run knows which documents it may already have
+  stored even when their answers were lost; a retried or resumed partition
+  starts after the position, so a worker killed mid-partition costs at most
+  the batches in flight.
 * ``rejected_rows``: every rejected row, by run, partition, row key and reason
   (never its text), for an operator to act on.
+* ``source_copies``: per DAG run, the turns (``conversation_id``,
+  ``message_index``) that the source holds more than once at different
+  timestamps, found by the planner in one pass, so each partition sends the
+  earliest copy and rejects the others as copies (``copies.py``).
 * ``pacing``: the shared request schedule of each Synap target (``pacing.py``).
 
-Checkpoints and rejects are written in one transaction per acknowledged batch, on a connection of
-their own, separate from the one reading the window (a commit there would close
-its server-side cursor). JSON is kept in ``text`` columns and the connection
+One partition's attempt holds a session advisory lock on its (DAG, run,
+window) for as long as it runs, so a zombie and its retry never both send.
+
+Writes go through one connection of their own, separate from the one reading
+the window (a commit there would close its server-side cursor), one
+transaction at a time: checkpoints commit from a thread while sent marks are
+written before each send. JSON is kept in ``text`` columns and the connection
 speaks UTF-8, so the ledger works in a legacy ``SQL_ASCII`` database too.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterable
@@ -27,6 +42,11 @@ from typing import Any, Iterable
 from .source import Position, quote_identifier
 
 DEFAULT_SCHEMA = "synap_backfill"
+log = logging.getLogger("synap_backfill")
+
+
+class PartitionBusy(RuntimeError):
+    """Another attempt of the same partition still holds its lock."""
 
 
 @dataclass(frozen=True)
@@ -34,11 +54,11 @@ class Checkpoint:
     position: Position | None
     report: dict[str, Any]
     finished: bool
-    saved_at: datetime
+    sent_through: int  # rows of the window, in read order, put on the wire by this run
 
 
 def ensure_tables(conn: Any, schema: str) -> None:
-    """Create the schema and its tables if missing (checkpoints, rejected rows, pacing).
+    """Create the schema and its tables if missing.
 
     Under an advisory lock: partitions starting together would otherwise race
     on ``CREATE ... IF NOT EXISTS``.
@@ -54,18 +74,39 @@ def ensure_tables(conn: Any, schema: str) -> None:
             finished boolean NOT NULL DEFAULT false,
             updated_at timestamptz NOT NULL DEFAULT now(),
             PRIMARY KEY (dag_id, run_id, window_key))""")
+        cur.execute(f"ALTER TABLE {s}.checkpoints"
+                    " ADD COLUMN IF NOT EXISTS sent_through bigint NOT NULL DEFAULT 0")
         cur.execute(f"""CREATE TABLE IF NOT EXISTS {s}.rejected_rows (
             dag_id text NOT NULL, run_id text NOT NULL, window_key text NOT NULL,
             partition text NOT NULL, row_key text NOT NULL, row_ctid text NOT NULL,
             reason text NOT NULL, rejected_at timestamptz NOT NULL DEFAULT now(),
             PRIMARY KEY (dag_id, run_id, window_key, row_ctid, reason))""")
+        cur.execute(f"""CREATE TABLE IF NOT EXISTS {s}.source_copies (
+            dag_id text NOT NULL, run_id text NOT NULL, document_id text NOT NULL,
+            first_at timestamptz NOT NULL, last_at timestamptz NOT NULL,
+            PRIMARY KEY (dag_id, run_id, document_id))""")
         cur.execute(f"CREATE TABLE IF NOT EXISTS {s}.pacing ("
                     " target text PRIMARY KEY, next_at timestamptz NOT NULL)")
     conn.commit()
 
 
+def save_copies(conn: Any, schema: str, dag_id: str, run_id: str,
+                copies: Iterable[tuple[str, datetime, datetime]]) -> int:
+    """Replace the run's list of turns copied at different timestamps; how many there are."""
+    s = quote_identifier(schema)
+    rows = [(dag_id, run_id, doc_id, first, last) for doc_id, first, last in copies]
+    with conn.cursor() as cur:
+        cur.execute(f"DELETE FROM {s}.source_copies WHERE dag_id = %s AND run_id = %s",
+                    (dag_id, run_id))
+        if rows:
+            cur.executemany(f"INSERT INTO {s}.source_copies (dag_id, run_id, document_id, first_at,"
+                            " last_at) VALUES (%s, %s, %s, %s, %s)", rows)
+    conn.commit()
+    return len(rows)
+
+
 class Ledger:
-    """The checkpoint and rejects of one partition of one DAG run."""
+    """The checkpoint, sent mark, lock and rejects of one partition of one DAG run."""
 
     def __init__(self, conn: Any, schema: str, dag_id: str, run_id: str, window_key: str,
                  label: str) -> None:
@@ -74,26 +115,59 @@ class Ledger:
         self.schema_name = schema
         self.key = (dag_id, run_id, window_key)
         self.label = label
+        self._io = threading.Lock()  # one transaction at a time on the connection
 
     def ensure_tables(self) -> None:
-        ensure_tables(self.conn, self.schema_name)
+        with self._io:
+            ensure_tables(self.conn, self.schema_name)
+
+    def lock(self, wait_seconds: float) -> None:
+        """Hold this partition's lock for the connection's life; wait for another attempt's.
+
+        A zombie (a worker the scheduler gave up on, still sending) and its
+        retry must not both send and both write the checkpoint.
+        """
+        deadline = time.monotonic() + wait_seconds
+        warned = False
+        while True:
+            with self._io, self.conn.cursor() as cur:
+                cur.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))",
+                            ("synap_backfill|" + "|".join(self.key),))
+                (held,) = cur.fetchone()
+                self.conn.commit()
+            if held:
+                if warned:
+                    log.info("partition %s: the other attempt ended; going on", self.label)
+                return
+            if time.monotonic() >= deadline:
+                raise PartitionBusy(
+                    f"partition {self.label}: another attempt of it still runs (it holds the"
+                    f" partition's lock in the ledger) after {wait_seconds:.0f}s of waiting;"
+                    " if no worker runs it, its database session is stale: end it with"
+                    " pg_terminate_backend")
+            if not warned:
+                log.warning("partition %s: another attempt of it is still running (a zombie"
+                            " worker?); waiting up to %.0f s for it to end", self.label,
+                            wait_seconds)
+                warned = True
+            time.sleep(1.0)
 
     def load(self) -> Checkpoint | None:
-        with self.conn.cursor() as cur:
-            cur.execute(f"SELECT position, report, finished, updated_at FROM {self.schema}.checkpoints"
+        with self._io, self.conn.cursor() as cur:
+            cur.execute(f"SELECT position, report, finished, sent_through FROM {self.schema}.checkpoints"
                         " WHERE dag_id = %s AND run_id = %s AND window_key = %s", self.key)
             row = cur.fetchone()
-        self.conn.commit()
+            self.conn.commit()
         if row is None:
             return None
-        position, report, finished, saved_at = row
-        return Checkpoint(_position(position), _json(report), finished, saved_at)
+        position, report, finished, sent_through = row
+        return Checkpoint(_position(position), _json(report), finished, sent_through)
 
     def save(self, position: Position | None, report: dict[str, Any],
-             rejects: Iterable[tuple[str, str, str]], *, finished: bool = False) -> datetime:
+             rejects: Iterable[tuple[str, str, str]], *, finished: bool = False) -> None:
         """Record an acknowledged position, the counts up to it and its rejected rows, atomically."""
-        with self.conn.cursor() as cur:
-            rejects = list(rejects)
+        rejects = list(rejects)
+        with self._io, self.conn.cursor() as cur:
             if rejects:
                 cur.executemany(
                     f"INSERT INTO {self.schema}.rejected_rows (dag_id, run_id, window_key, partition,"
@@ -104,25 +178,52 @@ class Ledger:
                 f"INSERT INTO {self.schema}.checkpoints (dag_id, run_id, window_key, partition,"
                 " position, report, finished, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, now())"
                 " ON CONFLICT (dag_id, run_id, window_key) DO UPDATE SET position = EXCLUDED.position,"
-                " report = EXCLUDED.report, finished = EXCLUDED.finished, updated_at = now()"
-                " RETURNING updated_at",
+                " report = EXCLUDED.report, finished = EXCLUDED.finished, updated_at = now()",
                 (*self.key, self.label, json.dumps(_position_json(position)), json.dumps(report),
                  finished))
-            (saved_at,) = cur.fetchone()
-        self.conn.commit()
-        return saved_at
+            self.conn.commit()
+
+    def mark_sent(self, rows_through: int) -> None:
+        """Before a batch goes on the wire: this run has sent the window's rows up to that one."""
+        with self._io, self.conn.cursor() as cur:
+            cur.execute(f"UPDATE {self.schema}.checkpoints SET sent_through = greatest(sent_through, %s)"
+                        " WHERE dag_id = %s AND run_id = %s AND window_key = %s",
+                        (rows_through, *self.key))
+            self.conn.commit()
 
     def reset(self) -> None:
-        """Forget this partition's checkpoint and rejects: the next attempt starts from scratch."""
-        with self.conn.cursor() as cur:
-            for table in ("checkpoints", "rejected_rows"):
-                cur.execute(f"DELETE FROM {self.schema}.{table}"
-                            " WHERE dag_id = %s AND run_id = %s AND window_key = %s", self.key)
-        self.conn.commit()
+        """Forget this partition's position, counts and rejects; keep what was sent.
+
+        The next attempt starts from the first row, and documents an earlier
+        attempt of this run sent still count as this run's when they come back
+        as duplicates.
+        """
+        with self._io, self.conn.cursor() as cur:
+            cur.execute(f"DELETE FROM {self.schema}.rejected_rows"
+                        " WHERE dag_id = %s AND run_id = %s AND window_key = %s", self.key)
+            cur.execute(f"UPDATE {self.schema}.checkpoints SET position = NULL, report = '{{}}',"
+                        " finished = false, updated_at = now()"
+                        " WHERE dag_id = %s AND run_id = %s AND window_key = %s", self.key)
+            self.conn.commit()
+
+    def copies(self, start: datetime, end: datetime) -> dict[str, datetime]:
+        """Turns copied at different timestamps with a copy in ``[start, end)``: id → earliest copy."""
+        dag_id, run_id, _ = self.key
+        with self._io, self.conn.cursor() as cur:
+            cur.execute(f"SELECT document_id, first_at FROM {self.schema}.source_copies"
+                        " WHERE dag_id = %s AND run_id = %s AND first_at < %s AND last_at >= %s",
+                        (dag_id, run_id, end, start))
+            found = {doc_id: _utc(first) for doc_id, first in cur.fetchall()}
+            self.conn.commit()
+        return found
 
 
 def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
 def _position_json(position: Position | None) -> Any:

@@ -22,11 +22,11 @@ idle. The shared row gives the whole rate to whatever is running.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any, Protocol
 
 from .ledger import ensure_tables
+from .sending import wait_logged
 from .source import quote_identifier
 
 
@@ -55,15 +55,18 @@ class SharedPacer:
     :param target: What the limit applies to, e.g. the base URL and instance id.
         Never the API key.
     :param requests_per_minute: The rate to keep to, for all partitions together.
+    :param label: The partition, for log lines about long waits.
     """
 
-    def __init__(self, conn: Any, schema: str, target: str, requests_per_minute: float) -> None:
+    def __init__(self, conn: Any, schema: str, target: str, requests_per_minute: float,
+                 label: str = "") -> None:
         if requests_per_minute <= 0:
             raise ValueError("requests_per_minute must be positive (0 means: use Unpaced)")
         self.conn = conn
         self.table = f"{quote_identifier(schema)}.pacing"
         self.schema = schema
         self.target = target
+        self.label = label
         self.interval = 60.0 / requests_per_minute
         self.waited = 0.0  # seconds this partition's requests spent waiting for slots, summed
         self.slots = 0
@@ -92,14 +95,15 @@ class SharedPacer:
             self.slots += 1
             if wait > 0:
                 self.waited += wait
-                await asyncio.sleep(wait)
+                await wait_logged(wait, f"the next free slot of the shared pacing schedule of"
+                                  f" {self.target} (held back by a 429, or busy)", self.label)
             held = self._held_until - time.monotonic()
             if held <= 0:
                 return
             # A 429 came back while this slot was waiting: the slot predates the
             # hold, so wait the hold out and take a new one.
             self.waited += held
-            await asyncio.sleep(held)
+            await wait_logged(held, "a 429's hold on the shared pacing schedule", self.label)
 
     def hold(self, seconds: float) -> None:
         """Nobody sends to this target for ``seconds`` (the server said so)."""

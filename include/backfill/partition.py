@@ -13,11 +13,17 @@ last row and the counts up to it go to the ledger (when there is one). Counts
 are never taken ahead of an answer: a batch carries the rows read and
 rejected up to its cut, and they join the report when its answer is applied.
 
-A new attempt of the same partition in the same DAG run starts after the
-checkpoint with its counts, so a killed worker costs at most the batches in
-flight; those are sent again, and their documents that had landed count as
-this run's. A source connection lost mid-read is reopened the same way, after
-the batches already sent are applied.
+Before a batch goes on the wire, the ledger records how far into the window
+(in rows, in read order) this run has sent (write-ahead). A later attempt of
+the same partition in the same DAG run starts after the checkpoint with its
+counts; the documents it sends again up to that mark may have been stored by
+the attempt that stopped, so their duplicates count as this run's ingests.
+Every other duplicate is earlier work. No server clock is involved.
+
+An attempt holds the partition's lock in the ledger, so a zombie and its retry
+never send at once. A partition whose documents Synap refuses wholesale (the
+first ``WHOLESALE_REFUSAL`` all refused for one reason, none accepted) stops
+instead of sending the rest.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Awaitable, Callable, Iterable
@@ -35,10 +41,10 @@ from maximem_synap import (BatchCreateResponse, CreateMemoryRequest, RateLimitEr
 
 from .accounting import PartitionReport
 from .documents import Rejected, build_document
-from .ledger import Ledger
+from .ledger import Ledger, PartitionBusy
 from .pacing import Pacer, Unpaced
-from .results import DEFAULT_DUPLICATE_PATTERN, classify_batch
-from .sending import Delivery, GaveUp, RetryPolicy, deliver, is_plan_stop
+from .results import DEFAULT_DUPLICATE_PATTERN, SERVER_PREFIX, classify_batch
+from .sending import Delivery, GaveUp, RetryPolicy, deliver, is_plan_stop, wait_logged
 from .source import Position, SourceRow
 
 log = logging.getLogger("synap_backfill")
@@ -46,6 +52,7 @@ log = logging.getLogger("synap_backfill")
 Submit = Callable[[list[CreateMemoryRequest]], Awaitable[BatchCreateResponse]]
 Read = Callable[[Position | None], Iterable[SourceRow]]
 RejectRow = tuple[str, str, str]  # row key, ctid, reason
+WHOLESALE_REFUSAL = 100  # documents refused for one reason, none accepted: stop the partition
 
 
 class PartitionFailed(RuntimeError):
@@ -66,15 +73,16 @@ class PartitionSettings:
     mode: str = "long-range"
     duplicate_pattern: str = DEFAULT_DUPLICATE_PATTERN
     max_chars: int | None = None
-    isolation: str | None = None
+    isolation: str | None = None  # the instance's user_context_isolation (None: not reported)
+    copies: dict[str, datetime] = field(default_factory=dict)  # turns at several timestamps
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    run_started: datetime | None = None  # tells copies in the source from earlier runs' work
     read_attempts: int = 5
     read_errors: tuple[type[BaseException], ...] = ()  # what a lost source connection raises
     max_in_flight: int = 4  # batches sent and not yet answered
     pacer: Pacer = field(default_factory=Unpaced)
     expected_rows: int | None = None  # the planner's estimate, for progress lines
     progress_every: float = 30.0  # seconds between progress lines
+    lock_wait: float = 600.0  # seconds to wait for another attempt of the partition to end
 
 
 async def run_partition_rows(read: Read, submit: Submit | None, report: PartitionReport,
@@ -85,20 +93,29 @@ async def run_partition_rows(read: Read, submit: Submit | None, report: Partitio
     report.started_at = time.time()
     if ledger is not None:
         ledger.ensure_tables()
+        try:
+            ledger.lock(settings.lock_wait)
+        except PartitionBusy as exc:
+            raise PartitionFailed(str(exc)) from None
+        checkpoint = ledger.load()
+        if checkpoint is not None:
+            state.sent_before = checkpoint.sent_through
         if restart:
             ledger.reset()
-        checkpoint = None if restart else ledger.load()
-        if checkpoint is not None:
-            state.resume(checkpoint.position, checkpoint.report, checkpoint.saved_at)
+        if checkpoint is not None and checkpoint.report and not restart:
+            state.resume(checkpoint.position, checkpoint.report)
             if checkpoint.finished:
                 log.info("partition %s already finished in this run; nothing to do", report.label)
                 return report
             log.info("partition %s resumes after its checkpoint: %d rows already accounted for",
                      report.label, report.rows_read)
         else:
-            state.saved_at = ledger.save(None, report.to_xcom(), [])  # marks this attempt's start
+            ledger.save(None, report.to_xcom(), [])  # marks this attempt's start
+        if state.sent_before:
+            log.info("partition %s: this run had sent its first %d rows before; their duplicates"
+                     " count as this run's", report.label, state.sent_before)
 
-    paced = _paced(submit, settings.pacer) if submit is not None else None
+    paced = _paced(submit, settings.pacer, settings.retry.max_wait) if submit is not None else None
     failures = 0
     while True:
         try:
@@ -112,11 +129,12 @@ async def run_partition_rows(read: Read, submit: Submit | None, report: Partitio
             log.warning("partition %s: source read failed (%s); reopening and resuming after the"
                         " last checkpoint (%d/%d)", report.label, type(exc).__name__, failures,
                         settings.read_attempts)
-            await asyncio.sleep(min(2 ** failures, 30))
+            await wait_logged(min(2 ** failures, 30), "reopening the source connection",
+                              report.label)
 
 
-def _paced(submit: Submit, pacer: Pacer) -> Submit:
-    """Every attempt takes a slot of the shared schedule; a 429 holds the schedule back."""
+def _paced(submit: Submit, pacer: Pacer, max_wait: float) -> Submit:
+    """Every attempt takes a slot of the shared schedule; a 429 holds it back, at most ``max_wait``."""
 
     async def paced(documents: list[CreateMemoryRequest]) -> BatchCreateResponse:
         await pacer.acquire()
@@ -124,7 +142,7 @@ def _paced(submit: Submit, pacer: Pacer) -> Submit:
             return await submit(documents)
         except RateLimitError as exc:
             if exc.retry_after_seconds and not is_plan_stop(exc):
-                pacer.hold(float(exc.retry_after_seconds))
+                pacer.hold(min(float(exc.retry_after_seconds), max_wait))
             raise
     return paced
 
@@ -136,30 +154,20 @@ class _State:
     report: PartitionReport
     settings: PartitionSettings
     position: Position | None = None
-    saved_at: datetime | None = None
-    resend_since: datetime | None = None  # batches sent first after a resume may repeat landed ones
-    resend_left: int = 0
+    sent_before: int = 0  # rows of the window an earlier attempt of this run had sent
+    refused: Counter[str] = field(default_factory=Counter)  # server refusals, this attempt
     started: float = field(default_factory=time.monotonic)
     base_seconds: float = 0.0
 
-    def resume(self, position: Position | None, counts: dict, saved_at: datetime) -> None:
-        self.position, self.saved_at = position, saved_at
-        # The attempt that stopped may have had this many batches in flight.
-        self.resend_since, self.resend_left = saved_at, self.settings.max_in_flight
+    def resume(self, position: Position | None, counts: dict) -> None:
+        self.position = position
         restored = PartitionReport.from_xcom(counts)
-        for name in ("rows_read", "ingested", "duplicates", "rejected", "not_sent", "batches",
-                     "finished_at"):
+        for name in ("rows_read", "ingested", "duplicates", "rejected", "not_sent",
+                     "ingested_on_resend", "batches", "finished_at"):
             setattr(self.report, name, getattr(restored, name))
         self.report.started_at = restored.started_at or self.report.started_at
         self.base_seconds = restored.seconds
         self.started = time.monotonic()
-
-    def stored_since(self) -> datetime | None:
-        """For the next batch sent: since when its documents may have landed unacknowledged."""
-        if self.resend_left <= 0:
-            return None
-        self.resend_left -= 1
-        return self.resend_since
 
     def elapsed(self) -> float:
         return self.base_seconds + time.monotonic() - self.started
@@ -167,13 +175,14 @@ class _State:
 
 @dataclass
 class _Cut:
-    """A batch as read: its documents, and the rows read and rejected since the previous cut."""
+    """A batch as read: its documents (with each row's ordinal in the window), and the rows
+    read and rejected since the previous cut."""
 
-    documents: list[tuple[CreateMemoryRequest, SourceRow]]
+    documents: list[tuple[CreateMemoryRequest, SourceRow, int]]
     rows_read: int
     rejects: list[RejectRow]
     position: Position | None
-    stored_since: datetime | None
+    rows_through: int  # ordinal of the last row read into this cut
     finished: bool = False
     sending: asyncio.Task[Delivery] | None = None
 
@@ -190,31 +199,32 @@ class _Pipeline:
 
     async def run(self, read: Read) -> None:
         settings, state = self.settings, self.state
-        batch: list[tuple[CreateMemoryRequest, SourceRow]] = []
+        batch: list[tuple[CreateMemoryRequest, SourceRow, int]] = []
         rejects: list[RejectRow] = []
         rows = 0
+        ordinal = state.report.rows_read  # rows of the window before this pass, in read order
         position = state.position
         try:
             try:
                 for row in read(state.position):
                     rows += 1
+                    ordinal += 1
                     position = row.position
                     document = build_document(row, settings.mode, max_chars=settings.max_chars,
-                                              isolation=settings.isolation)
+                                              isolation=settings.isolation, copies=settings.copies)
                     if isinstance(document, Rejected):
                         rejects.append((row.key, row.ctid, document.reason))
                         continue
-                    batch.append((document, row))
+                    batch.append((document, row, ordinal))
                     if len(batch) >= settings.batch_size:
-                        await self._cut(_Cut(batch, rows, rejects, position, state.stored_since()))
+                        await self._cut(_Cut(batch, rows, rejects, position, ordinal))
                         batch, rejects, rows = [], [], 0
             except settings.read_errors:
                 # What was sent before the connection went is still applied, so the
                 # next pass starts after it.
                 await self._drain()
                 raise
-            await self._cut(_Cut(batch, rows, rejects, position,
-                                 state.stored_since() if batch else None, finished=True))
+            await self._cut(_Cut(batch, rows, rejects, position, ordinal, finished=True))
             await self._drain()
         finally:
             for cut in self.pending:  # only after a failure: stop what is still on the wire
@@ -227,7 +237,7 @@ class _Pipeline:
                                 or self.pending[0].sending is None or self.pending[0].sending.done()):
             await self._apply(self.pending.popleft())
         if cut.documents and self.submit is not None:
-            cut.sending = asyncio.create_task(self._deliver([d for d, _ in cut.documents]))
+            cut.sending = asyncio.create_task(self._deliver(cut))
         self.pending.append(cut)
         await asyncio.sleep(0)  # let the new batch start on the wire before reading on
 
@@ -235,9 +245,12 @@ class _Pipeline:
         while self.pending:
             await self._apply(self.pending.popleft())
 
-    async def _deliver(self, documents: list[CreateMemoryRequest]) -> Delivery:
+    async def _deliver(self, cut: _Cut) -> Delivery:
         assert self.submit is not None
-        return await deliver(documents, self.submit, self.settings.retry, label=self.state.report.label)
+        if self.ledger is not None:  # write-ahead: recorded as sent before it can land
+            await asyncio.to_thread(self.ledger.mark_sent, cut.rows_through)
+        return await deliver([d for d, _, _ in cut.documents], self.submit, self.settings.retry,
+                             label=self.state.report.label)
 
     async def _apply(self, cut: _Cut) -> None:
         """Count a cut's rows and answers into the report, then checkpoint after its last row."""
@@ -272,37 +285,60 @@ class _Pipeline:
         if self.ledger is not None and (cut.documents or rejects or cut.finished):
             # In a thread: the commit waits for the ledger's disk, and the batches
             # in flight must not wait with it. Saves stay in order: one at a time.
-            state.saved_at = await asyncio.to_thread(self.ledger.save, cut.position,
-                                                     report.to_xcom(), rejects,
-                                                     finished=cut.finished)
+            await asyncio.to_thread(self.ledger.save, cut.position, report.to_xcom(), rejects,
+                                    finished=cut.finished)
         if cut.documents:
             log.debug("partition %s: batch %d done; so far read %d, ingested %d, duplicates %d,"
                       " rejected %d", report.label, report.batches, report.rows_read,
                       report.ingested, report.duplicates, report.rejected_total)
         self._progress(cut.finished)
+        if delivery is not None:
+            await self._stop_if_refused_wholesale()
 
     def _count(self, cut: _Cut, delivery: Delivery) -> list[RejectRow]:
-        report, settings = self.state.report, self.settings
+        state, report, settings = self.state, self.state.report, self.settings
         rows_by_id: dict[str, list[SourceRow]] = defaultdict(list)
-        for document, row in cut.documents:
+        sent_before: set[str] = set()  # sent by an attempt of this run that stopped
+        for document, row, ordinal in cut.documents:
             rows_by_id[document.document_id].append(row)
+            if ordinal <= state.sent_before:
+                sent_before.add(document.document_id)
         rejects: list[RejectRow] = []
         recovered = 0
         for sent in delivery.sent:
-            outcome = classify_batch([d.document_id for d in sent.documents], sent.response.results,
-                                     settings.duplicate_pattern,
-                                     stored_since=sent.unknown_since or cut.stored_since,
-                                     run_started=settings.run_started)
+            ids = [d.document_id for d in sent.documents]
+            outcome = classify_batch(ids, sent.response.results, settings.duplicate_pattern,
+                                     ours=set(ids) if sent.resent_unknown else sent_before)
             report.add(outcome)
             recovered += outcome.recovered
+            state.refused.update({r: n for r, n in outcome.rejected.items()
+                                  if r.startswith(SERVER_PREFIX)})
             rejects += [_reject_row(rows_by_id, doc_id, reason) for doc_id, reason in outcome.rejected_ids]
         for document, reason in delivery.refused:
             report.reject(reason)
+            state.refused[reason] += 1
             rejects.append(_reject_row(rows_by_id, document.document_id, reason))
         if recovered:
-            log.info("partition %s: %d documents of a resent batch had landed before; counted as"
-                     " stored by this run", report.label, recovered)
+            log.info("partition %s: %d documents sent again had been stored by this run's earlier"
+                     " send; counted as ingested by this run", report.label, recovered)
         return rejects
+
+    async def _stop_if_refused_wholesale(self) -> None:
+        """Synap refused every document so far for one reason: sending the rest would not help."""
+        state, report = self.state, self.state.report
+        refused = sum(state.refused.values())
+        if refused < WHOLESALE_REFUSAL or len(state.refused) != 1 or report.ingested or report.duplicates:
+            return
+        (reason,) = state.refused
+        if self.ledger is not None:
+            # Nothing of this partition reached Synap: a retry after the fix starts
+            # from its first row (the sent mark stays).
+            await asyncio.to_thread(self.ledger.reset)
+        raise PartitionFailed(
+            f"partition {report.label}: Synap refused all {refused} documents sent so far for one"
+            f" reason ({reason}); stopped without sending the rest. Fix the cause (scope, mode,"
+            " plan), then clear this partition: it starts again from its first row",
+            permanent=True)
 
     def _progress(self, finished: bool) -> None:
         """A line every ``progress_every`` seconds: how far, how fast, how long still."""

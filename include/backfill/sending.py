@@ -1,19 +1,24 @@
 """Getting one batch accepted: bounded retries, honest waits, safe resubmission.
 
 The SDK's own retries are switched off (see ``SynapHook``): they cap a 429's
-``Retry-After`` at 10 s and make three attempts, and they never retry a POST
-whose outcome is unknown. Here:
+``Retry-After`` at 10 s and make three attempts, they never retry a POST
+whose outcome is unknown, and they never wait for a new instance. Here:
 
-* a 429 waits its full ``Retry-After`` (bounded by ``max_wait``);
+* a 429 waits its ``Retry-After``, at most ``max_wait`` (then tries again);
+* a new instance still being built (``InstanceNotReadyError``, a 409 with
+  ``Retry-After``; the SDK says 15 to 20 minutes) is waited for, up to
+  ``not_ready_max_wait`` in all, without spending attempts;
 * a 5xx, a refused or dropped connection, or a timeout is retried with
   exponential backoff, up to ``max_attempts``, then the partition fails with a
   message that says what happened;
-* a batch whose outcome is unknown (timed out, or the connection dropped
-  mid-request) is sent again as it was: the stable document ids make that
-  safe, and the documents the lost attempt did store come back as duplicates,
-  which the caller counts as stored by this run (``Sent.unknown_since``);
+* a batch whose outcome is unknown (no answer came back: a timeout, a
+  connection dropped or reset mid-request) is sent again as it was: the
+  stable document ids make that safe, and ``Sent.resent_unknown`` tells the
+  caller that duplicates in its answer may be this run's own writes;
 * a batch refused whole as invalid (400/422) is split in halves until the
   documents that cause it are isolated and rejected alone; the rest are sent.
+
+Every wait longer than ``LONG_WAIT`` seconds is logged with its cause and end.
 """
 
 from __future__ import annotations
@@ -22,11 +27,12 @@ import asyncio
 import logging
 import random
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Awaitable, Callable
 
-from maximem_synap import (BatchCreateResponse, CreateMemoryRequest, InvalidInputError,
-                           NetworkTimeoutError, RateLimitError, SynapTransientError)
+from maximem_synap import (BatchCreateResponse, CreateMemoryRequest, InstanceNotReadyError,
+                           InvalidInputError, NetworkTimeoutError, RateLimitError,
+                           ServiceUnavailableError, SynapTransientError)
 
 log = logging.getLogger("synap_backfill")
 
@@ -42,7 +48,8 @@ class RetryPolicy:
     max_attempts: int = 8
     backoff_base: float = 1.0
     backoff_max: float = 60.0
-    max_wait: float = 600.0  # the longest Retry-After honoured
+    max_wait: float = 600.0  # the longest a 429's Retry-After is waited at once
+    not_ready_max_wait: float = 1800.0  # the longest a new instance is waited for, in all
 
     def backoff(self, attempt: int) -> float:
         delay = min(self.backoff_base * 2 ** (attempt - 1), self.backoff_max)
@@ -55,7 +62,7 @@ class Sent:
 
     documents: list[CreateMemoryRequest]
     response: BatchCreateResponse
-    unknown_since: datetime | None = None  # first send of an attempt that may have landed
+    resent_unknown: bool = False  # an earlier attempt got no answer: it may have stored them
 
 
 @dataclass
@@ -91,36 +98,73 @@ async def deliver(documents: list[CreateMemoryRequest], submit: RawSubmit, polic
 
 async def _send(docs: list[CreateMemoryRequest], submit: RawSubmit, policy: RetryPolicy,
                 delivery: Delivery, label: str, sleep: Callable[[float], Awaitable[Any]]) -> Sent:
-    unknown_since: datetime | None = None
-    for attempt in range(1, policy.max_attempts + 1):
-        started = datetime.now(timezone.utc)
+    unknown = False
+    attempt = 0
+    waited_not_ready = 0.0
+    while True:
+        attempt += 1
         try:
-            return Sent(docs, await submit(docs), unknown_since)
+            return Sent(docs, await submit(docs), unknown)
+        except InstanceNotReadyError as exc:
+            # Nothing was recorded, and waiting is the cure: not an attempt.
+            attempt -= 1
+            wait = float(exc.retry_after_seconds or 30)
+            if waited_not_ready + wait > policy.not_ready_max_wait:
+                raise GaveUp(f"the Synap instance was still not ready after"
+                             f" {waited_not_ready:.0f}s (not_ready_max_wait"
+                             f" {policy.not_ready_max_wait:.0f}s)") from exc
+            waited_not_ready += wait
+            await wait_logged(wait, "the Synap instance is still being built (HTTP 409"
+                              " instance_not_ready)", label, sleep)
+            continue
         except RateLimitError as exc:
             if is_plan_stop(exc):
                 raise
             delivery.rate_limited += 1
-            wait = float(exc.retry_after_seconds) if exc.retry_after_seconds else policy.backoff(attempt)
-            if wait > policy.max_wait:
-                raise GaveUp(f"Retry-After of {wait:.0f}s is beyond the {policy.max_wait:.0f}s "
-                             "this backfill waits") from exc
-            error: Exception = exc
-        except NetworkTimeoutError as exc:
-            # A timeout or a connection lost mid-request: the batch may have been
-            # stored. Remember when, so its duplicates count as this run's.
-            if "Connection failed" not in str(exc):
-                unknown_since = unknown_since or started
-            wait, error = policy.backoff(attempt), exc
+            asked = float(exc.retry_after_seconds) if exc.retry_after_seconds else policy.backoff(attempt)
+            wait, error = min(asked, policy.max_wait), exc
+            cause = (f"rate limited (HTTP 429, Retry-After {asked:.0f}s"
+                     + (f", capped at max_wait {policy.max_wait:.0f}s)" if asked > wait else ")"))
         except SynapTransientError as exc:
+            unknown = unknown or outcome_unknown(exc)
             wait, error = policy.backoff(attempt), exc
-        if attempt == policy.max_attempts:
+            cause = f"{type(exc).__name__}, retry {attempt}/{policy.max_attempts - 1}"
+        if attempt >= policy.max_attempts:
             raise GaveUp(f"gave up after {attempt} attempts: {type(error).__name__}: "
                          f"{_first_line(error)}") from error
         delivery.retries += 1
         log.warning("partition %s: batch of %d not accepted (attempt %d/%d, %s); retrying in %.1fs",
                     label, len(docs), attempt, policy.max_attempts, type(error).__name__, wait)
-        await sleep(wait)
-    raise AssertionError("unreachable")
+        await wait_logged(wait, cause, label, sleep)
+
+
+def outcome_unknown(exc: SynapTransientError) -> bool:
+    """No answer came back, so the server may have stored the batch.
+
+    A 429 or 5xx is an answer (the SDK's transport treats both as refusals
+    before processing), and "Connection failed" never reached the server.
+    Anything else (a timeout, a connection closed or reset while the answer
+    was awaited, which the SDK raises as ``SynapTransientError("Unexpected
+    error ...")``) leaves the outcome open.
+    """
+    if isinstance(exc, (RateLimitError, ServiceUnavailableError)):
+        return False
+    return not (isinstance(exc, NetworkTimeoutError) and str(exc).startswith("Connection failed"))
+
+
+LONG_WAIT = 5.0  # seconds; a longer wait is logged with its cause and end
+
+
+async def wait_logged(seconds: float, cause: str, label: str,
+                      sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
+    """Sleep, saying why and until when if it is long enough to be noticed."""
+    if seconds >= LONG_WAIT:
+        until = datetime.now(timezone.utc) + timedelta(seconds=seconds)
+        log.warning("partition %s: waiting %.0f s, until %s UTC: %s", label, seconds,
+                    until.strftime("%H:%M:%S"), cause)
+    await sleep(seconds)
+    if seconds >= LONG_WAIT:
+        log.info("partition %s: done waiting %.0f s (%s)", label, seconds, cause)
 
 
 def is_plan_stop(exc: RateLimitError) -> bool:

@@ -22,6 +22,14 @@ updated; a table rewritten mid-backfill (``VACUUM FULL``) needs a restart.
 Texts are read as bytes (``textsend``) and decoded here, so a row holding
 invalid UTF-8 (possible in a ``SQL_ASCII`` database) is rejected alone
 instead of failing the whole fetch.
+
+Copies in the source (rows with the same ``conversation_id`` and
+``message_index``, which make the same document) are found here, on the read
+side: copies with the same timestamp sit next to each other in the window's
+order and all but the first are flagged by the query itself
+(``SourceRow.repeats_earlier``); copies at different timestamps may sit in
+different windows, so the planner lists them in one pass
+(``copies_at_different_times``) and each partition sends only the earliest.
 """
 
 from __future__ import annotations
@@ -52,6 +60,7 @@ class SourceRow:
     created_at: datetime | None
     ctid: str = ""
     invalid_text: bool = False  # a text column held bytes that are not UTF-8
+    repeats_earlier: bool = False  # an earlier row has the same timestamp, conversation and index
 
     @property
     def key(self) -> str:
@@ -82,13 +91,23 @@ def quoted_table(config: BackfillConfig) -> str:
 
 
 def _select(config: BackfillConfig, timed: bool) -> str:
+    """The row's fields, a copy flag and the order key (``k0``..``k3``), before the resume filter."""
     c = config.columns
     q = quote_identifier
+    customer = f"{q(c.customer_id)}::text" if c.customer_id else "NULL::text"
+    key = _order_key(config, timed)
+    # Rows equal on all but the last order key are copies of one turn at one time:
+    # the window function rides on the ORDER BY's sort, so it costs no extra pass.
+    repeats = (f"row_number() OVER (PARTITION BY {', '.join(key[:-1])} ORDER BY ctid) > 1"
+               if timed else "false")
+    names = ["k0", "k1", "k2", "k3"][-len(key):]
     return (
         f"SELECT {q(c.conversation_id)}::text, {q(c.message_index)}, {q(c.user_id)}::text,"
-        f" {q(c.customer_id)}::text, textsend({q(c.user_text)}::text),"
+        f" {customer}, textsend({q(c.user_text)}::text),"
         f" textsend({q(c.assistant_text)}::text),"
-        f" {q(c.created_at) + '::timestamptz' if timed else 'NULL::timestamptz'}, ctid::text"
+        f" {q(c.created_at) + '::timestamptz' if timed else 'NULL::timestamptz'}, ctid::text,"
+        f" {repeats} AS repeats_earlier,"
+        f" {', '.join(f'{k} AS {n}' for k, n in zip(key, names))}"
         f" FROM {quoted_table(config)}")
 
 
@@ -100,22 +119,54 @@ def _order_key(config: BackfillConfig, timed: bool) -> list[str]:
     return ([q(c.created_at)] if timed else []) + keys
 
 
+_FIELDS = ("conversation_id, message_index, user_id, customer_id, user_text, assistant_text,"
+           " created_at, ctid, repeats_earlier")
+
+
 def select_slice_sql(config: BackfillConfig, *, after: bool = False) -> str:
-    """The window query: half-open bounds, a total order; optionally after a position."""
+    """The window query: half-open bounds, a total order; optionally after a position.
+
+    The copy flag is computed over the whole window, before the resume filter,
+    so a resumed read flags the same rows as a first one.
+    """
     q = quote_identifier(config.columns.created_at)
-    key = _order_key(config, timed=True)
-    resume = (f" AND ({', '.join(key)}) > (%(a_ts)s, %(a_conv)s, %(a_idx)s, %(a_ctid)s::tid)"
-              if after else "")
-    return (f"{_select(config, timed=True)} WHERE {q} >= %(start)s AND {q} < %(end)s{resume}"
-            f" ORDER BY {', '.join(key)}")
+    resume = " WHERE (k0, k1, k2, k3) > (%(a_ts)s, %(a_conv)s, %(a_idx)s, %(a_ctid)s::tid)" if after else ""
+    return (f"SELECT {_FIELDS} FROM ({_select(config, timed=True)}"
+            f" WHERE {q} >= %(start)s AND {q} < %(end)s) AS w(conversation_id, message_index,"
+            f" user_id, customer_id, user_text, assistant_text, created_at, ctid, repeats_earlier,"
+            f" k0, k1, k2, k3){resume} ORDER BY k0, k1, k2, k3")
 
 
 def select_untimed_sql(config: BackfillConfig, *, after: bool = False) -> str:
     """Rows whose timestamp is NULL: they belong to no window."""
     q = quote_identifier(config.columns.created_at)
-    key = _order_key(config, timed=False)
-    resume = f" AND ({', '.join(key)}) > (%(a_conv)s, %(a_idx)s, %(a_ctid)s::tid)" if after else ""
-    return f"{_select(config, timed=False)} WHERE {q} IS NULL{resume} ORDER BY {', '.join(key)}"
+    resume = " WHERE (k1, k2, k3) > (%(a_conv)s, %(a_idx)s, %(a_ctid)s::tid)" if after else ""
+    return (f"SELECT {_FIELDS} FROM ({_select(config, timed=False)} WHERE {q} IS NULL)"
+            f" AS w(conversation_id, message_index, user_id, customer_id, user_text,"
+            f" assistant_text, created_at, ctid, repeats_earlier, k1, k2, k3){resume}"
+            f" ORDER BY k1, k2, k3")
+
+
+def copies_at_different_times(conn: Any, config: BackfillConfig, start: datetime, end: datetime
+                              ) -> list[tuple[str, datetime, datetime]]:
+    """Turns held by rows at different timestamps in ``[start, end)``: (document id, first, last).
+
+    One pass over the range (a hash or sorted aggregate), whatever the indexes.
+    """
+    c = config.columns
+    q = quote_identifier
+    col = q(c.created_at)
+    with conn.cursor() as cur:
+        cur.execute(
+            f"SELECT 'backfill:' || {q(c.conversation_id)}::text || ':' || {q(c.message_index)}::text,"
+            f" min({col})::timestamptz, max({col})::timestamptz FROM {quoted_table(config)}"
+            f" WHERE {col} >= %(start)s AND {col} < %(end)s AND {q(c.conversation_id)} IS NOT NULL"
+            f" AND {q(c.message_index)} IS NOT NULL"
+            f" GROUP BY {q(c.conversation_id)}::text, {q(c.message_index)}::text"
+            f" HAVING min({col}) < max({col})", {"start": start, "end": end})
+        found = [(doc_id, _as_utc(first), _as_utc(last)) for doc_id, first, last in cur.fetchall()]
+    conn.commit()
+    return found
 
 
 def set_session_timezone(conn: Any, tz: str) -> None:
@@ -188,12 +239,12 @@ def read_window(conn: Any, config: BackfillConfig, window: Window | None,
             chunk = cur.fetchmany(config.fetch_size)
             if not chunk:
                 break
-            for conv, index, user, customer, user_raw, assistant_raw, created, ctid in chunk:
+            for conv, index, user, customer, user_raw, assistant_raw, created, ctid, repeats in chunk:
                 user_text, user_ok = _text(user_raw)
                 assistant_text, assistant_ok = _text(assistant_raw)
                 yield SourceRow(_str(conv), index, _str(user), _str(customer), user_text,
                                 assistant_text, _as_utc(created), _str(ctid),
-                                not (user_ok and assistant_ok))
+                                not (user_ok and assistant_ok), bool(repeats))
     conn.commit()
 
 

@@ -10,17 +10,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from contextlib import AsyncExitStack, closing
-from datetime import datetime
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from .accounting import PartitionReport, summarize, window_key
 from .config import BackfillConfig, config_from_params
-from .ledger import Ledger
+from .documents import B2B_ISOLATION, B2C_ISOLATION
+from .ledger import Ledger, ensure_tables, save_copies
 from .pacing import SharedPacer
 from .partition import PartitionFailed, PartitionSettings, run_partition_rows
 from .results import DEFAULT_DUPLICATE_PATTERN
 from .sending import RetryPolicy
-from .source import read_window, split_points, table_range, window_counts
+from .source import (copies_at_different_times, read_window, split_points, table_range,
+                     window_counts)
 from .windows import Window, covering_range, plan_windows, size_by_rows
 
 log = logging.getLogger("synap_backfill")
@@ -37,12 +38,15 @@ def resolve_config(params: Mapping[str, Any]) -> dict[str, Any]:
     return config.to_dict()
 
 
-def plan_partitions(config_dict: Mapping[str, Any]) -> list[dict[str, Any]]:
+def plan_partitions(config_dict: Mapping[str, Any], *, dag_id: str = "synap_backfill",
+                    run_id: str = "manual") -> list[dict[str, Any]]:
     """Window bounds for the mapped partitions: small dicts, never rows.
 
     With no start and end, the range is the table's own (first to last
     timestamp, laid on the window grid), and rows with a NULL timestamp get a
     partition of their own that rejects them with a reason, so none is lost.
+    Turns the source holds at several timestamps go to the ledger (one pass),
+    so each partition sends only the earliest copy.
     """
     from airflow.providers.postgres.hooks.postgres import PostgresHook
 
@@ -59,8 +63,17 @@ def plan_partitions(config_dict: Mapping[str, Any]) -> list[dict[str, Any]]:
             untimed = extent.rows_without_timestamp
             start, end = (None, None) if extent.first is None else covering_range(
                 extent.first, extent.last, config.window_size, config.partition_timezone)
+        copies = copies_at_different_times(conn, config, start, end) if start is not None else []
         if start is not None:
             planned = _fit_to_rows(conn, config, start, end)
+    ledger_hook = PostgresHook(postgres_conn_id=config.ledger_conn_id or config.postgres_conn_id)
+    with closing(ledger_hook.get_conn()) as ledger_conn:
+        ensure_tables(ledger_conn, config.ledger_schema)
+        save_copies(ledger_conn, config.ledger_schema, dag_id, run_id, copies)
+    if copies:
+        log.info("%d turns (conversation_id, message_index) are held by several rows at different"
+                 " times: the earliest row of each is sent, the others are rejected as copies",
+                 len(copies))
     if untimed:
         planned.append({"start": None, "end": None, "label": UNTIMED_LABEL, "rows": untimed})
     if config.sample_partitions and config.sample_partitions < len(planned):
@@ -106,8 +119,7 @@ def _fit_to_rows(conn: Any, config: BackfillConfig, start: Any, end: Any) -> lis
 
 
 def run_partition(config_dict: Mapping[str, Any], window_dict: Mapping[str, Any], *,
-                  dag_id: str = "synap_backfill", run_id: str = "manual",
-                  run_started: datetime | None = None) -> dict[str, Any]:
+                  dag_id: str = "synap_backfill", run_id: str = "manual") -> dict[str, Any]:
     """Backfill one window; return its counts for XCom. Safe to retry: it resumes."""
     from airflow.providers.postgres.hooks.postgres import PostgresHook
     from synap_provider.hooks import SynapHook
@@ -125,29 +137,33 @@ def run_partition(config_dict: Mapping[str, Any], window_dict: Mapping[str, Any]
 
     settings = PartitionSettings(
         batch_size=config.batch_size, mode=config.mode, max_chars=config.max_document_chars,
-        run_started=run_started, read_errors=_connection_errors(),
-        expected_rows=window_dict.get("rows"))
+        read_errors=_connection_errors(), expected_rows=window_dict.get("rows"))
 
     ledger_hook = PostgresHook(postgres_conn_id=config.ledger_conn_id or config.postgres_conn_id)
 
-    async def run(ledger: Ledger | None) -> None:
+    async def run(ledger: Ledger) -> None:
+        ledger.ensure_tables()
+        if window is not None:
+            settings.copies = ledger.copies(window.start, window.end)
         if config.dry_run:
             await run_partition_rows(read, None, report, settings)
             return
         s = synap.settings
         settings.duplicate_pattern = synap.duplicate_pattern or DEFAULT_DUPLICATE_PATTERN
         settings.retry = RetryPolicy(max_attempts=s["max_attempts"], backoff_max=s["backoff_max"],
-                                     max_wait=s["max_wait"])
+                                     max_wait=s["max_wait"],
+                                     not_ready_max_wait=s["not_ready_max_wait"])
         settings.max_in_flight = s["max_in_flight"]
         async with synap.session() as sdk, AsyncExitStack() as stack:
-            settings.isolation = getattr(sdk, "_user_context_isolation", None)
+            settings.isolation = SynapHook.user_context_isolation(sdk)
+            _log_scope(settings.isolation, config.columns.customer_id)
             if s["requests_per_minute"] > 0:
                 # The limit is the instance's: every partition sending there shares one
                 # schedule. Its own connection: checkpoints commit from another thread.
                 target = f"{s['base_url'] or 'hosted'} {getattr(sdk, 'instance_id', None) or ''}"
                 pacing_conn = stack.enter_context(closing(ledger_hook.get_conn()))
                 pacer = SharedPacer(pacing_conn, config.ledger_schema, target.strip(),
-                                    s["requests_per_minute"])
+                                    s["requests_per_minute"], label=report.label)
                 pacer.ensure_table()
                 settings.pacer = pacer
 
@@ -158,14 +174,11 @@ def run_partition(config_dict: Mapping[str, Any], window_dict: Mapping[str, Any]
                                      restart=config.restart_partitions)
 
     try:
-        if config.dry_run:
-            asyncio.run(run(None))
-        else:
-            with closing(ledger_hook.get_conn()) as ledger_conn:
-                ledger = Ledger(ledger_conn, config.ledger_schema, dag_id, run_id,
-                                window_key(window_dict.get("start"), window_dict.get("end")),
-                                report.label)
-                asyncio.run(run(ledger))
+        with closing(ledger_hook.get_conn()) as ledger_conn:
+            ledger = Ledger(ledger_conn, config.ledger_schema, dag_id, run_id,
+                            window_key(window_dict.get("start"), window_dict.get("end")),
+                            report.label)
+            asyncio.run(run(ledger))
     except PartitionFailed as exc:
         if exc.permanent:
             from airflow.sdk.exceptions import AirflowFailException
@@ -182,6 +195,20 @@ def run_partition(config_dict: Mapping[str, Any], window_dict: Mapping[str, Any]
              f"; a request waited {pacer.waited / slots:.2f} s on average for its pacing slot"
              if slots else "")
     return report.to_xcom()
+
+
+def _log_scope(isolation: str | None, customer_column: str) -> None:
+    """Say once how the instance's isolation shapes the documents' scope."""
+    if isolation == B2C_ISOLATION:
+        log.info("the Synap instance is B2C (user_context_isolation=%r): documents carry user_id"
+                 " only%s", isolation,
+                 f"; column {customer_column} is not sent" if customer_column else "")
+    elif isolation == B2B_ISOLATION:
+        log.info("the Synap instance is B2B (user_context_isolation=%r): rows with a user and no"
+                 " customer are rejected before sending", isolation)
+    else:
+        log.info("the Synap instance does not report a known user_context_isolation (%r):"
+                 " documents carry user_id and customer_id as read, and Synap decides", isolation)
 
 
 def announce_complete(config_dict: Mapping[str, Any], summary: Mapping[str, Any]) -> None:
@@ -227,10 +254,11 @@ def summarize_run(windows: Iterable[Mapping[str, Any]] | None,
         # One slice request; iterating a lazy XCom sequence item by item ends
         # on a not-found lookup that Airflow logs as an error.
         reports = reports[:]
-    summary = summarize(windows, list(reports or []))
+    config = BackfillConfig.from_dict(config_dict) if config_dict else None
+    summary = summarize(windows, list(reports or []),
+                        config.max_rejected_share if config else 1.0)
     rejects_at = None
-    if config_dict and run_id and not config_dict.get("dry_run"):
-        config = BackfillConfig.from_dict(config_dict)
+    if config and run_id and not config.dry_run:
         rejects_at = (f"SELECT * FROM {config.ledger_schema}.rejected_rows WHERE run_id = '{run_id}'"
                       f" (connection {config.ledger_conn_id or config.postgres_conn_id})")
     log.info("backfill summary\n%s", summary.render(rejects_at))

@@ -30,8 +30,7 @@ _RUN: dict[str, Any] = {}
 
 
 def _partition(window: dict[str, Any]) -> dict[str, Any]:
-    report = run_partition(_RUN["config"], window, dag_id="synap_bench", run_id=_RUN["run_id"],
-                           run_started=_RUN["started"])
+    report = run_partition(_RUN["config"], window, dag_id="synap_bench", run_id=_RUN["run_id"])
     return {**report, "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
 
 
@@ -39,7 +38,7 @@ def run(params: dict[str, Any], workers: int) -> dict[str, Any]:
     started = datetime.now(timezone.utc)
     _RUN.update(config=resolve_config(params), started=started,
                 run_id=f"bench-{started.strftime('%Y%m%dT%H%M%S%f')}")
-    windows = plan_partitions(_RUN["config"])
+    windows = plan_partitions(_RUN["config"], dag_id="synap_bench", run_id=_RUN["run_id"])
     # A fresh process per partition, forked after the imports, like a task runner.
     with multiprocessing.get_context("fork").Pool(workers, maxtasksperchild=1) as pool:
         reports = pool.map(_partition, windows, chunksize=1)
@@ -70,8 +69,7 @@ def window(params: dict[str, Any], rows: int) -> dict[str, Any]:
     config = resolve_config(params)
     started = datetime.now(timezone.utc)
     report = run_partition(config, first_rows_window(config, rows), dag_id="synap_bench",
-                           run_id=f"bench-window-{started.strftime('%Y%m%dT%H%M%S%f')}",
-                           run_started=started)
+                           run_id=f"bench-window-{started.strftime('%Y%m%dT%H%M%S%f')}")
     return {key: report[key] for key in ("rows_read", "ingested", "duplicates", "rejected", "batches")}
 
 

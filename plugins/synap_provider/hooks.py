@@ -12,7 +12,11 @@ The connection (type ``synap``, default id ``synap_default``):
   - ``timeout_seconds``: read timeout of one request (default 30).
   - ``max_attempts``: attempts per batch before a partition fails (default 8).
   - ``backoff_max``: the longest pause between attempts, seconds (default 60).
-  - ``max_wait``: the longest ``Retry-After`` honoured, seconds (default 600).
+  - ``max_wait``: the longest a 429's ``Retry-After`` is waited at once, and
+    held on the shared pacing schedule, seconds (default 600).
+  - ``not_ready_max_wait``: the longest a new instance that is still being
+    built (HTTP 409 ``instance_not_ready``) is waited for, seconds (default
+    1800; the SDK says a build takes 15 to 20 minutes).
   - ``duplicate_pattern``: a regex that marks a per-document failure as a
     duplicate ``document_id`` (the server's exact wording is not published).
   - ``requests_per_minute``: batch requests a minute that all partitions
@@ -85,6 +89,7 @@ class SynapHook(BaseHook):
                 "max_attempts": int(extra.get("max_attempts", 8)),
                 "backoff_max": float(extra.get("backoff_max", 60)),
                 "max_wait": float(extra.get("max_wait", 600)),
+                "not_ready_max_wait": float(extra.get("not_ready_max_wait", 1800)),
                 "duplicate_pattern": extra.get("duplicate_pattern") or None,
                 "requests_per_minute": float(extra.get("requests_per_minute", 600)),
                 "max_in_flight": max(1, int(extra.get("max_in_flight", 4))),
@@ -129,6 +134,17 @@ class SynapHook(BaseHook):
             yield sdk
         finally:
             await sdk.shutdown()
+
+    @staticmethod
+    def user_context_isolation(sdk: "MaximemSynapSDK") -> str | None:
+        """The instance's isolation as whoami reported it on ``initialize()``.
+
+        ``equals_customer`` (``maximem_synap.scoping.B2C_ISOLATION``) on B2C,
+        ``strict-isolation`` on B2B, None when the server did not say. The SDK
+        keeps it in a private attribute and offers no public accessor: this is
+        the one place that reads it.
+        """
+        return getattr(sdk, "_user_context_isolation", None)
 
     async def whoami(self) -> dict[str, Any]:
         """``GET /api/v1/auth/whoami``: the client and instance this API key opens.

@@ -149,7 +149,7 @@ def test_bad_rows_are_rejected_with_reasons_and_good_rows_around_them_go_in(
         ("u1", "c1", conv, 5, "good too", "ok", at + timedelta(minutes=4)),
     ])
 
-    dag_run = run_backfill(source_table="conv_dirty")
+    dag_run = run_backfill(source_table="conv_dirty", max_rejected_share=1)
 
     assert str(dag_run.state) == "success"
     (summary,) = local_airflow.task_results(dag_run, "summarize")
@@ -158,7 +158,7 @@ def test_bad_rows_are_rejected_with_reasons_and_good_rows_around_them_go_in(
         "user and assistant text are both NULL or empty": 1,
         "created_at is NULL": 1,
         "message_index is NULL": 1,
-        "user_id without customer_id on a b2b instance": 1,  # refused before sending
+        "user_id without customer_id on a B2B instance": 1,  # refused before sending
     }
     assert sorted(d["document_id"] for d in stored_documents()) == [
         f"backfill:{conv}:0", f"backfill:{conv}:5"]

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timezone
 from typing import Any
 
 import pytest
@@ -112,6 +111,21 @@ def test_a_connection_dropped_after_the_server_stored_the_batch_is_resent_safely
            synap.db_path, summary_of(dag_run))
 
 
+def test_a_connection_reset_while_reading_the_answer_is_resent_and_counted_once(
+        local_pg, run_backfill, synap, record_fault):
+    with local_pg.connect() as conn:
+        load_demo_table(conn, "fault_reset", turns=120, days=2, seed=37)
+    # The SDK raises SynapTransientError("Unexpected error ...") for a reset, not an
+    # unknown-outcome error: the batch had been stored all the same.
+    synap.controls(faults=[{"kind": "reset_after_store", "times": 2}])
+
+    dag_run = run_backfill(source_table="fault_reset", batch_size=40)
+
+    settle("connection reset while the answer was read", record_fault, local_pg, "fault_reset",
+           synap.db_path, summary_of(dag_run))
+    assert synap.get("/_local/stats")["requests"]["POST /api/v1/memories/batch 0"] == 2
+
+
 def test_the_synap_api_restarted_mid_run(local_pg, run_backfill, tmp_path, record_fault):
     with local_pg.connect() as conn:
         load_demo_table(conn, "fault_restart", turns=300, days=2, seed=34)
@@ -175,7 +189,7 @@ def test_a_worker_killed_mid_partition_resumes_without_resending_acknowledged_ba
     from synap_provider.hooks import SynapHook
 
     config = config_from_params({"source_table": "fault_kill", "batch_size": 20}).to_dict()
-    (window,) = plan_partitions(config)
+    (window,) = plan_partitions(config, dag_id="fault_kill", run_id="run-1")
     synap.controls(latency_ms=60)
 
     worker = subprocess.Popen([sys.executable, "-c", _PARTITION, str(REPO_ROOT),
@@ -192,8 +206,7 @@ def test_a_worker_killed_mid_partition_resumes_without_resending_acknowledged_ba
     assert 0 < before < 200, "the kill must land mid-partition"
     synap.controls(latency_ms=0)
 
-    report = run_partition(config, window, dag_id="fault_kill", run_id="run-1",
-                           run_started=datetime.now(timezone.utc))  # the retry
+    report = run_partition(config, window, dag_id="fault_kill", run_id="run-1")  # the retry
 
     total = synap.get("/_local/stats")["documents"]["inst_0000000000000001 received"]
     summary = {**report, "problems": [] if report["rows_read"] == report["ingested"] + report[

@@ -11,10 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from maximem_synap import (AuthenticationError, CreateMemoryRequest, InvalidInputError,
-                           MaximemSynapSDK, NetworkTimeoutError, RateLimitError, RetryPolicy,
-                           SDKConfig, ServiceUnavailableError)
+from maximem_synap import (AuthenticationError, CreateMemoryRequest, InstanceNotReadyError,
+                           InvalidInputError, MaximemSynapSDK, NetworkTimeoutError, RateLimitError,
+                           RetryPolicy, SDKConfig, ServiceUnavailableError, SynapTransientError)
+from maximem_synap.scoping import B2C_ISOLATION, CustomerIdNotAcceptedError
+from synap_provider.hooks import SynapHook
 
+from include.backfill.sending import outcome_unknown
 from include.synap_local import LocalSynapServer, ServerSettings, Tenant
 from include.synap_local.store import DocumentStore
 
@@ -27,7 +30,9 @@ def server(tmp_path: Path):
     srv = LocalSynapServer(ServerSettings(
         db_path=tmp_path / "synap.sqlite3",
         tenants=[Tenant("key-b2b", "inst_00000000000000b2", "b2b"),
-                 Tenant("key-b2c", "inst_00000000000000c2", "b2c")])).start_in_thread()
+                 Tenant("key-b2c", "inst_00000000000000c2", "b2c"),
+                 Tenant("key-quiet", "inst_00000000000000d2", "b2b", reports_isolation=False)]
+    )).start_in_thread()
     yield srv
     srv.stop()
 
@@ -56,10 +61,24 @@ def batch(docs):
     return lambda sdk: sdk.memories.batch_create(documents=docs, fail_fast=False)
 
 
-def test_whoami_names_the_instance_and_its_isolation(server):
-    who = call(server, "key-b2c", lambda sdk: asyncio.sleep(0, sdk))
-    assert who.instance_id == "inst_00000000000000c2"
-    assert who._user_context_isolation == "b2c"
+@pytest.mark.parametrize("key, instance, isolation", [
+    ("key-b2c", "inst_00000000000000c2", B2C_ISOLATION),
+    ("key-b2b", "inst_00000000000000b2", "strict-isolation"),
+    ("key-quiet", "inst_00000000000000d2", None),  # an older server: no field at all
+])
+def test_whoami_names_the_instance_and_its_isolation_as_the_sdk_does(server, key, instance,
+                                                                      isolation):
+    who = post(server, "/api/v1/auth/whoami", None, key)
+    assert who["instance_id"] == instance
+    assert who.get("user_context_isolation", "absent") == (isolation or "absent")
+    sdk = call(server, key, lambda sdk: asyncio.sleep(0, sdk))
+    assert SynapHook.user_context_isolation(sdk) == isolation
+
+
+def test_the_sdk_refuses_a_customer_id_on_a_b2c_instance_that_says_so(server):
+    with pytest.raises(CustomerIdNotAcceptedError):
+        call(server, "key-b2c", lambda sdk: sdk.memories.create(
+            document="User: x\nAssistant: y", user_id="u1", customer_id="c1"))
 
 
 def test_a_wrong_api_key_is_refused_with_401(server):
@@ -75,12 +94,41 @@ def test_a_batch_of_more_than_100_documents_is_refused_whole(server):
 
 
 def test_a_repeated_document_id_is_a_per_document_duplicate_and_the_rest_is_stored(server):
-    call(server, "key-b2b", batch([doc(1), doc(2)]))
+    first = call(server, "key-b2b", batch([doc(1), doc(2)]))
     response = call(server, "key-b2b", batch([doc(2), doc(3)]))
     assert [r.status for r in response.results] == ["failed", "queued"]
     assert response.results[0].error_message.startswith("duplicate document_id")
     assert (response.succeeded, response.failed) == (1, 1)
     assert DocumentStore(server.settings.db_path).counts() == {"inst_00000000000000b2": 3}
+    # Nothing published says a duplicate carries the first write's time or id: by
+    # default it carries this answer's time and a new id.
+    assert response.results[0].queued_at > first.results[1].queued_at
+    assert response.results[0].ingestion_id != first.results[1].ingestion_id
+
+
+def test_only_on_request_does_a_duplicate_report_the_first_write(server):
+    server.settings.duplicate_reports_original = True
+    first = call(server, "key-b2b", batch([doc(1)]))
+    again = call(server, "key-b2b", batch([doc(1)]))
+    assert again.results[0].queued_at == first.results[0].queued_at
+    assert again.results[0].ingestion_id == first.results[0].ingestion_id
+
+
+def test_a_new_instance_refuses_writes_with_409_and_retry_after_until_it_is_built(server):
+    server.settings.controls.update({"instance_not_ready_for_seconds": 30})
+    with pytest.raises(InstanceNotReadyError) as info:
+        call(server, "key-b2b", batch([doc(1)]))
+    assert 29 <= info.value.retry_after_seconds <= 30 and not info.value.from_cooldown
+    server.settings.controls.update({"instance_not_ready_for_seconds": 0})
+    assert call(server, "key-b2b", batch([doc(1)])).results[0].status == "queued"
+
+
+def test_a_connection_reset_after_storing_surfaces_as_a_transient_error_of_unknown_outcome(server):
+    server.settings.controls.update({"faults": [{"kind": "reset_after_store", "times": 1}]})
+    with pytest.raises(SynapTransientError, match="Unexpected error") as info:
+        call(server, "key-b2b", batch([doc(1)]), retries=1)
+    assert outcome_unknown(info.value)
+    assert DocumentStore(server.settings.db_path).counts() == {"inst_00000000000000b2": 1}
 
 
 def test_duplicates_are_per_instance(server):
@@ -91,8 +139,9 @@ def test_duplicates_are_per_instance(server):
 
 @pytest.mark.parametrize("key, changes, reason", [
     ("key-b2b", {"document": "   "}, "document is empty"),
-    ("key-b2b", {"customer_id": None}, "user_id without customer_id is not accepted on a b2b instance"),
-    ("key-b2c", {}, "customer_id is not accepted on a b2c instance"),
+    ("key-b2b", {"customer_id": None}, "user_id without customer_id is not accepted on a B2B instance"),
+    ("key-b2c", {}, "customer_id is not accepted on a B2C instance"),
+    ("key-quiet", {"customer_id": None}, "user_id without customer_id is not accepted on a B2B instance"),
 ])
 def test_an_invalid_document_fails_alone_with_a_reason(server, key, changes, reason):
     response = call(server, key, batch([doc(1, **changes), doc(2, customer_id=None if key == "key-b2c" else "c1")]))
@@ -169,8 +218,10 @@ def test_the_read_only_view_lists_documents_and_counts(server):
         assert json.load(resp)["stored"] == {"inst_00000000000000b2": 1}
 
 
-def post(server: LocalSynapServer, path: str, body: dict, key: str) -> dict:
-    req = urllib.request.Request(server.url + path, data=json.dumps(body).encode(), method="POST",
+def post(server: LocalSynapServer, path: str, body: dict | None, key: str) -> dict:
+    """POST ``body`` (None: GET) with the API key; the JSON answer, errors included."""
+    req = urllib.request.Request(server.url + path, method="POST" if body is not None else "GET",
+                                 data=json.dumps(body).encode() if body is not None else None,
                                  headers={"Authorization": f"Bearer {key}",
                                           "Content-Type": "application/json"})
     try:

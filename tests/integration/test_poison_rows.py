@@ -61,7 +61,8 @@ def test_every_kind_of_poison_row_is_rejected_with_its_reason_and_the_good_rows_
                 f" {_lit(at.isoformat()) if at else 'NULL'})")
     monkeypatch.setenv("AIRFLOW_CONN_LEGACY_APP", ascii_db)
 
-    dag_run = run_backfill(postgres_conn_id="legacy_app", max_document_chars=1000)
+    dag_run = run_backfill(postgres_conn_id="legacy_app", max_document_chars=1000,
+                           max_rejected_share=1)
 
     assert str(dag_run.state) == "success"
     (summary,) = local_airflow.task_results(dag_run, "summarize")
@@ -97,11 +98,12 @@ def test_a_batch_refused_whole_is_split_until_the_culprit_is_isolated(
     make_table(local_pg, "conv_strict", [
         ("u1", "c9" if i == 13 else None, conv, i, f"turn {i}", "ok", AT + timedelta(minutes=i))
         for i in range(20)])
-    # A b2c instance refuses a customer_id; in strict mode one bad document fails the whole batch.
+    # A B2C instance that does not say so in whoami refuses a customer_id; in strict
+    # mode one bad document fails the whole batch.
     with running_synap(tmp_path / "strict.sqlite3", "--strict-batches", "--tenant",
-                       "b2c-key:inst_00000000000000c3:b2c") as strict:
+                       "b2c-key:inst_00000000000000c3:b2c-unreported") as strict:
         dag_run = run_backfill(api_key="b2c-key", synap_url=strict.url, source_table="conv_strict",
-                               batch_size=20)
+                               batch_size=20, max_rejected_share=0.1)
         stored = read_store(strict.db_path)
         refusals = strict.get("/_local/stats")["requests"]["POST /api/v1/memories/batch 422"]
 

@@ -50,10 +50,13 @@ def test_the_api_key_and_message_text_never_reach_logs_xcom_or_rendered_template
 
     with running_synap(tmp_path / "secret.sqlite3", "--tenant", f"{KEY}:inst_00000000000000f1:b2b",
                        "--strict-batches") as synap:
-        # Paths that log: a retried 503, a dropped connection, a rejected row, then a bad key.
+        # Paths that log: a retried 503, a dropped and a reset connection, a rejected row,
+        # then a bad key.
         synap.controls(faults=[{"kind": "status", "status": 503, "times": 1},
-                               {"kind": "drop_after_store", "times": 1}])
-        ok = run_backfill(api_key=KEY, synap_url=synap.url, source_table="conv_secret", batch_size=10)
+                               {"kind": "drop_after_store", "times": 1},
+                               {"kind": "reset_after_store", "times": 1}])
+        ok = run_backfill(api_key=KEY, synap_url=synap.url, source_table="conv_secret", batch_size=10,
+                          max_rejected_share=1)
         failed = run_backfill(api_key=WRONG_KEY, synap_url=synap.url, source_table="conv_secret",
                               restart_partitions=True)
         assert len(synap.get("/_local/documents?limit=100")["documents"]) == 30

@@ -20,7 +20,7 @@ def test_test_connection_names_the_instance(synap, monkeypatch):
     set_conn(monkeypatch, "synap_ok", host=synap.url, password="local-dev-key")
     ok, message = SynapHook("synap_ok").test_connection()
     assert ok, message
-    assert message == "Connected: instance inst_0000000000000001 (b2b)"
+    assert message == "Connected: instance inst_0000000000000001 (strict-isolation)"
 
 
 def test_test_connection_reports_a_wrong_key_without_showing_it(synap, monkeypatch):

@@ -40,8 +40,8 @@ def test_the_xcom_form_carries_counts_only():
     r = PartitionReport("d1", "2024-03-01T00:00:00+00:00", "2024-03-02T00:00:00+00:00",
                         rows_read=2, ingested=1, rejected=Counter({"created_at is NULL": 1}))
     assert set(r.to_xcom()) == {"label", "start", "end", "rows_read", "ingested", "duplicates",
-                                "rejected", "rejected_by_reason", "not_sent", "batches", "seconds",
-                                "started_at", "finished_at"}
+                                "rejected", "rejected_by_reason", "not_sent", "ingested_on_resend",
+                                "batches", "seconds", "started_at", "finished_at"}
     assert PartitionReport.from_xcom(r.to_xcom()).balanced
 
 
@@ -80,3 +80,13 @@ def test_a_sample_run_estimates_the_whole_tables_wall_clock_at_its_measured_rate
     assert summary.to_xcom()["sample_of"] == whole
     assert "sample run: 1 of 40 partitions" in summary.render()
     assert "the whole table takes about 17 min" in summary.render()
+
+
+def test_a_rejected_share_above_the_limit_is_a_problem_naming_the_commonest_reason():
+    window = {"start": "a", "end": "b", "label": "x"}
+    r = PartitionReport("x", "a", "b", rows_read=100, ingested=97,
+                        rejected=Counter({"created_at is NULL": 2, "server: no": 1})).to_xcom()
+    assert summarize([window], [r], max_rejected_share=0.03).problems == []
+    (problem,) = summarize([window], [r], max_rejected_share=0.01).problems
+    assert problem == ("3 of 100 rows rejected (3.0%), more than max_rejected_share 1.0%;"
+                       " most often: created_at is NULL (2)")

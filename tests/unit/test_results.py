@@ -1,4 +1,7 @@
+from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
+
+import pytest
 
 from include.backfill.results import DUPLICATED_IN_SOURCE, MISSING_RESULT, classify_batch
 
@@ -10,12 +13,12 @@ def result(document_id, status="queued", error_message=None):
 def test_each_document_is_ingested_duplicate_or_rejected_with_its_reason():
     outcome = classify_batch(
         ["a", "b", "c", "d"],
-        [result("d", "failed", "user_id without customer_id is not accepted on a b2b instance"),
+        [result("d", "failed", "user_id without customer_id is not accepted on a B2B instance"),
          result("a"), result("b", "failed", "duplicate document_id: already ingested"),
          result("c", "completed")])
     assert (outcome.ingested, outcome.duplicates) == (2, 1)
     assert dict(outcome.rejected) == {
-        "server: user_id without customer_id is not accepted on a b2b instance": 1}
+        "server: user_id without customer_id is not accepted on a B2B instance": 1}
 
 
 def test_other_wordings_of_a_duplicate_are_recognised():
@@ -40,28 +43,22 @@ def test_the_same_id_twice_in_one_batch_is_one_ingest_and_one_copy_in_the_source
     assert outcome.rejected_ids == [("a", DUPLICATED_IN_SOURCE)]
 
 
-def test_a_resent_batchs_duplicates_written_since_its_lost_attempt_count_as_this_runs():
-    from datetime import datetime, timedelta, timezone
-
-    sent_at = datetime(2024, 5, 1, 12, tzinfo=timezone.utc)
-    mine = result("a", "failed", "duplicate document_id")
-    mine.queued_at = sent_at + timedelta(milliseconds=300)
-    older = result("b", "failed", "duplicate document_id")
-    older.queued_at = sent_at - timedelta(days=3)
-    outcome = classify_batch(["a", "b"], [mine, older], stored_since=sent_at)
+def test_a_duplicate_of_a_document_this_run_sent_before_is_ingested_by_this_run():
+    outcome = classify_batch(["a", "b"], [result("a", "failed", "duplicate document_id"),
+                                          result("b", "failed", "duplicate document_id")],
+                             ours={"a"})
     assert (outcome.ingested, outcome.recovered, outcome.duplicates) == (1, 1, 1)
 
 
-def test_a_duplicate_first_written_during_this_run_is_a_copy_in_the_source():
-    from datetime import datetime, timedelta, timezone
-
-    run_started = datetime(2024, 5, 1, 12, tzinfo=timezone.utc)
-    copy = result("a", "failed", "duplicate document_id")
-    copy.queued_at = run_started + timedelta(minutes=5)
-    earlier_run = result("b", "failed", "duplicate document_id")
-    earlier_run.queued_at = run_started - timedelta(seconds=1)  # a run right before this one
-    outcome = classify_batch(["a", "b"], [copy, earlier_run], run_started=run_started)
-    assert outcome.rejected_ids == [("a", DUPLICATED_IN_SOURCE)] and outcome.duplicates == 1
+@pytest.mark.parametrize("queued_at", [
+    datetime(2020, 1, 1, tzinfo=timezone.utc),  # the first write's time
+    datetime.now(timezone.utc) + timedelta(minutes=10),  # this answer's, from a clock ahead
+    None])
+def test_the_answers_queued_at_never_decides_whose_write_a_duplicate_is(queued_at):
+    mine, older = (result(i, "failed", "duplicate document_id") for i in ("a", "b"))
+    mine.queued_at = older.queued_at = queued_at
+    outcome = classify_batch(["a", "b"], [mine, older], ours={"a"})
+    assert (outcome.ingested, outcome.duplicates, outcome.rejected_total) == (1, 1, 0)
 
 
 def test_a_long_server_reason_is_shortened_to_one_line():
