@@ -88,11 +88,13 @@ class PartitionSettings:
 async def run_partition_rows(read: Read, submit: Submit | None, report: PartitionReport,
                              settings: PartitionSettings, ledger: Ledger | None = None, *,
                              restart: bool = False) -> PartitionReport:
-    """Backfill a partition, resuming from its checkpoint; every row ends counted in ``report``."""
+    """Backfill a partition, resuming from its checkpoint; every row ends counted in ``report``.
+
+    ``ledger``: its tables must exist (``Ledger.ensure_tables``).
+    """
     state = _State(report, settings)
     report.started_at = time.time()
     if ledger is not None:
-        ledger.ensure_tables()
         try:
             ledger.lock(settings.lock_wait)
         except PartitionBusy as exc:

@@ -153,6 +153,7 @@ def copies_at_different_times(conn: Any, config: BackfillConfig, start: datetime
 
     One pass over the range (a hash or sorted aggregate), whatever the indexes.
     """
+    set_session_timezone(conn, config.source_timezone)
     c = config.columns
     q = quote_identifier
     col = q(c.created_at)
