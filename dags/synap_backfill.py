@@ -15,16 +15,20 @@ knowing what its users already told it.
    half-open UTC windows of `window_size`, splits busy ones at row quantiles, joins
    quiet ones up to `min_rows_per_partition`, skips empty ones and keeps the count
    under `max_partitions`. Rows with no timestamp get a partition that rejects them
-   with a reason. `sample_partitions` keeps only that many, spread over the range.
+   with a reason. Turns the source holds more than once are listed, so only the
+   earliest copy is sent. `sample_partitions` keeps only that many, spread over the range.
 3. **backfill_partition** (one per window, labelled with it) reads its rows in a stable
    order and sends them with `batch_create` in `long-range` mode, with the original
    timestamps and the stable id `backfill:{conversation_id}:{message_index}`, in the
    `synap_api` pool, several batches in flight, paced to the connection's
-   `requests_per_minute` together with every other partition sending there.
-   Re-running is safe: rows already in Synap come back as duplicate skips.
+   `requests_per_minute` together with every other partition sending there. On a B2C
+   instance no customer id is sent; on B2B a user without a customer is rejected.
+   Re-running is safe: rows already in Synap come back as duplicate skips; documents
+   this run had sent before (a lost answer, a killed attempt) count as its own.
 4. **summarize** adds up every partition, states the run's turns/s (and, for a sample,
-   the estimated time for the whole table), and fails the run if one failed or if
-   `read != ingested + duplicates + rejected` anywhere.
+   the estimated time for the whole table), and fails the run if one failed, if
+   `read != ingested + duplicates + rejected` anywhere, or if more than
+   `max_rejected_share` of the rows were rejected.
 5. **announce_complete** emits the `synap_backfill_complete` asset, which region
    replays can be scheduled on; skipped after a dry run or a sample.
 
