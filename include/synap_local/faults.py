@@ -117,6 +117,8 @@ class Controls:
     # Refuse every document with this reason (a plan without the mode, a scope
     # the instance does not have): a server that accepts nothing of a backfill.
     refuse_documents: str = ""
+    # Refusals echo the refused document, as FastAPI's default 422 does with its input.
+    echo_input: bool = False
     # Seconds added to this server's clock (its queued_at): a worker clock
     # 10 minutes ahead of the server is -600 here.
     clock_offset_seconds: float = 0.0
@@ -138,6 +140,8 @@ class Controls:
                 self.strict_batches = bool(raw["strict_batches"])
             if "refuse_documents" in raw:
                 self.refuse_documents = str(raw["refuse_documents"] or "")
+            if "echo_input" in raw:
+                self.echo_input = bool(raw["echo_input"])
             if "clock_offset_seconds" in raw:
                 self.clock_offset_seconds = float(raw["clock_offset_seconds"] or 0)
             if "instance_not_ready_for_seconds" in raw:
@@ -152,6 +156,7 @@ class Controls:
                 "strict_batches": self.strict_batches,
                 "refuse_documents": self.refuse_documents,
                 "clock_offset_seconds": self.clock_offset_seconds,
+                "echo_input": self.echo_input,
                 "instance_not_ready_for_seconds": round(self.not_ready_left(), 1),
                 "faults": [
                     {"kind": f.kind, "status": f.status, "times": f.times,

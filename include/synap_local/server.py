@@ -31,6 +31,8 @@ source it follows:
   ``transport/http_client.py``).
 * Rate limits, when switched on, apply per instance with ``Retry-After``
   (see ``faults.py``); so do the other injected faults, all off by default.
+  ``echo_input`` makes a refusal echo the refused text, as FastAPI's default
+  422 does with its ``input``: nothing promises hosted Synap never does.
 
 Stdlib ``http.server`` on purpose: an injected fault can drop or reset the TCP
 connection after storing a batch, which an ASGI server cannot do.
@@ -384,9 +386,12 @@ class _Handler(BaseHTTPRequestHandler):
                 if controls.refuse_documents:
                     raise DocumentInvalid(controls.refuse_documents)
             except DocumentInvalid as exc:
+                reason = str(exc)
+                if controls.echo_input and isinstance(raw, dict):
+                    reason += f"; input_value={str(raw.get('document'))[:60]!r}"
                 if controls.strict_batches:
-                    raise _Answer(422, {"detail": f"documents[{index}]: {exc}"}) from None
-                results[index] = _failed(document_id, str(exc), now)
+                    raise _Answer(422, {"detail": f"documents[{index}]: {reason}"}) from None
+                results[index] = _failed(document_id, reason, now)
                 stop = fail_fast
                 continue
             doc["document_id"] = doc["document_id"] or f"doc_{uuid.uuid4()}"
