@@ -54,6 +54,7 @@ class BackfillConfig:
     postgres_conn_id: str = "postgres_default"
     source_table: str = "conversations"
     columns: SourceColumns = field(default_factory=SourceColumns)
+    tiebreak_column: str = ""  # a column unique per row (e.g. the primary key); empty: none
     source_timezone: str = "UTC"
     start: datetime | None = None
     end: datetime | None = None
@@ -145,6 +146,7 @@ def config_from_params(params: Mapping[str, Any]) -> BackfillConfig:
         postgres_conn_id=non_empty("postgres_conn_id", get("postgres_conn_id")),
         source_table=table,
         columns=columns,
+        tiebreak_column=optional_identifier("tiebreak_column", get("tiebreak_column")),
         source_timezone=zone("source_timezone", get("source_timezone")),
         start=start,
         end=end,

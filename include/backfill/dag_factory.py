@@ -132,6 +132,12 @@ def backfill_params(**defaults: Any) -> dict[str, Param]:
         title="customer_id column", description="Column holding the customer id; empty when the"
                                                 " source has none (a B2C app). Never sent to a B2C"
                                                 " instance.")
+    params["tiebreak_column"] = Param(
+        d["tiebreak_column"] or None, type=["null", "string"], pattern=_OPTIONAL_IDENTIFIER,
+        section="Source", title="Tiebreak column",
+        description="A column unique per row (the primary key, say) that orders rows sharing a"
+                    " timestamp, conversation and index. Empty: such rows are copies of one turn;"
+                    " the first is sent.")
     params["fetch_size"] = Param(
         d["fetch_size"], type="integer", **_bounds("fetch_size"), title="Fetch size",
         section="Source", description="Rows per round trip of the server-side cursor.")

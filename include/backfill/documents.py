@@ -42,6 +42,7 @@ class RejectReason:
     """Reason codes for rows refused before sending. Stable strings: they are counted."""
 
     NO_TIMESTAMP = "created_at is NULL"
+    UNREPRESENTABLE_TIMESTAMP = "created_at is infinite or outside the years 1-9999"
     NO_CONVERSATION_ID = "conversation_id is NULL or empty"
     CONVERSATION_ID_NOT_UUID = "conversation_id is not a UUID"
     NO_MESSAGE_INDEX = "message_index is NULL"
@@ -103,6 +104,8 @@ def build_document(row: SourceRow, mode: str = "long-range", *, max_chars: int |
 
 
 def _problem(row: SourceRow) -> str | None:
+    if row.unrepresentable_time:
+        return RejectReason.UNREPRESENTABLE_TIMESTAMP
     if row.created_at is None:
         return RejectReason.NO_TIMESTAMP
     if row.conversation_id is None or not row.conversation_id.strip():

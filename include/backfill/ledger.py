@@ -11,8 +11,12 @@ if missing:
   stored even when their answers were lost; a retried or resumed partition
   starts after the position, so a worker killed mid-partition costs at most
   the batches in flight.
-* ``rejected_rows``: every rejected row, by run, partition, row key and reason
-  (never its text), for an operator to act on.
+* ``rejected_rows``: every rejected row, by run, partition, its number in the
+  window's read order, its key (``conversation_id:message_index``) and reason
+  (never its text), for an operator to act on. Keyed by the row's number, so
+  copies and rows of a view or of several child tables never collapse. (A
+  ledger from before keyed it by ``ctid``: that table is kept aside as
+  ``rejected_rows_by_ctid``.)
 * ``source_copies``: per DAG run, the turns (``conversation_id``,
   ``message_index``) that the source holds more than once at different
   timestamps, found by the planner in one pass, so each partition sends the
@@ -76,11 +80,17 @@ def ensure_tables(conn: Any, schema: str) -> None:
             PRIMARY KEY (dag_id, run_id, window_key))""")
         cur.execute(f"ALTER TABLE {s}.checkpoints"
                     " ADD COLUMN IF NOT EXISTS sent_through bigint NOT NULL DEFAULT 0")
+        cur.execute("SELECT 1 FROM information_schema.columns WHERE table_schema = %s"
+                    " AND table_name = 'rejected_rows' AND column_name = 'row_ctid'", (schema,))
+        if cur.fetchone():
+            cur.execute(f"ALTER TABLE {s}.rejected_rows RENAME TO rejected_rows_by_ctid")
+            cur.execute(f"ALTER INDEX IF EXISTS {s}.rejected_rows_pkey"
+                        " RENAME TO rejected_rows_by_ctid_pkey")
         cur.execute(f"""CREATE TABLE IF NOT EXISTS {s}.rejected_rows (
             dag_id text NOT NULL, run_id text NOT NULL, window_key text NOT NULL,
-            partition text NOT NULL, row_key text NOT NULL, row_ctid text NOT NULL,
+            partition text NOT NULL, row_number bigint NOT NULL, row_key text NOT NULL,
             reason text NOT NULL, rejected_at timestamptz NOT NULL DEFAULT now(),
-            PRIMARY KEY (dag_id, run_id, window_key, row_ctid, reason))""")
+            PRIMARY KEY (dag_id, run_id, window_key, row_number))""")
         cur.execute(f"""CREATE TABLE IF NOT EXISTS {s}.source_copies (
             dag_id text NOT NULL, run_id text NOT NULL, document_id text NOT NULL,
             first_at timestamptz NOT NULL, last_at timestamptz NOT NULL,
@@ -164,16 +174,16 @@ class Ledger:
         return Checkpoint(_position(position), _json(report), finished, sent_through)
 
     def save(self, position: Position | None, report: dict[str, Any],
-             rejects: Iterable[tuple[str, str, str]], *, finished: bool = False) -> None:
+             rejects: Iterable[tuple[int, str, str]], *, finished: bool = False) -> None:
         """Record an acknowledged position, the counts up to it and its rejected rows, atomically."""
         rejects = list(rejects)
         with self._io, self.conn.cursor() as cur:
             if rejects:
                 cur.executemany(
                     f"INSERT INTO {self.schema}.rejected_rows (dag_id, run_id, window_key, partition,"
-                    " row_key, row_ctid, reason) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+                    " row_number, row_key, reason) VALUES (%s, %s, %s, %s, %s, %s, %s)"
                     " ON CONFLICT DO NOTHING",
-                    [(*self.key, self.label, key, ctid, reason) for key, ctid, reason in rejects])
+                    [(*self.key, self.label, number, key, reason) for number, key, reason in rejects])
             cur.execute(
                 f"INSERT INTO {self.schema}.checkpoints (dag_id, run_id, window_key, partition,"
                 " position, report, finished, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, now())"
@@ -229,16 +239,16 @@ def _utc(value: datetime) -> datetime:
 def _position_json(position: Position | None) -> Any:
     if position is None:
         return None
-    created_at, conversation, index, ctid = position
-    return [created_at.isoformat() if created_at else None, conversation, index, ctid]
+    created_at, conversation, index, tiebreak = position
+    return [created_at.isoformat() if created_at else None, conversation, index, tiebreak]
 
 
 def _position(raw: Any) -> Position | None:
     raw = _json(raw)
     if not raw:
         return None
-    created_at, conversation, index, ctid = raw
+    created_at, conversation, index, tiebreak = raw
     parsed = datetime.fromisoformat(created_at) if created_at else None
     if parsed is not None and parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
-    return (parsed, conversation, index, ctid)
+    return (parsed, conversation, index, tiebreak)

@@ -43,7 +43,7 @@ from .accounting import PartitionReport
 from .documents import Rejected, build_document
 from .ledger import Ledger, PartitionBusy
 from .pacing import Pacer, Unpaced
-from .results import DEFAULT_DUPLICATE_PATTERN, SERVER_PREFIX, classify_batch
+from .results import DEFAULT_DUPLICATE_PATTERN, SERVER_PREFIX, classify_batch, scrub
 from .sending import Delivery, GaveUp, RetryPolicy, deliver, is_plan_stop, wait_logged
 from .source import Position, SourceRow
 
@@ -51,8 +51,9 @@ log = logging.getLogger("synap_backfill")
 
 Submit = Callable[[list[CreateMemoryRequest]], Awaitable[BatchCreateResponse]]
 Read = Callable[[Position | None], Iterable[SourceRow]]
-RejectRow = tuple[str, str, str]  # row key, ctid, reason
+RejectRow = tuple[int, str, str]  # row number in the window's read order, row key, reason
 WHOLESALE_REFUSAL = 100  # documents refused for one reason, none accepted: stop the partition
+HELD_REJECTS = 1000  # rejected rows held before they are checkpointed without a batch
 
 
 class PartitionFailed(RuntimeError):
@@ -206,21 +207,27 @@ class _Pipeline:
         rows = 0
         ordinal = state.report.rows_read  # rows of the window before this pass, in read order
         position = state.position
+        group = position[:3] if position else None
+        due = False  # a cut is due at the next turn boundary
         try:
             try:
                 for row in read(state.position):
+                    # Never between copies of one turn: a resume starts after a whole turn.
+                    if due and row.group != group:
+                        await self._cut(_Cut(batch, rows, rejects, position, ordinal))
+                        batch, rejects, rows, due = [], [], 0, False
                     rows += 1
                     ordinal += 1
-                    position = row.position
+                    position, group = row.position, row.group
                     document = build_document(row, settings.mode, max_chars=settings.max_chars,
                                               isolation=settings.isolation, copies=settings.copies)
                     if isinstance(document, Rejected):
-                        rejects.append((row.key, row.ctid, document.reason))
-                        continue
-                    batch.append((document, row, ordinal))
-                    if len(batch) >= settings.batch_size:
-                        await self._cut(_Cut(batch, rows, rejects, position, ordinal))
-                        batch, rejects, rows = [], [], 0
+                        rejects.append((ordinal, row.key, document.reason))
+                    else:
+                        batch.append((document, row, ordinal))
+                    # Rejected rows alone are checkpointed too: memory stays flat even
+                    # when every row is rejected.
+                    due = len(batch) >= settings.batch_size or len(rejects) >= HELD_REJECTS
             except settings.read_errors:
                 # What was sent before the connection went is still applied, so the
                 # next pass starts after it.
@@ -299,10 +306,10 @@ class _Pipeline:
 
     def _count(self, cut: _Cut, delivery: Delivery) -> list[RejectRow]:
         state, report, settings = self.state, self.state.report, self.settings
-        rows_by_id: dict[str, list[SourceRow]] = defaultdict(list)
+        rows_by_id: dict[str, list[tuple[SourceRow, int]]] = defaultdict(list)
         sent_before: set[str] = set()  # sent by an attempt of this run that stopped
         for document, row, ordinal in cut.documents:
-            rows_by_id[document.document_id].append(row)
+            rows_by_id[document.document_id].append((row, ordinal))
             if ordinal <= state.sent_before:
                 sent_before.add(document.document_id)
         rejects: list[RejectRow] = []
@@ -310,7 +317,8 @@ class _Pipeline:
         for sent in delivery.sent:
             ids = [d.document_id for d in sent.documents]
             outcome = classify_batch(ids, sent.response.results, settings.duplicate_pattern,
-                                     ours=set(ids) if sent.resent_unknown else sent_before)
+                                     ours=set(ids) if sent.resent_unknown else sent_before,
+                                     texts={d.document_id: d.document for d in sent.documents})
             report.add(outcome)
             recovered += outcome.recovered
             state.refused.update({r: n for r, n in outcome.rejected.items()
@@ -359,16 +367,16 @@ class _Pipeline:
                  report.duplicates, report.rejected_total, report.batches)
 
 
-def _reject_row(rows_by_id: dict[str, list[SourceRow]], document_id: str, reason: str
-                ) -> tuple[str, str, str]:
-    rows = rows_by_id.get(document_id) or []
-    row = rows.pop() if len(rows) > 1 else (rows[0] if rows else None)
-    return (row.key if row else document_id, row.ctid if row else "", reason)
+def _reject_row(rows_by_id: dict[str, list[tuple[SourceRow, int]]], document_id: str,
+                reason: str) -> RejectRow:
+    rows = rows_by_id[document_id]  # every refused document was built from a row of the cut
+    row, ordinal = rows.pop() if len(rows) > 1 else rows[0]
+    return (ordinal, row.key, reason)
 
 
 def describe_error(exc: BaseException) -> str:
-    """Exception type and the first line of its message, kept short."""
-    first_line = (str(exc).strip().splitlines() or [""])[0]
+    """Exception type and the first line of its message, kept short, quoted values taken out."""
+    first_line = scrub((str(exc).strip().splitlines() or [""])[0])
     if len(first_line) > 160:
         first_line = first_line[:160] + "…"
     return f"{type(exc).__name__}: {first_line}" if first_line else type(exc).__name__

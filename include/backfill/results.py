@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
-from typing import Any, Container, Iterable
+from typing import Any, Container, Iterable, Mapping
 
 DEFAULT_DUPLICATE_PATTERN = r"duplicate|already (exists|ingested)"
 ACCEPTED_STATUSES = frozenset({"queued", "processing", "completed", "partial_success"})
@@ -30,6 +30,9 @@ MISSING_RESULT = "server returned no result for this document"
 DUPLICATED_IN_SOURCE = "row duplicated in the source (same conversation_id and message_index)"
 SERVER_PREFIX = "server: "
 MAX_REASON_LENGTH = 120
+# Quoted values in a server's message: where a server echoes what it refused
+# (FastAPI's 422 carries the input; pydantic prints input_value='...').
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
 
 
 @dataclass
@@ -49,11 +52,12 @@ class BatchOutcome:
 
 def classify_batch(document_ids: Iterable[str], results: Iterable[Any],
                    duplicate_pattern: str = DEFAULT_DUPLICATE_PATTERN,
-                   ours: Container[str] = ()) -> BatchOutcome:
+                   ours: Container[str] = (), texts: Mapping[str, str] = {}) -> BatchOutcome:
     """Match results to the submitted ids (not by position) and count outcomes.
 
     ``ours``: ids this run sent before this request; a duplicate of one of
-    them was stored by this run.
+    them was stored by this run. ``texts``: each id's document text, kept out
+    of any reason.
     """
     duplicate = re.compile(duplicate_pattern, re.IGNORECASE)
     by_id: dict[str, deque[Any]] = defaultdict(deque)
@@ -83,14 +87,37 @@ def classify_batch(document_ids: Iterable[str], results: Iterable[Any],
             else:
                 outcome.duplicates += 1
         else:
-            reason = server_reason(result.error_message)
+            reason = server_reason(result.error_message, texts.get(doc_id, ""))
         if reason:
             outcome.rejected[reason] += 1
             outcome.rejected_ids.append((doc_id, reason))
     return outcome
 
 
-def server_reason(message: str | None) -> str:
-    """A server's refusal as a short, single-line reason to count by."""
-    text = " ".join((message or "no reason given").split())
-    return SERVER_PREFIX + (text[:MAX_REASON_LENGTH] + "…" if len(text) > MAX_REASON_LENGTH else text)
+def server_reason(message: str | None, document: str = "") -> str:
+    """A server's refusal as a short, single-line reason to count by, without the document's text."""
+    return SERVER_PREFIX + shorten(scrub(message or "no reason given", [document]))
+
+
+def scrub(message: str, documents: Iterable[str] = ()) -> str:
+    """One line of a server's message with anything that may echo the input taken out.
+
+    Quoted values go (which also folds messages that differ only in them into
+    one reason), and so does any run of a sent document's text, whole or its
+    first 80, 40 or 20 characters, in case a server echoes it truncated.
+    """
+    text = _QUOTED.sub("'…'", " ".join(message.split()))
+    for document in documents:
+        for line in document.splitlines():
+            for prefix in ("User: ", "Assistant: "):
+                line = line.removeprefix(prefix)
+            line = " ".join(line.split())
+            for n in (len(line), 80, 40, 20):
+                if len(line[:n]) >= 8 and line[:n] in text:
+                    text = text.replace(line[:n], "…")
+                    break
+    return text
+
+
+def shorten(text: str) -> str:
+    return text[:MAX_REASON_LENGTH] + "…" if len(text) > MAX_REASON_LENGTH else text

@@ -34,6 +34,8 @@ from maximem_synap import (BatchCreateResponse, CreateMemoryRequest, InstanceNot
                            InvalidInputError, NetworkTimeoutError, RateLimitError,
                            ServiceUnavailableError, SynapTransientError)
 
+from .results import scrub, shorten
+
 log = logging.getLogger("synap_backfill")
 
 RawSubmit = Callable[[list[CreateMemoryRequest]], Awaitable[BatchCreateResponse]]
@@ -87,7 +89,7 @@ async def deliver(documents: list[CreateMemoryRequest], submit: RawSubmit, polic
             delivery.sent.append(await _send(docs, submit, policy, delivery, label, sleep))
         except InvalidInputError as exc:
             if len(docs) == 1:
-                delivery.refused.append((docs[0], _reason(exc)))
+                delivery.refused.append((docs[0], _reason(exc, docs[0])))
             else:
                 middle = len(docs) // 2
                 log.warning("partition %s: a batch of %d was refused as invalid (%s); splitting it"
@@ -172,9 +174,11 @@ def is_plan_stop(exc: RateLimitError) -> bool:
     return bool(getattr(exc, "reason", None))
 
 
-def _reason(exc: Exception) -> str:
-    return "server refused the document: " + _first_line(exc)[:120]
+def _reason(exc: Exception, document: CreateMemoryRequest) -> str:
+    text = document.document if isinstance(document.document, str) else ""
+    return "server refused the document: " + shorten(scrub(_first_line(exc), [text]))
 
 
 def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [""])[0][:200]
+    """The message's first line, quoted values taken out (a server may echo input there)."""
+    return scrub((str(exc).strip().splitlines() or [""])[0])[:200]

@@ -1,4 +1,8 @@
-"""Reading the conversation table: its time range, and one window's rows.
+"""Reading the conversation relation: its time range, and one window's rows.
+
+Any relation that can be SELECTed works: a table, a view, a materialized
+view, a partitioned or a foreign table, in any schema. Nothing depends on a
+physical row id.
 
 Works on any DB-API connection from psycopg 3 or psycopg2 (what
 ``PostgresHook.get_conn()`` returns, depending on the SQLAlchemy version), so
@@ -12,12 +16,17 @@ conversion, so a row's document timestamp always lies in its window. A
 ``timestamptz`` column is unaffected.
 
 Rows come through a server-side (named) cursor in ``fetch_size`` chunks, so a
-partition's memory does not grow with its row count. Their order is total:
-``(created_at, conversation_id, message_index, ctid)``, NULLs folded to
-fixed values and the row's physical id as the last tiebreak, so a partition
-can resume strictly after the last acknowledged row (a ``Position``), even
-past rows that are exact copies. ``ctid`` is stable while rows are not
-updated; a table rewritten mid-backfill (``VACUUM FULL``) needs a restart.
+partition's memory does not grow with its row count. Their order is the row's
+own key, ``(created_at, conversation_id, message_index)``, NULLs folded to
+fixed values, then the optional ``tiebreak_column`` (a column unique per row,
+such as a primary key). Rows equal on the key are copies of one turn, one
+document: all but the first are flagged (``SourceRow.repeats_earlier``) and
+rejected, and a partition never checkpoints between two of them, so it can
+resume strictly after the last acknowledged row (a ``Position``).
+
+Timestamps nobody can represent (``±infinity``, or outside the years 1 to
+9999 that Python and the SDK hold) never reach a window: such rows are read
+with the rows without a timestamp and rejected with their own reason.
 
 Texts are read as bytes (``textsend``) and decoded here, so a row holding
 invalid UTF-8 (possible in a ``SQL_ASCII`` database) is rejected alone
@@ -26,10 +35,10 @@ instead of failing the whole fetch.
 Copies in the source (rows with the same ``conversation_id`` and
 ``message_index``, which make the same document) are found here, on the read
 side: copies with the same timestamp sit next to each other in the window's
-order and all but the first are flagged by the query itself
-(``SourceRow.repeats_earlier``); copies at different timestamps may sit in
-different windows, so the planner lists them in one pass
-(``copies_at_different_times``) and each partition sends only the earliest.
+order and all but the first are flagged by the query itself; copies at
+different timestamps may sit in different windows, so the planner lists them
+in one pass (``copies_at_different_times``) and each partition sends only the
+earliest.
 """
 
 from __future__ import annotations
@@ -42,8 +51,9 @@ from .config import BackfillConfig
 from .windows import Window
 
 
-# (created_at or None for untimed rows, conversation key, message index key, ctid)
+# (created_at or None for untimed rows, conversation key, message index key, tiebreak)
 Position = Tuple[Any, str, int, str]
+Group = Tuple[Any, str, int]  # a turn at one time: rows sharing it are copies
 NULL_INDEX = -9223372036854775808  # where a NULL message_index sorts
 
 
@@ -58,9 +68,10 @@ class SourceRow:
     user_text: str | None
     assistant_text: str | None
     created_at: datetime | None
-    ctid: str = ""
+    tiebreak: str = ""  # the tiebreak column's value as text ("" without one)
     invalid_text: bool = False  # a text column held bytes that are not UTF-8
     repeats_earlier: bool = False  # an earlier row has the same timestamp, conversation and index
+    unrepresentable_time: bool = False  # created_at is ±infinity or outside the years 1-9999
 
     @property
     def key(self) -> str:
@@ -68,9 +79,13 @@ class SourceRow:
         return f"{self.conversation_id}:{self.message_index}"
 
     @property
-    def position(self) -> Position:
+    def group(self) -> Group:
         return (self.created_at, self.conversation_id or "",
-                NULL_INDEX if self.message_index is None else self.message_index, self.ctid)
+                NULL_INDEX if self.message_index is None else self.message_index)
+
+    @property
+    def position(self) -> Position:
+        return (*self.group, self.tiebreak)
 
 
 @dataclass(frozen=True)
@@ -78,7 +93,7 @@ class TableRange:
     first: datetime | None
     last: datetime | None
     rows: int
-    rows_without_timestamp: int
+    rows_without_timestamp: int  # NULL, or a timestamp nobody can represent
 
 
 def quote_identifier(name: str) -> str:
@@ -90,23 +105,30 @@ def quoted_table(config: BackfillConfig) -> str:
     return ".".join(quote_identifier(part) for part in config.source_table.split("."))
 
 
+def representable(config: BackfillConfig) -> str:
+    """SQL: the timestamp is finite and inside what Python and the SDK hold (a day's margin for zones)."""
+    col = quote_identifier(config.columns.created_at)
+    return f"(isfinite({col}) AND {col} >= '0001-01-02' AND {col} < '9999-12-31')"
+
+
 def _select(config: BackfillConfig, timed: bool) -> str:
-    """The row's fields, a copy flag and the order key (``k0``..``k3``), before the resume filter."""
+    """The row's fields, its flags and the order key (``k0``..``k3``), before the resume filter."""
     c = config.columns
     q = quote_identifier
     customer = f"{q(c.customer_id)}::text" if c.customer_id else "NULL::text"
     key = _order_key(config, timed)
-    # Rows equal on all but the last order key are copies of one turn at one time:
-    # the window function rides on the ORDER BY's sort, so it costs no extra pass.
-    repeats = (f"row_number() OVER (PARTITION BY {', '.join(key[:-1])} ORDER BY ctid) > 1"
+    # Rows equal on the turn's key are copies of one turn at one time: the window
+    # function rides on the ORDER BY's sort, so it costs no extra pass.
+    repeats = (f"row_number() OVER (PARTITION BY {', '.join(key[:-1])} ORDER BY {key[-1]}) > 1"
                if timed else "false")
     names = ["k0", "k1", "k2", "k3"][-len(key):]
     return (
         f"SELECT {q(c.conversation_id)}::text, {q(c.message_index)}, {q(c.user_id)}::text,"
         f" {customer}, textsend({q(c.user_text)}::text),"
         f" textsend({q(c.assistant_text)}::text),"
-        f" {q(c.created_at) + '::timestamptz' if timed else 'NULL::timestamptz'}, ctid::text,"
+        f" {q(c.created_at) + '::timestamptz' if timed else 'NULL::timestamptz'},"
         f" {repeats} AS repeats_earlier,"
+        f" {'false' if timed else q(c.created_at) + ' IS NOT NULL'} AS unrepresentable_time,"
         f" {', '.join(f'{k} AS {n}' for k, n in zip(key, names))}"
         f" FROM {quoted_table(config)}")
 
@@ -114,13 +136,15 @@ def _select(config: BackfillConfig, timed: bool) -> str:
 def _order_key(config: BackfillConfig, timed: bool) -> list[str]:
     c = config.columns
     q = quote_identifier
+    tiebreak = f"COALESCE({q(config.tiebreak_column)}::text, '')" if config.tiebreak_column else "''::text"
     keys = [f"COALESCE({q(c.conversation_id)}::text, '')",
-            f"COALESCE({q(c.message_index)}::bigint, {NULL_INDEX})", "ctid"]
+            f"COALESCE({q(c.message_index)}::bigint, {NULL_INDEX})", tiebreak]
     return ([q(c.created_at)] if timed else []) + keys
 
 
 _FIELDS = ("conversation_id, message_index, user_id, customer_id, user_text, assistant_text,"
-           " created_at, ctid, repeats_earlier")
+           " created_at, repeats_earlier, unrepresentable_time")
+_COLUMNS = _FIELDS.replace(",", "").split()
 
 
 def select_slice_sql(config: BackfillConfig, *, after: bool = False) -> str:
@@ -130,21 +154,19 @@ def select_slice_sql(config: BackfillConfig, *, after: bool = False) -> str:
     so a resumed read flags the same rows as a first one.
     """
     q = quote_identifier(config.columns.created_at)
-    resume = " WHERE (k0, k1, k2, k3) > (%(a_ts)s, %(a_conv)s, %(a_idx)s, %(a_ctid)s::tid)" if after else ""
-    return (f"SELECT {_FIELDS} FROM ({_select(config, timed=True)}"
-            f" WHERE {q} >= %(start)s AND {q} < %(end)s) AS w(conversation_id, message_index,"
-            f" user_id, customer_id, user_text, assistant_text, created_at, ctid, repeats_earlier,"
-            f" k0, k1, k2, k3){resume} ORDER BY k0, k1, k2, k3")
+    resume = " WHERE (k0, k1, k2, k3) > (%(a_ts)s, %(a_conv)s, %(a_idx)s, %(a_tb)s)" if after else ""
+    return (f"SELECT {_FIELDS}, k3 FROM ({_select(config, timed=True)}"
+            f" WHERE {q} >= %(start)s AND {q} < %(end)s)"
+            f" AS w({', '.join(_COLUMNS)}, k0, k1, k2, k3){resume} ORDER BY k0, k1, k2, k3")
 
 
 def select_untimed_sql(config: BackfillConfig, *, after: bool = False) -> str:
-    """Rows whose timestamp is NULL: they belong to no window."""
+    """Rows without a usable timestamp (NULL, or one nobody can represent): they belong to no window."""
     q = quote_identifier(config.columns.created_at)
-    resume = " WHERE (k1, k2, k3) > (%(a_conv)s, %(a_idx)s, %(a_ctid)s::tid)" if after else ""
-    return (f"SELECT {_FIELDS} FROM ({_select(config, timed=False)} WHERE {q} IS NULL)"
-            f" AS w(conversation_id, message_index, user_id, customer_id, user_text,"
-            f" assistant_text, created_at, ctid, repeats_earlier, k1, k2, k3){resume}"
-            f" ORDER BY k1, k2, k3")
+    resume = " WHERE (k1, k2, k3) > (%(a_conv)s, %(a_idx)s, %(a_tb)s)" if after else ""
+    return (f"SELECT {_FIELDS}, k3 FROM ({_select(config, timed=False)}"
+            f" WHERE {q} IS NULL OR NOT {representable(config)})"
+            f" AS w({', '.join(_COLUMNS)}, k1, k2, k3){resume} ORDER BY k1, k2, k3")
 
 
 def copies_at_different_times(conn: Any, config: BackfillConfig, start: datetime, end: datetime
@@ -179,10 +201,12 @@ def table_range(conn: Any, config: BackfillConfig) -> TableRange:
     """First and last timestamp, and counts, in one scan."""
     set_session_timezone(conn, config.source_timezone)
     col = quote_identifier(config.columns.created_at)
+    usable = representable(config)
     with conn.cursor() as cur:
         cur.execute(
-            f"SELECT min({col})::timestamptz, max({col})::timestamptz, count(*),"
-            f" count(*) FILTER (WHERE {col} IS NULL) FROM {quoted_table(config)}")
+            f"SELECT min({col}) FILTER (WHERE {usable})::timestamptz,"
+            f" max({col}) FILTER (WHERE {usable})::timestamptz, count(*),"
+            f" count(*) FILTER (WHERE {col} IS NULL OR NOT {usable}) FROM {quoted_table(config)}")
         first, last, rows, untimed = cur.fetchone()
     conn.commit()
     return TableRange(_as_utc(first), _as_utc(last), rows, untimed)
@@ -228,7 +252,7 @@ def read_window(conn: Any, config: BackfillConfig, window: Window | None,
     set_session_timezone(conn, config.source_timezone)
     args: dict[str, Any] = {}
     if after is not None:
-        args.update(a_ts=after[0], a_conv=after[1], a_idx=after[2], a_ctid=after[3])
+        args.update(a_ts=after[0], a_conv=after[1], a_idx=after[2], a_tb=after[3])
     if window is None:
         sql = select_untimed_sql(config, after=after is not None)
     else:
@@ -240,12 +264,14 @@ def read_window(conn: Any, config: BackfillConfig, window: Window | None,
             chunk = cur.fetchmany(config.fetch_size)
             if not chunk:
                 break
-            for conv, index, user, customer, user_raw, assistant_raw, created, ctid, repeats in chunk:
+            for (conv, index, user, customer, user_raw, assistant_raw, created, repeats,
+                 unrepresentable, tiebreak) in chunk:
                 user_text, user_ok = _text(user_raw)
                 assistant_text, assistant_ok = _text(assistant_raw)
                 yield SourceRow(_str(conv), index, _str(user), _str(customer), user_text,
-                                assistant_text, _as_utc(created), _str(ctid),
-                                not (user_ok and assistant_ok), bool(repeats))
+                                assistant_text, _as_utc(created), _str(tiebreak),
+                                not (user_ok and assistant_ok), bool(repeats),
+                                bool(unrepresentable))
     conn.commit()
 
 

@@ -26,7 +26,7 @@ from .windows import Window, covering_range, plan_windows, size_by_rows
 
 log = logging.getLogger("synap_backfill")
 
-UNTIMED_LABEL = "rows without a timestamp"
+UNTIMED_LABEL = "rows without a usable timestamp"
 GRID_LIMIT = 100_000  # calendar windows counted before fitting (choose a larger window_size past it)
 
 
@@ -58,7 +58,8 @@ def plan_partitions(config_dict: Mapping[str, Any], *, dag_id: str = "synap_back
             start, end = config.start, config.end
         else:
             extent = table_range(conn, config)
-            log.info("%s holds %d rows from %s to %s (%d without a timestamp)", config.source_table,
+            log.info("%s holds %d rows from %s to %s (%d without a usable timestamp: NULL, infinite"
+                     " or outside the years 1-9999)", config.source_table,
                      extent.rows, extent.first, extent.last, extent.rows_without_timestamp)
             untimed = extent.rows_without_timestamp
             start, end = (None, None) if extent.first is None else covering_range(

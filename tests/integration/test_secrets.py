@@ -48,11 +48,14 @@ def test_the_api_key_and_message_text_never_reach_logs_xcom_or_rendered_template
         ("u1", "c1", conv, i, TEXTS[i % 2], TEXTS[(i + 1) % 2], at + timedelta(minutes=i))
         for i in range(30)] + [("u1", None, conv, 99, TEXTS[0], "", at)])
 
-    with running_synap(tmp_path / "secret.sqlite3", "--tenant", f"{KEY}:inst_00000000000000f1:b2b",
-                       "--strict-batches") as synap:
+    # The instance does not report its isolation, so the row without a customer is
+    # refused by the server, which echoes the refused text (as FastAPI's 422 does).
+    with running_synap(tmp_path / "secret.sqlite3", "--tenant",
+                       f"{KEY}:inst_00000000000000f1:b2b-unreported", "--strict-batches") as synap:
         # Paths that log: a retried 503, a dropped and a reset connection, a rejected row,
         # then a bad key.
-        synap.controls(faults=[{"kind": "status", "status": 503, "times": 1},
+        synap.controls(echo_input=True,
+                       faults=[{"kind": "status", "status": 503, "times": 1},
                                {"kind": "drop_after_store", "times": 1},
                                {"kind": "reset_after_store", "times": 1}])
         ok = run_backfill(api_key=KEY, synap_url=synap.url, source_table="conv_secret", batch_size=10,
@@ -63,7 +66,12 @@ def test_the_api_key_and_message_text_never_reach_logs_xcom_or_rendered_template
 
     assert str(ok.state) == "success" and str(failed.state) == "failed"
     captured = capfd.readouterr()
-    seen = captured.out + captured.err + caplog.text + everything_a_run_left([ok, failed])
+    with local_pg.connect() as conn:
+        reasons = [r for (r,) in conn.execute("SELECT reason FROM synap_backfill.rejected_rows"
+                                               " WHERE run_id = %s", (ok.run_id,))]
+    assert len(reasons) == 1 and reasons[0].startswith("server refused the document: ")
+    seen = (captured.out + captured.err + caplog.text + everything_a_run_left([ok, failed])
+            + "\n".join(reasons))
     for proof in ("Done. Returned value was", "AuthenticationError", "batch 1 done",
                   "not accepted (attempt 1/"):
         assert proof in seen, f"{proof!r}: the logs were not all read"

@@ -65,3 +65,21 @@ def test_a_long_server_reason_is_shortened_to_one_line():
     outcome = classify_batch(["a"], [result("a", "failed", "bad\n" + "x" * 500)])
     (reason,) = outcome.rejected
     assert "\n" not in reason and len(reason) < 140
+
+
+@pytest.mark.parametrize("message", [
+    # pydantic's and FastAPI's shapes, and a server quoting a truncated prefix unquoted
+    "Value error, customer_id is not accepted [input_value='User: my card ends 4242', input_type=str]",
+    '[{"type": "value_error", "msg": "too long", "input": "User: my card ends 4242\\nAssistant: ok"}]',
+    "document rejected: User: my card ends 4242 Assistant: ok is not allowed here",
+])
+def test_a_server_reason_never_carries_the_documents_text(message):
+    (reason,) = classify_batch(["a"], [result("a", "failed", message)],
+                               texts={"a": "User: my card ends 4242\nAssistant: ok"}).rejected
+    assert reason.startswith("server: ") and "4242" not in reason
+
+
+def test_reasons_that_differ_only_in_a_quoted_value_are_counted_as_one():
+    outcome = classify_batch(["a", "b"], [result("a", "failed", "bad scope 'c1'"),
+                                          result("b", "failed", "bad scope 'c2'")])
+    assert dict(outcome.rejected) == {"server: bad scope '…'": 2}
