@@ -21,7 +21,7 @@ and one of 1,000,000 rows, each in a process of its own, and compares their
 peak memory.
 
     python -m include.bench [--profile cloud-like|unthrottled|all] [--turns N] [--large]
-                            [--memory] [--workers N]
+                            [--memory] [--rejected] [--workers N]
 
 Prints tables and writes the same as JSON to .local/bench/results.json.
 Nothing here asserts a time: the machines are shared and noisy.
@@ -54,6 +54,7 @@ PROFILES = {
 }
 LARGE = 1_000_000
 MEMORY_ROWS = (10_000, LARGE)
+REJECTED_ROWS = (10_000, 300_000)  # the all-rejected partitions compared
 
 
 @dataclass
@@ -81,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"{LARGE:,} turns for unthrottled, and the memory comparison")
     parser.add_argument("--memory", action="store_true",
                         help=f"compare a {MEMORY_ROWS[0]:,}-row and a {MEMORY_ROWS[1]:,}-row partition")
+    parser.add_argument("--rejected", action="store_true",
+                        help=f"compare a {REJECTED_ROWS[0]:,}-row and a {REJECTED_ROWS[1]:,}-row"
+                             " partition whose rows are all rejected")
     parser.add_argument("--workers", type=int, default=4, help="partitions at a time (pool slots)")
     args = parser.parse_args(argv)
     STATE.mkdir(parents=True, exist_ok=True)
@@ -105,13 +109,20 @@ def main(argv: list[str] | None = None) -> int:
         if args.large or args.memory:
             _ensure_table(pg, f"bench_{LARGE}", LARGE)
             memory = [_measure_window(pg, f"bench_{LARGE}", rows) for rows in MEMORY_ROWS]
+        rejected: list[dict] = []
+        if args.rejected:
+            table = f"bench_rejected_{REJECTED_ROWS[-1]}"
+            _ensure_rejected_table(pg, table, REJECTED_ROWS[-1])
+            rejected = [_measure_window(pg, table, rows) for rows in REJECTED_ROWS]
     if results:
         print(render(results))
     if memory:
         print("\n" + render_memory(memory))
+    if rejected:
+        print("\nevery row rejected (conversation_id is not a UUID):\n" + render_memory(rejected))
     out = STATE / "results.json"
-    out.write_text(json.dumps({"throughput": [asdict(r) for r in results], "memory": memory},
-                              indent=2))
+    out.write_text(json.dumps({"throughput": [asdict(r) for r in results], "memory": memory,
+                               "rejected_memory": rejected}, indent=2))
     print(f"\nwritten to {out.relative_to(REPO_ROOT)}")
     return 0
 
@@ -123,6 +134,19 @@ def _ensure_table(pg: LocalPostgres, table: str, turns: int) -> None:
             return
         print(f"building {table}: {turns} turns over 90 days...", flush=True)
         load_demo_table(conn, table, turns=turns, days=90, seed=11)
+
+
+def _ensure_rejected_table(pg: LocalPostgres, table: str, rows: int) -> None:
+    """Conversation turns that are all rejected (a conversation_id that is not a UUID)."""
+    with pg.connect() as conn:
+        if conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()[0]:
+            return
+        print(f"building {table}: {rows} turns, every one rejected...", flush=True)
+        conn.execute(f"CREATE TABLE {table} AS SELECT 'conv-' || i AS conversation_id,"
+                     " i AS message_index, 'u' || (i % 100) AS user_id, 'c1' AS customer_id,"
+                     " 'hello' AS user_text, 'hi' AS assistant_text,"
+                     " timestamptz '2024-01-01' + i * interval '1 second' AS created_at"
+                     f" FROM generate_series(1, {int(rows)}) AS i")
 
 
 def _measure(profile_name: str, contender: str, pg: LocalPostgres, table: str, turns: int,
@@ -156,6 +180,7 @@ def _measure_window(pg: LocalPostgres, table: str, rows: int) -> dict:
                                          json.dumps({"source_table": table}), "--rows", str(rows)],
                      pg, PROFILES["unthrottled"])
     return {"rows": run.done["rows_read"], "ingested": run.done["ingested"],
+            "rejected": run.done["rejected"],
             "seconds": round(run.seconds, 1), "peak_rss_mb": round(run.usage.ru_maxrss / 1024, 1)}
 
 
