@@ -223,6 +223,11 @@ def window_duration(value: str) -> Any:
     if not isinstance(duration, pendulum.Duration) or duration.total_seconds() < 60:
         raise ParamError("window_size", f"{value[:20]!r} is not an ISO-8601 duration of at "
                                         "least a minute (e.g. P1D, PT6H, P1W)")
+    if (duration.years or duration.months) and (duration.weeks or duration.remaining_days
+                                                or duration.hours or duration.minutes
+                                                or duration.remaining_seconds):
+        raise ParamError("window_size", f"{value[:20]!r} mixes months or years with days or"
+                                        " hours: use one or the other (P1M, P45D)")
     return duration
 
 

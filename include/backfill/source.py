@@ -48,7 +48,7 @@ from datetime import datetime, timezone
 from typing import Any, Iterator, Tuple
 
 from .config import BackfillConfig
-from .windows import Window
+from .windows import Grid, Window
 
 
 # (created_at or None for untimed rows, conversation key, message index key, tiebreak)
@@ -86,14 +86,6 @@ class SourceRow:
     @property
     def position(self) -> Position:
         return (*self.group, self.tiebreak)
-
-
-@dataclass(frozen=True)
-class TableRange:
-    first: datetime | None
-    last: datetime | None
-    rows: int
-    rows_without_timestamp: int  # NULL, or a timestamp nobody can represent
 
 
 def quote_identifier(name: str) -> str:
@@ -197,52 +189,57 @@ def set_session_timezone(conn: Any, tz: str) -> None:
         cur.execute("SELECT set_config('TimeZone', %s, false)", (tz,))
 
 
-def table_range(conn: Any, config: BackfillConfig) -> TableRange:
-    """First and last timestamp, and counts, in one scan."""
+def bucket_counts(conn: Any, config: BackfillConfig, grid: Grid, start: datetime | None = None,
+                  end: datetime | None = None) -> tuple[list[tuple[Any, int]], int]:
+    """Rows per fine bucket of ``grid``, and rows without a usable timestamp, in one pass.
+
+    Without ``start`` and ``end``: the whole relation. With them: only ``[start,
+    end)``, which holds no row without a usable timestamp.
+    """
     set_session_timezone(conn, config.source_timezone)
     col = quote_identifier(config.columns.created_at)
-    usable = representable(config)
+    where = f" WHERE {col} >= %(start)s AND {col} < %(end)s" if start is not None else ""
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT CASE WHEN {representable(config)} THEN {grid.fine_sql(col)} END,"
+                    f" count(*) FROM {quoted_table(config)}{where} GROUP BY 1",
+                    {"partition_tz": grid.tz, "start": start, "end": end})
+        rows = cur.fetchall()
+    conn.commit()
+    untimed = sum(n for bucket, n in rows if bucket is None)
+    return sorted((bucket, n) for bucket, n in rows if bucket is not None), untimed
+
+
+def turns_are_unique(conn: Any, config: BackfillConfig) -> bool:
+    """A unique index on exactly (conversation_id, message_index): the source holds no copies."""
+    c = config.columns
     with conn.cursor() as cur:
         cur.execute(
-            f"SELECT min({col}) FILTER (WHERE {usable})::timestamptz,"
-            f" max({col}) FILTER (WHERE {usable})::timestamptz, count(*),"
-            f" count(*) FILTER (WHERE {col} IS NULL OR NOT {usable}) FROM {quoted_table(config)}")
-        first, last, rows, untimed = cur.fetchone()
+            "SELECT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = to_regclass(%s)"
+            " AND i.indisunique AND i.indpred IS NULL AND i.indnkeyatts = 2"
+            " AND (SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_attribute a"
+            "      WHERE a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey[0:1]))"
+            "     = (SELECT array_agg(x ORDER BY x) FROM unnest(%s::text[]) AS x))",
+            (quoted_table(config), [c.conversation_id, c.message_index]))
+        (unique,) = cur.fetchone()
     conn.commit()
-    return TableRange(_as_utc(first), _as_utc(last), rows, untimed)
+    return bool(unique)
 
 
-def window_counts(conn: Any, config: BackfillConfig, windows: list[Window]) -> list[int]:
-    """Rows in each window, in one query (an index range scan per window)."""
-    if not windows:
-        return []
-    set_session_timezone(conn, config.source_timezone)
-    col = quote_identifier(config.columns.created_at)
+def timestamp_index(conn: Any, config: BackfillConfig) -> bool | None:
+    """Whether an index leads with the timestamp column; None when the relation is not a
+    table or materialized view (a view's cost is its query's)."""
     with conn.cursor() as cur:
         cur.execute(
-            f"SELECT count(t.{col}) FROM unnest(%(starts)s::timestamptz[], %(ends)s::timestamptz[])"
-            f" WITH ORDINALITY AS w(s, e, i)"
-            f" LEFT JOIN {quoted_table(config)} AS t ON t.{col} >= w.s AND t.{col} < w.e"
-            f" GROUP BY w.i ORDER BY w.i",
-            {"starts": [w.start for w in windows], "ends": [w.end for w in windows]})
-        counts = [n for (n,) in cur.fetchall()]
+            "SELECT c.relkind IN ('r', 'p', 'm'), EXISTS (SELECT 1 FROM pg_index i"
+            " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]"
+            " WHERE i.indrelid = c.oid AND a.attname = %s)"
+            " FROM pg_class c WHERE c.oid = to_regclass(%s)",
+            (config.columns.created_at, quoted_table(config)))
+        row = cur.fetchone()
     conn.commit()
-    return counts
-
-
-def split_points(conn: Any, config: BackfillConfig, window: Window, parts: int) -> list[datetime]:
-    """Timestamps that cut ``window`` into ``parts`` pieces of about equal row counts."""
-    set_session_timezone(conn, config.source_timezone)
-    col = quote_identifier(config.columns.created_at)
-    fractions = [i / parts for i in range(1, parts)]
-    with conn.cursor() as cur:
-        cur.execute(
-            f"SELECT percentile_disc(%(fractions)s::float8[]) WITHIN GROUP (ORDER BY {col})::timestamptz[]"
-            f" FROM {quoted_table(config)} WHERE {col} >= %(start)s AND {col} < %(end)s",
-            {"fractions": fractions, "start": window.start, "end": window.end})
-        (points,) = cur.fetchone()
-    conn.commit()
-    return [_as_utc(p) for p in points or [] if p is not None]
+    if row is None or not row[0]:
+        return None
+    return bool(row[1])
 
 
 def read_window(conn: Any, config: BackfillConfig, window: Window | None,

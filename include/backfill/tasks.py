@@ -20,14 +20,14 @@ from .pacing import SharedPacer
 from .partition import PartitionFailed, PartitionSettings, run_partition_rows
 from .results import DEFAULT_DUPLICATE_PATTERN
 from .sending import RetryPolicy
-from .source import (copies_at_different_times, read_window, split_points, table_range,
-                     window_counts)
-from .windows import Window, covering_range, plan_windows, size_by_rows
+from .source import (bucket_counts, copies_at_different_times, quote_identifier, quoted_table,
+                     read_window, timestamp_index, turns_are_unique)
+from .windows import Grid, Window, size_by_rows
 
 log = logging.getLogger("synap_backfill")
 
 UNTIMED_LABEL = "rows without a usable timestamp"
-GRID_LIMIT = 100_000  # calendar windows counted before fitting (choose a larger window_size past it)
+UNINDEXED_PARTITIONS = 8  # full scans a plan may cost when the timestamp column has no index
 
 
 def resolve_config(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -42,31 +42,32 @@ def plan_partitions(config_dict: Mapping[str, Any], *, dag_id: str = "synap_back
                     run_id: str = "manual") -> list[dict[str, Any]]:
     """Window bounds for the mapped partitions: small dicts, never rows.
 
-    With no start and end, the range is the table's own (first to last
-    timestamp, laid on the window grid), and rows with a NULL timestamp get a
-    partition of their own that rejects them with a reason, so none is lost.
-    Turns the source holds at several timestamps go to the ledger (one pass),
-    so each partition sends only the earliest copy.
+    One pass counts every row into the window grid's fine buckets (with no
+    start and end, the relation's whole range), and rows without a usable
+    timestamp get a partition of their own that rejects them with a reason, so
+    none is lost. One more pass lists the turns the source holds at several
+    timestamps, for the ledger, so each partition sends only the earliest copy.
     """
     from airflow.providers.postgres.hooks.postgres import PostgresHook
 
     config = BackfillConfig.from_dict(config_dict)
-    untimed = 0
-    planned: list[dict[str, Any]] = []
+    grid = Grid.of(config.window_size, config.partition_timezone)
     with closing(PostgresHook(postgres_conn_id=config.postgres_conn_id).get_conn()) as conn:
-        if config.start and config.end:
-            start, end = config.start, config.end
-        else:
-            extent = table_range(conn, config)
-            log.info("%s holds %d rows from %s to %s (%d without a usable timestamp: NULL, infinite"
-                     " or outside the years 1-9999)", config.source_table,
-                     extent.rows, extent.first, extent.last, extent.rows_without_timestamp)
-            untimed = extent.rows_without_timestamp
-            start, end = (None, None) if extent.first is None else covering_range(
-                extent.first, extent.last, config.window_size, config.partition_timezone)
-        copies = copies_at_different_times(conn, config, start, end) if start is not None else []
-        if start is not None:
-            planned = _fit_to_rows(conn, config, start, end)
+        buckets, untimed = bucket_counts(conn, config, grid, config.start, config.end)
+        windows, counts, split = grid.windows(buckets, config.start, config.end)
+        if config.start is None:
+            log.info("%s holds %d rows with a usable timestamp%s, and %d without (NULL, infinite"
+                     " or outside the years 1-9999)", config.source_table, sum(counts),
+                     f", from the window {windows[0].label} to {windows[-1].label}" if windows
+                     else "", untimed)
+        planned = _fit_to_rows(conn, config, windows, counts, split)
+        copies = []
+        if windows and turns_are_unique(conn, config):
+            log.info("%s has a unique index on (%s, %s): it holds no copies of a turn; not"
+                     " looking for them", config.source_table, config.columns.conversation_id,
+                     config.columns.message_index)
+        elif windows:
+            copies = copies_at_different_times(conn, config, windows[0].start, windows[-1].end)
     ledger_hook = PostgresHook(postgres_conn_id=config.ledger_conn_id or config.postgres_conn_id)
     with closing(ledger_hook.get_conn()) as ledger_conn:
         ensure_tables(ledger_conn, config.ledger_schema)
@@ -100,22 +101,28 @@ def _spread(windows: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
                                          for i in range(count)})]
 
 
-def _fit_to_rows(conn: Any, config: BackfillConfig, start: Any, end: Any) -> list[dict[str, Any]]:
-    """Calendar windows, then split busy ones, join quiet ones, drop empty ones, keep under the cap."""
-    # The calendar grid may be much finer than max_partitions: the cap applies
-    # after empty windows are dropped and neighbours merged.
-    windows = plan_windows(start, end, config.window_size, config.partition_timezone,
-                           max_partitions=GRID_LIMIT)
-    counts = window_counts(conn, config, windows)
-    sized = size_by_rows(
-        windows, counts, lambda w, parts: split_points(conn, config, w, parts),
-        max_rows=config.max_rows_per_partition, max_partitions=config.max_partitions,
-        min_rows=config.min_rows_per_partition,
-        tz=config.partition_timezone)
-    skipped = sum(1 for n in counts if n == 0)
-    if skipped or len(sized) != len(windows) - skipped:
-        log.info("fitted %d calendar windows to the data: %d empty skipped, %d partition(s)",
-                 len(windows), skipped, len(sized))
+def _fit_to_rows(conn: Any, config: BackfillConfig, windows: list[Window], counts: list[int],
+                 split: Any) -> list[dict[str, Any]]:
+    """Occupied windows, busy ones split, quiet ones joined, under the cap.
+
+    Without an index on the timestamp column every partition's read is a full
+    scan, so the plan keeps to ``UNINDEXED_PARTITIONS`` larger partitions and
+    says which index would lift that.
+    """
+    cap = config.max_partitions
+    if windows and timestamp_index(conn, config) is False:
+        cap = min(cap, UNINDEXED_PARTITIONS)
+        log.warning("%s has no index on %s: every partition reads the whole table, so this plan"
+                    " keeps to %d partitions, larger than max_rows_per_partition if need be."
+                    " To let partitions read only their window: CREATE INDEX CONCURRENTLY ON %s"
+                    " (%s)", config.source_table, config.columns.created_at, cap,
+                    quoted_table(config), quote_identifier(config.columns.created_at))
+    sized = size_by_rows(windows, counts, split, max_rows=config.max_rows_per_partition,
+                         max_partitions=cap, min_rows=config.min_rows_per_partition,
+                         tz=config.partition_timezone)
+    if len(sized) != len(windows):
+        log.info("fitted %d occupied windows to the data: %d partition(s)", len(windows),
+                 len(sized))
     return [s.to_dict() for s in sized]
 
 

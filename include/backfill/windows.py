@@ -4,23 +4,22 @@ Bounds are UTC instants, and each window's end is the next one's start, so a
 row sits in exactly one window whatever its timestamp, boundaries included.
 The grid is laid out in a *partition* time zone: ``P1D`` in Europe/Berlin is
 one local calendar day, which is 23 or 25 hours on the days the clocks
-change. ``PT24H`` is always 24 hours.
+change; ``P1W`` runs Monday to Monday; ``P1M`` is a calendar month. A size
+with a time part is absolute: ``PT24H`` is always 24 hours, and ``PT6H``
+windows start at 00, 06, 12 and 18 UTC.
 """
 
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import date, datetime, time, timedelta, timezone
 from typing import Any, Callable
 
 import pendulum
 
 from .config import window_duration
-
-
-class TooManyPartitions(ValueError):
-    """The range splits into more windows than the run allows."""
 
 
 @dataclass(frozen=True)
@@ -43,43 +42,117 @@ class Window:
                    raw["label"])
 
 
-def plan_windows(start: datetime, end: datetime, window_size: str, tz: str = "UTC", *,
-                 max_partitions: int = 1000) -> list[Window]:
-    """Windows from ``start`` stepping by ``window_size``; the last is cut at ``end``."""
-    if end <= start:
-        return []
-    size = window_duration(window_size)
-    cursor = pendulum.instance(start).in_timezone(tz)
-    stop = pendulum.instance(end)
-    bounds = [cursor]
-    while bounds[-1] < stop:
-        if len(bounds) > max_partitions:
-            raise TooManyPartitions(
-                f"the range {start.isoformat()} to {end.isoformat()} splits into more than "
-                f"{max_partitions} windows of {window_size}: choose a larger window_size "
-                "or a shorter range")
-        bounds.append(min(bounds[-1] + size, stop.in_timezone(tz)))
-    return [_window(a, b, tz) for a, b in zip(bounds, bounds[1:])]
+EPOCH_MONDAY = date(2000, 1, 3)  # day- and week-sized windows count from a Monday
+LAST_LOCAL = datetime(9999, 12, 31)  # no window ends later (what Python can hold, less a day)
 
 
-def covering_range(first: datetime, last: datetime, window_size: str,
-                   tz: str = "UTC") -> tuple[datetime, datetime]:
-    """The smallest range on the window grid that holds both ``first`` and ``last``.
+@dataclass(frozen=True)
+class Grid:
+    """The windows' calendar in the partition zone, and the fine buckets rows are counted in.
 
-    The grid starts at local midnight of ``first``'s day (the first of its month
-    for month- or year-sized windows), so windows fall on readable boundaries.
-    The end is strictly after ``last``: the windows are half-open.
+    One ``GROUP BY`` over ``fine_sql`` counts every row into a fine bucket of
+    local wall-clock time: a day for month-sized windows, an hour for day- and
+    week-sized ones, a divisor of the window for shorter ones. Each bucket lies
+    in exactly one window, so the counts per window, and where to cut a busy
+    window, come from that one pass, whatever the indexes. Only occupied
+    windows exist: a row in year 9999 costs one bucket, not a calendar of
+    millions of empty windows.
     """
-    size = window_duration(window_size)
-    first_local = pendulum.instance(first).in_timezone(tz)
-    anchor = first_local.start_of("month" if size.years or size.months else "day")
-    while anchor + size <= first_local:
-        anchor = anchor + size
-    end = anchor + size
-    last_local = pendulum.instance(last)
-    while end <= last_local:
-        end = end + size
-    return _utc(anchor), _utc(end)
+
+    kind: str  # "months", "days" (local calendar) or "seconds" (absolute, from 1970 UTC)
+    step: int  # months, days or seconds in a window
+    fine: int  # seconds in a fine bucket (kind "seconds")
+    tz: str
+
+    @classmethod
+    def of(cls, window_size: str, tz: str = "UTC") -> "Grid":
+        size = window_duration(window_size)
+        months = size.years * 12 + size.months
+        if months:
+            return cls("months", months, 0, tz)
+        if "T" not in window_size:  # days and weeks: the local calendar's
+            return cls("days", size.weeks * 7 + size.remaining_days, 0, tz)
+        step = int(size.total_seconds())  # a time part (PT24H, P1DT12H): always that long
+        parts = max([k for k in range(1, 65) if step % k == 0 and step // k >= 60] or [1])
+        return cls("seconds", step, step // parts, tz)
+
+    def fine_sql(self, column: str) -> str:
+        """SQL: a row's fine bucket, from its timestamp ``column`` (``%(partition_tz)s`` bound)."""
+        local = f"({column}::timestamptz AT TIME ZONE %(partition_tz)s)"
+        if self.kind == "months":
+            return f"date_trunc('day', {local})"
+        if self.kind == "days":
+            return f"date_trunc('hour', {local})"
+        # Absolute time: a window with a time part is always that long, DST or not.
+        return f"floor(extract(epoch FROM {column}::timestamptz) / {self.fine})::bigint"
+
+    def windows(self, buckets: list[tuple[Any, int]], start: datetime | None = None,
+                end: datetime | None = None) -> tuple[list["Window"], list[int], "SplitPoints"]:
+        """The occupied windows in order, their row counts, and cut points within them.
+
+        ``buckets``: (fine bucket, rows) as ``fine_sql`` groups them. ``start`` and
+        ``end`` clip the first and last window to an explicit range.
+        """
+        # Local times only: converting to UTC is done per window, and per bucket
+        # only for a window that is split (pendulum is slow per call).
+        by_window: dict[int, list[tuple[datetime, int]]] = defaultdict(list)
+        for bucket, rows in buckets:
+            local = self._fine_local(bucket)
+            by_window[self._index(local)].append((local, rows))
+        windows, counts, fines = [], [], {}
+        for k in sorted(by_window):
+            lo, hi = self._utc(self._start(k)), self._utc(self._start(k + 1))
+            lo, hi = max(lo, start) if start else lo, min(hi, end) if end else hi
+            window = _window(pendulum.instance(lo), pendulum.instance(hi), self.tz)
+            windows.append(window)
+            counts.append(sum(n for _, n in by_window[k]))
+            fines[window.start] = sorted(by_window[k])
+
+        def split_points(window: Window, parts: int) -> list[datetime]:
+            """Cuts so that no piece holds more than a ``parts``-th of the rows, unless one fine
+            bucket does: from the counts, no query."""
+            cells = fines[window.start]
+            limit = math.ceil(sum(n for _, n in cells) / parts)
+            cuts, running = [], 0
+            for bucket_start, rows in cells:
+                if running and running + rows > limit:
+                    cuts.append(self._utc(bucket_start))
+                    running = 0
+                running += rows
+            return cuts
+        return windows, counts, split_points
+
+    def _fine_local(self, bucket: Any) -> datetime:
+        if self.kind == "seconds":
+            return datetime(1970, 1, 1) + timedelta(seconds=int(bucket) * self.fine)
+        return bucket.replace(tzinfo=None)
+
+    def _index(self, local: datetime) -> int:
+        if self.kind == "months":
+            return (local.year * 12 + local.month - 1) // self.step
+        if self.kind == "days":
+            return (local.date() - EPOCH_MONDAY).days // self.step
+        return int((local - datetime(1970, 1, 1)).total_seconds()) // self.step
+
+    def _start(self, k: int) -> datetime:
+        """Local wall-clock start of window ``k``."""
+        try:
+            if self.kind == "months":
+                month = k * self.step
+                return min(datetime(month // 12, month % 12 + 1, 1), LAST_LOCAL)
+            if self.kind == "days":
+                return min(datetime.combine(EPOCH_MONDAY, time()) + timedelta(days=k * self.step),
+                           LAST_LOCAL)
+            return min(datetime(1970, 1, 1) + timedelta(seconds=k * self.step), LAST_LOCAL)
+        except (OverflowError, ValueError):  # past year 9999
+            return LAST_LOCAL
+
+    def _utc(self, local: datetime) -> datetime:
+        """A grid time as a UTC instant: local wall-clock time, or already UTC (kind "seconds")."""
+        if self.kind == "seconds":
+            return local.replace(tzinfo=timezone.utc)
+        return _utc(pendulum.datetime(local.year, local.month, local.day, local.hour, local.minute,
+                                      local.second, local.microsecond, tz=self.tz))
 
 
 def _window(start: pendulum.DateTime, end: pendulum.DateTime, tz: str) -> Window:

@@ -197,3 +197,24 @@ def test_a_partition_of_only_rejected_rows_checkpoints_as_it_goes(local_pg, run_
                                    " WHERE run_id = %s", (dag_run.run_id,)).fetchone()
     assert recorded == 3500
     assert synap.get("/_local/stats")["documents"] == {}
+
+
+def test_a_unique_index_on_the_turn_spares_the_planner_its_copies_pass(
+        local_pg, run_backfill, synap, caplog):
+    caplog.set_level("INFO", logger="synap_backfill")
+    conv = str(uuid.uuid4())
+    rows = [(conv, i, "u1", "c1", f"turn {i}", "ok", AT + timedelta(hours=i)) for i in range(5)]
+    with local_pg.connect() as conn:
+        conn.execute("DROP TABLE IF EXISTS conv_unique")
+        conn.execute("CREATE TABLE conv_unique (conversation_id uuid, message_index int,"
+                     " user_id text, customer_id text, user_text text, assistant_text text,"
+                     " created_at timestamptz, UNIQUE (message_index, conversation_id))")
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO conv_unique VALUES (%s,%s,%s,%s,%s,%s,%s)", rows)
+
+    dag_run = run_backfill(source_table="conv_unique")
+
+    assert summary_counts(dag_run) == (5, 5, 0, {})
+    assert "conv_unique has a unique index on (conversation_id, message_index)" in caplog.text
+    assert "has no index on created_at" in caplog.text  # the plan warns, with the statement
+    assert 'CREATE INDEX CONCURRENTLY ON "conv_unique" ("created_at")' in caplog.text

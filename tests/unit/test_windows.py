@@ -3,8 +3,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from include.backfill.config import timestamp
-from include.backfill.windows import (TooManyPartitions, Window, covering_range, plan_windows,
-                                      size_by_rows)
+from include.backfill.windows import Grid, Window, size_by_rows
 
 UTC = timezone.utc
 
@@ -13,42 +12,77 @@ def utc(*args: int) -> datetime:
     return datetime(*args, tzinfo=UTC)
 
 
-def test_windows_are_contiguous_half_open_and_cover_the_range():
-    windows = plan_windows(utc(2024, 3, 1), utc(2024, 3, 4), "P1D")
+def hours(*local: tuple[int, ...], rows: int = 1) -> list[tuple[datetime, int]]:
+    """Fine buckets of a day-sized grid (local wall-clock hours), ``rows`` each."""
+    return [(datetime(*t), rows) for t in local]
+
+
+def test_only_occupied_windows_exist_contiguous_half_open_and_labelled():
+    windows, counts, _ = Grid.of("P1D").windows(hours((2024, 3, 1, 5), (2024, 3, 1, 9),
+                                                       (2024, 3, 2, 0), (2024, 3, 4, 23)))
     assert [(w.start, w.end) for w in windows] == [
         (utc(2024, 3, 1), utc(2024, 3, 2)), (utc(2024, 3, 2), utc(2024, 3, 3)),
-        (utc(2024, 3, 3), utc(2024, 3, 4))]
-    assert all(a.end == b.start for a, b in zip(windows, windows[1:]))
+        (utc(2024, 3, 4), utc(2024, 3, 5))]  # March 3 holds nothing
+    assert counts == [2, 1, 1]
     assert [w.label for w in windows] == [
-        "2024-03-01 → 2024-03-02", "2024-03-02 → 2024-03-03", "2024-03-03 → 2024-03-04"]
+        "2024-03-01 → 2024-03-02", "2024-03-02 → 2024-03-03", "2024-03-04 → 2024-03-05"]
 
 
 def test_a_boundary_instant_belongs_to_exactly_one_window():
-    windows = plan_windows(utc(2024, 3, 1), utc(2024, 3, 4), "P1D")
+    windows, _, _ = Grid.of("P1D").windows(hours((2024, 3, 1, 0), (2024, 3, 2, 0), (2024, 3, 3, 0)))
     for instant in (utc(2024, 3, 2), utc(2024, 3, 2) - timedelta(microseconds=1), utc(2024, 3, 1)):
         assert sum(w.contains(instant) for w in windows) == 1
     assert not any(w.contains(utc(2024, 3, 4)) for w in windows)  # end is exclusive
 
 
-def test_the_last_window_is_cut_at_the_end():
-    windows = plan_windows(utc(2024, 3, 1), utc(2024, 3, 2, 6), "P1D")
-    assert windows[-1].start == utc(2024, 3, 2) and windows[-1].end == utc(2024, 3, 2, 6)
+def test_an_explicit_range_clips_the_first_and_last_window():
+    windows, _, _ = Grid.of("P1D").windows(hours((2024, 3, 1, 12), (2024, 3, 2, 3)),
+                                           start=utc(2024, 3, 1, 12), end=utc(2024, 3, 2, 6))
+    assert (windows[0].start, windows[-1].end) == (utc(2024, 3, 1, 12), utc(2024, 3, 2, 6))
     assert windows[-1].label == "2024-03-02 00:00 → 2024-03-02 06:00"
 
 
 def test_a_day_follows_the_local_calendar_across_dst_in_a_non_utc_zone():
     # Europe/Berlin: clocks go forward on 2024-03-31 and back on 2024-10-27.
-    spring = plan_windows(utc(2024, 3, 29, 23), utc(2024, 4, 1, 22), "P1D", "Europe/Berlin")
+    berlin = Grid.of("P1D", "Europe/Berlin")
+    spring, _, _ = berlin.windows(hours((2024, 3, 30, 12), (2024, 3, 31, 12), (2024, 4, 1, 12)))
     assert [w.end - w.start for w in spring] == [timedelta(hours=24), timedelta(hours=23),
                                                   timedelta(hours=24)]
     assert spring[1].label == "2024-03-31 → 2024-04-01 Europe/Berlin"
-    autumn = plan_windows(utc(2024, 10, 26, 22), utc(2024, 10, 27, 23), "P1D", "Europe/Berlin")
+    autumn, _, _ = berlin.windows(hours((2024, 10, 27, 12)))
     assert [w.end - w.start for w in autumn] == [timedelta(hours=25)]
 
 
 def test_pt24h_is_always_24_hours_even_across_dst():
-    windows = plan_windows(utc(2024, 3, 30, 23), utc(2024, 4, 1, 23), "PT24H", "Europe/Berlin")
-    assert all(w.end - w.start == timedelta(hours=24) for w in windows)
+    grid = Grid.of("PT24H", "Europe/Berlin")
+    assert (grid.kind, grid.step) == ("seconds", 86400)
+    march_2024 = int(utc(2024, 3, 25).timestamp()) // grid.fine  # the clocks change on the 31st
+    windows, _, _ = grid.windows([(march_2024 + n * 64, 1) for n in range(10)])
+    assert len(windows) == 10 and all(w.end - w.start == timedelta(hours=24) for w in windows)
+    assert windows[0].start == utc(2024, 3, 25)
+
+
+def test_weeks_run_monday_to_monday_and_months_are_calendar_months():
+    weeks, _, _ = Grid.of("P1W").windows(hours((2024, 3, 6, 12)))  # a Wednesday
+    assert (weeks[0].start, weeks[0].end) == (utc(2024, 3, 4), utc(2024, 3, 11))
+    months, _, _ = Grid.of("P1M").windows([(datetime(2024, 2, 10), 1)])
+    assert (months[0].start, months[0].end) == (utc(2024, 2, 1), utc(2024, 3, 1))
+
+
+def test_a_row_in_year_9999_costs_one_window_and_no_window_ends_past_what_python_holds():
+    windows, counts, _ = Grid.of("P1M").windows([(datetime(2024, 3, 1), 5),
+                                                 (datetime(9999, 12, 20), 1)])
+    assert counts == [5, 1] and len(windows) == 2
+    assert windows[-1].end == utc(9999, 12, 31)
+
+
+def test_a_busy_window_is_cut_between_fine_buckets_by_their_counts():
+    windows, _, split = Grid.of("P1D").windows(hours((2024, 3, 1, 1), (2024, 3, 1, 2),
+                                                     (2024, 3, 1, 9), (2024, 3, 1, 20), rows=50))
+    assert split(windows[0], 2) == [utc(2024, 3, 1, 9)]
+    assert split(windows[0], 4) == [utc(2024, 3, 1, 2), utc(2024, 3, 1, 9), utc(2024, 3, 1, 20)]
+    # Three pieces of at most 67 rows cannot be had from buckets of 50: four of 50.
+    assert split(windows[0], 3) == [utc(2024, 3, 1, 2), utc(2024, 3, 1, 9), utc(2024, 3, 1, 20)]
 
 
 def test_a_timestamp_without_a_zone_is_read_as_utc():
@@ -57,33 +91,13 @@ def test_a_timestamp_without_a_zone_is_read_as_utc():
     assert timestamp("start", "2024-03-01T00:00:00Z") == utc(2024, 3, 1)
 
 
-def test_the_covering_range_starts_at_local_midnight_and_ends_after_the_last_row():
-    assert covering_range(utc(2024, 3, 1, 5), utc(2024, 3, 3, 7), "P1D") == (
-        utc(2024, 3, 1), utc(2024, 3, 4))
-    # A last row exactly on a boundary needs the next window: windows are half-open.
-    assert covering_range(utc(2024, 3, 1, 5), utc(2024, 3, 3), "P1D")[1] == utc(2024, 3, 4)
-    assert covering_range(utc(2024, 3, 1, 5), utc(2024, 3, 1, 5), "PT6H") == (
-        utc(2024, 3, 1), utc(2024, 3, 1, 6))
-    assert covering_range(utc(2024, 3, 1, 5), utc(2024, 3, 1, 5), "P1D", "America/New_York") == (
-        utc(2024, 3, 1, 5), utc(2024, 3, 2, 5))
-
-
-def test_an_empty_range_plans_no_windows():
-    assert plan_windows(utc(2024, 3, 1), utc(2024, 3, 1), "P1D") == []
-
-
-def test_too_many_windows_is_refused_with_advice():
-    with pytest.raises(TooManyPartitions, match="larger window_size"):
-        plan_windows(utc(2020, 1, 1), utc(2024, 1, 1), "PT1H", max_partitions=1000)
-
-
 def test_a_window_survives_the_round_trip_through_xcom():
-    window = plan_windows(utc(2024, 3, 1), utc(2024, 3, 2), "P1D")[0]
+    window = day(1)
     assert Window.from_dict(window.to_dict()) == window
 
 
 def day(n: int) -> Window:
-    return plan_windows(utc(2024, 3, n), utc(2024, 3, n + 1), "P1D")[0]
+    return Window(utc(2024, 3, n), utc(2024, 3, n + 1), f"2024-03-{n:02d} → 2024-03-{n + 1:02d}")
 
 
 def no_split(window, parts):
