@@ -21,7 +21,7 @@ and one of 1,000,000 rows, each in a process of its own, and compares their
 peak memory.
 
     python -m include.bench [--profile cloud-like|unthrottled|all] [--turns N] [--large]
-                            [--memory] [--rejected] [--workers N]
+                            [--memory] [--rejected] [--plan] [--workers N]
 
 Prints tables and writes the same as JSON to .local/bench/results.json.
 Nothing here asserts a time: the machines are shared and noisy.
@@ -55,6 +55,7 @@ PROFILES = {
 LARGE = 1_000_000
 MEMORY_ROWS = (10_000, LARGE)
 REJECTED_ROWS = (10_000, 300_000)  # the all-rejected partitions compared
+PLAN_ROWS = 2_000_000  # the table the planner is timed on, over two years
 
 
 @dataclass
@@ -85,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rejected", action="store_true",
                         help=f"compare a {REJECTED_ROWS[0]:,}-row and a {REJECTED_ROWS[1]:,}-row"
                              " partition whose rows are all rejected")
+    parser.add_argument("--plan", action="store_true",
+                        help=f"time the planner on a {PLAN_ROWS:,}-row, two-year table against one"
+                             " full read of it, without and then with an index on created_at")
     parser.add_argument("--workers", type=int, default=4, help="partitions at a time (pool slots)")
     args = parser.parse_args(argv)
     STATE.mkdir(parents=True, exist_ok=True)
@@ -109,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.large or args.memory:
             _ensure_table(pg, f"bench_{LARGE}", LARGE)
             memory = [_measure_window(pg, f"bench_{LARGE}", rows) for rows in MEMORY_ROWS]
+        planning: list[dict] = []
+        if args.plan:
+            planning = _measure_planning(pg, f"bench_plan_{PLAN_ROWS}", PLAN_ROWS)
         rejected: list[dict] = []
         if args.rejected:
             table = f"bench_rejected_{REJECTED_ROWS[-1]}"
@@ -118,11 +125,13 @@ def main(argv: list[str] | None = None) -> int:
         print(render(results))
     if memory:
         print("\n" + render_memory(memory))
+    if planning:
+        print("\n" + render_planning(planning))
     if rejected:
         print("\nevery row rejected (conversation_id is not a UUID):\n" + render_memory(rejected))
     out = STATE / "results.json"
     out.write_text(json.dumps({"throughput": [asdict(r) for r in results], "memory": memory,
-                               "rejected_memory": rejected}, indent=2))
+                               "rejected_memory": rejected, "planning": planning}, indent=2))
     print(f"\nwritten to {out.relative_to(REPO_ROOT)}")
     return 0
 
@@ -134,6 +143,62 @@ def _ensure_table(pg: LocalPostgres, table: str, turns: int) -> None:
             return
         print(f"building {table}: {turns} turns over 90 days...", flush=True)
         load_demo_table(conn, table, turns=turns, days=90, seed=11)
+
+
+def _measure_planning(pg: LocalPostgres, table: str, rows: int) -> list[dict]:
+    """The planner's time against one full read of the table, without and with the index."""
+    with pg.connect(autocommit=True) as conn:
+        if not conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()[0]:
+            print(f"building {table}: {rows} turns over two years...", flush=True)
+            # About ten turns a conversation, at random times over 2023 and 2024.
+            conn.execute(
+                f"CREATE TABLE {table} AS SELECT 'u' || (i / 40) AS user_id, 'c' || (i / 4000)"
+                " AS customer_id, md5((i / 10)::text)::uuid AS conversation_id,"
+                " i % 10 AS message_index, 'question number ' || i || ' about the weather'"
+                " AS user_text, 'an answer to question ' || i AS assistant_text,"
+                " timestamptz '2023-01-01' + random() * interval '730 days' AS created_at"
+                f" FROM generate_series(1, {int(rows)}) AS i")
+            conn.execute(f"VACUUM ANALYZE {table}")
+        conn.execute(f"DROP INDEX IF EXISTS {table}_created_at")
+    results = []
+    for indexed in (False, True):
+        if indexed:
+            with pg.connect(autocommit=True) as conn:
+                conn.execute(f"CREATE INDEX {table}_created_at ON {table} (created_at)")
+        with pg.connect() as conn:
+            conn.execute(f"SELECT count(*) FROM {table}").fetchone()  # warm the cache alike
+            started = time.monotonic()
+            conn.execute(f"SELECT count(*), max(length(user_text)), max(created_at) FROM {table}"
+                         ).fetchone()
+            scan = time.monotonic() - started
+            # What every backfill of the table costs at least: all rows in its read order.
+            started = time.monotonic()
+            conn.execute(f"SELECT count(*) FROM (SELECT * FROM {table} ORDER BY created_at,"
+                         " conversation_id, message_index OFFSET 0) AS s").fetchone()
+            sorted_read = time.monotonic() - started
+        print(f"planning: {table}, {'with' if indexed else 'without'} an index...", flush=True)
+        run = _run_child(f"plan-{'indexed' if indexed else 'unindexed'}",
+                         ["include.bench.backfill", "plan", json.dumps({"source_table": table})],
+                         pg, PROFILES["unthrottled"])
+        results.append({"index": indexed, "scan_seconds": round(scan, 2),
+                        "sorted_read_seconds": round(sorted_read, 2),
+                        "plan_seconds": run.done["seconds"], "partitions": run.done["partitions"],
+                        "rows": run.done["rows"],
+                        "ratio_to_scan": round(run.done["seconds"] / scan, 1),
+                        "ratio_to_sorted_read": round(run.done["seconds"] / sorted_read, 2)})
+    return results
+
+
+def render_planning(planning: list[dict]) -> str:
+    lines = [f"planning {planning[0]['rows']} rows over two years, against one scan (count, max of"
+             " a text's length and of created_at) and one sorted read (every row in the"
+             " backfill's order):"]
+    for p in planning:
+        lines.append(f"  {'with' if p['index'] else 'without'} an index on created_at:"
+                     f" plan {p['plan_seconds']:5.2f} s; scan {p['scan_seconds']:5.2f} s"
+                     f" (x{p['ratio_to_scan']}); sorted read {p['sorted_read_seconds']:5.2f} s"
+                     f" (x{p['ratio_to_sorted_read']}); {p['partitions']} partitions")
+    return "\n".join(lines)
 
 
 def _ensure_rejected_table(pg: LocalPostgres, table: str, rows: int) -> None:

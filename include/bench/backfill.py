@@ -73,16 +73,30 @@ def window(params: dict[str, Any], rows: int) -> dict[str, Any]:
     return {key: report[key] for key in ("rows_read", "ingested", "duplicates", "rejected", "batches")}
 
 
+def plan(params: dict[str, Any]) -> dict[str, Any]:
+    """The planner alone, as the DAG's plan_partitions task runs it: its seconds and partitions."""
+    import time
+
+    from airflow.providers.postgres.hooks.postgres import PostgresHook  # noqa: F401  (imports: not planning)
+
+    config = resolve_config(params)
+    started = time.monotonic()
+    windows = plan_partitions(config, dag_id="synap_bench", run_id="bench-plan")
+    return {"seconds": round(time.monotonic() - started, 2), "partitions": len(windows),
+            "rows": sum(w["rows"] for w in windows)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["run", "window"])
+    parser.add_argument("what", choices=["run", "window", "plan"])
     parser.add_argument("params")
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--rows", type=int, default=10_000)
     args = parser.parse_args(argv)
     params = json.loads(args.params)
-    result = run(params, args.workers) if args.what == "run" else window(params, args.rows)
+    result = (run(params, args.workers) if args.what == "run" else
+              window(params, args.rows) if args.what == "window" else plan(params))
     print("done: " + json.dumps(result))
     return 0
 
