@@ -138,9 +138,12 @@ def test_a_mixed_case_schema_and_table(local_pg, run_backfill, synap):
 
 
 def test_timestamps_nobody_can_represent_are_rejected_and_the_plan_goes_on(
-        local_pg, run_backfill, synap):
+        local_pg, run_backfill, synap, caplog):
+    caplog.set_level("INFO", logger="synap_backfill")
     conv = str(uuid.uuid4())
     good = [(conv, i, "u1", "c1", f"turn {i}", "ok", AT + timedelta(hours=i)) for i in range(4)]
+    # The SDK accepts year 9999: the user's call, sent, and shown in the plan log.
+    good.append((conv, 9, "u1", "c1", "far future", "ok", datetime(9999, 6, 1, 12, tzinfo=UTC)))
     with local_pg.connect() as conn:
         conn.execute("DROP TABLE IF EXISTS conv_infinite")
         conn.execute("CREATE TABLE conv_infinite (conversation_id uuid, message_index int,"
@@ -152,13 +155,16 @@ def test_timestamps_nobody_can_represent_are_rejected_and_the_plan_goes_on(
             conn.execute("INSERT INTO conv_infinite VALUES (%s, %s, 'u1', 'c1', 'x', 'y', %s)",
                          (conv, 10 + index, literal))
 
-    dag_run = run_backfill(source_table="conv_infinite", max_rejected_share=1)
+    dag_run = run_backfill(source_table="conv_infinite", max_rejected_share=1,
+                           min_rows_per_partition=1)
 
     assert str(dag_run.state) == "success"
-    assert summary_counts(dag_run) == (8, 4, 0, {RejectReason.UNREPRESENTABLE_TIMESTAMP: 4})
+    assert summary_counts(dag_run) == (9, 5, 0, {RejectReason.UNREPRESENTABLE_TIMESTAMP: 4})
     assert_stored_exactly(synap.db_path, good)
     (plan,) = local_airflow.task_results(dag_run, "plan_partitions")
-    assert [w["label"] for w in plan] == ["2024-05-01 → 2024-05-02", "rows without a usable timestamp"]
+    assert [w["label"] for w in plan] == ["2024-05-01 → 2024-05-02", "9999-06-01 → 9999-06-02",
+                                          "rows without a usable timestamp"]
+    assert "from the window 2024-05-01 → 2024-05-02 to 9999-06-01 → 9999-06-02" in caplog.text
 
 
 def test_a_tiebreak_column_orders_copies_of_one_turn_and_the_first_is_sent(
