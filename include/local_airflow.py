@@ -97,13 +97,18 @@ def run_dag(dag_id: str = "synap_backfill", conf: Mapping[str, Any] | None = Non
 
 def task_results(dag_run: Any, task_id: str) -> list[Any]:
     """The XCom return values of a task in a run (one per mapped instance)."""
+    return task_xcom(dag_run, task_id, "return_value")
+
+
+def task_xcom(dag_run: Any, task_id: str, key: str) -> list[Any]:
+    """A task's XCom values under ``key`` in a run (one per mapped instance)."""
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
 
     with create_session() as session:
         rows = session.query(XComModel).filter(
             XComModel.dag_id == dag_run.dag_id, XComModel.run_id == dag_run.run_id,
-            XComModel.task_id == task_id, XComModel.key == "return_value",
+            XComModel.task_id == task_id, XComModel.key == key,
         ).order_by(XComModel.map_index).all()
         return [XComModel.deserialize_value(r) for r in rows]
 

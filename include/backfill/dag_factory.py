@@ -169,14 +169,17 @@ def build_backfill_dag(dag_id: str, *, doc_md: str, schedule: Any = None,
         def resolve_config() -> dict:
             from include.backfill.tasks import resolve_config as resolve
 
-            return resolve(get_current_context()["params"])
+            context = get_current_context()
+            return resolve(context["params"], conf=context["dag_run"].conf or {},
+                           known=context["dag"].params.keys(), ti=context["ti"])
 
         @task
         def plan_partitions(config: dict) -> list[dict]:
             from include.backfill.tasks import plan_partitions as plan
 
-            run = get_current_context()["dag_run"]
-            return plan(config, dag_id=run.dag_id, run_id=run.run_id)
+            context = get_current_context()
+            run = context["dag_run"]
+            return plan(config, dag_id=run.dag_id, run_id=run.run_id, ti=context["ti"])
 
         @task(map_index_template="{{ window_label }}", pool=pool, retries=2,
               retry_delay=timedelta(seconds=20))
@@ -192,7 +195,10 @@ def build_backfill_dag(dag_id: str, *, doc_md: str, schedule: Any = None,
         def summarize(config: dict | None, windows: list[dict] | None, reports: list[dict] | None) -> dict:
             from include.backfill.tasks import summarize_run
 
-            return summarize_run(windows, reports, config, get_current_context()["dag_run"].run_id)
+            context = get_current_context()
+            before = context["ti"].xcom_pull(task_ids=["resolve_config", "plan_partitions"],
+                                             key="failure") if windows is None else None
+            return summarize_run(windows, reports, config, context["dag_run"].run_id, before)
 
         config = resolve_config()
         windows = plan_partitions(config)

@@ -265,14 +265,14 @@ def read_window(conn: Any, config: BackfillConfig, window: Window | None,
                  unrepresentable, tiebreak) in chunk:
                 user_text, user_ok = _text(user_raw)
                 assistant_text, assistant_ok = _text(assistant_raw)
-                yield SourceRow(_str(conv), index, _str(user), _str(customer), user_text,
-                                assistant_text, _as_utc(created), _str(tiebreak),
+                yield SourceRow(as_text(conv), index, as_text(user), as_text(customer), user_text,
+                                assistant_text, _as_utc(created), as_text(tiebreak),
                                 not (user_ok and assistant_ok), bool(repeats),
                                 bool(unrepresentable))
     conn.commit()
 
 
-def _str(value: Any) -> Any:
+def as_text(value: Any) -> Any:
     """psycopg returns text as bytes from a SQL_ASCII database: ids are decoded leniently."""
     if isinstance(value, (bytes, memoryview)):
         return bytes(value).decode("utf-8", "replace")

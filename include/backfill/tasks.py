@@ -10,14 +10,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from contextlib import AsyncExitStack, closing
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, NoReturn, Sequence
 
 from .accounting import PartitionReport, summarize, window_key
-from .config import BackfillConfig, config_from_params
+from .config import BackfillConfig, ParamError, config_from_params
 from .documents import B2B_ISOLATION, B2C_ISOLATION
 from .ledger import Ledger, ensure_tables, save_copies
 from .pacing import SharedPacer
-from .partition import PartitionFailed, PartitionSettings, run_partition_rows
+from .partition import PartitionFailed, PartitionSettings, describe_error, run_partition_rows
+from .preflight import PreflightError, check_ledger, check_source, check_synap, unknown_keys
 from .results import DEFAULT_DUPLICATE_PATTERN
 from .sending import RetryPolicy
 from .source import (bucket_counts, copies_at_different_times, quote_identifier, quoted_table,
@@ -30,16 +31,52 @@ UNTIMED_LABEL = "rows without a usable timestamp"
 UNINDEXED_PARTITIONS = 8  # full scans a plan may cost when the timestamp column has no index
 
 
-def resolve_config(params: Mapping[str, Any]) -> dict[str, Any]:
-    """Validate the run's params (a ParamError names the bad one) before anything runs."""
-    config = config_from_params(params)
-    log.info("backfill of %s into Synap connection %s, batches of %d, mode %s",
-             config.source_table, config.synap_conn_id, config.batch_size, config.mode)
+def resolve_config(params: Mapping[str, Any], *, conf: Mapping[str, Any] | None = None,
+                   known: Iterable[str] = (), ti: Any = None) -> dict[str, Any]:
+    """Validate the run's params and check everything they point at, before anything runs.
+
+    A bad param, an unknown conf key, a missing relation or column, a column of
+    the wrong type, a read-only ledger or a refused API key fails this first
+    task in one line naming it (``preflight.py``); the line also goes to XCom
+    (key ``failure``) for ``summarize`` to repeat.
+    """
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+    from synap_provider.hooks import SynapHook
+
+    try:
+        if conf is not None:
+            unknown_keys(conf, known)
+        config = config_from_params(params)
+        with closing(PostgresHook(postgres_conn_id=config.postgres_conn_id).get_conn()) as conn:
+            check_source(conn, config)
+        ledger = config.ledger_conn_id or config.postgres_conn_id
+        with closing(PostgresHook(postgres_conn_id=ledger).get_conn()) as conn:
+            check_ledger(conn, config)
+        instance = "" if config.dry_run else check_synap(
+            SynapHook(synap_conn_id=config.synap_conn_id), config.synap_conn_id)
+    except (ParamError, PreflightError) as exc:
+        _fail_before_planning(ti, str(exc))
+    except Exception as exc:  # unforeseen: still say which task stopped the run, and why
+        if ti is not None:
+            ti.xcom_push(key="failure", value=describe_error(exc))
+        raise
+    log.info("backfill of %s into Synap connection %s%s, batches of %d, mode %s; preflight passed",
+             config.source_table, config.synap_conn_id, f" (instance {instance})" if instance else "",
+             config.batch_size, config.mode)
     return config.to_dict()
 
 
+def _fail_before_planning(ti: Any, message: str) -> NoReturn:
+    """Fail the task, without retries, leaving the one-line reason for the summary."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    if ti is not None:
+        ti.xcom_push(key="failure", value=message)
+    raise AirflowFailException(message)
+
+
 def plan_partitions(config_dict: Mapping[str, Any], *, dag_id: str = "synap_backfill",
-                    run_id: str = "manual") -> list[dict[str, Any]]:
+                    run_id: str = "manual", ti: Any = None) -> list[dict[str, Any]]:
     """Window bounds for the mapped partitions: small dicts, never rows.
 
     One pass counts every row into the window grid's fine buckets (with no
@@ -47,10 +84,20 @@ def plan_partitions(config_dict: Mapping[str, Any], *, dag_id: str = "synap_back
     timestamp get a partition of their own that rejects them with a reason, so
     none is lost. One more pass lists the turns the source holds at several
     timestamps, for the ledger, so each partition sends only the earliest copy.
+    A failure's one-line reason also goes to XCom (key ``failure``) for the summary.
     """
+    config = BackfillConfig.from_dict(config_dict)
+    try:
+        return _plan(config, dag_id, run_id)
+    except Exception as exc:
+        if ti is not None:
+            ti.xcom_push(key="failure", value=describe_error(exc))
+        raise
+
+
+def _plan(config: BackfillConfig, dag_id: str, run_id: str) -> list[dict[str, Any]]:
     from airflow.providers.postgres.hooks.postgres import PostgresHook
 
-    config = BackfillConfig.from_dict(config_dict)
     grid = Grid.of(config.window_size, config.partition_timezone)
     with closing(PostgresHook(postgres_conn_id=config.postgres_conn_id).get_conn()) as conn:
         buckets, untimed = bucket_counts(conn, config, grid, config.start, config.end)
@@ -251,13 +298,21 @@ def _connection_errors() -> tuple[type[BaseException], ...]:
 
 def summarize_run(windows: Iterable[Mapping[str, Any]] | None,
                   reports: Iterable[Mapping[str, Any]] | None,
-                  config_dict: Mapping[str, Any] | None = None, run_id: str | None = None
-                  ) -> dict[str, Any]:
-    """Add up every partition, print the table, and fail when anything is unaccounted for."""
+                  config_dict: Mapping[str, Any] | None = None, run_id: str | None = None,
+                  before_planning: Sequence[str | None] | None = None) -> dict[str, Any]:
+    """Add up every partition, print the table, and fail when anything is unaccounted for.
+
+    ``before_planning``: the ``failure`` XComs of resolve_config and
+    plan_partitions, to say in one line why a run stopped before any partition.
+    """
     from airflow.sdk.exceptions import AirflowFailException
 
     if windows is None:
-        raise AirflowFailException("no partition plan: the plan task failed, see its log")
+        resolved, planned = list(before_planning or ()) + [None] * (2 - len(before_planning or ()))
+        task, reason = (("resolve_config", resolved) if config_dict is None
+                        else ("plan_partitions", planned))
+        raise AirflowFailException(f"the run stopped before any partition: {task} failed:"
+                                   f" {reason or 'see its log'}")
     if isinstance(reports, Sequence):
         # One slice request; iterating a lazy XCom sequence item by item ends
         # on a not-found lookup that Airflow logs as an error.

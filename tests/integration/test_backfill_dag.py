@@ -177,7 +177,7 @@ def test_an_empty_table_plans_nothing_and_succeeds(local_pg, run_backfill, store
     assert stored_documents() == []
 
 
-def test_a_wrong_api_key_fails_the_partitions_with_an_authentication_error_and_stores_nothing(
+def test_a_wrong_api_key_fails_the_first_task_and_stores_nothing(
         local_pg, run_backfill, stored_documents, capfd):
     with local_pg.connect() as conn:
         load_demo_table(conn, "conv_badkey", turns=200, days=2, seed=3)
@@ -185,14 +185,14 @@ def test_a_wrong_api_key_fails_the_partitions_with_an_authentication_error_and_s
     dag_run = run_backfill(api_key="sk-wrong-key-0123456789", source_table="conv_badkey")
 
     assert str(dag_run.state) == "failed"
-    assert set(states(dag_run, "backfill_partition")) == {"failed"}
+    assert states(dag_run, "resolve_config") == ["failed"]
+    assert set(states(dag_run, "backfill_partition")) <= {"upstream_failed"}
     assert states(dag_run, "summarize") == ["failed"]
     assert stored_documents() == []
     output = capfd.readouterr()
     log = output.out + output.err
-    assert "AuthenticationError: invalid or missing API key" in log
-    assert "was not accepted" in log
-    assert "did not finish" in log
+    assert "connection 'synap_default': Synap refused the API key" in log
+    assert "the run stopped before any partition: resolve_config failed: connection" in log
 
 
 def test_a_replay_into_a_second_region_ends_with_the_same_document_ids(

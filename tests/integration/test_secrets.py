@@ -72,7 +72,7 @@ def test_the_api_key_and_message_text_never_reach_logs_xcom_or_rendered_template
     assert len(reasons) == 1 and reasons[0].startswith("server refused the document: ")
     seen = (captured.out + captured.err + caplog.text + everything_a_run_left([ok, failed])
             + "\n".join(reasons))
-    for proof in ("Done. Returned value was", "AuthenticationError", "batch 1 done",
+    for proof in ("Done. Returned value was", "Synap refused the API key", "batch 1 done",
                   "not accepted (attempt 1/"):
         assert proof in seen, f"{proof!r}: the logs were not all read"
     for secret in (KEY, WRONG_KEY, *TEXTS, "Marker-Orchid", "Quiet Lane"):

@@ -1,0 +1,121 @@
+"""Checks before anything runs: the first task fails in one line, naming the param or connection.
+
+A missing table, a wrong column, a typo in a conf key, a read-only ledger or a
+refused API key would otherwise surface only when a partition fails, under a
+traceback, after the plan. Each check reads the catalog or calls ``whoami``:
+no row is read, nothing is sent, and no message names a value from the source
+(a column of the wrong type is caught by its type, before any value is parsed).
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import fields
+from typing import Any, Iterable
+
+from .config import BackfillConfig, SourceColumns
+from .source import as_text, quote_identifier, quoted_table
+
+# pg_type.typcategory: what each mapped column may be.
+TIMESTAMP_TYPES = {"D"}  # date, timestamp, timestamptz
+TEXT_TYPES = {"S"}  # text, varchar, char, name
+NUMBER_TYPES = {"N"}  # smallint, integer, bigint, numeric
+_KINDS = {"created_at": (TIMESTAMP_TYPES, "a timestamp or date"),
+          "user_text": (TEXT_TYPES, "text"), "assistant_text": (TEXT_TYPES, "text"),
+          "message_index": (NUMBER_TYPES, "a whole number")}  # ids: anything casts to text
+
+
+class PreflightError(ValueError):
+    """What is wrong and what to do, in one line, naming the param or connection."""
+
+
+def unknown_keys(conf: Iterable[str], known: Iterable[str]) -> None:
+    """Refuse conf keys no param has (a typo would otherwise be ignored silently)."""
+    known = sorted(known)
+    unknown = sorted(set(conf) - set(known))
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, known, n=1)
+            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise PreflightError(f"unknown conf key{'s' if len(unknown) > 1 else ''}: {', '.join(hints)};"
+                             " the params are listed on the trigger form")
+
+
+def check_source(conn: Any, config: BackfillConfig) -> None:
+    """The relation exists, the connection may read it, and each mapped column fits."""
+    where = f"on connection {config.postgres_conn_id}"
+    with conn.cursor() as cur:
+        cur.execute("SELECT to_regclass(%s)::oid", (quoted_table(config),))
+        (oid,) = cur.fetchone()
+        if oid is None:
+            raise PreflightError(f"param 'source_table': no table or view {config.source_table!r}"
+                                 f" {where} (names are case-sensitive; give SCHEMA.TABLE if it is"
+                                 " not on the search_path)")
+        cur.execute("SELECT has_table_privilege(%s, 'SELECT')", (oid,))
+        if not cur.fetchone()[0]:
+            raise PreflightError(f"param 'source_table': the user of connection"
+                                 f" {config.postgres_conn_id} may not SELECT from"
+                                 f" {config.source_table}: GRANT SELECT to it")
+        cur.execute("SELECT a.attname, format_type(a.atttypid, a.atttypmod), t.typcategory"
+                    " FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid"
+                    " WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped", (oid,))
+        # A SQL_ASCII database answers text as bytes.
+        columns = {as_text(name): (as_text(shown), as_text(category))
+                   for name, shown, category in cur.fetchall()}
+    conn.commit()
+    mapped = {f"{f.name}_column": getattr(config.columns, f.name) for f in fields(SourceColumns)}
+    if config.tiebreak_column:
+        mapped["tiebreak_column"] = config.tiebreak_column
+    for param, column in mapped.items():
+        if not column:
+            continue
+        if column not in columns:
+            close = difflib.get_close_matches(column, list(columns), n=1)
+            raise PreflightError(f"param {param!r}: {config.source_table} has no column"
+                                 f" {column!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                                 + f"; its columns: {', '.join(sorted(columns))[:300]}")
+        kinds = _KINDS.get(param.removesuffix("_column"))
+        shown, category = columns[column]
+        if kinds and category not in kinds[0]:
+            raise PreflightError(f"param {param!r}: column {column!r} of {config.source_table}"
+                                 f" is {shown}, not {kinds[1]}")
+
+
+def check_ledger(conn: Any, config: BackfillConfig) -> None:
+    """The ledger's schema and tables exist or can be made (checkpoints must be writable)."""
+    from .ledger import ensure_tables
+
+    try:
+        ensure_tables(conn, config.ledger_schema)
+    except Exception as exc:  # a DB-API error: name its kind, never its text's values
+        conn.rollback()
+        raise PreflightError(
+            f"param 'ledger_schema': schema {quote_identifier(config.ledger_schema)} on connection"
+            f" {config.ledger_conn_id or config.postgres_conn_id} is not writable"
+            f" ({_sql_error(exc)}); grant CREATE on the database, or point ledger_conn_id"
+            " elsewhere") from None
+
+
+def check_synap(hook: Any, conn_id: str) -> str:
+    """``whoami`` answers with this key: the instance it opens."""
+    import asyncio
+
+    from maximem_synap import AuthenticationError
+
+    try:
+        who = asyncio.run(hook.whoami())
+    except AuthenticationError:
+        raise PreflightError(f"connection {conn_id!r}: Synap refused the API key (whoami"
+                             " answered 401/403); put a valid key in its password") from None
+    except Exception as exc:
+        raise PreflightError(f"connection {conn_id!r}: Synap did not answer whoami"
+                             f" ({type(exc).__name__}); check its host and that the service is"
+                             " up") from None
+    return str(who.get("instance_id") or "")
+
+
+def _sql_error(exc: BaseException) -> str:
+    """A database error's kind and SQLSTATE, without its message (which may quote values)."""
+    state = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
+    return f"{type(exc).__name__}" + (f", SQLSTATE {state}" if state else "")
