@@ -12,7 +12,7 @@ import pytest
 
 from include import local_airflow
 from include.backfill.documents import RejectReason
-from tests.conftest import read_store
+from tests.conftest import make_table, read_store
 
 pytestmark = pytest.mark.integration
 UTC = timezone.utc
@@ -144,15 +144,10 @@ def test_timestamps_nobody_can_represent_are_rejected_and_the_plan_goes_on(
     good = [(conv, i, "u1", "c1", f"turn {i}", "ok", AT + timedelta(hours=i)) for i in range(4)]
     # The SDK accepts year 9999: the user's call, sent, and shown in the plan log.
     good.append((conv, 9, "u1", "c1", "far future", "ok", datetime(9999, 6, 1, 12, tzinfo=UTC)))
+    make_table(local_pg, "conv_infinite", [(u, c, cv, i, q, a, t) for cv, i, u, c, q, a, t in good])
     with local_pg.connect() as conn:
-        conn.execute("DROP TABLE IF EXISTS conv_infinite")
-        conn.execute("CREATE TABLE conv_infinite (conversation_id uuid, message_index int,"
-                     " user_id text, customer_id text, user_text text, assistant_text text,"
-                     " created_at timestamptz)")
-        with conn.cursor() as cur:
-            cur.executemany("INSERT INTO conv_infinite VALUES (%s,%s,%s,%s,%s,%s,%s)", good)
         for index, literal in enumerate(["infinity", "-infinity", "10000-01-01", "0100-01-01 BC"]):
-            conn.execute("INSERT INTO conv_infinite VALUES (%s, %s, 'u1', 'c1', 'x', 'y', %s)",
+            conn.execute("INSERT INTO conv_infinite VALUES ('u1', 'c1', %s, %s, 'x', 'y', %s)",
                          (conv, 10 + index, literal))
 
     dag_run = run_backfill(source_table="conv_infinite", max_rejected_share=1,
