@@ -1,7 +1,5 @@
 from datetime import datetime, timedelta, timezone
 
-import pytest
-
 from include.backfill.config import timestamp
 from include.backfill.windows import Grid, Window, size_by_rows
 
