@@ -165,7 +165,9 @@ def build_backfill_dag(dag_id: str, *, doc_md: str, schedule: Any = None,
          catchup=False, max_active_runs=1, doc_md=doc_md, tags=["synap", *tags],
          params=backfill_params(**(params or {})))
     def backfill():
-        @task
+        # multiple_outputs=False: a "-> dict" task would otherwise push each key as an
+        # XCom of its own (about 13 per partition); one value per task is enough.
+        @task(multiple_outputs=False)
         def resolve_config() -> dict:
             from include.backfill.tasks import resolve_config as resolve
 
@@ -181,7 +183,7 @@ def build_backfill_dag(dag_id: str, *, doc_md: str, schedule: Any = None,
             run = context["dag_run"]
             return plan(config, dag_id=run.dag_id, run_id=run.run_id, ti=context["ti"])
 
-        @task(map_index_template="{{ window_label }}", pool=pool, retries=2,
+        @task(map_index_template="{{ window_label }}", pool=pool, retries=2, multiple_outputs=False,
               retry_delay=timedelta(seconds=20))
         def backfill_partition(config: dict, window: dict) -> dict:
             from include.backfill.tasks import run_partition
@@ -191,7 +193,7 @@ def build_backfill_dag(dag_id: str, *, doc_md: str, schedule: Any = None,
             run = context["dag_run"]
             return run_partition(config, window, dag_id=run.dag_id, run_id=run.run_id)
 
-        @task(trigger_rule="all_done")
+        @task(trigger_rule="all_done", multiple_outputs=False)
         def summarize(config: dict | None, windows: list[dict] | None, reports: list[dict] | None) -> dict:
             from include.backfill.tasks import summarize_run
 

@@ -108,3 +108,10 @@ def test_the_bad_params_the_form_must_refuse_fail_their_own_schema():
             assert name in str(exc) or "ParamValidationError" in type(exc).__name__
         else:
             raise AssertionError(f"{name}={value!r} was accepted")
+
+
+def test_no_task_pushes_each_key_of_its_dict_as_an_xcom_of_its_own():
+    from include import local_airflow
+
+    dag = local_airflow.load_dag("synap_backfill")
+    assert {t.task_id: t.multiple_outputs for t in dag.tasks if t.multiple_outputs} == {}

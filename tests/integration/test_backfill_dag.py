@@ -53,6 +53,24 @@ def test_every_row_is_stored_once_with_its_id_timestamp_scope_and_text(
 
 
 
+def test_a_finished_runs_xcom_holds_one_return_value_per_task_instance_and_nothing_else(
+        local_pg, run_backfill):
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with local_pg.connect() as conn:
+        load_demo_table(conn, "conv_xcom", turns=300, days=3, seed=13)
+    dag_run = run_backfill(source_table="conv_xcom", min_rows_per_partition=1)
+
+    assert str(dag_run.state) == "success"
+    with create_session() as session:
+        rows = session.query(XComModel.task_id, XComModel.map_index, XComModel.key).filter(
+            XComModel.run_id == dag_run.run_id).all()
+    instances = {(t, i) for (t, i), s in local_airflow.task_states(dag_run).items()
+                 if s == "success" and t != "announce_complete"}  # it returns nothing
+    assert sorted(rows) == sorted((t, i, "return_value") for t, i in instances)
+
+
 def test_a_partition_keeps_several_batches_in_flight_and_still_counts_in_order(
         local_pg, run_backfill, synap):
     with local_pg.connect() as conn:
