@@ -26,6 +26,7 @@ from include.backfill.config import LIMITS, MODES, BackfillConfig, SourceColumns
 # a region replay can be scheduled on it.
 PRIMARY_BACKFILL_DONE = Asset(name="synap_backfill_complete", uri="synap://backfill/synap_backfill")
 DEFAULT_POOL = "synap_api"
+SCHEDULED_RUN_TYPES = ("scheduled", "backfill")  # runs that replay their data interval
 
 # ISO-8601 date-time: date, optional time (with optional fraction) and offset.
 _DATE_TIME = (r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?)?"
@@ -172,8 +173,13 @@ def build_backfill_dag(dag_id: str, *, doc_md: str, schedule: Any = None,
             from include.backfill.tasks import resolve_config as resolve
 
             context = get_current_context()
-            return resolve(context["params"], conf=context["dag_run"].conf or {},
-                           known=context["dag"].params.keys(), ti=context["ti"])
+            run = context["dag_run"]
+            # A cron region's runs (and `airflow backfill create`'s) replay their interval.
+            scheduled = str(getattr(run.run_type, "value", run.run_type)) in SCHEDULED_RUN_TYPES
+            return resolve(context["params"], conf=run.conf or {},
+                           known=context["dag"].params.keys(), ti=context["ti"],
+                           interval=(context["data_interval_start"], context["data_interval_end"])
+                           if scheduled else None)
 
         @task
         def plan_partitions(config: dict) -> list[dict]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from contextlib import AsyncExitStack, closing
+from datetime import datetime
 from typing import Any, Iterable, Iterator, Mapping, NoReturn, Sequence
 
 from .accounting import PartitionReport, summarize, window_key
@@ -32,8 +33,14 @@ UNINDEXED_PARTITIONS = 8  # full scans a plan may cost when the timestamp column
 
 
 def resolve_config(params: Mapping[str, Any], *, conf: Mapping[str, Any] | None = None,
-                   known: Iterable[str] = (), ti: Any = None) -> dict[str, Any]:
+                   known: Iterable[str] = (), ti: Any = None,
+                   interval: tuple[datetime, datetime] | None = None) -> dict[str, Any]:
     """Validate the run's params and check everything they point at, before anything runs.
+
+    ``interval``: a scheduled (or ``airflow backfill create``) run's data
+    interval. Without ``start`` and ``end`` params, such a run replays
+    ``[data_interval_start, data_interval_end)``: what arrived since the last
+    run, not the whole table again.
 
     A bad param, an unknown conf key, a missing relation or column, a column of
     the wrong type, a read-only ledger or a refused API key fails this first
@@ -46,6 +53,10 @@ def resolve_config(params: Mapping[str, Any], *, conf: Mapping[str, Any] | None 
     try:
         if conf is not None:
             unknown_keys(conf, known)
+        if interval is not None and not (params.get("start") or params.get("end")):
+            params = {**params, "start": interval[0].isoformat(), "end": interval[1].isoformat()}
+            log.info("a scheduled run: replaying its data interval [%s, %s)", params["start"],
+                     params["end"])
         config = config_from_params(params)
         with closing(PostgresHook(postgres_conn_id=config.postgres_conn_id).get_conn()) as conn:
             check_source(conn, config)
