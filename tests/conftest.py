@@ -111,17 +111,28 @@ def stored_documents(synap: Any) -> Callable[[], list[dict[str, Any]]]:
 
 
 @pytest.fixture()
-def run_backfill(airflow_db: None, local_pg: Any, synap: Any, monkeypatch: pytest.MonkeyPatch
-                 ) -> Callable[..., Any]:
+def use_connections(local_pg: Any, synap: Any, monkeypatch: pytest.MonkeyPatch
+                    ) -> Callable[..., None]:
+    """Point ``synap_default`` and ``postgres_default`` at this test's Synap and Postgres."""
+
+    def use(api_key: str = "local-dev-key", synap_url: str | None = None,
+            synap_extra: dict | None = None) -> None:
+        monkeypatch.setenv("AIRFLOW_CONN_SYNAP_DEFAULT", json.dumps(
+            {"conn_type": "synap", "host": synap_url or synap.url, "password": api_key,
+             "extra": synap_extra or {}}))
+        monkeypatch.setenv("AIRFLOW_CONN_POSTGRES_DEFAULT", local_pg.airflow_connection())
+
+    return use
+
+
+@pytest.fixture()
+def run_backfill(airflow_db: None, use_connections: Callable[..., None]) -> Callable[..., Any]:
     """Run ``synap_backfill`` with dag.test() against this test's Postgres and Synap."""
 
     def run(api_key: str = "local-dev-key", dag_id: str = "synap_backfill",
             synap_url: str | None = None, synap_extra: dict | None = None,
             logical_date: Any = None, retry_delay: float | None = None, **conf: Any) -> Any:
-        monkeypatch.setenv("AIRFLOW_CONN_SYNAP_DEFAULT", json.dumps(
-            {"conn_type": "synap", "host": synap_url or synap.url, "password": api_key,
-             "extra": synap_extra or {"backoff_max": 4}}))
-        monkeypatch.setenv("AIRFLOW_CONN_POSTGRES_DEFAULT", local_pg.airflow_connection())
+        use_connections(api_key, synap_url, synap_extra or {"backoff_max": 4})
         return local_airflow.run_dag(dag_id, conf, logical_date=logical_date,
                                      retry_delay=retry_delay)
 

@@ -121,13 +121,10 @@ raise SystemExit(main(["run", "synap_backfill", "--conf", sys.argv[2], "--logica
 
 
 def test_a_run_killed_with_batches_answered_out_of_order_then_run_again_counts_every_row_once(
-        local_pg, run_backfill, synap, airflow_db, monkeypatch):
+        local_pg, run_backfill, synap, airflow_db, use_connections):
     rows = turns(400, step=timedelta(seconds=30))  # one partition
     make_table(local_pg, "c9_kill", rows)
-    monkeypatch.setenv("AIRFLOW_CONN_SYNAP_DEFAULT", json.dumps(
-        {"conn_type": "synap", "host": synap.url, "password": "local-dev-key",
-         "extra": {"requests_per_minute": 0}}))
-    monkeypatch.setenv("AIRFLOW_CONN_POSTGRES_DEFAULT", local_pg.airflow_connection())
+    use_connections(synap_extra={"requests_per_minute": 0})
     # The first batch's answer comes 4 s late; the three sent after it are answered
     # (and stored) at once: out of order, and none applied to the checkpoint.
     synap.controls(faults=[{"kind": "stall", "seconds": 4, "times": 1,
@@ -319,11 +316,9 @@ def test_a_retry_after_far_beyond_max_wait_holds_the_shared_schedule_at_most_max
 
 
 def test_two_attempts_of_one_partition_started_together_send_once(
-        local_pg, synap, airflow_db, monkeypatch):
+        local_pg, synap, airflow_db, use_connections):
     make_table(local_pg, "c9_zombie", turns(200))
-    monkeypatch.setenv("AIRFLOW_CONN_SYNAP_DEFAULT", json.dumps(
-        {"conn_type": "synap", "host": synap.url, "password": "local-dev-key"}))
-    monkeypatch.setenv("AIRFLOW_CONN_POSTGRES_DEFAULT", local_pg.airflow_connection())
+    use_connections()
     from include.backfill.config import config_from_params
     from include.backfill.tasks import plan_partitions, run_partition
 

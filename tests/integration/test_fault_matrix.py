@@ -97,32 +97,23 @@ def test_a_burst_of_503s_is_retried_with_backoff(local_pg, run_backfill, synap, 
     assert synap.get("/_local/stats")["requests"]["POST /api/v1/memories/batch 503"] == 3
 
 
-def test_a_connection_dropped_after_the_server_stored_the_batch_is_resent_safely(
-        local_pg, run_backfill, synap, record_fault):
+@pytest.mark.parametrize("kind, fault, table, seed", [
+    ("drop_after_store", "connection dropped after the batch was stored", "fault_drop", 33),
+    # The SDK raises SynapTransientError("Unexpected error ...") for a reset, not an
+    # unknown-outcome error: the batch had been stored all the same.
+    ("reset_after_store", "connection reset while the answer was read", "fault_reset", 37),
+])
+def test_an_answer_lost_after_the_server_stored_the_batch_is_resent_and_counted_once(
+        kind, fault, table, seed, local_pg, run_backfill, synap, record_fault):
     with local_pg.connect() as conn:
-        load_demo_table(conn, "fault_drop", turns=120, days=2, seed=33)
-    synap.controls(faults=[{"kind": "drop_after_store", "times": 2}])
+        load_demo_table(conn, table, turns=120, days=2, seed=seed)
+    synap.controls(faults=[{"kind": kind, "times": 2}])
 
-    dag_run = run_backfill(source_table="fault_drop", batch_size=40)
+    dag_run = run_backfill(source_table=table, batch_size=40)
 
     # The lost answers' documents come back as duplicates of this run's own
     # writes: counted as ingested, not as skips of earlier work.
-    settle("connection dropped after the batch was stored", record_fault, local_pg, "fault_drop",
-           synap.db_path, summary_of(dag_run))
-
-
-def test_a_connection_reset_while_reading_the_answer_is_resent_and_counted_once(
-        local_pg, run_backfill, synap, record_fault):
-    with local_pg.connect() as conn:
-        load_demo_table(conn, "fault_reset", turns=120, days=2, seed=37)
-    # The SDK raises SynapTransientError("Unexpected error ...") for a reset, not an
-    # unknown-outcome error: the batch had been stored all the same.
-    synap.controls(faults=[{"kind": "reset_after_store", "times": 2}])
-
-    dag_run = run_backfill(source_table="fault_reset", batch_size=40)
-
-    settle("connection reset while the answer was read", record_fault, local_pg, "fault_reset",
-           synap.db_path, summary_of(dag_run))
+    settle(fault, record_fault, local_pg, table, synap.db_path, summary_of(dag_run))
     assert synap.get("/_local/stats")["requests"]["POST /api/v1/memories/batch 0"] == 2
 
 
@@ -178,12 +169,10 @@ run_partition(args["config"], args["window"], dag_id="fault_kill", run_id="run-1
 
 
 def test_a_worker_killed_mid_partition_resumes_without_resending_acknowledged_batches(
-        local_pg, synap, airflow_db, monkeypatch, record_fault):
+        local_pg, synap, airflow_db, use_connections, record_fault):
     with local_pg.connect() as conn:
         load_demo_table(conn, "fault_kill", turns=200, days=1, seed=36)
-    monkeypatch.setenv("AIRFLOW_CONN_SYNAP_DEFAULT", json.dumps(
-        {"conn_type": "synap", "host": synap.url, "password": "local-dev-key"}))
-    monkeypatch.setenv("AIRFLOW_CONN_POSTGRES_DEFAULT", local_pg.airflow_connection())
+    use_connections()
     from include.backfill.config import config_from_params
     from include.backfill.tasks import plan_partitions, run_partition
     from synap_provider.hooks import SynapHook

@@ -4,7 +4,6 @@ calls them with a scheduled run's data interval (dag.test() makes only manual ru
 
 from __future__ import annotations
 
-import json
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -19,14 +18,12 @@ UTC = timezone.utc
 
 
 @pytest.fixture()
-def three_days(local_pg, synap, airflow_db, monkeypatch) -> str:
+def three_days(local_pg, airflow_db, use_connections) -> str:
     conv = str(uuid.uuid4())
     make_table(local_pg, "conv_cron", [("u1", "c1", conv, i, f"turn {i}", "ok",
                                         datetime(2024, 5, 1, tzinfo=UTC) + timedelta(hours=6 * i))
                                        for i in range(12)])  # May 1, 2 and 3, four a day
-    monkeypatch.setenv("AIRFLOW_CONN_SYNAP_DEFAULT", json.dumps(
-        {"conn_type": "synap", "host": synap.url, "password": "local-dev-key"}))
-    monkeypatch.setenv("AIRFLOW_CONN_POSTGRES_DEFAULT", local_pg.airflow_connection())
+    use_connections()
     return conv
 
 
