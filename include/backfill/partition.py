@@ -43,7 +43,7 @@ from .accounting import PartitionReport
 from .documents import Rejected, build_document
 from .ledger import Ledger, PartitionBusy
 from .pacing import Pacer, Unpaced
-from .results import DEFAULT_DUPLICATE_PATTERN, SERVER_PREFIX, classify_batch, scrub
+from .results import DEFAULT_DUPLICATE_PATTERN, SERVER_PREFIX, classify_batch, first_line
 from .sending import Delivery, GaveUp, RetryPolicy, deliver, is_plan_stop, wait_logged
 from .source import Position, SourceRow
 
@@ -376,9 +376,9 @@ def _reject_row(rows_by_id: dict[str, list[tuple[SourceRow, int]]], document_id:
 
 def describe_error(exc: BaseException) -> str:
     """Exception type and the first line of its message, kept short, quoted values taken out."""
-    first_line = scrub((str(exc).strip().splitlines() or [""])[0])
-    if len(first_line) > 160:
-        first_line = first_line[:160] + "…"
-    return f"{type(exc).__name__}: {first_line}" if first_line else type(exc).__name__
+    line = first_line(exc)
+    if len(line) > 160:
+        line = line[:160] + "…"
+    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
 
 

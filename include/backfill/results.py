@@ -119,5 +119,10 @@ def scrub(message: str, documents: Iterable[str] = ()) -> str:
     return text
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception's first line, quoted values taken out (a server may echo input there)."""
+    return scrub((str(exc).strip().splitlines() or [""])[0])
+
+
 def shorten(text: str) -> str:
     return text[:MAX_REASON_LENGTH] + "…" if len(text) > MAX_REASON_LENGTH else text

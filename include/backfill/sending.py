@@ -34,7 +34,7 @@ from maximem_synap import (BatchCreateResponse, CreateMemoryRequest, InstanceNot
                            InvalidInputError, NetworkTimeoutError, RateLimitError,
                            ServiceUnavailableError, SynapTransientError)
 
-from .results import scrub, shorten
+from .results import first_line, scrub, shorten
 
 log = logging.getLogger("synap_backfill")
 
@@ -133,7 +133,7 @@ async def _send(docs: list[CreateMemoryRequest], submit: RawSubmit, policy: Retr
             cause = f"{type(exc).__name__}, retry {attempt}/{policy.max_attempts - 1}"
         if attempt >= policy.max_attempts:
             raise GaveUp(f"gave up after {attempt} attempts: {type(error).__name__}: "
-                         f"{_first_line(error)}") from error
+                         f"{first_line(error)[:200]}") from error
         delivery.retries += 1
         log.warning("partition %s: batch of %d not accepted (attempt %d/%d, %s); retrying in %.1fs",
                     label, len(docs), attempt, policy.max_attempts, type(error).__name__, wait)
@@ -176,9 +176,4 @@ def is_plan_stop(exc: RateLimitError) -> bool:
 
 def _reason(exc: Exception, document: CreateMemoryRequest) -> str:
     text = document.document if isinstance(document.document, str) else ""
-    return "server refused the document: " + shorten(scrub(_first_line(exc), [text]))
-
-
-def _first_line(exc: BaseException) -> str:
-    """The message's first line, quoted values taken out (a server may echo input there)."""
-    return scrub((str(exc).strip().splitlines() or [""])[0])[:200]
+    return "server refused the document: " + shorten(scrub(first_line(exc), [text]))

@@ -319,11 +319,10 @@ def summarize_run(windows: Iterable[Mapping[str, Any]] | None,
     from airflow.sdk.exceptions import AirflowFailException
 
     if windows is None:
-        resolved, planned = list(before_planning or ()) + [None] * (2 - len(before_planning or ()))
-        task, reason = (("resolve_config", resolved) if config_dict is None
-                        else ("plan_partitions", planned))
+        failures = dict(zip(("resolve_config", "plan_partitions"), before_planning or ()))
+        task = "resolve_config" if config_dict is None else "plan_partitions"
         raise AirflowFailException(f"the run stopped before any partition: {task} failed:"
-                                   f" {reason or 'see its log'}")
+                                   f" {failures.get(task) or 'see its log'}")
     if isinstance(reports, Sequence):
         # One slice request; iterating a lazy XCom sequence item by item ends
         # on a not-found lookup that Airflow logs as an error.
