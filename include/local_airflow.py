@@ -21,13 +21,10 @@ def airflow_env(home: Path) -> dict[str, str]:
     return {
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__PARALLELISM": "4",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
-        "PYTHONPATH": os.pathsep.join(
-            filter(None, [str(REPO_ROOT), str(REPO_ROOT / "plugins"), os.environ.get("PYTHONPATH")])),
     }
 
 
@@ -37,11 +34,6 @@ def configure(home: Path, connections: Mapping[str, str] = {}) -> None:
     os.environ.update(airflow_env(home))
     for conn_id, value in connections.items():
         os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"] = value
-    import sys
-
-    for path in (str(REPO_ROOT), str(REPO_ROOT / "plugins")):
-        if path not in sys.path:
-            sys.path.insert(0, path)
 
 
 def migrate_db(pool_slots: int = 4) -> None:
@@ -67,6 +59,20 @@ def ensure_pools(slots: int = 4) -> None:
     for name, n in synap_pools(slots).items():
         Pool.create_or_update_pool(name, n, "Synap backfill partitions in flight against one "
                                    "Synap target", include_deferred=False)
+
+
+def ensure_connections(connections: Mapping[str, str]) -> None:
+    """Create or replace connections in the metadata DB (so the Connections page lists them).
+
+    ``connections``: conn_id -> the connection as Airflow's JSON form.
+    """
+    from airflow.models.connection import Connection
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        for conn_id, value in connections.items():
+            session.query(Connection).filter(Connection.conn_id == conn_id).delete()
+            session.add(Connection.from_json(value, conn_id=conn_id))
 
 
 def load_dag(dag_id: str = "synap_backfill") -> Any:
@@ -128,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
 
     ``run [DAG_ID] [--conf JSON]``: one dag.test() run; prints the summary table
     last and exits 1 unless the run succeeded (connections must be set).
-    ``setup [--pool-slots N]``: migrate the metadata DB and create the pools.
+    ``setup [--pool-slots N] [--connections-file F]``: migrate the metadata DB,
+    create the pools, and the connections of ``F`` (a JSON object conn_id ->
+    connection JSON) in the metadata DB.
     """
     import argparse
     import json
@@ -138,12 +146,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("dag_id", nargs="?", default="synap_backfill")
     parser.add_argument("--conf", default="{}", help="run conf (params) as JSON")
     parser.add_argument("--pool-slots", type=int, default=4)
+    parser.add_argument("--connections-file", default=None,
+                        help="JSON object: conn_id -> connection JSON, created in the metadata DB")
     parser.add_argument("--logical-date", type=datetime.fromisoformat, default=None,
                         help="ISO date-time: the run id follows from it; the same one runs the"
                              " same DAG run again")
     args = parser.parse_args(argv)
     if args.command == "setup":
         migrate_db(args.pool_slots)
+        if args.connections_file:
+            with open(args.connections_file) as f:
+                ensure_connections(json.load(f))
         return 0
     migrate_db()
     dag_run = run_dag(args.dag_id, json.loads(args.conf), logical_date=args.logical_date)

@@ -3,7 +3,8 @@
 Starts an embedded PostgreSQL with the demo ``conversations`` table, the local
 Synap API with two instances (the primary and the ``eu`` replay region), and
 Airflow's api-server, scheduler, dag-processor and triggerer (LocalExecutor,
-SQLite metadata DB), with the connections and pools in place. Prints the URL
+SQLite metadata DB), with the connections (in the metadata DB, so the
+Connections page lists them) and pools in place. Prints the URL
 and login, and on Ctrl-C stops every process it started and checks they are
 gone. The end-to-end tests start the same stack.
 
@@ -117,7 +118,6 @@ class LocalStack:
         if not secret_file.exists():
             secret_file.write_text(secrets.token_urlsafe(32))
         _ = self.password  # write the passwords file before the api-server reads it
-        synap_url = self.synap.url
         return {
             **os.environ,
             **airflow_env(self.state / "airflow"),
@@ -133,21 +133,30 @@ class LocalStack:
             "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "True",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
             "AIRFLOW__API__WORKERS": "1",
-            "AIRFLOW_CONN_SYNAP_DEFAULT": json.dumps(
-                {"conn_type": "synap", "host": synap_url, "password": PRIMARY_TENANT.split(":")[0],
-                 "extra": self.synap_extra}),
-            "AIRFLOW_CONN_SYNAP_EU": json.dumps(
-                {"conn_type": "synap", "host": synap_url, "password": EU_TENANT.split(":")[0],
-                 "extra": self.synap_extra}),
-            "AIRFLOW_CONN_POSTGRES_DEFAULT": self.pg.airflow_connection(),
+            "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",  # the Test button on the Connections page
             **self.extra_env,
         }
 
+    def connections(self) -> dict[str, str]:
+        """The connections the DAGs use, created in the metadata DB by the setup step."""
+        # The port is set as well as in the URL: Airflow 3.3.2's Test button
+        # refuses a connection without one (apache/airflow#73298).
+        synap = {"conn_type": "synap", "host": self.synap.url,
+                 "port": int(self.synap.url.rsplit(":", 1)[1]), "extra": self.synap_extra}
+        return {
+            "synap_default": json.dumps({**synap, "password": PRIMARY_TENANT.split(":")[0]}),
+            "synap_eu": json.dumps({**synap, "password": EU_TENANT.split(":")[0]}),
+            "postgres_default": self.pg.airflow_connection(),
+        }
+
     def _run_setup(self, env: dict[str, str]) -> None:
-        """Migrate the metadata DB and create the pools, as the compose init service does."""
+        """Migrate the metadata DB, create the pools and connections, as the compose init service does."""
         log = (self.state / "logs" / "setup.log").open("wb")
+        connections = self.state / "connections.json"
+        connections.touch(mode=0o600)
+        connections.write_text(json.dumps(self.connections()))
         subprocess.run([sys.executable, "-m", "include.local_airflow", "setup",
-                        "--pool-slots", str(self.pool_slots)],
+                        "--pool-slots", str(self.pool_slots), "--connections-file", str(connections)],
                        cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=True,
                        timeout=300)
 

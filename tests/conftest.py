@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -17,11 +16,7 @@ from typing import Any, Callable, Iterable, Iterator
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-for _path in (str(REPO_ROOT), str(REPO_ROOT / "plugins")):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
-
-from include import local_airflow  # noqa: E402  (needs the path above)
+from include import local_airflow  # noqa: E402  (the project is installed: make install)
 
 _SCRATCH = Path(tempfile.mkdtemp(prefix="synap-backfill-tests-"))
 local_airflow.configure(_SCRATCH / "airflow")

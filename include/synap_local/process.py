@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -26,12 +25,10 @@ class SynapProcess:
         self._proc: subprocess.Popen[str] | None = None
 
     def start(self) -> "SynapProcess":
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "include.synap_local", "serve", "--port", str(self.port),
              "--db", str(self.db_path), *self.args],
-            cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, text=True, start_new_session=True)
+            cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True)
         line = self._proc.stdout.readline() if self._proc.stdout else ""
         if "listening on " not in line:
             self.stop()

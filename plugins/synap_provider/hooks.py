@@ -7,24 +7,15 @@ The connection (type ``synap``, default id ``synap_default``):
   gets ``https://`` (or the connection's ``schema`` field as the scheme),
   and ``port`` is appended when set.
 * ``password``: the API key. Airflow masks it in task logs.
-* ``extra`` (all optional):
-
-  - ``timeout_seconds``: read timeout of one request (default 30).
-  - ``max_attempts``: attempts per batch before a partition fails (default 8).
-  - ``backoff_max``: the longest pause between attempts, seconds (default 60).
-  - ``max_wait``: the longest a 429's ``Retry-After`` is waited at once, and
-    held on the shared pacing schedule, seconds (default 600).
-  - ``not_ready_max_wait``: the longest a new instance that is still being
-    built (HTTP 409 ``instance_not_ready``) is waited for, seconds (default
-    1800; the SDK says a build takes 15 to 20 minutes).
-  - ``duplicate_pattern``: a regex that marks a per-document failure as a
-    duplicate ``document_id`` (the server's exact wording is not published).
-  - ``requests_per_minute``: batch requests a minute that all partitions
-    sending to this target keep to together (default 600, the contract's
-    per-instance ingestion limit; the vendor's docs also cite 60 a minute per
-    key on the Free plan: set 60 there). 0 turns pacing off.
-  - ``max_in_flight``: batches one partition keeps on the wire at once
-    (default 4; enough to fill the limit at a few hundred ms a call).
+* ``extra`` (all optional, each typed and checked by ``connection_fields.py``,
+  which also gives the Add Connection form one typed field per extra):
+  ``requests_per_minute`` (600; batch requests a minute that every partition
+  sending to this target keeps to together; 60 on Synap's Free plan; 0: no
+  pacing), ``max_in_flight`` (4), ``timeout_seconds`` (30), ``max_attempts``
+  (8), ``backoff_max`` (60), ``max_wait`` (600), ``not_ready_max_wait``
+  (1800) and ``duplicate_pattern``. A bad one fails with a message naming the
+  connection and the extra: when the connection is saved through the API or
+  the UI (``connection_check.py``), else when a task first reads it.
 
 The SDK's own retries are off: the backfill retries itself (honouring a
 ``Retry-After`` past the SDK's 10 s cap, and resending a batch whose outcome
@@ -43,6 +34,8 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
 from airflow.sdk import BaseHook
+
+from synap_provider.connection_fields import parse_extras
 
 if TYPE_CHECKING:
     from maximem_synap import MaximemSynapSDK
@@ -65,34 +58,19 @@ class SynapHook(BaseHook):
         self.synap_conn_id = synap_conn_id
         self._settings: dict[str, Any] | None = None
 
-    @classmethod
-    def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        return {
-            "hidden_fields": ["login"],
-            "relabeling": {"host": "API base URL", "password": "API key", "schema": "Scheme"},
-            "placeholders": {
-                "host": "http://127.0.0.1:8765 (empty: hosted Synap)",
-                "extra": '{"requests_per_minute": 600, "max_in_flight": 4}',
-            },
-        }
-
     @property
     def settings(self) -> dict[str, Any]:
-        """The connection, read once: base URL, API key and extras."""
+        """The connection, read once: base URL, API key and its extras, typed and checked.
+
+        A bad extra raises ``InvalidExtra`` naming the connection and the extra
+        (``connection_fields.py`` holds each one's type, default and bounds).
+        """
         if self._settings is None:
             conn = self.get_connection(self.synap_conn_id)
-            extra = conn.extra_dejson
             self._settings = {
                 "base_url": base_url(conn.host, conn.port, conn.schema),
                 "api_key": conn.password or "",
-                "timeout_seconds": float(extra.get("timeout_seconds", 30)),
-                "max_attempts": int(extra.get("max_attempts", 8)),
-                "backoff_max": float(extra.get("backoff_max", 60)),
-                "max_wait": float(extra.get("max_wait", 600)),
-                "not_ready_max_wait": float(extra.get("not_ready_max_wait", 1800)),
-                "duplicate_pattern": extra.get("duplicate_pattern") or None,
-                "requests_per_minute": float(extra.get("requests_per_minute", 600)),
-                "max_in_flight": max(1, int(extra.get("max_in_flight", 4))),
+                **parse_extras(self.synap_conn_id, conn.extra_dejson),
             }
         return self._settings
 

@@ -98,3 +98,62 @@ def _new_run(airflow, known: set[str], timeout: float = 30) -> str:
             return new[0]
         time.sleep(1)
     raise AssertionError("the form's Trigger button created no run")
+
+
+def test_the_synap_connection_type_has_its_form_refuses_a_bad_extra_and_tests_with_whoami(
+        browser, stack, airflow, artifacts):
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    login(page, stack)
+    page.goto(f"{stack.url}/connections")
+    listed = page.get_by_role("row").filter(has_text="synap_default")
+    expect_visible(listed)
+    page.screenshot(path=str(artifacts / "connections-list.png"), full_page=True)
+
+    # Add Connection offers "Synap", with labelled standard fields and one typed field per extra.
+    page.get_by_role("button", name="Add Connection").click()
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_role("textbox").first.fill("synap_bad_rate")
+    dialog.get_by_role("combobox").fill("syn")
+    page.get_by_role("option", name="Synap").click()
+    for label in ("API base URL", "API key"):
+        expect_visible(dialog.get_by_text(label, exact=True))
+    dialog.get_by_text("Extra Fields", exact=True).click()
+    for label in ("Requests per minute", "Batches in flight", "Request timeout (s)",
+                  "Attempts per batch", "Longest backoff (s)", "Longest Retry-After wait (s)",
+                  "Duplicate pattern (regex)"):
+        expect_visible(dialog.get_by_text(label, exact=True))
+    assert dialog.locator("input[name=element_requests_per_minute]").get_attribute("role") == "spinbutton"
+    page.screenshot(path=str(artifacts / "connection-form-synap.png"), full_page=True)
+
+    # A bad requests_per_minute typed into the Extra JSON box is refused on Save, named.
+    dialog.get_by_text("Extra Fields JSON", exact=True).click()
+    dialog.locator(".monaco-editor .view-lines").click()
+    page.keyboard.press("Control+A")
+    page.keyboard.press("Delete")
+    page.keyboard.insert_text('{"requests_per_minute": "fast"}')
+    dialog.get_by_role("button", name="Save").click()
+    refusal = dialog.get_by_text("extra 'requests_per_minute' (Requests per minute) must be a number")
+    expect_visible(refusal)
+    page.screenshot(path=str(artifacts / "connection-bad-extra-refused.png"), full_page=True)
+    assert airflow.call("GET", "/api/v2/connections/synap_bad_rate")[0] == 404
+    page.keyboard.press("Escape")
+
+    # Test on the synap_default row calls whoami and names the instance.
+    page.goto(f"{stack.url}/connections")
+    page.get_by_role("row").filter(has_text="synap_default").get_by_role(
+        "button", name="Test Connection").click()
+    expect_visible(page.get_by_text("Connected: instance inst_0000000000000001", exact=False))
+    page.screenshot(path=str(artifacts / "connection-test-whoami.png"), full_page=True)
+    page.close()
+
+
+def login(page, stack) -> None:
+    page.goto(stack.url + "/")
+    page.get_by_label("Username").fill("admin")
+    page.get_by_label("Password").fill(stack.password)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(lambda url: "login" not in url)
+
+
+def expect_visible(locator, timeout: float = 20) -> None:
+    locator.first.wait_for(state="visible", timeout=timeout * 1000)

@@ -25,7 +25,7 @@ import pytest
 from include import local_airflow
 from include.demo_data import load_demo_table
 from include.synap_local.process import running_synap
-from tests.conftest import BOTH_DUPLICATE_ANSWERS, REPO_ROOT, make_table, read_store
+from tests.conftest import BOTH_DUPLICATE_ANSWERS, make_table, read_store
 
 pytestmark = pytest.mark.integration
 UTC = timezone.utc
@@ -114,9 +114,8 @@ def test_a_connection_reset_and_a_worker_clock_ten_minutes_ahead_leave_the_count
 
 _KILLABLE_RUN = r"""
 import sys
-sys.path[:0] = [sys.argv[1]]
 from include.local_airflow import main
-raise SystemExit(main(["run", "synap_backfill", "--conf", sys.argv[2], "--logical-date", sys.argv[3]]))
+raise SystemExit(main(["run", "synap_backfill", "--conf", sys.argv[1], "--logical-date", sys.argv[2]]))
 """
 
 
@@ -131,7 +130,7 @@ def test_a_run_killed_with_batches_answered_out_of_order_then_run_again_counts_e
                             "created_to": rows[20][6].isoformat()}])
     conf = {"source_table": "c9_kill", "batch_size": 20}
     logical = datetime(2024, 6, 1, tzinfo=UTC)
-    worker = subprocess.Popen([sys.executable, "-c", _KILLABLE_RUN, str(REPO_ROOT),
+    worker = subprocess.Popen([sys.executable, "-c", _KILLABLE_RUN,
                                json.dumps(conf), logical.isoformat()], env=os.environ.copy(),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)

@@ -21,7 +21,7 @@ from include import local_airflow
 from include.demo_data import load_demo_table
 from include.local_stack import free_port
 from include.synap_local.process import SynapProcess
-from tests.conftest import REPO_ROOT, read_store
+from tests.conftest import read_store
 
 pytestmark = pytest.mark.integration
 
@@ -161,9 +161,8 @@ def test_the_source_connection_dropped_mid_read(local_pg, run_backfill, synap, r
 
 _PARTITION = r"""
 import json, sys
-sys.path[:0] = [sys.argv[1], sys.argv[1] + "/plugins"]
 from include.backfill.tasks import run_partition
-args = json.loads(sys.argv[2])
+args = json.loads(sys.argv[1])
 run_partition(args["config"], args["window"], dag_id="fault_kill", run_id="run-1")
 """
 
@@ -181,7 +180,7 @@ def test_a_worker_killed_mid_partition_resumes_without_resending_acknowledged_ba
     (window,) = plan_partitions(config, dag_id="fault_kill", run_id="run-1")
     synap.controls(latency_ms=60)
 
-    worker = subprocess.Popen([sys.executable, "-c", _PARTITION, str(REPO_ROOT),
+    worker = subprocess.Popen([sys.executable, "-c", _PARTITION,
                                json.dumps({"config": config, "window": window})],
                               env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     received = 0

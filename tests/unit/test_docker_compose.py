@@ -43,12 +43,20 @@ def test_every_dependency_names_a_service_and_long_running_services_have_healthc
 
 
 @pytest.mark.parametrize("service", sorted(AIRFLOW_SERVICES))
-def test_airflow_services_mount_the_repo_folders_and_can_import_include(service):
+def test_airflow_services_mount_the_dags_and_the_installed_project_folders(service):
     mounts = {v.split(":")[0]: v.split(":")[1] for v in SERVICES[service]["volumes"]}
-    for folder in ("dags", "plugins", "include"):
-        assert mounts[f"./{folder}"] == f"/opt/airflow/{folder}"
+    assert mounts["./dags"] == "/opt/airflow/dags"
+    for folder in ("plugins", "include"):
+        assert mounts[f"./{folder}"] == f"/opt/synap-backfill/{folder}"
         assert (REPO / folder).is_dir()
-    assert "/opt/airflow" in SERVICES[service]["environment"]["PYTHONPATH"].split(":")
+    assert "PYTHONPATH" not in SERVICES[service]["environment"]
+
+
+def test_the_image_installs_this_project_where_compose_mounts_it():
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert "pip install --no-cache-dir --no-deps -e /opt/synap-backfill" in dockerfile
+    for folder in ("include", "plugins"):
+        assert f"COPY --chown=airflow:root {folder} /opt/synap-backfill/{folder}" in dockerfile
 
 
 def test_the_init_creates_every_pool_and_connection_the_dags_use():
