@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt constraints.txt pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install demo demo-fresh ui test test-unit test-e2e bench synap-api lock clean
+.PHONY: install demo demo-fresh ui cluster test test-unit test-e2e lint bench synap-api lock clean
 
 $(STAMP): requirements.txt constraints.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version' 
@@ -28,6 +28,10 @@ ui: $(STAMP)  ## a running local Airflow with demo data, the local Synap API, co
 
 test: $(STAMP)  ## every test: unit, DAG integrity, integration, end to end (a real Airflow; browser)
 	$(PY) -m pytest
+
+lint: $(STAMP)  ## ruff (with Airflow's AIR rules) and mypy, as configured in pyproject.toml
+	$(PY) -m ruff check .
+	$(PY) -m mypy
 
 test-unit: $(STAMP)  ## the fast ones
 	$(PY) -m pytest tests/unit tests/dags

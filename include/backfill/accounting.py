@@ -65,7 +65,8 @@ class PartitionReport:
             "rows_read": self.rows_read, "ingested": self.ingested,
             "duplicates": self.duplicates, "rejected": self.rejected_total,
             "rejected_by_reason": dict(self.rejected), "not_sent": self.not_sent,
-            "ingested_on_resend": self.ingested_on_resend, "batches": self.batches, "seconds": round(self.seconds, 3),
+            "ingested_on_resend": self.ingested_on_resend, "batches": self.batches,
+            "seconds": round(self.seconds, 3),
             "started_at": self.started_at, "finished_at": self.finished_at,
         }
 
@@ -160,7 +161,8 @@ class RunSummary:
         ``rejects_at``: where the rejected rows are recorded (a query to run).
         """
         dry = any(p.not_sent for p in self.partitions)
-        header = ("partition", "read", "ingested", "duplicates", "rejected", "batches", "seconds")
+        header: tuple[str, ...] = ("partition", "read", "ingested", "duplicates", "rejected",
+                                   "batches", "seconds")
         if dry:
             header = header[:5] + ("not sent (dry run)",) + header[5:]
         rows = [_row(p, dry) for p in self.partitions]
@@ -236,7 +238,7 @@ def summarize(windows: Iterable[Mapping[str, Any]], reports: Iterable[Mapping[st
 
 
 def _row(p: PartitionReport, dry: bool = False) -> tuple[Any, ...]:
-    counts = (p.rows_read, p.ingested, p.duplicates, p.rejected_total)
+    counts: tuple[int, ...] = (p.rows_read, p.ingested, p.duplicates, p.rejected_total)
     if dry:
         counts += (p.not_sent,)
     return (p.label, *counts, p.batches, f"{p.seconds:.1f}")

@@ -235,7 +235,8 @@ def zone(param: str, value: Any) -> str:
     try:
         ZoneInfo(str(value))
     except (ZoneInfoNotFoundError, ValueError):
-        raise ParamError(param, f"{str(value)[:40]!r} is not an IANA time zone (e.g. UTC, Europe/Berlin)") from None
+        raise ParamError(param, f"{str(value)[:40]!r} is not an IANA time zone"
+                                " (e.g. UTC, Europe/Berlin)") from None
     return str(value)
 
 

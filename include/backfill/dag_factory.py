@@ -148,7 +148,7 @@ def backfill_params(**defaults: Any) -> dict[str, Param]:
     return params
 
 
-def _bounds(name: str) -> dict[str, int]:
+def _bounds(name: str) -> dict[str, Any]:
     low, high = LIMITS[name]
     return {"minimum": low, "maximum": high}
 
@@ -176,10 +176,11 @@ def build_backfill_dag(dag_id: str, *, doc_md: str, schedule: Any = None,
             run = context["dag_run"]
             # A cron region's runs (and `airflow backfill create`'s) replay their interval.
             scheduled = str(getattr(run.run_type, "value", run.run_type)) in SCHEDULED_RUN_TYPES
+            # A manual run's context has no data interval at all.
+            start, end = context.get("data_interval_start"), context.get("data_interval_end")
             return resolve(context["params"], conf=run.conf or {},
                            known=context["dag"].params.keys(), ti=context["ti"],
-                           interval=(context["data_interval_start"], context["data_interval_end"])
-                           if scheduled else None)
+                           interval=(start, end) if scheduled and start and end else None)
 
         @task
         def plan_partitions(config: dict) -> list[dict]:

@@ -25,13 +25,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Mapping
 
-from maximem_synap import CreateMemoryRequest
+from maximem_synap import CreateMemoryRequest, DocumentType, IngestMode
 from maximem_synap.scoping import B2C_ISOLATION
 
 from . import results
 from .source import SourceRow
 
-DOCUMENT_TYPE = "ai-chat-conversation"
+DOCUMENT_TYPE = DocumentType.CONVERSATION  # "ai-chat-conversation"
 # The SDK exports only B2C_ISOLATION; its docstrings call B2B instances this.
 B2B_ISOLATION = "strict-isolation"
 # What PostgreSQL's uuid type prints; any other spelling goes through uuid.UUID.
@@ -65,6 +65,17 @@ def document_id(conversation_id: str, message_index: int) -> str:
     return f"backfill:{conversation_id}:{message_index}"
 
 
+def id_of(document: CreateMemoryRequest) -> str:
+    """The id every document of this backfill has (the SDK's model types it optional)."""
+    assert document.document_id is not None, "built without a document_id"
+    return document.document_id
+
+
+def text_of(document: CreateMemoryRequest) -> str:
+    """The text every document of this backfill has (the SDK's model also allows a dict)."""
+    return document.document if isinstance(document.document, str) else str(document.document)
+
+
 def build_document(row: SourceRow, mode: str = "long-range", *, max_chars: int | None = None,
                    isolation: str | None = None, copies: Mapping[str, datetime] = {}
                    ) -> CreateMemoryRequest | Rejected:
@@ -77,6 +88,9 @@ def build_document(row: SourceRow, mode: str = "long-range", *, max_chars: int |
     reason = _problem(row)
     if reason:
         return Rejected(row.key, reason)
+    # _problem rejected every row without these:
+    assert row.conversation_id is not None and row.message_index is not None
+    assert row.created_at is not None
     doc_id = document_id(row.conversation_id, row.message_index)
     first_copy = copies.get(doc_id)
     if row.repeats_earlier or (first_copy is not None and row.created_at > first_copy):
@@ -98,7 +112,7 @@ def build_document(row: SourceRow, mode: str = "long-range", *, max_chars: int |
         document_created_at=row.created_at,
         user_id=row.user_id,
         customer_id=customer_id,
-        mode=mode,
+        mode=IngestMode(mode),
         metadata={"conversation_id": row.conversation_id, "source": "backfill"},
     )
 

@@ -31,6 +31,9 @@ from .source import quote_identifier
 
 
 class Pacer(Protocol):
+    waited: float  # seconds this partition's requests spent waiting for slots, summed
+    slots: int  # slots taken
+
     async def acquire(self) -> None: ...
 
     def hold(self, seconds: float) -> None: ...
@@ -38,6 +41,9 @@ class Pacer(Protocol):
 
 class Unpaced:
     """No pacing (``requests_per_minute`` 0, or a dry run)."""
+
+    waited = 0.0
+    slots = 0
 
     async def acquire(self) -> None:
         return None

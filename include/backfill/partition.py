@@ -40,7 +40,7 @@ from maximem_synap import (BatchCreateResponse, CreateMemoryRequest, RateLimitEr
                            SynapPermanentError)
 
 from .accounting import PartitionReport
-from .documents import Rejected, build_document
+from .documents import Rejected, build_document, id_of, text_of
 from .ledger import Ledger, PartitionBusy
 from .pacing import Pacer, Unpaced
 from .results import DEFAULT_DUPLICATE_PATTERN, SERVER_PREFIX, classify_batch, first_line
@@ -309,16 +309,16 @@ class _Pipeline:
         rows_by_id: dict[str, list[tuple[SourceRow, int]]] = defaultdict(list)
         sent_before: set[str] = set()  # sent by an attempt of this run that stopped
         for document, row, ordinal in cut.documents:
-            rows_by_id[document.document_id].append((row, ordinal))
+            rows_by_id[id_of(document)].append((row, ordinal))
             if ordinal <= state.sent_before:
-                sent_before.add(document.document_id)
+                sent_before.add(id_of(document))
         rejects: list[RejectRow] = []
         recovered = 0
         for sent in delivery.sent:
-            ids = [d.document_id for d in sent.documents]
+            ids = [id_of(d) for d in sent.documents]
             outcome = classify_batch(ids, sent.response.results, settings.duplicate_pattern,
                                      ours=set(ids) if sent.resent_unknown else sent_before,
-                                     texts={d.document_id: d.document for d in sent.documents})
+                                     texts={id_of(d): text_of(d) for d in sent.documents})
             report.add(outcome)
             recovered += outcome.recovered
             state.refused.update({r: n for r, n in outcome.rejected.items()
@@ -327,7 +327,7 @@ class _Pipeline:
         for document, reason in delivery.refused:
             report.reject(reason)
             state.refused[reason] += 1
-            rejects.append(_reject_row(rows_by_id, document.document_id, reason))
+            rejects.append(_reject_row(rows_by_id, id_of(document), reason))
         if recovered:
             log.info("partition %s: %d documents sent again had been stored by this run's earlier"
                      " send; counted as ingested by this run", report.label, recovered)

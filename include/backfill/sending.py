@@ -103,6 +103,7 @@ async def _send(docs: list[CreateMemoryRequest], submit: RawSubmit, policy: Retr
     unknown = False
     attempt = 0
     waited_not_ready = 0.0
+    error: Exception
     while True:
         attempt += 1
         try:

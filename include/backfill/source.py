@@ -179,7 +179,11 @@ def copies_at_different_times(conn: Any, config: BackfillConfig, start: datetime
             f" AND {q(c.message_index)} IS NOT NULL"
             f" GROUP BY {q(c.conversation_id)}::text, {q(c.message_index)}::text"
             f" HAVING min({col}) < max({col})", {"start": start, "end": end})
-        found = [(doc_id, _as_utc(first), _as_utc(last)) for doc_id, first, last in cur.fetchall()]
+        found = []
+        for doc_id, first, last in cur.fetchall():
+            first_utc, last_utc = _as_utc(first), _as_utc(last)
+            if first_utc is not None and last_utc is not None:  # always, after HAVING min < max
+                found.append((str(doc_id), first_utc, last_utc))
     conn.commit()
     return found
 

@@ -252,7 +252,7 @@ def run_partition(config_dict: Mapping[str, Any], window_dict: Mapping[str, Any]
             raise AirflowFailException(str(exc)) from None  # retrying cannot help
         raise
     pacer = settings.pacer
-    slots = getattr(pacer, "slots", 0)
+    slots = pacer.slots
     log.info("partition %s done: read %d, ingested %d, duplicates %d, rejected %d%s in %d batches,"
              " %.1f s (%.0f rows/s%s)", report.label, report.rows_read, report.ingested,
              report.duplicates, report.rejected_total,

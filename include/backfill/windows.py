@@ -15,7 +15,7 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import pendulum
 
@@ -37,7 +37,7 @@ class Window:
         return {"start": self.start.isoformat(), "end": self.end.isoformat(), "label": self.label}
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> "Window":
+    def from_dict(cls, raw: Mapping[str, Any]) -> "Window":
         return cls(datetime.fromisoformat(raw["start"]), datetime.fromisoformat(raw["end"]),
                    raw["label"])
 

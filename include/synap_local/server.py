@@ -268,7 +268,8 @@ class _Handler(BaseHTTPRequestHandler):
             status = 0
             self._drop(drop.reset)
         finally:
-            self.server.stats.count(f"{method} {path if route is not _Handler._status else '/api/v1/memories/status/{id}'} {status}")
+            counted = path if route is not _Handler._status else "/api/v1/memories/status/{id}"
+            self.server.stats.count(f"{method} {counted} {status}")
 
     def do_GET(self) -> None:  # noqa: N802
         self._dispatch("GET")
@@ -379,7 +380,8 @@ class _Handler(BaseHTTPRequestHandler):
         for index, raw in enumerate(documents):
             document_id = raw.get("document_id") if isinstance(raw, dict) else None
             if stop:
-                results[index] = _failed(document_id, "not processed: an earlier document failed and fail_fast is set", now)
+                results[index] = _failed(
+                    document_id, "not processed: an earlier document failed and fail_fast is set", now)
                 continue
             try:
                 doc = normalize_document(raw, tenant.kind)

@@ -48,7 +48,8 @@ class ExtraField:
                 try:
                     re.compile(raw)
                 except re.error as exc:
-                    raise InvalidExtra(conn_id, self, f"is not a valid regular expression ({exc.msg})") from None
+                    raise InvalidExtra(conn_id, self,
+                                       f"is not a valid regular expression ({exc.msg})") from None
             return raw
         if isinstance(raw, bool):
             raise InvalidExtra(conn_id, self, f"must be {self.kind_name}")

@@ -132,7 +132,10 @@ class SynapHook(BaseHook):
         """
         async with self.session() as sdk:
             auth = await sdk._get_auth_context()
-            return await sdk._http_transport.get("/api/v1/auth/whoami", auth_context=auth)
+            transport = sdk._http_transport
+            if transport is None:
+                raise RuntimeError("the Synap SDK did not set up its HTTP transport")
+            return await transport.get("/api/v1/auth/whoami", auth_context=auth)
 
     def test_connection(self) -> tuple[bool, str]:
         """Call whoami; the message names the instance, or the error."""

@@ -144,7 +144,8 @@ def test_duplicates_are_per_instance(server):
     ("key-quiet", {"customer_id": None}, "user_id without customer_id is not accepted on a B2B instance"),
 ])
 def test_an_invalid_document_fails_alone_with_a_reason(server, key, changes, reason):
-    response = call(server, key, batch([doc(1, **changes), doc(2, customer_id=None if key == "key-b2c" else "c1")]))
+    other = doc(2, customer_id=None if key == "key-b2c" else "c1")
+    response = call(server, key, batch([doc(1, **changes), other]))
     assert response.results[0].status == "failed"
     assert response.results[0].error_message == reason
     assert response.results[1].status == "queued"
@@ -206,7 +207,8 @@ def test_a_fault_can_target_one_time_window_only(server):
         "created_from": "2024-03-02T00:00:00Z", "created_to": "2024-03-03T00:00:00Z"}]})
     assert call(server, "key-b2b", batch([doc(1)])).results[0].status == "queued"
     with pytest.raises(ServiceUnavailableError, match="injected fault: HTTP 500"):
-        call(server, "key-b2b", batch([doc(2, document_created_at=datetime(2024, 3, 2, 5, tzinfo=timezone.utc))]))
+        at = datetime(2024, 3, 2, 5, tzinfo=timezone.utc)
+        call(server, "key-b2b", batch([doc(2, document_created_at=at)]))
 
 
 def test_the_read_only_view_lists_documents_and_counts(server):

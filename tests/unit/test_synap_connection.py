@@ -75,7 +75,8 @@ def test_extras_are_typed_with_defaults(extra, expected):
     ({"max_in_flight": 2.5}, "extra 'max_in_flight' (Batches in flight) must be a whole number"),
     ({"max_attempts": True}, "extra 'max_attempts' (Attempts per batch) must be a whole number"),
     ({"timeout_seconds": "nan"}, "extra 'timeout_seconds' (Request timeout (s)) must be a number"),
-    ({"duplicate_pattern": "(unclosed"}, "extra 'duplicate_pattern' (Duplicate pattern (regex)) is not a valid"),
+    ({"duplicate_pattern": "(unclosed"},
+     "extra 'duplicate_pattern' (Duplicate pattern (regex)) is not a valid"),
 ])
 def test_a_bad_extra_is_refused_naming_the_connection_and_the_extra_but_not_the_value(extra, problem):
     with pytest.raises(InvalidExtra) as caught:
