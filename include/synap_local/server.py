@@ -131,6 +131,9 @@ class _Stats:
         self.documents: Counter[str] = Counter()
         self.batches_in_flight = 0
         self.max_batches_in_flight = 0  # the most batch requests being served at once
+        # (wall-clock time it arrived, HTTP status) of each batch request: the
+        # busiest minute, and its 429s, of a run (0: dropped without an answer).
+        self.batch_answers: list[tuple[float, int]] = []
 
     def batch_started(self) -> None:
         with self._lock:
@@ -141,6 +144,10 @@ class _Stats:
         with self._lock:
             self.batches_in_flight -= 1
 
+    def batch_answered(self, arrived: float, status: int) -> None:
+        with self._lock:
+            self.batch_answers.append((arrived, status))
+
     def count(self, key: str, n: int = 1, *, documents: bool = False) -> None:
         with self._lock:
             (self.documents if documents else self.requests)[key] += n
@@ -148,7 +155,8 @@ class _Stats:
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             return {"requests": dict(self.requests), "documents": dict(self.documents),
-                    "max_batches_in_flight": self.max_batches_in_flight}
+                    "max_batches_in_flight": self.max_batches_in_flight,
+                    "batch_answers": list(self.batch_answers)}
 
 
 class _DropConnection(Exception):
@@ -248,6 +256,7 @@ class _Handler(BaseHTTPRequestHandler):
         return tenant
 
     def _dispatch(self, method: str) -> None:
+        arrived = time.time()  # the request line is in: as a rate limiter would count it
         path = self.path.split("?", 1)[0].rstrip("/") or "/"
         route = _ROUTES.get((method, path))
         if route is None and method == "GET" and path.startswith("/api/v1/memories/status/"):
@@ -270,6 +279,8 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             counted = path if route is not _Handler._status else "/api/v1/memories/status/{id}"
             self.server.stats.count(f"{method} {counted} {status}")
+            if method == "POST" and path == "/api/v1/memories/batch":
+                self.server.stats.batch_answered(arrived, status)
 
     def do_GET(self) -> None:  # noqa: N802
         self._dispatch("GET")
