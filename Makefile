@@ -26,6 +26,9 @@ demo-fresh: $(STAMP)  ## the demo, after forgetting earlier demo runs
 ui: $(STAMP)  ## a running local Airflow with demo data, the local Synap API, connections and pools
 	$(PY) -m include.local_stack
 
+cluster: $(STAMP)  ## Airflow with the CeleryExecutor, Redis, a PostgreSQL metadata DB and two workers (needs Debian's redis-server)
+	$(PY) -m include.local_cluster
+
 test: $(STAMP)  ## every test: unit, DAG integrity, integration, end to end (a real Airflow; browser)
 	$(PY) -m pytest
 

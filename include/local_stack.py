@@ -47,7 +47,7 @@ class LocalStack:
 
     def __init__(self, state_dir: Path, *, port: int = 8080, turns: int = 20_000, days: int = 90,
                  seed: int = 7, pool_slots: int = 4, extra_env: dict[str, str] | None = None,
-                 synap_extra: dict[str, Any] | None = None) -> None:
+                 synap_extra: dict[str, Any] | None = None, synap_args: tuple[str, ...] = ()) -> None:
         self.state = state_dir
         self.port = port
         self.turns, self.days, self.seed = turns, days, seed
@@ -57,7 +57,7 @@ class LocalStack:
         self.url = f"http://127.0.0.1:{port}"
         self.pg = LocalPostgres(state_dir / "postgres")
         self.synap = SynapProcess(state_dir / "synap.sqlite3", "--tenant", PRIMARY_TENANT,
-                                  "--tenant", EU_TENANT)
+                                  "--tenant", EU_TENANT, *synap_args)
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.rows = 0
 
@@ -70,10 +70,11 @@ class LocalStack:
             with self.pg.connect() as conn:
                 self.rows = load_demo_table(conn, turns=self.turns, days=self.days, seed=self.seed)
             self.synap.start()
+            self._start_services()
             env = self.env()
             self._run_setup(env)
-            for name in COMPONENTS:
-                self._spawn(name, env)
+            for name, args, extra_env in self.components():
+                self._spawn(name, args, {**env, **extra_env})
             self.wait_until_ready(timeout)
         except BaseException:
             self.stop()
@@ -160,11 +161,18 @@ class LocalStack:
                        cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=True,
                        timeout=300)
 
-    def _spawn(self, name: str, env: dict[str, str]) -> None:
+    def _start_services(self) -> None:
+        """Services Airflow needs besides PostgreSQL and the Synap API (none here; a broker in a cluster)."""
+
+    def components(self) -> list[tuple[str, list[str], dict[str, str]]]:
+        """Each Airflow process to start: its name, ``airflow`` arguments and own environment."""
+        return [(name, [name], {}) for name in COMPONENTS]
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> None:
         log = (self.state / "logs" / f"{name}.log").open("wb")
         airflow = Path(sys.executable).parent / "airflow"
         self.processes[name] = subprocess.Popen(
-            [str(airflow), name], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            [str(airflow), *args], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True)
 
     def wait_until_ready(self, timeout: float) -> None:
