@@ -7,7 +7,7 @@ FROM apache/airflow:3.3.2-python3.11
 RUN pip install --no-cache-dir \
     "apache-airflow==3.3.2" \
     "apache-airflow-providers-postgres==7.1.1" \
-    "apache-airflow-providers-celery[redis]==3.26.0" \
+    "apache-airflow-providers-celery==3.26.0" \
     "maximem-synap==0.6.9" \
     "pendulum==3.3.0"
 COPY --chown=airflow:root pyproject.toml README.md /opt/synap-backfill/
