@@ -29,7 +29,10 @@ knowing what its users already told it.
    the estimated time for the whole table), and fails the run if one failed, if
    `read != ingested + duplicates + rejected` anywhere, or if more than
    `max_rejected_share` of the rows were rejected.
-5. **announce_complete** emits the `synap_backfill_complete` asset, which region
+5. **verify_extraction** waits, deferred in the triggerer (no worker slot), for Synap's
+   extraction of `verify_sample` accepted documents per partition, paced with the
+   partitions, and fails the run when more than `max_extraction_failed_share` failed.
+6. **announce_complete** emits the `synap_backfill_complete` asset, which region
    replays can be scheduled on; skipped after a dry run or a sample.
 
 **Retry one window:** clear just that mapped `backfill_partition` instance together with

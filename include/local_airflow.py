@@ -172,7 +172,16 @@ def render_run(dag_run: Any) -> str:
     if windows is None:
         return f"run {dag_run.run_id}: {dag_run.state} (no partition plan; see the log)"
     summary = summarize(windows, task_results(dag_run, "backfill_partition"))
-    return f"run {dag_run.run_id}: {dag_run.state}\n\n{summary.render()}"
+    text = f"run {dag_run.run_id}: {dag_run.state}\n\n{summary.render()}"
+    verified = task_results(dag_run, "verify_extraction")
+    if verified:
+        from include.backfill.verify import VerifyReport
+
+        text += "\n" + VerifyReport.from_xcom(verified[0]).render()
+    failures = task_xcom(dag_run, "verify_extraction", "failure")
+    if failures:
+        text += f"\nverify_extraction failed: {failures[0]}"
+    return text
 
 
 if __name__ == "__main__":

@@ -127,6 +127,9 @@ def run_backfill(airflow_db: None, use_connections: Callable[..., None]) -> Call
     def run(api_key: str = "local-dev-key", dag_id: str = "synap_backfill",
             synap_url: str | None = None, synap_extra: dict | None = None,
             logical_date: Any = None, retry_delay: float | None = None, **conf: Any) -> Any:
+        # The verify step is off unless a test asks for it (test_verify_extraction.py
+        # and the e2e tests run it): the count tests would only wait on its polling.
+        conf.setdefault("verify_sample", 0)
         use_connections(api_key, synap_url, synap_extra or {"backoff_max": 4})
         return local_airflow.run_dag(dag_id, conf, logical_date=logical_date,
                                      retry_delay=retry_delay)

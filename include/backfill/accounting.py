@@ -93,7 +93,7 @@ class RunSummary:
 
     partitions: list[PartitionReport]
     missing: list[str]
-    sample_of: dict[str, int] | None = None  # a sample run: the whole plan's partitions and rows
+    sample_of: dict[str, Any] | None = None  # a sample run: the whole plan's partitions, rows, credits
     max_rejected_share: float = 1.0  # above it, the run has a problem
 
     @property
@@ -197,7 +197,9 @@ class RunSummary:
                        f" {self.sample_of['partitions']} partitions, {self.total.rows_read} of about"
                        f" {self.sample_of['rows']} rows. "
                        + (f"At this rate the whole table takes about {_duration(estimate)}."
-                          if estimate else "Too little ran to estimate the whole table."))
+                          if estimate else "Too little ran to estimate the whole table.")
+                       + (f" Credits for the whole table: {self.sample_of['credits']}."
+                          if self.sample_of.get("credits") else ""))
         out.append("")
         if self.problems:
             out.append("PROBLEMS:")

@@ -73,6 +73,11 @@ class BackfillConfig:
     fetch_size: int = 1000
     sample_partitions: int = 0  # 0: all; else run that many, spread over the plan, and estimate
     max_rejected_share: float = 0.01  # the run fails when more of its rows are rejected
+    # After the partitions: check extraction of this many accepted documents per
+    # partition (0: do not check); waiting at most verify_timeout seconds.
+    verify_sample: int = 20
+    verify_timeout: int = 1800
+    max_extraction_failed_share: float = 0.01  # the run fails when more of the sample failed
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -99,6 +104,8 @@ LIMITS = {
     "max_document_chars": (100, 10_000_000),
     "fetch_size": (1, 100_000),
     "sample_partitions": (0, MAX_PARTITIONS),
+    "verify_sample": (0, 100_000_000),
+    "verify_timeout": (10, 7 * 86_400),
 }
 
 
@@ -165,6 +172,10 @@ def config_from_params(params: Mapping[str, Any]) -> BackfillConfig:
         fetch_size=whole("fetch_size"),
         sample_partitions=whole("sample_partitions"),
         max_rejected_share=share("max_rejected_share", get("max_rejected_share")),
+        verify_sample=whole("verify_sample"),
+        verify_timeout=whole("verify_timeout"),
+        max_extraction_failed_share=share("max_extraction_failed_share",
+                                          get("max_extraction_failed_share")),
     )
 
 

@@ -21,6 +21,7 @@ import pendulum
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 
 from include.backfill.config import LIMITS, MODES, BackfillConfig, SourceColumns
+from include.backfill.verify_extraction import VerifyExtractionOperator
 
 # Emitted by the primary backfill's summary when every row is accounted for;
 # a region replay can be scheduled on it.
@@ -98,6 +99,22 @@ def backfill_params(**defaults: Any) -> dict[str, Param]:
                                                 " larger share of its rows is rejected: dirty rows"
                                                 " are normal, a wholesale refusal is not. 0.01:"
                                                 " 1%; 1: never."),
+        "verify_sample": Param(d["verify_sample"], type="integer", **_bounds("verify_sample"),
+                               title="Verify sample", section="Verify",
+                               description="After the partitions, wait for Synap's extraction of "
+                                           "this many accepted documents per partition (deferred: "
+                                           "no worker slot is held). 0: no check; a partition's "
+                                           "row count or more: all of them."),
+        "verify_timeout": Param(d["verify_timeout"], type="integer", **_bounds("verify_timeout"),
+                                title="Verify timeout (s)", section="Verify",
+                                description="How long to wait for extraction; documents still "
+                                            "queued or processing then are reported as such."),
+        "max_extraction_failed_share": Param(d["max_extraction_failed_share"], type="number",
+                                             minimum=0, maximum=1,
+                                             title="Max extraction failed share", section="Verify",
+                                             description="The run fails when a larger share of "
+                                                         "the checked documents failed extraction."
+                                                         " 0.01: 1%; 1: never."),
         "max_document_chars": Param(d["max_document_chars"], type="integer",
                                     **_bounds("max_document_chars"), title="Max document characters",
                                     section="Sending",
@@ -213,15 +230,21 @@ def build_backfill_dag(dag_id: str, *, doc_md: str, schedule: Any = None,
         windows = plan_partitions(config)
         reports = backfill_partition.partial(config=config).expand(window=windows)
         summary = summarize(config, windows, reports)
+        # Retries: a trigger that fails on a transient error (the triggerer lost its
+        # connection, Synap was briefly unreachable) waits again from the start.
+        verify = VerifyExtractionOperator(task_id="verify_extraction", config=config, retries=2,
+                                          retry_delay=timedelta(seconds=30))
+        summary >> verify
 
         if outlets:
-            @task(outlets=list(outlets))
+            # none_failed: also after a run whose verify step was switched off (skipped).
+            @task(outlets=list(outlets), trigger_rule="none_failed")
             def announce_complete(config: dict, summary: dict) -> None:
                 """Emits the assets only after a full, real run (skipped for a dry run or a sample)."""
                 from include.backfill.tasks import announce_complete as announce
 
                 announce(config, summary)
 
-            announce_complete(config, summary)
+            verify >> announce_complete(config, summary)
 
     return backfill()

@@ -28,6 +28,7 @@ idle. The shared row gives the whole rate to whatever is running.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any, Protocol
 
@@ -105,7 +106,7 @@ class SharedPacer:
 
     async def acquire(self) -> None:
         while True:
-            wait = self.reserve()
+            wait = await asyncio.to_thread(self.reserve)  # never block an event loop on the DB
             self.slots += 1
             if wait > 0:
                 self.waited += wait
@@ -129,3 +130,8 @@ class SharedPacer:
                         " clock_timestamp() + make_interval(secs => %(hold)s))",
                         {"target": self.target, "hold": float(seconds)})
         self.conn.commit()
+
+
+def pacing_target(base_url: str | None, instance_id: str | None) -> str:
+    """The shared schedule's key for one Synap target: its base URL and instance, never the key."""
+    return f"{base_url or 'hosted'} {instance_id or ''}".strip()

@@ -266,6 +266,7 @@ class _Pipeline:
         state, report = self.state, self.state.report
         number = report.batches + 1
         rejects = list(cut.rejects)
+        ingestion_ids: list[str] = []
         delivery = None
         if cut.sending is not None:
             try:
@@ -285,7 +286,8 @@ class _Pipeline:
         if cut.documents and delivery is None:
             report.not_sent += len(cut.documents)
         elif delivery is not None:
-            rejects += self._count(cut, delivery)
+            counted, ingestion_ids = self._count(cut, delivery)
+            rejects += counted
             report.batches += 1
         report.seconds = state.elapsed()
         if cut.finished:
@@ -294,8 +296,9 @@ class _Pipeline:
         if self.ledger is not None and (cut.documents or rejects or cut.finished):
             # In a thread: the commit waits for the ledger's disk, and the batches
             # in flight must not wait with it. Saves stay in order: one at a time.
+            through = max((ordinal for _, _, ordinal in cut.documents), default=0)
             await asyncio.to_thread(self.ledger.save, cut.position, report.to_xcom(), rejects,
-                                    finished=cut.finished)
+                                    finished=cut.finished, ingestions=(through, ingestion_ids))
         if cut.documents:
             log.debug("partition %s: batch %d done; so far read %d, ingested %d, duplicates %d,"
                       " rejected %d", report.label, report.batches, report.rows_read,
@@ -304,7 +307,8 @@ class _Pipeline:
         if delivery is not None:
             await self._stop_if_refused_wholesale()
 
-    def _count(self, cut: _Cut, delivery: Delivery) -> list[RejectRow]:
+    def _count(self, cut: _Cut, delivery: Delivery) -> tuple[list[RejectRow], list[str]]:
+        """The cut's rows counted into the report; its rejected rows and accepted ingestion ids."""
         state, report, settings = self.state, self.state.report, self.settings
         rows_by_id: dict[str, list[tuple[SourceRow, int]]] = defaultdict(list)
         sent_before: set[str] = set()  # sent by an attempt of this run that stopped
@@ -313,6 +317,7 @@ class _Pipeline:
             if ordinal <= state.sent_before:
                 sent_before.add(id_of(document))
         rejects: list[RejectRow] = []
+        ingestion_ids: list[str] = []
         recovered = 0
         for sent in delivery.sent:
             ids = [id_of(d) for d in sent.documents]
@@ -320,6 +325,7 @@ class _Pipeline:
                                      ours=set(ids) if sent.resent_unknown else sent_before,
                                      texts={id_of(d): text_of(d) for d in sent.documents})
             report.add(outcome)
+            ingestion_ids += outcome.ingestion_ids
             recovered += outcome.recovered
             state.refused.update({r: n for r, n in outcome.rejected.items()
                                   if r.startswith(SERVER_PREFIX)})
@@ -331,7 +337,7 @@ class _Pipeline:
         if recovered:
             log.info("partition %s: %d documents sent again had been stored by this run's earlier"
                      " send; counted as ingested by this run", report.label, recovered)
-        return rejects
+        return rejects, ingestion_ids
 
     async def _stop_if_refused_wholesale(self) -> None:
         """Synap refused every document so far for one reason: sending the rest would not help."""

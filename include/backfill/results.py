@@ -44,6 +44,9 @@ class BatchOutcome:
     rejected: Counter[str] = field(default_factory=Counter)
     recovered: int = 0
     rejected_ids: list[tuple[str, str]] = field(default_factory=list)  # (document_id, reason)
+    # Of each document this answer accepted: its ingestion_id, to check extraction later.
+    # (A document recovered from an earlier send has none: that send's answer was lost.)
+    ingestion_ids: list[str] = field(default_factory=list)
 
     @property
     def rejected_total(self) -> int:
@@ -78,6 +81,8 @@ def classify_batch(document_ids: Iterable[str], results: Iterable[Any],
             reason = MISSING_RESULT
         elif status in ACCEPTED_STATUSES:
             outcome.ingested += 1
+            if getattr(result, "ingestion_id", None):
+                outcome.ingestion_ids.append(str(result.ingestion_id))
         elif duplicate.search(result.error_message or ""):
             if copy_in_batch:  # this request itself carried it twice
                 reason = DUPLICATED_IN_SOURCE

@@ -17,7 +17,7 @@ from .accounting import PartitionReport, summarize, window_key
 from .config import BackfillConfig, ParamError, config_from_params
 from .documents import B2B_ISOLATION, B2C_ISOLATION
 from .ledger import Ledger, ensure_tables, save_copies
-from .pacing import SharedPacer
+from .pacing import SharedPacer, pacing_target
 from .partition import PartitionFailed, PartitionSettings, describe_error, run_partition_rows
 from .preflight import PreflightError, check_ledger, check_source, check_synap, unknown_keys
 from .results import DEFAULT_DUPLICATE_PATTERN
@@ -136,8 +136,21 @@ def _plan(config: BackfillConfig, dag_id: str, run_id: str) -> list[dict[str, An
                  len(copies))
     if untimed:
         planned.append({"start": None, "end": None, "label": UNTIMED_LABEL, "rows": untimed})
-    if config.sample_partitions and config.sample_partitions < len(planned):
-        whole = {"partitions": len(planned), "rows": sum(w["rows"] for w in planned)}
+    sampling = bool(config.sample_partitions and config.sample_partitions < len(planned))
+    credits = None
+    if planned and not config.dry_run:
+        credits = _check_credits(config, sum(w["rows"] for w in planned))
+        log.info("Synap credits for the whole plan: %s", credits.describe())
+        if credits.short and not sampling:
+            from airflow.sdk.exceptions import AirflowFailException
+
+            raise AirflowFailException(
+                f"not enough Synap credits: the plan needs {credits.describe()}; nothing was sent"
+                " (add credits, or send less: start/end, sample_partitions)")
+    if sampling:
+        whole = {"partitions": len(planned), "rows": sum(w["rows"] for w in planned),
+                 "credits": credits.describe() if credits else None,
+                 "credits_estimate": credits.estimate if credits else None}
         timed = [w for w in planned if w["start"] is not None]
         sample = [{**w, "sample_of": whole}
                   for w in _spread(timed, min(config.sample_partitions, len(timed)))]
@@ -149,6 +162,26 @@ def _plan(config: BackfillConfig, dag_id: str, run_id: str) -> list[dict[str, An
              f": {planned[0]['label']}" if len(planned) == 1 else
              f", from {planned[0]['label']} to {planned[-1]['label']}" if planned else "")
     return planned
+
+
+def _check_credits(config: BackfillConfig, documents: int) -> Any:
+    """The balance and the estimate for ``documents``, from the run's Synap connection."""
+    from synap_provider.hooks import SynapHook
+
+    from .credits import check_credits
+
+    synap = SynapHook(synap_conn_id=config.synap_conn_id)
+
+    async def ask() -> Any:
+        async with synap.session() as sdk:
+            return await check_credits(sdk, documents, synap.settings["credits_metric"], config.mode)
+
+    try:
+        return asyncio.run(ask())
+    except Exception as exc:  # preflight already proved the connection; this is advisory
+        from .credits import CreditCheck
+
+        return CreditCheck(documents, None, None, "", f"Synap did not answer: {describe_error(exc)}")
 
 
 def _spread(windows: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
@@ -226,9 +259,9 @@ def run_partition(config_dict: Mapping[str, Any], window_dict: Mapping[str, Any]
             if s["requests_per_minute"] > 0:
                 # The limit is the instance's: every partition sending there shares one
                 # schedule. Its own connection: checkpoints commit from another thread.
-                target = f"{s['base_url'] or 'hosted'} {getattr(sdk, 'instance_id', None) or ''}"
+                target = pacing_target(s["base_url"], getattr(sdk, "instance_id", None))
                 pacing_conn = stack.enter_context(closing(ledger_hook.get_conn()))
-                pacer = SharedPacer(pacing_conn, config.ledger_schema, target.strip(),
+                pacer = SharedPacer(pacing_conn, config.ledger_schema, target,
                                     s["requests_per_minute"], label=report.label)
                 pacer.ensure_table()
                 settings.pacer = pacer

@@ -42,6 +42,13 @@ def main(argv: list[str] | None = None) -> int:
                             " ingestion_id (more than Synap's docs promise; default: this answer's)")
     serve.add_argument("--rate-limit-per-minute", type=float, default=0.0, help="0: no limit")
     serve.add_argument("--latency-ms", type=float, default=0.0)
+    serve.add_argument("--extraction-seconds", type=float, default=0.0,
+                       help="a stored document is queued, then processing, for this long (0: done at once)")
+    serve.add_argument("--extraction-failed-share", type=float, default=0.0,
+                       help="this share of documents fails extraction")
+    serve.add_argument("--credits-balance", type=float, default=1_000_000.0)
+    serve.add_argument("--credit-price", action="append", default=[], metavar="METRIC=PRICE",
+                       help="credits per unit of a metric_type (default: documents=1)")
     serve.add_argument("--strict-batches", action="store_true",
                        help="refuse a whole batch (422) when one document is invalid")
     serve.add_argument("--fault", action="append", default=[], metavar="JSON",
@@ -74,6 +81,11 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s synap-local %(message)s")
     controls = Controls(rate_limit_per_minute=args.rate_limit_per_minute, latency_ms=args.latency_ms,
                         strict_batches=args.strict_batches,
+                        extraction_seconds=args.extraction_seconds,
+                        extraction_failed_share=args.extraction_failed_share,
+                        credits_balance=args.credits_balance,
+                        credit_prices={m: float(p) for m, p in (c.split("=", 1) for c in args.credit_price)}
+                        or {"documents": 1.0},
                         faults=[FaultRule.from_dict(json.loads(f)) for f in args.fault])
     settings = ServerSettings(
         db_path=args.db,

@@ -122,6 +122,19 @@ class Controls:
     # Seconds added to this server's clock (its queued_at): a worker clock
     # 10 minutes ahead of the server is -600 here.
     clock_offset_seconds: float = 0.0
+    # Extraction runs after "queued", asynchronously (the docs' status endpoint):
+    # a stored document reads queued for the first half of extraction_seconds,
+    # processing for the second, then completed, or, for extraction_failed_share
+    # of documents (chosen by their ingestion id), failed with
+    # extraction_failure_reason. 0 seconds: completed at once.
+    extraction_seconds: float = 0.0
+    extraction_failed_share: float = 0.0
+    extraction_failure_reason: str = "extraction_failed"
+    # Credits (GET /v1/credits/balance, POST /v1/credits/estimate): the wallet's
+    # balance, and the price of one unit per metric_type. Synap publishes no
+    # metric names: an estimate for a metric not listed here is a 400.
+    credits_balance: float = 1_000_000.0
+    credit_prices: dict[str, float] = field(default_factory=lambda: {"documents": 1.0})
     # The instance is still being built until then (monotonic; 0: ready).
     _not_ready_until: float = 0.0
     _buckets: dict[str, TokenBucket] = field(default_factory=dict)
@@ -144,6 +157,16 @@ class Controls:
                 self.echo_input = bool(raw["echo_input"])
             if "clock_offset_seconds" in raw:
                 self.clock_offset_seconds = float(raw["clock_offset_seconds"] or 0)
+            if "extraction_seconds" in raw:
+                self.extraction_seconds = float(raw["extraction_seconds"] or 0)
+            if "extraction_failed_share" in raw:
+                self.extraction_failed_share = float(raw["extraction_failed_share"] or 0)
+            if "extraction_failure_reason" in raw:
+                self.extraction_failure_reason = str(raw["extraction_failure_reason"] or "")
+            if "credits_balance" in raw:
+                self.credits_balance = float(raw["credits_balance"])
+            if "credit_prices" in raw:
+                self.credit_prices = {str(k): float(v) for k, v in (raw["credit_prices"] or {}).items()}
             if "instance_not_ready_for_seconds" in raw:
                 seconds = float(raw["instance_not_ready_for_seconds"] or 0)
                 self._not_ready_until = time.monotonic() + seconds if seconds > 0 else 0.0
@@ -157,6 +180,11 @@ class Controls:
                 "refuse_documents": self.refuse_documents,
                 "clock_offset_seconds": self.clock_offset_seconds,
                 "echo_input": self.echo_input,
+                "extraction_seconds": self.extraction_seconds,
+                "extraction_failed_share": self.extraction_failed_share,
+                "extraction_failure_reason": self.extraction_failure_reason,
+                "credits_balance": self.credits_balance,
+                "credit_prices": dict(self.credit_prices),
                 "instance_not_ready_for_seconds": round(self.not_ready_left(), 1),
                 "faults": [
                     {"kind": f.kind, "status": f.status, "times": f.times,

@@ -50,7 +50,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -134,6 +134,7 @@ class _Stats:
         # (wall-clock time it arrived, HTTP status) of each batch request: the
         # busiest minute, and its 429s, of a run (0: dropped without an answer).
         self.batch_answers: list[tuple[float, int]] = []
+        self.status_answers: list[tuple[float, int]] = []  # the same, of status requests
 
     def batch_started(self) -> None:
         with self._lock:
@@ -148,6 +149,10 @@ class _Stats:
         with self._lock:
             self.batch_answers.append((arrived, status))
 
+    def status_answered(self, arrived: float, status: int) -> None:
+        with self._lock:
+            self.status_answers.append((arrived, status))
+
     def count(self, key: str, n: int = 1, *, documents: bool = False) -> None:
         with self._lock:
             (self.documents if documents else self.requests)[key] += n
@@ -156,7 +161,8 @@ class _Stats:
         with self._lock:
             return {"requests": dict(self.requests), "documents": dict(self.documents),
                     "max_batches_in_flight": self.max_batches_in_flight,
-                    "batch_answers": list(self.batch_answers)}
+                    "batch_answers": list(self.batch_answers),
+                    "status_answers": list(self.status_answers)}
 
 
 class _DropConnection(Exception):
@@ -281,6 +287,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.stats.count(f"{method} {counted} {status}")
             if method == "POST" and path == "/api/v1/memories/batch":
                 self.server.stats.batch_answered(arrived, status)
+            elif route is _Handler._status:
+                self.server.stats.status_answered(arrived, status)
 
     def do_GET(self) -> None:  # noqa: N802
         self._dispatch("GET")
@@ -298,6 +306,26 @@ class _Handler(BaseHTTPRequestHandler):
         if tenant.isolation is not None:
             who["user_context_isolation"] = tenant.isolation
         self._send(200, who)
+
+    def _credits_balance(self) -> None:
+        tenant = self._tenant()
+        balance = self.server.settings.controls.credits_balance
+        self._send(200, {"client_id": tenant.client_id, "balance_credits": balance,
+                         "warning_low": balance < 1000, "buckets": [
+                             {"source_type": "purchase", "balance": balance, "expires_at": None}]})
+
+    def _credits_estimate(self) -> None:
+        self._tenant()
+        body = self._body()
+        prices = self.server.settings.controls.credit_prices
+        metric = body.get("metric_type") if isinstance(body, dict) else None
+        if metric not in prices:
+            raise _Answer(400, {"detail": "unknown metric_type"})
+        try:
+            units = float(body.get("units"))
+        except (TypeError, ValueError):
+            raise _Answer(422, {"detail": "units must be a number"}) from None
+        self._send(200, {"credits_estimate": round(units * prices[metric], 4)})
 
     def _telemetry(self) -> None:
         self._tenant()
@@ -345,10 +373,7 @@ class _Handler(BaseHTTPRequestHandler):
         doc = self.server.store.get_by_ingestion(tenant.instance_id, ingestion_id)
         if doc is None:
             raise _Answer(404, {"detail": "no such ingestion"})
-        self._send(200, {"ingestion_id": doc.ingestion_id, "document_id": doc.document_id,
-                         "status": "completed", "queued_at": doc.queued_at,
-                         "started_at": doc.queued_at, "completed_at": doc.queued_at,
-                         "memories_created": 1, "memory_ids": [doc.ingestion_id]})
+        self._send(200, extraction_status(doc, self.server.settings.controls))
 
     def _local_stats(self) -> None:
         self._send(200, {**self.server.stats.snapshot(), "stored": self.server.store.counts(),
@@ -450,6 +475,28 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(fault.seconds)
 
 
+def extraction_status(doc: Any, controls: Controls) -> dict[str, Any]:
+    """``GET /api/v1/memories/status/{id}`` for a stored document, as its extraction stands now."""
+    queued = datetime.fromisoformat(doc.queued_at.replace("Z", "+00:00"))
+    age = (controls.server_now() - queued).total_seconds()
+    delay = controls.extraction_seconds
+    answer: dict[str, Any] = {"ingestion_id": doc.ingestion_id, "document_id": doc.document_id,
+                              "queued_at": doc.queued_at, "memories_created": 0, "memory_ids": []}
+    if age < delay / 2:
+        return {**answer, "status": "queued"}
+    started = (queued + timedelta(seconds=delay / 2)).isoformat()
+    if age < delay:
+        return {**answer, "status": "processing", "started_at": started}
+    done = (queued + timedelta(seconds=delay)).isoformat()
+    if int(uuid.UUID(doc.ingestion_id).hex[:8], 16) / 2 ** 32 < controls.extraction_failed_share:
+        return {**answer, "status": "failed", "started_at": started, "completed_at": done,
+                "error_message": controls.extraction_failure_reason}
+    memories = 1 + int(uuid.UUID(doc.ingestion_id).hex[8:10], 16) % 3
+    return {**answer, "status": "completed", "started_at": started, "completed_at": done,
+            "memories_created": memories,
+            "memory_ids": [f"mem_{doc.ingestion_id[:8]}_{n}" for n in range(memories)]}
+
+
 def _failed(document_id: Any, message: str, now: str) -> dict[str, Any]:
     return {"ingestion_id": str(uuid.uuid4()),
             "document_id": document_id if isinstance(document_id, str) else "",
@@ -473,6 +520,8 @@ _ROUTES = {
     ("GET", "/health"): _Handler._health,
     ("GET", "/api/v1/auth/whoami"): _Handler._whoami,
     ("POST", "/v1/telemetry/batch"): _Handler._telemetry,
+    ("GET", "/v1/credits/balance"): _Handler._credits_balance,
+    ("POST", "/v1/credits/estimate"): _Handler._credits_estimate,
     ("POST", "/api/v1/memories/batch"): _Handler._batch,
     ("POST", "/api/v1/memories/create"): _Handler._create,
     ("GET", "/_local/stats"): _Handler._local_stats,

@@ -97,6 +97,9 @@ EXTRA_FIELDS: tuple[ExtraField, ...] = (
     ExtraField("not_ready_max_wait", "Longest wait for a new instance (s)", float, 1800,
                "The longest a new instance still being built (409 instance_not_ready) is "
                "waited for, in all.", minimum=0),
+    ExtraField("credits_metric", "Credits metric", str, "documents",
+               "The metric_type a credit estimate asks for, in units of documents sent (Synap "
+               "publishes no metric names; set the one your plan bills)."),
     ExtraField("duplicate_pattern", "Duplicate pattern (regex)", str, None,
                "A regular expression that marks a per-document failure as a duplicate "
                "document_id (empty: the built-in pattern)."),

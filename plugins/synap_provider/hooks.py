@@ -131,11 +131,27 @@ class SynapHook(BaseHook):
         through the SDK's transport to get the server's answer, errors included.
         """
         async with self.session() as sdk:
-            auth = await sdk._get_auth_context()
-            transport = sdk._http_transport
-            if transport is None:
-                raise RuntimeError("the Synap SDK did not set up its HTTP transport")
-            return await transport.get("/api/v1/auth/whoami", auth_context=auth)
+            return await _call(sdk, "GET", "/api/v1/auth/whoami")
+
+    @staticmethod
+    async def credit_balance(sdk: "MaximemSynapSDK") -> float:
+        """``GET /v1/credits/balance``: the wallet's ``balance_credits``.
+
+        The SDK's ``credits.get_balance()`` (0.6.9) calls its transport without
+        the auth context the transport requires, and raises TypeError; this is
+        the same request, made with it.
+        """
+        return float((await _call(sdk, "GET", "/v1/credits/balance"))["balance_credits"])
+
+    @staticmethod
+    async def credit_estimate(sdk: "MaximemSynapSDK", *, metric_type: str, units: float,
+                              item_count: int | None = None, endpoint: str | None = None,
+                              mode: str | None = None) -> float:
+        """``POST /v1/credits/estimate``: ``credits_estimate`` (the SDK's ``credits.estimate()``
+        fails as ``get_balance()`` does)."""
+        body = {"metric_type": metric_type, "units": units, "item_count": item_count,
+                "endpoint": endpoint, "mode": mode}
+        return float((await _call(sdk, "POST", "/v1/credits/estimate", json=body))["credits_estimate"])
 
     def test_connection(self) -> tuple[bool, str]:
         """Call whoami; the message names the instance, or the error."""
@@ -145,6 +161,22 @@ class SynapHook(BaseHook):
             return False, f"{type(exc).__name__}: {exc}"
         return True, (f"Connected: instance {who.get('instance_id')} "
                       f"({who.get('user_context_isolation') or 'isolation not reported'})")
+
+
+async def _call(sdk: "MaximemSynapSDK", method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+    """One request through the SDK's own transport, authenticated as its public calls are.
+
+    The one place that touches the SDK's private transport: for endpoints its
+    public surface does not reach (whoami's answer, errors included) or reaches
+    broken (credits in 0.6.9).
+    """
+    auth = await sdk._get_auth_context()
+    transport = sdk._http_transport
+    if transport is None:
+        raise RuntimeError("the Synap SDK did not set up its HTTP transport")
+    if method == "GET":
+        return await transport.get(path, auth_context=auth, **kwargs)
+    return await transport.post(path, auth_context=auth, **kwargs)
 
 
 def base_url(host: str | None, port: int | None, scheme: str | None) -> str | None:

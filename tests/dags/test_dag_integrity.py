@@ -45,20 +45,23 @@ def test_the_dags_parse_without_errors_network_database_or_heavy_imports(scratch
     assert report["heavy_imports"] == []
 
 
-def test_the_backfill_dag_is_wired_plan_then_mapped_partitions_then_summary():
+def test_the_backfill_dag_is_wired_plan_then_mapped_partitions_then_summary_then_verify():
     dag = load_dag("synap_backfill")
     assert type(dag.timetable).__name__ == "NullTimetable"  # schedule=None: manual only
     assert set(dag.task_dict) == {"resolve_config", "plan_partitions", "backfill_partition", "summarize",
-                                  "announce_complete"}
+                                  "verify_extraction", "announce_complete"}
     partition = dag.task_dict["backfill_partition"]
     assert partition.map_index_template == "{{ window_label }}"
     assert partition.upstream_task_ids == {"resolve_config", "plan_partitions"}
     summary = dag.task_dict["summarize"]
     assert summary.trigger_rule == "all_done"
     assert summary.upstream_task_ids == {"resolve_config", "plan_partitions", "backfill_partition"}
+    verify = dag.task_dict["verify_extraction"]
+    assert verify.upstream_task_ids == {"resolve_config", "summarize"}
+    assert type(verify).__name__ == "VerifyExtractionOperator" and verify.trigger_rule == "all_success"
     announce = dag.task_dict["announce_complete"]
-    assert announce.upstream_task_ids == {"resolve_config", "summarize"}
-    assert announce.trigger_rule == "all_success" and announce.outlets
+    assert announce.upstream_task_ids == {"resolve_config", "summarize", "verify_extraction"}
+    assert announce.trigger_rule == "none_failed" and announce.outlets
     assert dag.doc_md and "Synap backfill" in dag.doc_md
 
 

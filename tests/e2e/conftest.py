@@ -66,6 +66,16 @@ class AirflowClient:
             assert time.monotonic() < deadline, f"run {run_id} still {state} after {timeout}s"
             time.sleep(2)
 
+    def failures(self, dag_id: str, run_id: str) -> str:
+        """The last lines of each failed task instance's log: the message of an assertion."""
+        out = []
+        for ti in self.task_instances(dag_id, run_id):
+            if ti["state"] == "failed":
+                log = self.log(dag_id, run_id, ti["task_id"], ti["try_number"], ti["map_index"])
+                errors = [line[-1200:] for line in log.splitlines() if '"level": "error"' in line]
+                out.append(f"{ti['task_id']}[{ti['map_index']}]: " + "\n".join(errors[-3:]))
+        return "\n".join(out)
+
     def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
         return self.ok("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=1000")[
             "task_instances"]
@@ -81,6 +91,29 @@ class AirflowClient:
         if isinstance(content, str):
             return content
         return "\n".join(json.dumps(e, ensure_ascii=False) for e in content)
+
+
+def local_api_stats(url: str) -> dict:
+    """The local Synap API's counters, with each batch and status request's arrival."""
+    with urllib.request.urlopen(f"{url}/_local/stats", timeout=10) as resp:
+        return json.load(resp)
+
+
+def set_local_api(url: str, **controls: Any) -> None:
+    req = urllib.request.Request(f"{url}/_local/controls", data=json.dumps(controls).encode(),
+                                 method="POST", headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(req, timeout=10).close()
+
+
+def busiest_minute(arrivals: list[tuple[float, int]]) -> int:
+    """The most requests that arrived in any 60 s."""
+    times = sorted(t for t, _ in arrivals)
+    most, first = 0, 0
+    for last, t in enumerate(times):
+        while t - times[first] >= 60:
+            first += 1
+        most = max(most, last - first + 1)
+    return most
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,7 @@ import pytest
 from include.local_cluster import LocalCluster
 from include.local_stack import free_port
 from include.synap_local.store import DocumentStore
-from tests.e2e.conftest import ARTIFACTS, AirflowClient
+from tests.e2e.conftest import ARTIFACTS, AirflowClient, busiest_minute, local_api_stats
 
 pytestmark = pytest.mark.e2e
 DAG = "synap_backfill"
@@ -85,17 +85,6 @@ def partitions(api: AirflowClient, run_id: str) -> list[dict]:
     return [ti for ti in api.task_instances(DAG, run_id) if ti["task_id"] == "backfill_partition"]
 
 
-def busiest_minute(answers: list[tuple[float, int]]) -> int:
-    """The most batch requests that arrived in any 60 s."""
-    times = sorted(t for t, _ in answers)
-    most, first = 0, 0
-    for last, t in enumerate(times):
-        while t - times[first] >= 60:
-            first += 1
-        most = max(most, last - first + 1)
-    return most
-
-
 def test_a_backfill_runs_on_both_workers_within_the_shared_rate_limit(cluster, api):
     started = time.monotonic()
     assert api.trigger(DAG, "cluster_spread", CONF)[0] == 200
@@ -103,7 +92,7 @@ def test_a_backfill_runs_on_both_workers_within_the_shared_rate_limit(cluster, a
     tis = partitions(api, "cluster_spread")
     ran_on = {ti["rendered_map_index"]: ti["hostname"] for ti in tis}
     summary = api.xcom(DAG, "cluster_spread", "summarize")
-    answers = [(t, status) for t, status in api_stats(cluster)["batch_answers"]]
+    answers = [(t, status) for t, status in local_api_stats(cluster.synap.url)["batch_answers"]]
     busiest = busiest_minute(answers)
     throttled = sum(1 for _, status in answers if status == 429)
 
@@ -155,13 +144,6 @@ def test_a_worker_killed_while_holding_a_partition_is_noticed_and_the_partition_
     assert summary["rows_read"] == summary["ingested"] + summary["duplicates"] + summary["rejected"]
     assert summary["ingested"] == cluster.rows and summary["problems"] == []
     assert stored == cluster.rows  # every row stored once: ids are unique in the store
-
-
-def api_stats(cluster: LocalCluster) -> dict:
-    import urllib.request
-
-    with urllib.request.urlopen(f"{cluster.synap.url}/_local/stats", timeout=10) as resp:
-        return json.load(resp)
 
 
 def wait_for_checkpointed_partition(cluster, api, run_id,

@@ -1,0 +1,134 @@
+"""Did Synap make the memories? Extraction status of a sample of the documents it accepted.
+
+``long-range`` extraction runs after Synap answers ``queued``: a backfill that
+counts a document as ingested at that answer cannot tell whether extraction
+later completed, failed or half-succeeded. The ledger keeps each accepted
+document's ``ingestion_id`` (``ingestions``); this checks a sample per
+partition through ``memories.status`` (there is no batch status endpoint),
+paced on the target's shared schedule so it never starves a running
+backfill, until each is ``completed``, ``failed`` or ``partial_success``, or
+the deadline passes. Failure reasons are kept as short, scrubbed codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+from .pacing import Pacer
+from .results import first_line, scrub, shorten
+
+log = logging.getLogger("synap_backfill")
+TERMINAL = frozenset({"completed", "failed", "partial_success"})
+
+
+@dataclass
+class VerifyReport:
+    """What the sample's extraction came to."""
+
+    sampled: int = 0
+    completed: int = 0
+    failed: int = 0
+    partial: int = 0
+    still_processing: int = 0  # queued or processing at the deadline
+    not_found: int = 0  # the status endpoint did not know the id
+    memories_created: int = 0
+    failure_reasons: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    @property
+    def failed_share(self) -> float:
+        return self.failed / self.sampled if self.sampled else 0.0
+
+    def to_xcom(self) -> dict[str, Any]:
+        return {"sampled": self.sampled, "completed": self.completed, "failed": self.failed,
+                "partial": self.partial, "still_processing": self.still_processing,
+                "not_found": self.not_found, "memories_created": self.memories_created,
+                "failure_reasons": dict(self.failure_reasons), "seconds": round(self.seconds, 1),
+                "failed_share": round(self.failed_share, 4)}
+
+    @classmethod
+    def from_xcom(cls, raw: dict[str, Any]) -> "VerifyReport":
+        report = cls(**{k: raw[k] for k in ("sampled", "completed", "failed", "partial",
+                                             "still_processing", "not_found", "memories_created",
+                                             "seconds")})
+        report.failure_reasons = Counter(raw.get("failure_reasons") or {})
+        return report
+
+    def render(self) -> str:
+        lines = [f"extraction of {self.sampled} sampled documents: {self.completed} completed,"
+                 f" {self.failed} failed, {self.partial} partial, {self.still_processing} still"
+                 f" queued or processing, {self.not_found} unknown to Synap;"
+                 f" {self.memories_created} memories created ({self.seconds:.0f} s)"]
+        for reason, n in self.failure_reasons.most_common():
+            lines.append(f"  failed: {n} x {reason}")
+        return "\n".join(lines)
+
+
+def failure_code(message: str | None) -> str:
+    """A failure's reason as a short code: scrubbed of quoted input, first line, 80 characters."""
+    return shorten(scrub((message or "no reason given").strip().splitlines()[0]))[:80]
+
+
+async def check_extraction(ingestion_ids: list[str], status: Callable[[str], Awaitable[Any]],
+                           pacer: Pacer, *, deadline: float, poll_every: float = 10.0,
+                           label: str = "verify",
+                           clock: Callable[[], float] = time.monotonic) -> VerifyReport:
+    """Poll each id until its extraction ends or ``deadline`` (``clock()`` time) passes.
+
+    ``status(id)``: the SDK's ``memories.status``; every call takes a slot of
+    ``pacer`` first. A 429 holds the shared schedule for its ``Retry-After``.
+    """
+    from maximem_synap.models.errors import (ContextNotFoundError, RateLimitError,
+                                             SynapTransientError)
+
+    started = clock()
+    report = VerifyReport(sampled=len(ingestion_ids))
+    pending = list(ingestion_ids)
+    while pending:
+        waiting: list[str] = []
+        for ingestion_id in pending:
+            if clock() >= deadline:
+                waiting.append(ingestion_id)
+                continue
+            await pacer.acquire()
+            try:
+                answer = await status(ingestion_id)
+            except ContextNotFoundError:
+                report.not_found += 1
+                continue
+            except RateLimitError as exc:
+                pacer.hold(float(exc.retry_after_seconds or poll_every))
+                waiting.append(ingestion_id)
+                continue
+            except SynapTransientError as exc:
+                log.info("%s: a status call failed (%s); asking again", label, first_line(exc))
+                waiting.append(ingestion_id)
+                continue
+            state = str(getattr(answer.status, "value", answer.status))
+            if state not in TERMINAL:
+                waiting.append(ingestion_id)
+                continue
+            report.memories_created += int(answer.memories_created or 0)
+            if state == "completed":
+                report.completed += 1
+            elif state == "partial_success":
+                report.partial += 1
+            else:
+                report.failed += 1
+                report.failure_reasons[failure_code(answer.error_message)] += 1
+        pending = waiting
+        if not pending or clock() >= deadline:
+            break
+        pause = min(poll_every, max(0.0, deadline - clock()))
+        log.info("%s: %d of %d sampled documents still queued or processing; asking again in"
+                 " %.0f s", label, len(pending), report.sampled, pause)
+        await asyncio.sleep(pause)
+    report.still_processing = len(pending)
+    report.seconds = clock() - started
+    return report
+

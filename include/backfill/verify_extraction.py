@@ -1,0 +1,133 @@
+"""The verify step in Airflow: a deferrable operator and the trigger that polls in the triggerer.
+
+A TaskFlow ``@task`` cannot defer (apache/airflow#33663), so this one task is
+a classic operator. ``execute`` hands the wait to ``ExtractionTrigger``: while
+Synap extracts, no worker slot is held. The trigger reads the run's sample
+from the ledger, polls ``memories.status`` on the target's shared pacing
+schedule (the same row the partitions use), and fires once with the report;
+``execute_complete`` logs it, returns it for XCom, and fails the run when
+more of the sample failed than ``max_extraction_failed_share``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import closing
+from datetime import timedelta
+from typing import Any, AsyncIterator, Mapping, Sequence
+from uuid import UUID
+
+from airflow.sdk import BaseOperator
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from .config import BackfillConfig
+
+POLL_EVERY = 10.0  # seconds between rounds over the documents still being extracted
+
+
+class ExtractionTrigger(BaseTrigger):
+    """Polls the extraction status of a run's sampled documents; fires once with the report."""
+
+    def __init__(self, *, config: dict[str, Any], dag_id: str, run_id: str, deadline: float,
+                 poll_every: float = POLL_EVERY) -> None:
+        super().__init__()
+        self.config, self.dag_id, self.run_id = config, dag_id, run_id
+        self.deadline, self.poll_every = deadline, poll_every
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return ("include.backfill.verify_extraction.ExtractionTrigger",
+                {"config": self.config, "dag_id": self.dag_id, "run_id": self.run_id,
+                 "deadline": self.deadline, "poll_every": self.poll_every})
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        report = await verify_run(BackfillConfig.from_dict(self.config), self.dag_id, self.run_id,
+                                  deadline=self.deadline, poll_every=self.poll_every)
+        yield TriggerEvent(report)
+
+
+async def verify_run(config: BackfillConfig, dag_id: str, run_id: str, *, deadline: float,
+                     poll_every: float = POLL_EVERY) -> dict[str, Any]:
+    """The report of a run's sample (``deadline``: wall-clock epoch seconds)."""
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+    from synap_provider.hooks import SynapHook
+
+    from .ledger import sample_ingestions
+    from .pacing import Pacer, SharedPacer, Unpaced, pacing_target
+    from .verify import check_extraction
+
+    ledger = PostgresHook(postgres_conn_id=config.ledger_conn_id or config.postgres_conn_id)
+    synap = SynapHook(synap_conn_id=config.synap_conn_id)
+
+    def load() -> list[str]:
+        with closing(ledger.get_conn()) as conn:
+            sample = sample_ingestions(conn, config.ledger_schema, dag_id, run_id,
+                                       config.verify_sample)
+        return [i for ids in sample.values() for i in ids]
+
+    # Connections are read in a thread: the triggerer's event loop must not block.
+    ids = await asyncio.to_thread(load)
+    settings = await asyncio.to_thread(lambda: synap.settings)
+    async with synap.session() as sdk:
+        pacer: Pacer = Unpaced()
+        conn = None
+        if settings["requests_per_minute"] > 0:
+            conn = await asyncio.to_thread(ledger.get_conn)
+            pacer = SharedPacer(conn, config.ledger_schema,
+                                pacing_target(settings["base_url"], getattr(sdk, "instance_id", None)),
+                                settings["requests_per_minute"], label="verify")
+        try:
+            report = await check_extraction(
+                ids, lambda i: sdk.memories.status(UUID(i)), pacer, poll_every=poll_every,
+                deadline=time.monotonic() + max(0.0, deadline - time.time()), label="verify")
+        finally:
+            if conn is not None:
+                conn.close()
+    return report.to_xcom()
+
+
+class VerifyExtractionOperator(BaseOperator):
+    """Waits, deferred, for Synap's extraction of a sample of each partition's accepted documents.
+
+    :param config: the run's config (``resolve_config``'s XCom).
+    """
+
+    template_fields: Sequence[str] = ("config",)
+
+    def __init__(self, *, config: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.config = config
+
+    def execute(self, context: Any) -> Any:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        config = BackfillConfig.from_dict(self.config)
+        if config.verify_sample == 0 or config.dry_run:
+            raise AirflowSkipException("verify_sample is 0, or a dry run: nothing to check")
+        run = context["dag_run"]
+        self.defer(
+            trigger=ExtractionTrigger(config=config.to_dict(), dag_id=run.dag_id, run_id=run.run_id,
+                                      deadline=time.time() + config.verify_timeout),
+            method_name="execute_complete",
+            timeout=timedelta(seconds=config.verify_timeout + 600))
+
+    def execute_complete(self, context: Any, event: Mapping[str, Any]) -> dict[str, Any]:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from .verify import VerifyReport
+
+        config = BackfillConfig.from_dict(self.config)
+        report = VerifyReport.from_xcom(dict(event))
+        self.log.info("%s", report.render())
+        if report.failed_share > config.max_extraction_failed_share:
+            message = (f"extraction failed for {report.failed} of {report.sampled} sampled documents"
+                       f" ({report.failed_share:.1%}, more than max_extraction_failed_share"
+                       f" {config.max_extraction_failed_share:.1%}): "
+                       + ", ".join(f"{n} x {r}" for r, n in report.failure_reasons.most_common()))
+            # As a failure before planning is: the run's outcome, readable without the log.
+            context["ti"].xcom_push(key="failure", value=message)
+            raise AirflowFailException(message)
+        if report.still_processing:
+            self.log.warning("%d sampled documents were still queued or processing after"
+                             " verify_timeout (%d s)", report.still_processing, config.verify_timeout)
+        return report.to_xcom()
