@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -28,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .local_stack import COMPONENTS, LocalStack, free_port
+from .local_stack import COMPONENTS, LocalStack, free_port, serve
 from .local_airflow import REPO_ROOT
 
 METADATA_DB = "airflow_metadata"
@@ -158,15 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     cluster = LocalCluster(REPO_ROOT / ".local" / "cluster", port=args.port, turns=args.turns,
                            days=args.days, workers=args.workers,
                            pool_slots=args.workers * 2)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    print("starting Redis, embedded PostgreSQL, the local Synap API and Airflow"
-          f" (CeleryExecutor, {args.workers} workers) ...", flush=True)
-    try:
-        cluster.start(timeout=300)
-    except KeyboardInterrupt:
-        return 130
-    print(f"""
+    return serve(cluster, f"Redis, embedded PostgreSQL, the local Synap API and Airflow"
+                          f" (CeleryExecutor, {args.workers} Celery workers)", lambda: f"""
 Airflow is up: {cluster.url}
   login:        admin / {cluster.password}
   executor:     CeleryExecutor; workers {', '.join(cluster.workers)} ({cluster.worker_concurrency} slots each)
@@ -175,19 +167,7 @@ Airflow is up: {cluster.url}
   source:       conversations, {cluster.rows} turns
   Synap:        {cluster.synap.url} (primary: local-dev-key, eu region: local-eu-key)
   logs:         {(cluster.state / 'logs').relative_to(REPO_ROOT)}/
-Ctrl-C stops everything.""", flush=True)
-    try:
-        while all(p.poll() is None for p in cluster.processes.values()):
-            time.sleep(1)
-        print("a cluster process exited; stopping", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        print("stopping...", flush=True)
-        cluster.stop()
-        print("stopped: Airflow, its workers, Redis, the local Synap API and PostgreSQL", flush=True)
-
+Ctrl-C stops everything.""", timeout=300)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -221,35 +221,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--days", type=int, default=90)
     args = parser.parse_args(argv)
     stack = LocalStack(REPO_ROOT / ".local" / "ui", port=args.port, turns=args.turns, days=args.days)
-    # Ctrl-C and SIGTERM both stop everything, even when this process was
-    # started with SIGINT ignored (as shells do for background jobs).
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    print("starting embedded PostgreSQL, the local Synap API and Airflow ...", flush=True)
-    try:
-        stack.start()  # stops what it started if it fails or is interrupted
-    except KeyboardInterrupt:
-        return 130
-    print(f"""
+    return serve(stack, "embedded PostgreSQL, the local Synap API and Airflow", lambda: f"""
 Airflow is up: {stack.url}
   login:        admin / {stack.password}
   DAGs:         synap_backfill (trigger it: DAG page -> Trigger), synap_replay_eu
   source:       conversations, {stack.rows} turns in the embedded PostgreSQL
   Synap:        {stack.synap.url} (primary: local-dev-key, eu region: local-eu-key)
   logs:         {(stack.state / 'logs').relative_to(REPO_ROOT)}/
-Ctrl-C stops everything.""", flush=True)
+Ctrl-C stops everything.""")
+
+
+def serve(stack: LocalStack, what: str, banner: Any, timeout: float = 180) -> int:
+    """Start ``stack``, print ``banner()``, run until Ctrl-C or a process exits, stop everything."""
+    # Ctrl-C and SIGTERM both stop everything, even when this process was
+    # started with SIGINT ignored (as shells do for background jobs).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    print(f"starting {what} ...", flush=True)
+    try:
+        stack.start(timeout)  # stops what it started if it fails or is interrupted
+    except KeyboardInterrupt:
+        return 130
+    print(banner(), flush=True)
     try:
         while all(p.poll() is None for p in stack.processes.values()):
             time.sleep(1)
-        print("an Airflow component exited; stopping", file=sys.stderr)
+        print("a process of the stack exited; stopping", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0
     finally:
         print("stopping...", flush=True)
         stack.stop()
-        print("stopped: Airflow, the local Synap API and PostgreSQL", flush=True)
-
+        print(f"stopped: {what}", flush=True)
 
 if __name__ == "__main__":
     sys.exit(main())
