@@ -226,6 +226,15 @@ def window_key(start: str | None, end: str | None) -> str:
     return f"{start}|{end}"
 
 
+def counts_label(report: Mapping[str, Any]) -> str:
+    """A finished partition's label with its counts: ``2024-03-01 → 2024-03-02 · 812 ingested, ...``."""
+    counts = (f"{report['ingested']} ingested, {report['duplicates']} duplicates,"
+              f" {report['rejected']} rejected")
+    if report.get("not_sent"):
+        counts = f"{report['not_sent']} not sent (dry run), {report['rejected']} rejected"
+    return f"{report['label']} · {counts}"
+
+
 def summarize(windows: Iterable[Mapping[str, Any]], reports: Iterable[Mapping[str, Any]],
               max_rejected_share: float = 1.0) -> RunSummary:
     """Add up partition reports; name every planned window that sent none."""

@@ -78,6 +78,7 @@ class BackfillConfig:
     verify_sample: int = 20
     verify_timeout: int = 1800
     max_extraction_failed_share: float = 0.01  # the run fails when more of the sample failed
+    require_approval: bool = False  # wait for a human to approve the plan before sending
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -172,6 +173,7 @@ def config_from_params(params: Mapping[str, Any]) -> BackfillConfig:
         fetch_size=whole("fetch_size"),
         sample_partitions=whole("sample_partitions"),
         max_rejected_share=share("max_rejected_share", get("max_rejected_share")),
+        require_approval=boolean("require_approval", get("require_approval")),
         verify_sample=whole("verify_sample"),
         verify_timeout=whole("verify_timeout"),
         max_extraction_failed_share=share("max_extraction_failed_share",

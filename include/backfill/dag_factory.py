@@ -21,6 +21,7 @@ import pendulum
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 
 from include.backfill.config import LIMITS, MODES, BackfillConfig, SourceColumns
+from include.backfill.approval import PlanApprovalOperator
 from include.backfill.verify_extraction import VerifyExtractionOperator
 
 # Emitted by the primary backfill's summary when every row is accounted for;
@@ -99,6 +100,11 @@ def backfill_params(**defaults: Any) -> dict[str, Param]:
                                                 " larger share of its rows is rejected: dirty rows"
                                                 " are normal, a wholesale refusal is not. 0.01:"
                                                 " 1%; 1: never."),
+        "require_approval": Param(d["require_approval"], type="boolean", title="Require approval",
+                                  section="Sending",
+                                  description="Stop after planning until someone approves the plan "
+                                              "(rows, partitions, range, time, credits) under "
+                                              "Required Actions; rejecting sends nothing."),
         "verify_sample": Param(d["verify_sample"], type="integer", **_bounds("verify_sample"),
                                title="Verify sample", section="Verify",
                                description="After the partitions, wait for Synap's extraction of "
@@ -210,12 +216,17 @@ def build_backfill_dag(dag_id: str, *, doc_md: str, schedule: Any = None,
         @task(map_index_template="{{ window_label }}", pool=pool, retries=2, multiple_outputs=False,
               retry_delay=timedelta(seconds=20))
         def backfill_partition(config: dict, window: dict) -> dict:
+            from include.backfill.accounting import counts_label
             from include.backfill.tasks import run_partition
 
             context = get_current_context()
             context["window_label"] = window["label"]
             run = context["dag_run"]
-            return run_partition(config, window, dag_id=run.dag_id, run_id=run.run_id)
+            report = run_partition(config, window, dag_id=run.dag_id, run_id=run.run_id)
+            # The label is rendered when the task ends: the grid's Map Index column
+            # then shows each partition's counts without opening a log.
+            context["window_label"] = counts_label(report)
+            return report
 
         @task(trigger_rule="all_done", multiple_outputs=False)
         def summarize(config: dict | None, windows: list[dict] | None, reports: list[dict] | None) -> dict:
@@ -228,7 +239,9 @@ def build_backfill_dag(dag_id: str, *, doc_md: str, schedule: Any = None,
 
         config = resolve_config()
         windows = plan_partitions(config)
+        approve = PlanApprovalOperator(task_id="approve_plan", config=config, plan=windows)
         reports = backfill_partition.partial(config=config).expand(window=windows)
+        approve >> reports
         summary = summarize(config, windows, reports)
         # Retries: a trigger that fails on a transient error (the triggerer lost its
         # connection, Synap was briefly unreachable) waits again from the start.

@@ -372,4 +372,5 @@ def summarize_run(windows: Iterable[Mapping[str, Any]] | None,
         raise AirflowFailException(
             f"backfill incomplete: {len(summary.problems)} problem(s): "
             + "; ".join(summary.problems[:5]))
-    return summary.to_xcom()
+    # Where the rejected rows are, in the run's XCom: readable in the UI without a log.
+    return {**summary.to_xcom(), "rejects_at": rejects_at}

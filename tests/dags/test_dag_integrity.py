@@ -49,10 +49,11 @@ def test_the_backfill_dag_is_wired_plan_then_mapped_partitions_then_summary_then
     dag = load_dag("synap_backfill")
     assert type(dag.timetable).__name__ == "NullTimetable"  # schedule=None: manual only
     assert set(dag.task_dict) == {"resolve_config", "plan_partitions", "backfill_partition", "summarize",
-                                  "verify_extraction", "announce_complete"}
+                                  "approve_plan", "verify_extraction", "announce_complete"}
     partition = dag.task_dict["backfill_partition"]
     assert partition.map_index_template == "{{ window_label }}"
-    assert partition.upstream_task_ids == {"resolve_config", "plan_partitions"}
+    assert partition.upstream_task_ids == {"resolve_config", "plan_partitions", "approve_plan"}
+    assert type(dag.task_dict["approve_plan"]).__name__ == "PlanApprovalOperator"
     summary = dag.task_dict["summarize"]
     assert summary.trigger_rule == "all_done"
     assert summary.upstream_task_ids == {"resolve_config", "plan_partitions", "backfill_partition"}

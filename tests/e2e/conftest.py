@@ -72,7 +72,9 @@ class AirflowClient:
         for ti in self.task_instances(dag_id, run_id):
             if ti["state"] == "failed":
                 log = self.log(dag_id, run_id, ti["task_id"], ti["try_number"], ti["map_index"])
-                errors = [line[-1200:] for line in log.splitlines() if '"level": "error"' in line]
+                lines = log.splitlines()
+                errors = [line[-1200:] for line in lines if '"level": "error"' in line] or \
+                    [line[-600:] for line in lines[-6:]]
                 out.append(f"{ti['task_id']}[{ti['map_index']}]: " + "\n".join(errors[-3:]))
         return "\n".join(out)
 

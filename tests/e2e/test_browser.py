@@ -81,11 +81,22 @@ def test_an_operator_triggers_a_backfill_from_the_form_and_it_succeeds(browser, 
     assert summary["partitions"] == 2 and summary["problems"] == []
 
     page.goto(f"{stack.url}/dags/{DAG}/runs/{run_id}/tasks/backfill_partition/mapped")
-    page.get_by_text("2024-06-27 → 2024-06-28").first.wait_for(timeout=30_000)
+    # Each partition's counts are in its label, in the Map Index column.
+    page.get_by_text("2024-06-27 → 2024-06-28 · ").first.wait_for(timeout=30_000)
+    assert page.get_by_text(" ingested, 0 duplicates, 0 rejected").count() >= 1 or \
+        page.get_by_text(" duplicates, 0 rejected").count() >= 1
     page.screenshot(path=str(artifacts / "mapped-partitions.png"), full_page=True)
     page.goto(f"{stack.url}/dags/{DAG}/runs/{run_id}")
     page.wait_for_timeout(2000)
     page.screenshot(path=str(artifacts / "finished-grid.png"), full_page=True)
+    # The run's summary, without opening a log: summarize's XCom, and verify's report.
+    for task in ("summarize", "verify_extraction"):
+        page.goto(f"{stack.url}/dags/{DAG}/runs/{run_id}/tasks/{task}/xcom")
+        page.get_by_text("return_value").first.wait_for(timeout=30_000)
+        page.get_by_role("button", name="Expand all extra JSON").click()
+        page.get_by_text("rows_read" if task == "summarize" else "sampled").first.wait_for(
+            state="visible", timeout=30_000)
+        page.screenshot(path=str(artifacts / f"finished-run-{task}.png"), full_page=True)
     page.close()
 
 

@@ -8,7 +8,9 @@ import pytest
 
 pytestmark = pytest.mark.e2e
 DAG = "synap_backfill"
-LABEL = re.compile(r"^\d{4}-\d{2}-\d{2} → \d{4}-\d{2}-\d{2}$")
+# A finished partition's label: its window, then its counts.
+LABEL = re.compile(r"^\d{4}-\d{2}-\d{2} → \d{4}-\d{2}-\d{2} · \d+ ingested, \d+ duplicates,"
+                   r" \d+ rejected$")
 
 
 def partitions(airflow, run_id):

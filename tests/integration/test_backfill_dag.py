@@ -67,7 +67,7 @@ def test_a_finished_runs_xcom_holds_one_return_value_per_task_instance_and_nothi
         rows = session.query(XComModel.task_id, XComModel.map_index, XComModel.key).filter(
             XComModel.run_id == dag_run.run_id).all()
     instances = {(t, i) for (t, i), s in local_airflow.task_states(dag_run).items()
-                 if s == "success" and t != "announce_complete"}  # it returns nothing
+                 if s == "success" and t not in ("announce_complete", "approve_plan")}  # return nothing
     assert sorted(rows) == sorted((t, i, "return_value") for t, i in instances)
 
 
@@ -265,7 +265,9 @@ def test_a_sample_run_sends_a_spread_of_partitions_and_estimates_the_whole_table
 
     assert str(dag_run.state) == "success"
     (plan,) = local_airflow.task_results(dag_run, "plan_partitions")
-    assert len(plan) == 2 and plan[0]["sample_of"] == {"partitions": 8, "rows": total}
+    assert len(plan) == 2 and plan[0]["sample_of"]["partitions"] == 8
+    assert plan[0]["sample_of"]["rows"] == total
+    assert plan[0]["sample_of"]["credits_estimate"] == total  # the local API: 1 credit a document
     first, last = min(r[6] for r in source_rows(local_pg, "conv_sample")), max(
         r[6] for r in source_rows(local_pg, "conv_sample"))
     # Spread over the range: the first day's partition and the last day's.
@@ -289,7 +291,7 @@ def test_a_sample_counts_the_rows_without_a_timestamp_once_in_the_whole_table(lo
     (plan,) = local_airflow.task_results(dag_run, "plan_partitions")
     # Three days and the untimed partition; the sample takes the first and last day.
     assert [w["rows"] for w in plan] == [10, 10]
-    assert all(w["sample_of"] == {"partitions": 4, "rows": 31} for w in plan)
+    assert all((w["sample_of"]["partitions"], w["sample_of"]["rows"]) == (4, 31) for w in plan)
 
 
 def test_partitions_are_sized_by_rows_busy_days_split_and_empty_days_skipped(
