@@ -17,7 +17,6 @@ so a task instance's ``hostname`` tells which worker ran it.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import socket
@@ -27,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .local_stack import COMPONENTS, LocalStack, free_port, serve
+from .local_stack import COMPONENTS, LocalStack, free_port, serve, stack_arguments
 from .local_airflow import REPO_ROOT
 
 METADATA_DB = "airflow_metadata"
@@ -147,11 +146,7 @@ class LocalCluster(LocalStack):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--turns", type=int, default=20_000)
-    parser.add_argument("--days", type=int, default=90)
+    parser = stack_arguments(__doc__)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
     cluster = LocalCluster(REPO_ROOT / ".local" / "cluster", port=args.port, turns=args.turns,

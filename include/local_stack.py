@@ -213,13 +213,18 @@ def _group_alive(pgid: int) -> bool:
     return any(not line.strip().startswith("Z") for line in out.splitlines() if line.strip())
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
+def stack_arguments(description: str | None) -> argparse.ArgumentParser:
+    """The command line ``make ui`` and ``make cluster`` share: port and demo data size."""
+    parser = argparse.ArgumentParser(description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--turns", type=int, default=20_000)
     parser.add_argument("--days", type=int, default=90)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = stack_arguments(__doc__).parse_args(argv)
     stack = LocalStack(REPO_ROOT / ".local" / "ui", port=args.port, turns=args.turns, days=args.days)
     return serve(stack, "embedded PostgreSQL, the local Synap API and Airflow", lambda: f"""
 Airflow is up: {stack.url}

@@ -96,7 +96,7 @@ def ensure_tables(conn: Any, schema: str) -> None:
             first_at timestamptz NOT NULL, last_at timestamptz NOT NULL,
             PRIMARY KEY (dag_id, run_id, document_id))""")
         # Compact: one row per checkpoint, its accepted documents' ingestion ids as
-        # 16-byte UUIDs (about 1.7 kB for a batch of 100; 170 MB for 10M documents).
+        # 16-byte UUIDs, not a row per document.
         cur.execute(f"""CREATE TABLE IF NOT EXISTS {s}.ingestions (
             dag_id text NOT NULL, run_id text NOT NULL, window_key text NOT NULL,
             through bigint NOT NULL, ids uuid[] NOT NULL,
