@@ -135,6 +135,7 @@ class LocalStack:
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
             "AIRFLOW__API__WORKERS": "1",
             "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",  # the Test button on the Connections page
+            "PYTHONUNBUFFERED": "1",  # each process's log under logs/ is written as it happens
             **self.extra_env,
         }
 

@@ -5,6 +5,7 @@ The human answers through the REST API, as the UI's Required Actions page does.
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -37,6 +38,23 @@ def scheduler_errors(stack, run_id: str) -> str:
     return "\n".join(line[:600] for line in lines if run_id in line and "error" in line)
 
 
+def wait_for_parked_try_report(stack, run_id: str, timeout: float = 120) -> None:
+    """Until the scheduler has taken the executor's report on ``approve_plan``'s parked try.
+
+    Airflow 3.3.2 fails a resumed task if that report is read only after the
+    task was queued again ("state changed externally": apache/airflow#67287,
+    fixed upstream by #68741 after 3.3.2). A person answers after it; a test
+    that answers at once races it.
+    """
+    log = stack.state / "logs" / "scheduler.log"
+    deadline = time.monotonic() + timeout
+    report = re.compile(r"Received executor event with state (success|failed) for task instance "
+                        rf"TaskInstanceKey\(dag_id='{DAG}', task_id='approve_plan', run_id='{run_id}'")
+    while not report.search(log.read_text(errors="replace")):
+        assert time.monotonic() < deadline, f"the scheduler never took the report on {run_id}'s parked try"
+        time.sleep(0.5)
+
+
 def answer(airflow, run_id: str, choice: str) -> None:
     airflow.ok("PATCH", f"/api/v2/dags/{DAG}/dagRuns/{run_id}/taskInstances/approve_plan/-1/hitlDetails",
                {"chosen_options": [choice], "params_input": {}})
@@ -63,10 +81,7 @@ def test_the_plan_waits_for_approval_and_only_an_approved_run_sends(stack, airfl
     (artifacts / f"approval-{choice.lower()}-body.md").write_text(question["body"])
     sent_before = batch_requests(stack)
 
-    # A person answers after some seconds. An answer within about a second of the
-    # ask races, in Airflow 3.3.2, with the executor's report on the parked try,
-    # and the scheduler then fails the task ("state changed externally").
-    time.sleep(5)
+    wait_for_parked_try_report(stack, run_id)
     answer(airflow, run_id, choice)
     state = airflow.wait_for_run(DAG, run_id, timeout=300)
     tis = airflow.task_instances(DAG, run_id)
