@@ -46,7 +46,7 @@ def describe_plan(config: BackfillConfig, windows: list[dict[str, Any]]) -> str:
     """The approval's body (Markdown): what will be sent, how long it takes at least, what it costs."""
     from synap_provider.hooks import SynapHook
 
-    from .tasks import _check_credits
+    from .credits import credits_for
 
     rows = sum(int(w.get("rows") or 0) for w in windows)
     timed = [w for w in windows if w.get("start")]
@@ -55,7 +55,7 @@ def describe_plan(config: BackfillConfig, windows: list[dict[str, Any]]) -> str:
     rate = float(SynapHook(synap_conn_id=config.synap_conn_id).settings["requests_per_minute"])
     least = (f"at least {rows / (rate * config.batch_size / 60) / 60:,.0f} min at the connection's"
              f" {rate:,.0f} batch requests a minute" if rate > 0 else "unpaced: as fast as Synap answers")
-    credits = _check_credits(config, rows).describe()
+    credits = credits_for(config, rows).describe()  # the balance as it is when asking
     sample = (f" (a sample: {len(windows)} partitions of the plan)" if any(w.get("sample_of")
                                                                          for w in windows) else "")
     return (f"**{rows:,} rows** from `{config.source_table}` in **{len(windows)} partitions**{sample},"

@@ -16,9 +16,11 @@ and does not stop the run: it cannot be known, so it is not guessed.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
+from .config import BackfillConfig
 from .results import first_line
 
 BATCH_ENDPOINT = "/api/v1/memories/batch"
@@ -65,3 +67,24 @@ async def check_credits(sdk: Any, documents: int, metric: str, mode: str) -> Cre
     except SynapError as exc:
         notes.append(f"estimate: {first_line(exc)[:120]}")
     return CreditCheck(documents, balance, estimate, metric, "; ".join(notes))
+
+
+def credits_for(config: BackfillConfig, documents: int) -> CreditCheck:
+    """The balance and the estimate for ``documents``, from the run's Synap connection.
+
+    Advisory where Synap does not answer: preflight already proved the connection.
+    """
+    from synap_provider.hooks import SynapHook
+
+    from .partition import describe_error
+
+    synap = SynapHook(synap_conn_id=config.synap_conn_id)
+
+    async def ask() -> CreditCheck:
+        async with synap.session() as sdk:
+            return await check_credits(sdk, documents, synap.settings["credits_metric"], config.mode)
+
+    try:
+        return asyncio.run(ask())
+    except Exception as exc:
+        return CreditCheck(documents, None, None, "", f"Synap did not answer: {describe_error(exc)}")

@@ -15,6 +15,7 @@ from typing import Any, Iterable, Iterator, Mapping, NoReturn, Sequence
 
 from .accounting import PartitionReport, summarize, window_key
 from .config import BackfillConfig, ParamError, config_from_params
+from .credits import credits_for
 from .documents import B2B_ISOLATION, B2C_ISOLATION
 from .ledger import Ledger, ensure_tables, save_copies
 from .pacing import SharedPacer, pacing_target
@@ -139,7 +140,7 @@ def _plan(config: BackfillConfig, dag_id: str, run_id: str) -> list[dict[str, An
     sampling = bool(config.sample_partitions and config.sample_partitions < len(planned))
     credits = None
     if planned and not config.dry_run:
-        credits = _check_credits(config, sum(w["rows"] for w in planned))
+        credits = credits_for(config, sum(w["rows"] for w in planned))
         log.info("Synap credits for the whole plan: %s", credits.describe())
         if credits.short and not sampling:
             from airflow.sdk.exceptions import AirflowFailException
@@ -162,26 +163,6 @@ def _plan(config: BackfillConfig, dag_id: str, run_id: str) -> list[dict[str, An
              f": {planned[0]['label']}" if len(planned) == 1 else
              f", from {planned[0]['label']} to {planned[-1]['label']}" if planned else "")
     return planned
-
-
-def _check_credits(config: BackfillConfig, documents: int) -> Any:
-    """The balance and the estimate for ``documents``, from the run's Synap connection."""
-    from synap_provider.hooks import SynapHook
-
-    from .credits import check_credits
-
-    synap = SynapHook(synap_conn_id=config.synap_conn_id)
-
-    async def ask() -> Any:
-        async with synap.session() as sdk:
-            return await check_credits(sdk, documents, synap.settings["credits_metric"], config.mode)
-
-    try:
-        return asyncio.run(ask())
-    except Exception as exc:  # preflight already proved the connection; this is advisory
-        from .credits import CreditCheck
-
-        return CreditCheck(documents, None, None, "", f"Synap did not answer: {describe_error(exc)}")
 
 
 def _spread(windows: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
