@@ -71,7 +71,8 @@ class VerifyReport:
 
 def failure_code(message: str | None) -> str:
     """A failure's reason as a short code: scrubbed of quoted input, first line, 80 characters."""
-    return shorten(scrub((message or "no reason given").strip().splitlines()[0]))[:80]
+    lines = (message or "").strip().splitlines() or ["no reason given"]
+    return shorten(scrub(lines[0]))[:80]
 
 
 async def check_extraction(ingestion_ids: list[str], status: Callable[[str], Awaitable[Any]],
