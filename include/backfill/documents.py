@@ -46,6 +46,7 @@ class RejectReason:
     NO_CONVERSATION_ID = "conversation_id is NULL or empty"
     CONVERSATION_ID_NOT_UUID = "conversation_id is not a UUID"
     NO_MESSAGE_INDEX = "message_index is NULL"
+    INDEX_NOT_WHOLE = "message_index is not a whole number"
     EMPTY_TURN = "user and assistant text are both NULL or empty"
     NUL_CHARACTER = "text contains a NUL character"
     INVALID_UTF8 = "text is not valid UTF-8"
@@ -129,6 +130,8 @@ def _problem(row: SourceRow) -> str | None:
             uuid.UUID(row.conversation_id)
         except ValueError:
             return RejectReason.CONVERSATION_ID_NOT_UUID
+    if row.index_not_whole:
+        return RejectReason.INDEX_NOT_WHOLE
     if row.message_index is None:
         return RejectReason.NO_MESSAGE_INDEX
     if row.invalid_text:

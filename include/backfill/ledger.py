@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
-from .source import Position, quote_identifier
+from .source import Position, position_from_json, position_to_json, quote_identifier
 
 DEFAULT_SCHEMA = "synap_backfill"
 log = logging.getLogger("synap_backfill")
@@ -177,7 +177,7 @@ class Ledger:
         if row is None:
             return None
         position, report, finished, sent_through = row
-        return Checkpoint(_position(position), _json(report), finished, sent_through)
+        return Checkpoint(position_from_json(_json(position)), _json(report), finished, sent_through)
 
     def save(self, position: Position | None, report: dict[str, Any],
              rejects: Iterable[tuple[int, str, str]], *, finished: bool = False,
@@ -202,7 +202,7 @@ class Ledger:
                 " position, report, finished, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, now())"
                 " ON CONFLICT (dag_id, run_id, window_key) DO UPDATE SET position = EXCLUDED.position,"
                 " report = EXCLUDED.report, finished = EXCLUDED.finished, updated_at = now()",
-                (*self.key, self.label, json.dumps(_position_json(position)), json.dumps(report),
+                (*self.key, self.label, json.dumps(position_to_json(position)), json.dumps(report),
                  finished))
             self.conn.commit()
 
@@ -247,24 +247,6 @@ def _json(value: Any) -> Any:
 
 def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
-
-
-def _position_json(position: Position | None) -> Any:
-    if position is None:
-        return None
-    created_at, conversation, index, tiebreak = position
-    return [created_at.isoformat() if created_at else None, conversation, index, tiebreak]
-
-
-def _position(raw: Any) -> Position | None:
-    raw = _json(raw)
-    if not raw:
-        return None
-    created_at, conversation, index, tiebreak = raw
-    parsed = datetime.fromisoformat(created_at) if created_at else None
-    if parsed is not None and parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return (parsed, conversation, index, tiebreak)
 
 
 def sample_ingestions(conn: Any, schema: str, dag_id: str, run_id: str,

@@ -24,6 +24,14 @@ document: all but the first are flagged (``SourceRow.repeats_earlier``) and
 rejected, and a partition never checkpoints between two of them, so it can
 resume strictly after the last acknowledged row (a ``Position``).
 
+A position is the sort key exactly as the query sorted it, never a converted
+value: the timestamp column's own value (a ``timestamp without time zone`` is
+ordered by its wall-clock time, and in a spring-forward gap wall-clock order
+and instant order disagree), and ``message_index`` as a ``numeric`` (a cast to
+``bigint`` would round 1.5 onto 2). A ``message_index`` that is not a whole
+number is flagged (``SourceRow.index_not_whole``) and rejected; a whole one in
+a ``numeric`` or floating-point column (``3.0``) is the integer ``3``.
+
 Timestamps nobody can represent (``±infinity``, or outside the years 1 to
 9999 that Python and the SDK hold) never reach a window: such rows are read
 with the rows without a timestamp and rejected with their own reason.
@@ -44,16 +52,18 @@ earliest.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
+from decimal import Decimal
 from typing import Any, Iterator, Tuple
 
 from .config import BackfillConfig
 from .windows import Grid, Window
 
 
-# (created_at or None for untimed rows, conversation key, message index key, tiebreak)
-Position = Tuple[Any, str, int, str]
-Group = Tuple[Any, str, int]  # a turn at one time: rows sharing it are copies
+# The read's sort key as PostgreSQL sorted it: the timestamp column's own value (None for
+# untimed rows), the conversation key, the message index key (numeric) and the tiebreak.
+Position = Tuple[Any, str, Any, str]
+Group = Tuple[Any, str, Any]  # a turn at one time: rows sharing it are copies
 NULL_INDEX = -9223372036854775808  # where a NULL message_index sorts
 
 
@@ -62,7 +72,7 @@ class SourceRow:
     """One conversation turn as read; any field may be None in a dirty table."""
 
     conversation_id: str | None
-    message_index: int | None
+    message_index: int | None  # a whole number; None when NULL or not whole
     user_id: str | None
     customer_id: str | None
     user_text: str | None
@@ -72,20 +82,24 @@ class SourceRow:
     invalid_text: bool = False  # a text column held bytes that are not UTF-8
     repeats_earlier: bool = False  # an earlier row has the same timestamp, conversation and index
     unrepresentable_time: bool = False  # created_at is ±infinity or outside the years 1-9999
+    index_not_whole: bool = False  # message_index holds a fraction (1.5), NaN or infinity
+    sort_key: Position = (None, "", NULL_INDEX, "")  # the read's order key, as sorted
+    row_hash: int = 0  # the row's share of its bucket's fingerprint (``buckets.ROW_HASH_SQL``)
+    index_text: str = ""  # message_index as stored, for the row key of one that is not whole
 
     @property
     def key(self) -> str:
         """Identifies the row in logs and reject lists without its text."""
-        return f"{self.conversation_id}:{self.message_index}"
+        index = self.index_text if self.index_not_whole else self.message_index
+        return f"{self.conversation_id}:{index}"
 
     @property
     def group(self) -> Group:
-        return (self.created_at, self.conversation_id or "",
-                NULL_INDEX if self.message_index is None else self.message_index)
+        return self.sort_key[:3]
 
     @property
     def position(self) -> Position:
-        return (*self.group, self.tiebreak)
+        return self.sort_key
 
 
 def quote_identifier(name: str) -> str:
@@ -101,6 +115,20 @@ def representable(config: BackfillConfig) -> str:
     """SQL: the timestamp is finite and inside what Python and the SDK hold (a day's margin for zones)."""
     col = quote_identifier(config.columns.created_at)
     return f"(isfinite({col}) AND {col} >= '0001-01-02' AND {col} < '9999-12-31')"
+
+
+def row_hash_sql(config: BackfillConfig) -> str:
+    """SQL: one row's share of its bucket's fingerprint (``buckets.py``), a ``bigint``.
+
+    A hash of each part of the row's key, seeded apart and XORed: the conversation id as
+    text, the message index as a numeric (so 3 and 3.0 hash alike), and the timestamp as the
+    instant it reads as (so the session's time zone prints nothing into it). NULLs hash as 0.
+    """
+    c = config.columns
+    q = quote_identifier
+    return (f"(hashtextextended(COALESCE({q(c.conversation_id)}::text, ''), 1)"
+            f" # COALESCE(hash_numeric_extended({q(c.message_index)}::numeric, 2), 0)"
+            f" # COALESCE(timestamptz_hash_extended({q(c.created_at)}::timestamptz, 3), 0))")
 
 
 def _select(config: BackfillConfig, timed: bool) -> str:
@@ -121,6 +149,7 @@ def _select(config: BackfillConfig, timed: bool) -> str:
         f" {q(c.created_at) + '::timestamptz' if timed else 'NULL::timestamptz'},"
         f" {repeats} AS repeats_earlier,"
         f" {'false' if timed else q(c.created_at) + ' IS NOT NULL'} AS unrepresentable_time,"
+        f" {row_hash_sql(config)} AS row_hash,"
         f" {', '.join(f'{k} AS {n}' for k, n in zip(key, names))}"
         f" FROM {quoted_table(config)}")
 
@@ -129,13 +158,14 @@ def _order_key(config: BackfillConfig, timed: bool) -> list[str]:
     c = config.columns
     q = quote_identifier
     tiebreak = f"COALESCE({q(config.tiebreak_column)}::text, '')" if config.tiebreak_column else "''::text"
+    # numeric, not bigint: a cast to bigint rounds 1.5 onto 2, making two turns one key.
     keys = [f"COALESCE({q(c.conversation_id)}::text, '')",
-            f"COALESCE({q(c.message_index)}::bigint, {NULL_INDEX})", tiebreak]
+            f"COALESCE({q(c.message_index)}::numeric, {NULL_INDEX})", tiebreak]
     return ([q(c.created_at)] if timed else []) + keys
 
 
 _FIELDS = ("conversation_id, message_index, user_id, customer_id, user_text, assistant_text,"
-           " created_at, repeats_earlier, unrepresentable_time")
+           " created_at, repeats_earlier, unrepresentable_time, row_hash")
 _COLUMNS = _FIELDS.replace(",", "").split()
 
 
@@ -146,8 +176,9 @@ def select_slice_sql(config: BackfillConfig, *, after: bool = False) -> str:
     so a resumed read flags the same rows as a first one.
     """
     q = quote_identifier(config.columns.created_at)
-    resume = " WHERE (k0, k1, k2, k3) > (%(a_ts)s, %(a_conv)s, %(a_idx)s, %(a_tb)s)" if after else ""
-    return (f"SELECT {_FIELDS}, k3 FROM ({_select(config, timed=True)}"
+    resume = (" WHERE (k0, k1, k2, k3) > (%(a_ts)s, %(a_conv)s, %(a_idx)s::numeric, %(a_tb)s)"
+              if after else "")
+    return (f"SELECT {_FIELDS}, k0, k1, k2, k3 FROM ({_select(config, timed=True)}"
             f" WHERE {q} >= %(start)s AND {q} < %(end)s)"
             f" AS w({', '.join(_COLUMNS)}, k0, k1, k2, k3){resume} ORDER BY k0, k1, k2, k3")
 
@@ -155,8 +186,8 @@ def select_slice_sql(config: BackfillConfig, *, after: bool = False) -> str:
 def select_untimed_sql(config: BackfillConfig, *, after: bool = False) -> str:
     """Rows without a usable timestamp (NULL, or one nobody can represent): they belong to no window."""
     q = quote_identifier(config.columns.created_at)
-    resume = " WHERE (k1, k2, k3) > (%(a_conv)s, %(a_idx)s, %(a_tb)s)" if after else ""
-    return (f"SELECT {_FIELDS}, k3 FROM ({_select(config, timed=False)}"
+    resume = " WHERE (k1, k2, k3) > (%(a_conv)s, %(a_idx)s::numeric, %(a_tb)s)" if after else ""
+    return (f"SELECT {_FIELDS}, NULL, k1, k2, k3 FROM ({_select(config, timed=False)}"
             f" WHERE {q} IS NULL OR NOT {representable(config)})"
             f" AS w({', '.join(_COLUMNS)}, k1, k2, k3){resume} ORDER BY k1, k2, k3")
 
@@ -172,18 +203,22 @@ def copies_at_different_times(conn: Any, config: BackfillConfig, start: datetime
     q = quote_identifier
     col = q(c.created_at)
     with conn.cursor() as cur:
+        # Grouped by the columns themselves (numeric equality: 3 and 3.0 are one turn), with
+        # room for the hash table: the aggregate holds a group per distinct turn.
+        cur.execute("SET LOCAL work_mem = '256MB'")
         cur.execute(
-            f"SELECT 'backfill:' || {q(c.conversation_id)}::text || ':' || {q(c.message_index)}::text,"
+            f"SELECT {q(c.conversation_id)}::text, {q(c.message_index)},"
             f" min({col})::timestamptz, max({col})::timestamptz FROM {quoted_table(config)}"
             f" WHERE {col} >= %(start)s AND {col} < %(end)s AND {q(c.conversation_id)} IS NOT NULL"
             f" AND {q(c.message_index)} IS NOT NULL"
-            f" GROUP BY {q(c.conversation_id)}::text, {q(c.message_index)}::text"
+            f" GROUP BY {q(c.conversation_id)}, {q(c.message_index)}"
             f" HAVING min({col}) < max({col})", {"start": start, "end": end})
         found = []
-        for doc_id, first, last in cur.fetchall():
+        for conv, index, first, last in cur.fetchall():
             first_utc, last_utc = _as_utc(first), _as_utc(last)
-            if first_utc is not None and last_utc is not None:  # always, after HAVING min < max
-                found.append((str(doc_id), first_utc, last_utc))
+            whole, _ = whole_index(index)
+            if first_utc is not None and last_utc is not None and whole is not None:
+                found.append((f"backfill:{as_text(conv)}:{whole}", first_utc, last_utc))
     conn.commit()
     return found
 
@@ -253,7 +288,7 @@ def read_window(conn: Any, config: BackfillConfig, window: Window | None,
     set_session_timezone(conn, config.source_timezone)
     args: dict[str, Any] = {}
     if after is not None:
-        args.update(a_ts=after[0], a_conv=after[1], a_idx=after[2], a_tb=after[3])
+        args.update(a_ts=after[0], a_conv=after[1], a_idx=str(after[2]), a_tb=after[3])
     if window is None:
         sql = select_untimed_sql(config, after=after is not None)
     else:
@@ -266,14 +301,58 @@ def read_window(conn: Any, config: BackfillConfig, window: Window | None,
             if not chunk:
                 break
             for (conv, index, user, customer, user_raw, assistant_raw, created, repeats,
-                 unrepresentable, tiebreak) in chunk:
+                 unrepresentable, row_hash, k0, k1, k2, k3) in chunk:
                 user_text, user_ok = _text(user_raw)
                 assistant_text, assistant_ok = _text(assistant_raw)
-                yield SourceRow(as_text(conv), index, as_text(user), as_text(customer), user_text,
-                                assistant_text, _as_utc(created), as_text(tiebreak),
+                whole, not_whole = whole_index(index)
+                yield SourceRow(as_text(conv), whole, as_text(user), as_text(customer), user_text,
+                                assistant_text, _as_utc(created), as_text(k3),
                                 not (user_ok and assistant_ok), bool(repeats),
-                                bool(unrepresentable))
+                                bool(unrepresentable), not_whole,
+                                (k0, as_text(k1), k2, as_text(k3)), int(row_hash),
+                                str(index) if not_whole else "")
     conn.commit()
+
+
+def whole_index(value: Any) -> tuple[int | None, bool]:
+    """A ``message_index`` as the integer it holds, and whether it holds a fraction instead.
+
+    Integer columns give ints; a ``numeric`` or floating-point column gives ``3`` for ``3.0``
+    and (None, True) for ``1.5``, NaN or infinity, which are rejected, never rounded.
+    """
+    if value is None or isinstance(value, int):
+        return value, False
+    try:
+        whole = int(value)
+    except (ValueError, OverflowError):  # NaN, infinity
+        return None, True
+    return (whole, False) if whole == value else (None, True)
+
+
+def position_to_json(position: Position | None) -> Any:
+    """A position as JSON, keeping the timestamp's own type: aware, naive (wall-clock) or a date."""
+    if position is None:
+        return None
+    at, conversation, index, tiebreak = position
+    if isinstance(at, datetime):
+        at = {"at": at.isoformat(), "naive": at.tzinfo is None}
+    elif isinstance(at, date):
+        at = {"date": at.isoformat()}
+    return [at, conversation, str(index), tiebreak]
+
+
+def position_from_json(raw: Any) -> Position | None:
+    if not raw:
+        return None
+    at, conversation, index, tiebreak = raw
+    if isinstance(at, dict) and "date" in at:
+        at = date.fromisoformat(at["date"])
+    elif isinstance(at, dict):
+        at = datetime.fromisoformat(at["at"])
+    elif isinstance(at, str):  # a checkpoint written before positions kept their type: UTC
+        at = datetime.fromisoformat(at)
+        at = at if at.tzinfo else at.replace(tzinfo=timezone.utc)
+    return (at, conversation, Decimal(str(index)), tiebreak)
 
 
 def as_text(value: Any) -> Any:
