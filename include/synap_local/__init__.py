@@ -3,6 +3,6 @@
 Start it with ``python -m include.synap_local serve`` (see ``--help``).
 """
 
-from .server import DEFAULT_API_KEY, DEFAULT_INSTANCE_ID, LocalSynapServer, ServerSettings, Tenant
+from .server import DEFAULT_API_KEY, LocalSynapServer, ServerSettings, Tenant
 
-__all__ = ["DEFAULT_API_KEY", "DEFAULT_INSTANCE_ID", "LocalSynapServer", "ServerSettings", "Tenant"]
+__all__ = ["DEFAULT_API_KEY", "LocalSynapServer", "ServerSettings", "Tenant"]

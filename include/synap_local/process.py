@@ -55,6 +55,11 @@ class SynapProcess:
         with urllib.request.urlopen(self.url + path, timeout=10) as resp:
             return json.load(resp)
 
+    @property
+    def instance_id(self) -> str:
+        """The instance the default key opens (the store's own id unless ``--tenant`` names one)."""
+        return str(self.get("/_local/stats")["instances"][0])
+
     def controls(self, **changes: Any) -> Any:
         """Change rate limit, latency or faults of the running server."""
         req = urllib.request.Request(self.url + "/_local/controls", method="POST",

@@ -12,6 +12,10 @@ source it follows:
   on a B2C instance (``maximem_synap.scoping.B2C_ISOLATION``),
   ``strict-isolation`` on a B2B one (the SDK's docstrings), or no field at all
   (an older server; ``scoping.check_customer_id`` treats that as unknown).
+  The ``instance_id`` is the store's own, made when the store is new
+  (``inst_`` and 16 hex digits, as the SDK's validator wants), unless a
+  ``--tenant`` names one: a new store is a new instance, as a new hosted
+  instance gets a new id.
 * Scope (``memories/models.py``'s ``CreateMemoryRequest`` comment and
   ``scoping.py``): a B2C instance refuses any ``customer_id``; a B2B instance
   refuses ``user_id`` without ``customer_id``. Per document, whatever the
@@ -49,7 +53,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -64,7 +68,6 @@ from .validation import DocumentInvalid, normalize_document
 log = logging.getLogger("synap_local")
 
 DEFAULT_API_KEY = "local-dev-key"
-DEFAULT_INSTANCE_ID = "inst_0000000000000001"
 DUPLICATE_MESSAGE = "duplicate document_id: already ingested on this instance"
 
 
@@ -83,12 +86,13 @@ TENANT_SPEC = f"KEY[:INSTANCE_ID[:{'|'.join(TENANT_KINDS)}]]"
 class Tenant:
     """An API key and the instance it opens.
 
-    ``kind``: ``b2b`` or ``b2c``, the scope rules enforced; ``reports_isolation``:
-    whether whoami names it (an older server does not).
+    ``instance_id``: empty means the store's own (``DocumentStore.instance_id``), so a
+    new store is a new instance. ``kind``: ``b2b`` or ``b2c``, the scope rules enforced;
+    ``reports_isolation``: whether whoami names it (an older server does not).
     """
 
     api_key: str
-    instance_id: str = DEFAULT_INSTANCE_ID
+    instance_id: str = ""
     kind: str = "b2b"
     reports_isolation: bool = True
     client_id: str = "client_local"
@@ -107,7 +111,7 @@ class Tenant:
         if not key or (kind or "b2b") not in TENANT_KINDS:
             raise ValueError(f"tenant spec is {TENANT_SPEC}")
         enforced, reported = TENANT_KINDS[kind or "b2b"]
-        return cls(key, instance or DEFAULT_INSTANCE_ID, enforced, reported is not None)
+        return cls(key, instance, enforced, reported is not None)
 
 
 @dataclass
@@ -187,7 +191,9 @@ class LocalSynapServer(ThreadingHTTPServer):
         self.settings = settings
         self.store = DocumentStore(settings.db_path)
         self.stats = _Stats()
-        self.tenants = {t.api_key: t for t in settings.tenants}
+        own = self.store.instance_id()
+        self.tenants = {t.api_key: replace(t, instance_id=t.instance_id or own)
+                        for t in settings.tenants}
         super().__init__((host, port), _Handler)
 
     @property
@@ -377,6 +383,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _local_stats(self) -> None:
         self._send(200, {**self.server.stats.snapshot(), "stored": self.server.store.counts(),
+                         "instances": sorted({t.instance_id for t in self.server.tenants.values()}),
                          "controls": self.server.settings.controls.snapshot()})
 
     def _list_documents(self) -> None:

@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS documents (
     PRIMARY KEY (instance_id, document_id)
 );
 CREATE UNIQUE INDEX IF NOT EXISTS documents_ingestion ON documents (ingestion_id);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
@@ -85,6 +86,18 @@ class DocumentStore:
             conn.execute("PRAGMA busy_timeout=30000")
             self._local.conn = conn
         return conn
+
+    def instance_id(self) -> str:
+        """The id of the instance this store is, made once when the store is new.
+
+        As hosted Synap gives each new instance an id of its own: a new store is
+        a new instance, never one that shares an id (and so an inventory) with another.
+        """
+        conn = self._connect()
+        conn.execute("INSERT INTO meta (key, value) VALUES ('instance_id', ?) ON CONFLICT DO NOTHING",
+                     (f"inst_{uuid.uuid4().hex[:16]}",))
+        (value,) = conn.execute("SELECT value FROM meta WHERE key = 'instance_id'").fetchone()
+        return str(value)
 
     def insert_many(self, instance_id: str, docs: list[dict[str, Any]], *,
                     on_duplicate: str = "reject") -> list[InsertOutcome]:

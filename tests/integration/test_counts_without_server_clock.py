@@ -151,7 +151,7 @@ def test_a_run_killed_with_batches_answered_out_of_order_then_run_again_counts_e
 
 
 def received(synap: Any) -> int:
-    return synap.get("/_local/stats")["documents"].get("inst_0000000000000001 received", 0)
+    return synap.get("/_local/stats")["documents"].get(f"{synap.instance_id} received", 0)
 
 
 def test_restart_partitions_and_a_task_retry_count_this_runs_own_writes_as_ingested(
@@ -241,7 +241,7 @@ def test_a_b2b_instance_rejects_users_without_a_customer_before_sending(local_pg
     assert str(dag_run.state) == "success"
     assert counts(dag_run) == (100, 90, 0, {"user_id without customer_id on a B2B instance": 10})
     stored_once(synap.db_path, 90)
-    assert synap.get("/_local/stats")["documents"]["inst_0000000000000001 received"] == 90
+    assert synap.get("/_local/stats")["documents"][f"{synap.instance_id} received"] == 90
 
 
 def test_a_server_refusing_every_document_for_one_reason_stops_the_partition_and_fails_the_run(

@@ -186,17 +186,17 @@ def test_a_worker_killed_mid_partition_resumes_without_resending_acknowledged_ba
     received = 0
     deadline = time.monotonic() + 120
     while received < 80 and time.monotonic() < deadline and worker.poll() is None:
-        received = synap.get("/_local/stats")["documents"].get("inst_0000000000000001 received", 0)
+        received = synap.get("/_local/stats")["documents"].get(f"{synap.instance_id} received", 0)
         time.sleep(0.02)
     worker.send_signal(signal.SIGKILL)
     worker.wait(10)
-    before = synap.get("/_local/stats")["documents"].get("inst_0000000000000001 received", 0)
+    before = synap.get("/_local/stats")["documents"].get(f"{synap.instance_id} received", 0)
     assert 0 < before < 200, "the kill must land mid-partition"
     synap.controls(latency_ms=0)
 
     report = run_partition(config, window, dag_id="fault_kill", run_id="run-1")  # the retry
 
-    total = synap.get("/_local/stats")["documents"]["inst_0000000000000001 received"]
+    total = synap.get("/_local/stats")["documents"][f"{synap.instance_id} received"]
     summary = {**report, "problems": [] if report["rows_read"] == report["ingested"] + report[
         "duplicates"] + report["rejected"] else ["unbalanced"]}
     settle("worker killed mid-partition, then retried", record_fault, local_pg, "fault_kill",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import urllib.error
 import urllib.request
 from datetime import datetime, timezone
@@ -231,3 +232,14 @@ def post(server: LocalSynapServer, path: str, body: dict | None, key: str) -> di
             return json.load(resp)
     except urllib.error.HTTPError as err:
         return {"status": err.code, **json.load(err)}
+
+
+def test_a_new_store_is_a_new_instance_and_keeps_its_id_across_restarts(tmp_path):
+    from include.synap_local.process import running_synap
+
+    with running_synap(tmp_path / "a.sqlite3") as first:
+        kept = first.instance_id
+    with running_synap(tmp_path / "a.sqlite3") as again, running_synap(tmp_path / "b.sqlite3") as other:
+        assert again.instance_id == kept
+        assert other.instance_id != kept
+    assert re.fullmatch(r"inst_[0-9a-f]{16}", kept)

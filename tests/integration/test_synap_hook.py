@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 
 import pytest
 
@@ -20,7 +21,8 @@ def test_test_connection_names_the_instance(synap, monkeypatch):
     set_conn(monkeypatch, "synap_ok", host=synap.url, password="local-dev-key")
     ok, message = SynapHook("synap_ok").test_connection()
     assert ok, message
-    assert message == "Connected: instance inst_0000000000000001 (strict-isolation)"
+    assert message == f"Connected: instance {synap.instance_id} (strict-isolation)"
+    assert re.fullmatch(r"inst_[0-9a-f]{16}", synap.instance_id)
 
 
 def test_test_connection_reports_a_wrong_key_without_showing_it(synap, monkeypatch):
