@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any
 
 FAULT_KINDS = frozenset({"status", "drop_before_store", "drop_after_store", "reset_after_store",
-                         "stall"})
+                         "stall", "stall_after_store"})
 
 
 class TokenBucket:
@@ -58,7 +58,8 @@ class FaultRule:
     closes the connection with no answer (the client cannot know it landed);
     ``reset_after_store`` stores, then resets the connection (TCP RST) while
     the client waits for the answer; ``stall`` waits ``seconds`` and then
-    answers normally.
+    answers normally; ``stall_after_store`` stores, then waits ``seconds``
+    before answering (a client killed meanwhile never learns it landed).
     times: how many requests it hits (None: every one until cleared).
     for_seconds: instead of a count, every matching request from the first one
     it hits until that many seconds later (a storm: a client that comes back
@@ -130,6 +131,9 @@ class Controls:
     extraction_seconds: float = 0.0
     extraction_failed_share: float = 0.0
     extraction_failure_reason: str = "extraction_failed"
+    # This share of stored documents (chosen by their ingestion id) is unknown to the status
+    # endpoint (404): a service that lost them, or never kept them.
+    status_unknown_share: float = 0.0
     # Credits (GET /v1/credits/balance, POST /v1/credits/estimate): the wallet's
     # balance, and the price of one unit per metric_type. Synap publishes no
     # metric names: an estimate for a metric not listed here is a 400.
@@ -161,6 +165,8 @@ class Controls:
                 self.extraction_seconds = float(raw["extraction_seconds"] or 0)
             if "extraction_failed_share" in raw:
                 self.extraction_failed_share = float(raw["extraction_failed_share"] or 0)
+            if "status_unknown_share" in raw:
+                self.status_unknown_share = float(raw["status_unknown_share"] or 0)
             if "extraction_failure_reason" in raw:
                 self.extraction_failure_reason = str(raw["extraction_failure_reason"] or "")
             if "credits_balance" in raw:
@@ -183,6 +189,7 @@ class Controls:
                 "extraction_seconds": self.extraction_seconds,
                 "extraction_failed_share": self.extraction_failed_share,
                 "extraction_failure_reason": self.extraction_failure_reason,
+                "status_unknown_share": self.status_unknown_share,
                 "credits_balance": self.credits_balance,
                 "credit_prices": dict(self.credit_prices),
                 "instance_not_ready_for_seconds": round(self.not_ready_left(), 1),

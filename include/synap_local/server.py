@@ -377,6 +377,10 @@ class _Handler(BaseHTTPRequestHandler):
         tenant = self._tenant()
         ingestion_id = self.path.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
         doc = self.server.store.get_by_ingestion(tenant.instance_id, ingestion_id)
+        controls = self.server.settings.controls
+        if doc is not None and controls.status_unknown_share and \
+                int(uuid.UUID(doc.ingestion_id).hex[-8:], 16) / 2 ** 32 < controls.status_unknown_share:
+            doc = None  # a fault: the status endpoint has lost this one
         if doc is None:
             raise _Answer(404, {"detail": "no such ingestion"})
         self._send(200, extraction_status(doc, self.server.settings.controls))
@@ -462,6 +466,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.stats.count(tenant.instance_id + " duplicates", len(outcomes) - stored, documents=True)
         if fault is not None and fault.kind in ("drop_after_store", "reset_after_store"):
             raise _DropConnection(reset=fault.kind == "reset_after_store")
+        if fault is not None and fault.kind == "stall_after_store":
+            time.sleep(fault.seconds)
         return [r for r in results if r is not None]
 
     def _refuse_if_not_ready(self, tenant: Tenant) -> None:
