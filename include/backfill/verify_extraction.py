@@ -54,20 +54,20 @@ async def verify_run(config: BackfillConfig, dag_id: str, run_id: str, *, deadli
 
     from .ledger import sample_ingestions
     from .pacing import Pacer, SharedPacer, Unpaced, pacing_target
-    from .verify import check_extraction
+    from .verify import check_extraction, fit_to_pace
 
     ledger = PostgresHook(postgres_conn_id=config.ledger_conn_id or config.postgres_conn_id)
     synap = SynapHook(synap_conn_id=config.synap_conn_id)
 
-    def load() -> list[str]:
+    def load() -> dict[str, list[str]]:
         with closing(ledger.get_conn()) as conn:
-            sample = sample_ingestions(conn, config.ledger_schema, dag_id, run_id,
-                                       config.verify_sample)
-        return [i for ids in sample.values() for i in ids]
+            return sample_ingestions(conn, config.ledger_schema, dag_id, run_id,
+                                     config.verify_sample)
 
     # Connections are read in a thread: the triggerer's event loop must not block.
-    ids = await asyncio.to_thread(load)
+    sample = await asyncio.to_thread(load)
     settings = await asyncio.to_thread(lambda: synap.settings)
+    ids, cut = fit_to_pace(sample, settings["requests_per_minute"], max(0.0, deadline - time.time()))
     async with synap.session() as sdk:
         pacer: Pacer = Unpaced()
         conn = None
@@ -83,6 +83,7 @@ async def verify_run(config: BackfillConfig, dag_id: str, run_id: str, *, deadli
         finally:
             if conn is not None:
                 conn.close()
+    report.cut = cut
     return report.to_xcom()
 
 
@@ -120,10 +121,10 @@ class VerifyExtractionOperator(BaseOperator):
         report = VerifyReport.from_xcom(dict(event))
         self.log.info("%s", report.render())
         if report.failed_share > config.max_extraction_failed_share:
-            message = (f"extraction failed for {report.failed} of {report.sampled} sampled documents"
-                       f" ({report.failed_share:.1%}, more than max_extraction_failed_share"
-                       f" {config.max_extraction_failed_share:.1%}): "
-                       + ", ".join(f"{n} x {r}" for r, n in report.failure_reasons.most_common()))
+            message = (f"extraction failed for {report.failed + report.not_found} of {report.sampled}"
+                       f" sampled documents ({report.failed_share:.1%}, more than"
+                       f" max_extraction_failed_share {config.max_extraction_failed_share:.1%}): "
+                       + report.failure_summary())
             # As a failure before planning is: the run's outcome, readable without the log.
             context["ti"].xcom_push(key="failure", value=message)
             raise AirflowFailException(message)

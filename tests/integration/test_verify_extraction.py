@@ -68,8 +68,9 @@ def test_the_ledger_keeps_one_ingestion_id_per_accepted_document_compactly(
 def test_five_percent_failed_lists_the_failures_by_reason_and_fails_the_run(
         local_pg, synap, run_backfill):
     load(local_pg, "verify_failed", turns=600)
+    # Unpaced: 600 status calls need not wait for 600 slots a minute.
     dag_run = run_backfill(source_table="verify_failed", min_rows_per_partition=1,
-                           verify_sample=ALL)
+                           verify_sample=ALL, synap_extra={"requests_per_minute": 0})
 
     assert str(dag_run.state) == "failed"
     assert states(dag_run)["verify_extraction"] == "failed"
@@ -97,3 +98,33 @@ def test_verify_sample_0_skips_the_check_and_the_run_still_announces(local_pg, s
     assert str(dag_run.state) == "success"
     assert states(dag_run)["verify_extraction"] == "skipped"
     assert states(dag_run)["announce_complete"] == "success"
+
+
+def test_a_sampled_document_synap_never_heard_of_fails_the_check_at_the_default_share(
+        local_pg, synap, run_backfill):
+    load(local_pg, "verify_unknown")
+    # The status endpoint answers 404 for about 5% of the stored documents: no memories
+    # came of them, so they count as failed; the check cannot pass on silence.
+    synap.controls(status_unknown_share=0.05)
+    dag_run = run_backfill(source_table="verify_unknown", min_rows_per_partition=1,
+                           verify_sample=ALL, synap_extra={"requests_per_minute": 0})
+
+    assert str(dag_run.state) == "failed"
+    assert states(dag_run)["verify_extraction"] == "failed"
+    (failure,) = local_airflow.task_xcom(dag_run, "verify_extraction", "failure")
+    assert " x unknown to Synap (404)" in failure and "max_extraction_failed_share 1.0%" in failure
+
+
+def test_the_sample_is_cut_to_what_fits_in_verify_timeout_at_the_targets_pace(
+        local_pg, synap, run_backfill):
+    load(local_pg, "verify_paced")
+    # 60 calls a minute for (at most) 10 s: room for 5 documents (two calls each), of 3 x 4
+    # picked; a little less once the trigger starts, since the deadline was set at defer time.
+    dag_run = run_backfill(source_table="verify_paced", min_rows_per_partition=1, verify_sample=4,
+                           verify_timeout=10, synap_extra={"requests_per_minute": 60})
+
+    assert str(dag_run.state) == "success"
+    (verified,) = local_airflow.task_results(dag_run, "verify_extraction")
+    partitions = len(local_airflow.task_results(dag_run, "backfill_partition"))
+    assert verified["sampled"] in (4, 5) and verified["sampled"] + verified["cut"] == 4 * partitions
+    assert verified["completed"] == verified["sampled"]
