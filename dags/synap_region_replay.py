@@ -25,4 +25,5 @@ for region in load_regions():
         params=region.param_defaults(),
         pool=region.pool_name,
         tags=["replay", region.name],
+        parity_with="synap_backfill",
     )

@@ -171,7 +171,12 @@ def render_run(dag_run: Any) -> str:
     windows = (task_results(dag_run, "plan_partitions") or [None])[0]
     if windows is None:
         return f"run {dag_run.run_id}: {dag_run.state} (no partition plan; see the log)"
-    summary = summarize(windows, task_results(dag_run, "backfill_partition"))
+    reports = task_results(dag_run, "backfill_partition")
+    told = (task_results(dag_run, "summarize") or [{}])[0] or {}
+    # Rows held unchanged outside every partition: the run's total less what partitions carry.
+    outside = int(told.get("unchanged") or 0) - sum(int(w.get("unchanged") or 0) for w in windows)
+    summary = summarize(windows, reports, unchanged_outside=max(0, outside))
+    summary.notes += told.get("notes") or []
     text = f"run {dag_run.run_id}: {dag_run.state}\n\n{summary.render()}"
     verified = task_results(dag_run, "verify_extraction")
     if verified:

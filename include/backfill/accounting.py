@@ -1,8 +1,10 @@
 """Counting what became of every row, per partition and for the run.
 
 The invariant an operator relies on: for every partition, ``rows_read ==
-ingested + duplicates + rejected``. A partition report is what goes to XCom:
-counts and reason codes only, never text.
+ingested + duplicates + rejected``. Rows the Synap target already holds
+unchanged are not read: they are ``unchanged``, so that for the run, rows
+planned = read + unchanged. A partition report is what goes to XCom: counts
+and reason codes only, never text.
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ class PartitionReport:
     seconds: float = 0.0
     started_at: float | None = None  # epoch seconds: the first attempt's start
     finished_at: float | None = None
+    # From the plan: rows held unchanged inside this partition's span (not read), and the
+    # rows it planned to read (what the read is checked against).
+    unchanged: int = 0
+    rows_planned: int | None = None
 
     @property
     def key(self) -> str:
@@ -68,6 +74,7 @@ class PartitionReport:
             "ingested_on_resend": self.ingested_on_resend, "batches": self.batches,
             "seconds": round(self.seconds, 3),
             "started_at": self.started_at, "finished_at": self.finished_at,
+            "unchanged": self.unchanged, "rows_planned": self.rows_planned,
         }
 
     @classmethod
@@ -80,7 +87,8 @@ class PartitionReport:
                      ingested_on_resend=raw.get("ingested_on_resend", 0),
                      batches=raw.get("batches", 0),
                      seconds=raw.get("seconds", 0.0), started_at=raw.get("started_at"),
-                     finished_at=raw.get("finished_at"))
+                     finished_at=raw.get("finished_at"), unchanged=raw.get("unchanged", 0),
+                     rows_planned=raw.get("rows_planned"))
         if report.rejected_total != raw.get("rejected", report.rejected_total):
             # Trust the total over the breakdown if they ever disagree.
             report.rejected["unexplained"] += raw["rejected"] - report.rejected_total
@@ -95,6 +103,10 @@ class RunSummary:
     missing: list[str]
     sample_of: dict[str, Any] | None = None  # a sample run: the whole plan's partitions, rows, credits
     max_rejected_share: float = 1.0  # above it, the run has a problem
+    rows_planned: int | None = None  # what the plan counted: to read, plus held unchanged
+    unchanged_outside: int = 0  # held unchanged, in no partition's span (windows not read at all)
+    notes: list[str] = field(default_factory=list)  # what the run found, one line each
+    found: list[str] = field(default_factory=list)  # problems found by checking the reads
 
     @property
     def wall_seconds(self) -> float | None:
@@ -126,6 +138,8 @@ class RunSummary:
             total.ingested_on_resend += p.ingested_on_resend
             total.batches += p.batches
             total.seconds += p.seconds
+            total.unchanged += p.unchanged
+        total.unchanged += self.unchanged_outside
         return total
 
     @property
@@ -141,13 +155,14 @@ class RunSummary:
                        f" ({total.rejected_total / total.rows_read:.1%}), more than"
                        f" max_rejected_share {self.max_rejected_share:.1%}; most often:"
                        f" {reason} ({n})")
-        return out
+        return out + self.found
 
     def to_xcom(self) -> dict[str, Any]:
         total = self.total.to_xcom()
         return {**{k: total[k] for k in ("rows_read", "ingested", "duplicates", "rejected",
                                           "rejected_by_reason", "not_sent", "ingested_on_resend",
-                                          "batches")},
+                                          "batches", "unchanged")},
+                "rows_planned": self.rows_planned,
                 "partitions": len(self.partitions) + len(self.missing),
                 "partitions_failed": len(self.missing), "problems": self.problems,
                 "turns_per_s": round(self.turns_per_s, 1) if self.turns_per_s else None,
@@ -161,13 +176,19 @@ class RunSummary:
         ``rejects_at``: where the rejected rows are recorded (a query to run).
         """
         dry = any(p.not_sent for p in self.partitions)
+        held = bool(self.total.unchanged)
         header: tuple[str, ...] = ("partition", "read", "ingested", "duplicates", "rejected",
                                    "batches", "seconds")
         if dry:
             header = header[:5] + ("not sent (dry run)",) + header[5:]
-        rows = [_row(p, dry) for p in self.partitions]
+        if held:
+            header = (*header[:-2], "unchanged", *header[-2:])
+        rows = [_row(p, dry, held) for p in self.partitions]
         rows += [(label, *["-"] * (len(header) - 2), "FAILED") for label in self.missing]
-        total = _row(self.total, dry)
+        if self.unchanged_outside:
+            rows.append(("held unchanged, not read", *["-"] * (len(header) - 4),
+                         self.unchanged_outside, "-", "-"))
+        total = _row(self.total, dry, held)
         widths = [max(len(str(r[i])) for r in [header, total, *rows]) for i in range(len(header))]
 
         def line(cells: Iterable[Any]) -> str:
@@ -176,7 +197,15 @@ class RunSummary:
                              + [str(c).rjust(w) for c, w in zip(cells[1:], widths[1:])])
 
         rule = "-" * (sum(widths) + 2 * (len(widths) - 1))
-        out = [line(header), rule, *map(line, rows), rule, line(total)]
+        out = [line(header), rule, *map(line, rows), rule, line(total)] if rows else [
+            "no partition: nothing to read"]
+        if self.rows_planned is not None:
+            out.append(f"rows planned: {self.rows_planned} = read {self.total.rows_read}"
+                       f" + unchanged {self.total.unchanged}"
+                       + ("" if self.rows_planned == self.total.rows_read + self.total.unchanged
+                          else " (partitions that did not finish read none)"
+                          if self.missing else " (the source changed while the run read it)"))
+        out += self.notes
         if self.total.rejected:
             out.append("")
             out.append("rejected rows by reason:")
@@ -207,6 +236,8 @@ class RunSummary:
         elif dry:
             out.append("dry run: nothing was sent; every row accounted for: "
                        "read = not sent + rejected")
+        elif not self.partitions:
+            out.append("nothing to send: the target holds every row of the range unchanged")
         else:
             out.append("every row accounted for: read = ingested + duplicates + rejected")
         return "\n".join(out)
@@ -232,24 +263,35 @@ def counts_label(report: Mapping[str, Any]) -> str:
               f" {report['rejected']} rejected")
     if report.get("not_sent"):
         counts = f"{report['not_sent']} not sent (dry run), {report['rejected']} rejected"
+    if report.get("unchanged"):
+        counts += f", {report['unchanged']} unchanged"
     return f"{report['label']} · {counts}"
 
 
 def summarize(windows: Iterable[Mapping[str, Any]], reports: Iterable[Mapping[str, Any]],
-              max_rejected_share: float = 1.0) -> RunSummary:
-    """Add up partition reports; name every planned window that sent none."""
+              max_rejected_share: float = 1.0, unchanged_outside: int = 0) -> RunSummary:
+    """Add up partition reports; name every planned window that sent none.
+
+    ``unchanged_outside``: rows the plan found held unchanged in no partition's span.
+    """
     parsed = [PartitionReport.from_xcom(r) for r in reports if r]
     seen = {p.key for p in parsed}
     windows = list(windows)
     order = {window_key(w.get("start"), w.get("end")): (i, w["label"]) for i, w in enumerate(windows)}
     parsed.sort(key=lambda p: order.get(p.key, (len(order), ""))[0])
     sample_of = next((w["sample_of"] for w in windows if w.get("sample_of")), None)
-    return RunSummary(parsed, [label for key, (_, label) in order.items() if key not in seen],
-                      sample_of, max_rejected_share)
+    missing = [w for w in windows if window_key(w.get("start"), w.get("end")) not in seen]
+    # A partition that did not finish still knew its unchanged rows: they stay counted.
+    outside = unchanged_outside + sum(int(w.get("unchanged") or 0) for w in missing)
+    planned = sum(int(w.get("rows") or 0) + int(w.get("unchanged") or 0) for w in windows)
+    return RunSummary(parsed, [w["label"] for w in missing], sample_of, max_rejected_share,
+                      rows_planned=planned + unchanged_outside, unchanged_outside=outside)
 
 
-def _row(p: PartitionReport, dry: bool = False) -> tuple[Any, ...]:
+def _row(p: PartitionReport, dry: bool = False, held: bool = False) -> tuple[Any, ...]:
     counts: tuple[int, ...] = (p.rows_read, p.ingested, p.duplicates, p.rejected_total)
     if dry:
         counts += (p.not_sent,)
+    if held:
+        counts += (p.unchanged,)
     return (p.label, *counts, p.batches, f"{p.seconds:.1f}")

@@ -3,11 +3,14 @@
 Validation happens in the first task, before anything reads or sends, and
 every error names the param it is about. The result is a small dict that
 travels to the other tasks through XCom (no secrets: connections are named,
-not resolved, here).
+not resolved, here). Three fields are not params: the first task resolves
+them (``target``, ``source``, ``lookback``) and the others take them as given.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
@@ -19,6 +22,7 @@ MAX_BATCH_SIZE = 100  # what batch_create accepts per call
 # partition and for an operator who lowers max_map_length a little.
 MAX_PARTITIONS = 1000
 MODES = ("long-range", "fast")
+DOCUMENT_ID_FORMAT = "backfill:{conversation_id}:{message_index}"
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -79,6 +83,26 @@ class BackfillConfig:
     verify_timeout: int = 1800
     max_extraction_failed_share: float = 0.01  # the run fails when more of the sample failed
     require_approval: bool = False  # wait for a human to approve the plan before sending
+    # Send every planned row even where the target holds it unchanged (an instance that
+    # was wiped), or held under other document settings.
+    resend_unchanged: bool = False
+    # Resolved by the first task, not params: the Synap instance the connection opens (its
+    # whoami instance_id; "" when unknown, a dry run without Synap), the source relation as
+    # the database names it, and whether a scheduled run looks back for changed buckets.
+    target: str = ""
+    source: str = ""
+    lookback: bool = False
+
+    def document_settings(self) -> dict[str, Any]:
+        """Everything that shapes a document: a bucket held under other settings is not unchanged."""
+        return {"id_format": DOCUMENT_ID_FORMAT, "mode": self.mode,
+                "columns": asdict(self.columns), "tiebreak_column": self.tiebreak_column,
+                "source_timezone": self.source_timezone}
+
+    @property
+    def settings_digest(self) -> str:
+        text = json.dumps(self.document_settings(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -174,6 +198,7 @@ def config_from_params(params: Mapping[str, Any]) -> BackfillConfig:
         sample_partitions=whole("sample_partitions"),
         max_rejected_share=share("max_rejected_share", get("max_rejected_share")),
         require_approval=boolean("require_approval", get("require_approval")),
+        resend_unchanged=boolean("resend_unchanged", get("resend_unchanged")),
         verify_sample=whole("verify_sample"),
         verify_timeout=whole("verify_timeout"),
         max_extraction_failed_share=share("max_extraction_failed_share",
@@ -241,6 +266,10 @@ def window_duration(value: str) -> Any:
                                                 or duration.remaining_seconds):
         raise ParamError("window_size", f"{value[:20]!r} mixes months or years with days or"
                                         " hours: use one or the other (P1M, P45D)")
+    if "T" in value and duration.total_seconds() % 900:
+        # Windows are made of the inventory's 15-minute buckets (buckets.py).
+        raise ParamError("window_size", f"{value[:20]!r} is not a whole number of 15 minutes"
+                                        " (PT15M, PT6H, P1DT12H)")
     return duration
 
 

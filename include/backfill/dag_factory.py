@@ -126,6 +126,11 @@ def backfill_params(**defaults: Any) -> dict[str, Param]:
                                     section="Sending",
                                     description="A longer turn is rejected with a reason (Synap "
                                                 "publishes no limit)."),
+        "resend_unchanged": Param(d["resend_unchanged"], type="boolean", title="Resend unchanged",
+                                  section="Sending",
+                                  description="Send every row of the range, also what the Synap "
+                                              "instance already holds unchanged: for an instance "
+                                              "that was wiped. Held rows come back as duplicates."),
         "restart_partitions": Param(d["restart_partitions"], type="boolean",
                                     title="Restart partitions", section="Sending",
                                     description="Ignore checkpoints and start every partition "
@@ -178,11 +183,14 @@ def _bounds(name: str) -> dict[str, Any]:
 
 def build_backfill_dag(dag_id: str, *, doc_md: str, schedule: Any = None,
                        params: dict[str, Any] | None = None, pool: str = DEFAULT_POOL,
-                       outlets: Iterable[Asset] = (), tags: Iterable[str] = ()) -> Any:
+                       outlets: Iterable[Asset] = (), tags: Iterable[str] = (),
+                       parity_with: str | None = None) -> Any:
     """The backfill DAG: resolve_config → plan_partitions → backfill_partition[n] → summarize.
 
     With ``outlets``, an ``announce_complete`` task after the summary emits them
     when the whole table went to Synap (not after a dry run or a sample).
+    ``parity_with``: a region replay's primary DAG; the summary states how much of
+    what the primary's instance holds this region's instance holds too.
     """
 
     @dag(dag_id=dag_id, schedule=schedule, start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
@@ -235,7 +243,9 @@ def build_backfill_dag(dag_id: str, *, doc_md: str, schedule: Any = None,
             context = get_current_context()
             before = context["ti"].xcom_pull(task_ids=["resolve_config", "plan_partitions"],
                                              key="failure") if windows is None else None
-            return summarize_run(windows, reports, config, context["dag_run"].run_id, before)
+            run = context["dag_run"]
+            return summarize_run(windows, reports, config, run.run_id, before, dag_id=run.dag_id,
+                                 parity_with=parity_with)
 
         config = resolve_config()
         windows = plan_partitions(config)

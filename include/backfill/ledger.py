@@ -22,6 +22,9 @@ if missing:
   timestamps, found by the planner in one pass, so each partition sends the
   earliest copy and rejects the others as copies (``copies.py``).
 * ``pacing``: the shared request schedule of each Synap target (``pacing.py``).
+* ``runs``, ``holdings``, ``inventory``, ``plan_buckets``: what each Synap
+  target holds of each source (``inventory.py``). A checkpoint that completes
+  a bucket holds it in the inventory in the same transaction.
 
 One partition's attempt holds a session advisory lock on its (DAG, run,
 window) for as long as it runs, so a zombie and its retry never both send.
@@ -43,6 +46,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
+from .inventory import create_tables as create_inventory_tables
+from .inventory import write_held
+from .planning import BucketCount
 from .source import Position, position_from_json, position_to_json, quote_identifier
 
 DEFAULT_SCHEMA = "synap_backfill"
@@ -59,6 +65,7 @@ class Checkpoint:
     report: dict[str, Any]
     finished: bool
     sent_through: int  # rows of the window, in read order, put on the wire by this run
+    open_buckets: dict[int, list[int]]  # bucket -> [rows, hash sum] read so far, not yet complete
 
 
 def ensure_tables(conn: Any, schema: str) -> None:
@@ -78,8 +85,12 @@ def ensure_tables(conn: Any, schema: str) -> None:
             finished boolean NOT NULL DEFAULT false,
             updated_at timestamptz NOT NULL DEFAULT now(),
             PRIMARY KEY (dag_id, run_id, window_key))""")
-        cur.execute(f"ALTER TABLE {s}.checkpoints"
-                    " ADD COLUMN IF NOT EXISTS sent_through bigint NOT NULL DEFAULT 0")
+        # ALTER only when missing: even IF NOT EXISTS takes an exclusive lock.
+        for column, kind in (("sent_through", "bigint NOT NULL DEFAULT 0"), ("buckets", "text")):
+            cur.execute("SELECT 1 FROM information_schema.columns WHERE table_schema = %s"
+                        " AND table_name = 'checkpoints' AND column_name = %s", (schema, column))
+            if not cur.fetchone():
+                cur.execute(f"ALTER TABLE {s}.checkpoints ADD COLUMN {column} {kind}")
         cur.execute("SELECT 1 FROM information_schema.columns WHERE table_schema = %s"
                     " AND table_name = 'rejected_rows' AND column_name = 'row_ctid'", (schema,))
         if cur.fetchone():
@@ -103,6 +114,7 @@ def ensure_tables(conn: Any, schema: str) -> None:
             PRIMARY KEY (dag_id, run_id, window_key, through))""")
         cur.execute(f"CREATE TABLE IF NOT EXISTS {s}.pacing ("
                     " target text PRIMARY KEY, next_at timestamptz NOT NULL)")
+        create_inventory_tables(cur, s)
     conn.commit()
 
 
@@ -132,6 +144,9 @@ class Ledger:
         self.key = (dag_id, run_id, window_key)
         self.label = label
         self._io = threading.Lock()  # one transaction at a time on the connection
+        # Where completed buckets are held (inventory.py): the holding and the run's id.
+        self.holding: int | None = None
+        self.run: int | None = None
 
     def ensure_tables(self) -> None:
         with self._io:
@@ -170,22 +185,30 @@ class Ledger:
 
     def load(self) -> Checkpoint | None:
         with self._io, self.conn.cursor() as cur:
-            cur.execute(f"SELECT position, report, finished, sent_through FROM {self.schema}.checkpoints"
+            cur.execute(f"SELECT position, report, finished, sent_through, buckets"
+                        f" FROM {self.schema}.checkpoints"
                         " WHERE dag_id = %s AND run_id = %s AND window_key = %s", self.key)
             row = cur.fetchone()
             self.conn.commit()
         if row is None:
             return None
-        position, report, finished, sent_through = row
-        return Checkpoint(position_from_json(_json(position)), _json(report), finished, sent_through)
+        position, report, finished, sent_through, buckets = row
+        open_buckets = {int(b): list(v) for b, v in (_json(buckets) or {}).items()}
+        return Checkpoint(position_from_json(_json(position)), _json(report), finished, sent_through,
+                          open_buckets)
 
     def save(self, position: Position | None, report: dict[str, Any],
              rejects: Iterable[tuple[int, str, str]], *, finished: bool = False,
-             ingestions: tuple[int, list[str]] | None = None) -> None:
-        """Record an acknowledged position, the counts up to it, its rejected rows and the
-        ingestion ids accepted since the last one (``(last row number, ids)``), atomically."""
+             ingestions: tuple[int, list[str]] | None = None, held: Iterable[BucketCount] = (),
+             open_buckets: dict[int, list[int]] | None = None) -> None:
+        """Record an acknowledged position, the counts up to it, its rejected rows, the
+        ingestion ids accepted since the last one (``(last row number, ids)``), the buckets
+        it completes (``held``, into the inventory) and those still open, atomically."""
         rejects = list(rejects)
+        held = list(held)
         with self._io, self.conn.cursor() as cur:
+            if held and self.holding is not None and self.run is not None:
+                write_held(cur, self.schema, self.holding, self.run, held)
             if ingestions and ingestions[1]:
                 cur.execute(
                     f"INSERT INTO {self.schema}.ingestions (dag_id, run_id, window_key, through, ids)"
@@ -199,11 +222,13 @@ class Ledger:
                     [(*self.key, self.label, number, key, reason) for number, key, reason in rejects])
             cur.execute(
                 f"INSERT INTO {self.schema}.checkpoints (dag_id, run_id, window_key, partition,"
-                " position, report, finished, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, now())"
+                " position, report, finished, buckets, updated_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, now())"
                 " ON CONFLICT (dag_id, run_id, window_key) DO UPDATE SET position = EXCLUDED.position,"
-                " report = EXCLUDED.report, finished = EXCLUDED.finished, updated_at = now()",
+                " report = EXCLUDED.report, finished = EXCLUDED.finished,"
+                " buckets = EXCLUDED.buckets, updated_at = now()",
                 (*self.key, self.label, json.dumps(position_to_json(position)), json.dumps(report),
-                 finished))
+                 finished, json.dumps(open_buckets or {})))
             self.conn.commit()
 
     def mark_sent(self, rows_through: int) -> None:
@@ -214,18 +239,22 @@ class Ledger:
                         (rows_through, *self.key))
             self.conn.commit()
 
-    def reset(self) -> None:
+    def reset(self, release: Iterable[int] = ()) -> None:
         """Forget this partition's position, counts and rejects; keep what was sent.
 
         The next attempt starts from the first row, and documents an earlier
         attempt of this run sent still count as this run's when they come back
-        as duplicates.
+        as duplicates. ``release``: buckets this run held that are held no more.
         """
+        release = list(release)
         with self._io, self.conn.cursor() as cur:
+            if release and self.holding is not None:
+                cur.execute(f"DELETE FROM {self.schema}.inventory WHERE holding = %s AND run = %s"
+                            " AND bucket = ANY(%s)", (self.holding, self.run, release))
             cur.execute(f"DELETE FROM {self.schema}.rejected_rows"
                         " WHERE dag_id = %s AND run_id = %s AND window_key = %s", self.key)
             cur.execute(f"UPDATE {self.schema}.checkpoints SET position = NULL, report = '{{}}',"
-                        " finished = false, updated_at = now()"
+                        " finished = false, buckets = NULL, updated_at = now()"
                         " WHERE dag_id = %s AND run_id = %s AND window_key = %s", self.key)
             self.conn.commit()
 

@@ -20,6 +20,14 @@ counts; the documents it sends again up to that mark may have been stored by
 the attempt that stopped, so their duplicates count as this run's ingests.
 Every other duplicate is earlier work. No server clock is involved.
 
+Each row read is tallied into its inventory bucket (``buckets.py``): rows and
+the sum of their key hashes. Once the read has passed a bucket (reading in
+the source's order, no later row can fall in it; a naive timestamp column
+waits three hours more, for rows in a spring-forward gap), the checkpoint
+that accounts for its last row holds it in the inventory, in the same
+transaction. A bucket the partition reads only part of (cut by an explicit
+start or end) is never held.
+
 An attempt holds the partition's lock in the ledger, so a zombie and its retry
 never send at once. A partition whose documents Synap refuses wholesale (the
 first ``WHOLESALE_REFUSAL`` all refused for one reason, none accepted) stops
@@ -33,16 +41,18 @@ import logging
 import time
 from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Awaitable, Callable, Iterable
 
 from maximem_synap import (BatchCreateResponse, CreateMemoryRequest, RateLimitError,
                            SynapPermanentError)
 
 from .accounting import PartitionReport
+from .buckets import UNTIMED, bucket_of, fingerprint
 from .documents import Rejected, build_document, id_of, text_of
 from .ledger import Ledger, PartitionBusy
 from .pacing import Pacer, Unpaced
+from .planning import BucketCount
 from .results import DEFAULT_DUPLICATE_PATTERN, SERVER_PREFIX, classify_batch, first_line
 from .sending import Delivery, GaveUp, RetryPolicy, deliver, is_plan_stop, wait_logged
 from .source import Position, SourceRow
@@ -54,6 +64,9 @@ Read = Callable[[Position | None], Iterable[SourceRow]]
 RejectRow = tuple[int, str, str]  # row number in the window's read order, row key, reason
 WHOLESALE_REFUSAL = 100  # documents refused for one reason, none accepted: stop the partition
 HELD_REJECTS = 1000  # rejected rows held before they are checkpointed without a batch
+# A naive timestamp column is read in wall-clock order; in a spring-forward gap a later
+# row can read as an earlier instant, by at most the shift (two hours anywhere, ever).
+NAIVE_LAG = timedelta(hours=3)
 
 
 class PartitionFailed(RuntimeError):
@@ -84,6 +97,9 @@ class PartitionSettings:
     expected_rows: int | None = None  # the planner's estimate, for progress lines
     progress_every: float = 30.0  # seconds between progress lines
     lock_wait: float = 600.0  # seconds to wait for another attempt of the partition to end
+    # Whether the partition reads every row of a bucket, so may hold it in the inventory
+    # (PlannedPartition.reads_whole); None: hold nothing (a dry run, no ledger).
+    holds: Callable[[int], bool] | None = None
 
 
 async def run_partition_rows(read: Read, submit: Submit | None, report: PartitionReport,
@@ -107,6 +123,7 @@ async def run_partition_rows(read: Read, submit: Submit | None, report: Partitio
             ledger.reset()
         if checkpoint is not None and checkpoint.report and not restart:
             state.resume(checkpoint.position, checkpoint.report)
+            state.open = checkpoint.open_buckets
             if checkpoint.finished:
                 log.info("partition %s already finished in this run; nothing to do", report.label)
                 return report
@@ -159,6 +176,10 @@ class _State:
     position: Position | None = None
     sent_before: int = 0  # rows of the window an earlier attempt of this run had sent
     refused: Counter[str] = field(default_factory=Counter)  # server refusals, this attempt
+    # Buckets read into and not yet held: bucket -> [rows, sum of row hashes]. Saved with
+    # each checkpoint, so a resumed attempt goes on counting where the last one stopped.
+    open: dict[int, list[int]] = field(default_factory=dict)
+    held: set[int] = field(default_factory=set)  # buckets this attempt held in the inventory
     started: float = field(default_factory=time.monotonic)
     base_seconds: float = 0.0
 
@@ -186,6 +207,9 @@ class _Cut:
     rejects: list[RejectRow]
     position: Position | None
     rows_through: int  # ordinal of the last row read into this cut
+    tallies: dict[int, list[int]] = field(default_factory=dict)  # bucket -> [rows, hash sum]
+    last_at: datetime | None = None  # the instant of the cut's last row
+    naive: bool = False  # the timestamp column has no zone: its order is wall-clock time
     finished: bool = False
     sending: asyncio.Task[Delivery] | None = None
 
@@ -204,6 +228,8 @@ class _Pipeline:
         settings, state = self.settings, self.state
         batch: list[tuple[CreateMemoryRequest, SourceRow, int]] = []
         rejects: list[RejectRow] = []
+        tallies: dict[int, list[int]] = {}
+        last: SourceRow | None = None
         rows = 0
         ordinal = state.report.rows_read  # rows of the window before this pass, in read order
         position = state.position
@@ -214,11 +240,15 @@ class _Pipeline:
                 for row in read(state.position):
                     # Never between copies of one turn: a resume starts after a whole turn.
                     if due and row.group != group:
-                        await self._cut(_Cut(batch, rows, rejects, position, ordinal))
-                        batch, rejects, rows, due = [], [], 0, False
+                        await self._cut(_cut(batch, rows, rejects, position, ordinal, tallies, last))
+                        batch, rejects, tallies, rows, due = [], [], {}, 0, False
                     rows += 1
                     ordinal += 1
-                    position, group = row.position, row.group
+                    position, group, last = row.position, row.group, row
+                    tally = tallies.setdefault(
+                        UNTIMED if row.created_at is None else bucket_of(row.created_at), [0, 0])
+                    tally[0] += 1
+                    tally[1] += row.row_hash
                     document = build_document(row, settings.mode, max_chars=settings.max_chars,
                                               isolation=settings.isolation, copies=settings.copies)
                     if isinstance(document, Rejected):
@@ -233,7 +263,8 @@ class _Pipeline:
                 # next pass starts after it.
                 await self._drain()
                 raise
-            await self._cut(_Cut(batch, rows, rejects, position, ordinal, finished=True))
+            await self._cut(_cut(batch, rows, rejects, position, ordinal, tallies, last,
+                                 finished=True))
             await self._drain()
         finally:
             for cut in self.pending:  # only after a failure: stop what is still on the wire
@@ -293,12 +324,14 @@ class _Pipeline:
         if cut.finished:
             report.finished_at = time.time()
         state.position = cut.position
-        if self.ledger is not None and (cut.documents or rejects or cut.finished):
+        held = self._complete(cut)
+        if self.ledger is not None and (cut.documents or rejects or cut.finished or held):
             # In a thread: the commit waits for the ledger's disk, and the batches
             # in flight must not wait with it. Saves stay in order: one at a time.
             through = max((ordinal for _, _, ordinal in cut.documents), default=0)
             await asyncio.to_thread(self.ledger.save, cut.position, report.to_xcom(), rejects,
-                                    finished=cut.finished, ingestions=(through, ingestion_ids))
+                                    finished=cut.finished, ingestions=(through, ingestion_ids),
+                                    held=held, open_buckets=dict(state.open))
         if cut.documents:
             log.debug("partition %s: batch %d done; so far read %d, ingested %d, duplicates %d,"
                       " rejected %d", report.label, report.batches, report.rows_read,
@@ -306,6 +339,27 @@ class _Pipeline:
         self._progress(cut.finished)
         if delivery is not None:
             await self._stop_if_refused_wholesale()
+
+    def _complete(self, cut: _Cut) -> list[BucketCount]:
+        """Add the cut's rows to their buckets; the buckets the read has now passed, to hold."""
+        state = self.state
+        for bucket, (rows, hashes) in cut.tallies.items():
+            tally = state.open.setdefault(bucket, [0, 0])
+            tally[0] += rows
+            tally[1] += hashes
+        if cut.finished:
+            done = sorted(state.open)
+        elif cut.last_at is not None:
+            horizon = bucket_of(cut.last_at - (NAIVE_LAG if cut.naive else timedelta(0)))
+            done = sorted(b for b in state.open if b != UNTIMED and b < horizon)
+        else:
+            done = []
+        holds = self.settings.holds
+        completed = [BucketCount(b, rows, fingerprint(hashes))
+                     for b in done for rows, hashes in [state.open.pop(b)]]
+        held = [c for c in completed if holds is not None and holds(c.bucket)]
+        state.held.update(c.bucket for c in held)
+        return held
 
     def _count(self, cut: _Cut, delivery: Delivery) -> tuple[list[RejectRow], list[str]]:
         """The cut's rows counted into the report; its rejected rows and accepted ingestion ids."""
@@ -348,8 +402,8 @@ class _Pipeline:
         (reason,) = state.refused
         if self.ledger is not None:
             # Nothing of this partition reached Synap: a retry after the fix starts
-            # from its first row (the sent mark stays).
-            await asyncio.to_thread(self.ledger.reset)
+            # from its first row (the sent mark stays), and nothing of it is held.
+            await asyncio.to_thread(self.ledger.reset, release=sorted(state.held))
         raise PartitionFailed(
             f"partition {report.label}: Synap refused all {refused} documents sent so far for one"
             f" reason ({reason}); stopped without sending the rest. Fix the cause (scope, mode,"
@@ -371,6 +425,15 @@ class _Pipeline:
         log.info("partition %s: %d rows%s, %.0f rows/s; ingested %d, duplicates %d, rejected %d,"
                  " %d batches", report.label, report.rows_read, of, rate, report.ingested,
                  report.duplicates, report.rejected_total, report.batches)
+
+
+def _cut(documents: list[tuple[CreateMemoryRequest, SourceRow, int]], rows: int,
+         rejects: list[RejectRow], position: Position | None, rows_through: int,
+         tallies: dict[int, list[int]], last: SourceRow | None, *, finished: bool = False) -> _Cut:
+    at = last.sort_key[0] if last is not None else None
+    return _Cut(documents, rows, rejects, position, rows_through, tallies,
+                last.created_at if last is not None else None,
+                isinstance(at, datetime) and at.tzinfo is None, finished)
 
 
 def _reject_row(rows_by_id: dict[str, list[tuple[SourceRow, int]]], document_id: str,

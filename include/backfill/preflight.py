@@ -42,8 +42,12 @@ def unknown_keys(conf: Iterable[str], known: Iterable[str]) -> None:
                              " the params are listed on the trigger form")
 
 
-def check_source(conn: Any, config: BackfillConfig) -> None:
-    """The relation exists, the connection may read it, and each mapped column fits."""
+def check_source(conn: Any, config: BackfillConfig) -> str:
+    """The relation exists, the connection may read it, and each mapped column fits.
+
+    Returns the relation as the database names it (``database.schema.relation``): what an
+    inventory is kept for, however the param spelled it.
+    """
     where = f"on connection {config.postgres_conn_id}"
     with conn.cursor() as cur:
         cur.execute("SELECT to_regclass(%s)::oid", (quoted_table(config),))
@@ -52,6 +56,10 @@ def check_source(conn: Any, config: BackfillConfig) -> None:
             raise PreflightError(f"param 'source_table': no table or view {config.source_table!r}"
                                  f" {where} (names are case-sensitive; give SCHEMA.TABLE if it is"
                                  " not on the search_path)")
+        cur.execute("SELECT format('%%s.%%s.%%s', current_database(), n.nspname, c.relname)"
+                    " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                    " WHERE c.oid = %s", (oid,))
+        (source,) = cur.fetchone()
         cur.execute("SELECT has_table_privilege(%s, 'SELECT')", (oid,))
         if not cur.fetchone()[0]:
             raise PreflightError(f"param 'source_table': the user of connection"
@@ -80,6 +88,7 @@ def check_source(conn: Any, config: BackfillConfig) -> None:
         if kinds and category not in kinds[0]:
             raise PreflightError(f"param {param!r}: column {column!r} of {config.source_table}"
                                  f" is {shown}, not {kinds[1]}")
+    return str(as_text(source))
 
 
 def check_ledger(conn: Any, config: BackfillConfig) -> None:

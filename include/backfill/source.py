@@ -54,10 +54,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from decimal import Decimal
-from typing import Any, Iterator, Tuple
+from typing import Any, Iterator, Sequence, Tuple
 
+from .buckets import BUCKET_SECONDS, UNTIMED, bucket_of, fingerprint
 from .config import BackfillConfig
-from .windows import Grid, Window
+from .planning import BucketCount
 
 
 # The read's sort key as PostgreSQL sorted it: the timestamp column's own value (None for
@@ -169,18 +170,34 @@ _FIELDS = ("conversation_id, message_index, user_id, customer_id, user_text, ass
 _COLUMNS = _FIELDS.replace(",", "").split()
 
 
-def select_slice_sql(config: BackfillConfig, *, after: bool = False) -> str:
-    """The window query: half-open bounds, a total order; optionally after a position.
+def select_slice_sql(config: BackfillConfig, ranges: int = 1, *, after: bool = False) -> str:
+    """The partition's query: half-open ranges (``%(s0)s``, ``%(e0)s``, ...), a total order;
+    optionally after a position.
 
-    The copy flag is computed over the whole window, before the resume filter,
+    The copy flag is computed over the whole partition, before the resume filter,
     so a resumed read flags the same rows as a first one.
     """
-    q = quote_identifier(config.columns.created_at)
     resume = (" WHERE (k0, k1, k2, k3) > (%(a_ts)s, %(a_conv)s, %(a_idx)s::numeric, %(a_tb)s)"
               if after else "")
     return (f"SELECT {_FIELDS}, k0, k1, k2, k3 FROM ({_select(config, timed=True)}"
-            f" WHERE {q} >= %(start)s AND {q} < %(end)s)"
+            f" WHERE {in_ranges_sql(config, ranges)})"
             f" AS w({', '.join(_COLUMNS)}, k0, k1, k2, k3){resume} ORDER BY k0, k1, k2, k3")
+
+
+def in_ranges_sql(config: BackfillConfig, ranges: int) -> str:
+    """SQL: the timestamp lies in one of ``ranges`` half-open ranges (``%(s<i>)s``, ``%(e<i>)s``).
+
+    OR-ed bounds let an index on the column read each range alone (a bitmap OR).
+    """
+    q = quote_identifier(config.columns.created_at)
+    return " OR ".join(f"({q} >= %(s{i})s AND {q} < %(e{i})s)" for i in range(ranges))
+
+
+def range_args(ranges: Sequence[tuple[datetime, datetime]]) -> dict[str, datetime]:
+    args: dict[str, datetime] = {}
+    for i, (start, end) in enumerate(ranges):
+        args[f"s{i}"], args[f"e{i}"] = start, end
+    return args
 
 
 def select_untimed_sql(config: BackfillConfig, *, after: bool = False) -> str:
@@ -228,24 +245,41 @@ def set_session_timezone(conn: Any, tz: str) -> None:
         cur.execute("SELECT set_config('TimeZone', %s, false)", (tz,))
 
 
-def bucket_counts(conn: Any, config: BackfillConfig, grid: Grid, start: datetime | None = None,
-                  end: datetime | None = None) -> tuple[list[tuple[Any, int]], int]:
-    """Rows per fine bucket of ``grid``, and rows without a usable timestamp, in one pass.
+def bucket_counts(conn: Any, config: BackfillConfig, *, start: datetime | None = None,
+                  end: datetime | None = None,
+                  ranges: Sequence[tuple[datetime, datetime]] | None = None,
+                  untimed: bool | None = None) -> list[BucketCount]:
+    """Rows per inventory bucket, with the fingerprint of their keys, in one pass.
 
-    Without ``start`` and ``end``: the whole relation. With them: only ``[start,
-    end)``, which holds no row without a usable timestamp.
+    Without bounds: the whole relation, rows without a usable timestamp in the bucket
+    ``UNTIMED``. With ``start`` and/or ``end``, or ``ranges``: only rows in them (and the
+    untimed rows too when ``untimed``).
     """
     set_session_timezone(conn, config.source_timezone)
     col = quote_identifier(config.columns.created_at)
-    where = f" WHERE {col} >= %(start)s AND {col} < %(end)s" if start is not None else ""
+    whole = start is None and end is None and ranges is None
+    conditions = []
+    args: dict[str, Any] = {"start": start, "end": end}
+    if start is not None:
+        conditions.append(f"{col} >= %(start)s")
+    if end is not None:
+        conditions.append(f"{col} < %(end)s")
+    where = f"({' AND '.join(conditions)} AND {representable(config)})" if conditions else ""
+    if ranges is not None:
+        where = f"({in_ranges_sql(config, len(ranges))})" if ranges else "false"
+        args.update(range_args(ranges))
+    if untimed and not whole:
+        where = f"({where} OR {col} IS NULL OR NOT {representable(config)})"
     with conn.cursor() as cur:
-        cur.execute(f"SELECT CASE WHEN {representable(config)} THEN {grid.fine_sql(col)} END,"
-                    f" count(*) FROM {quoted_table(config)}{where} GROUP BY 1",
-                    {"partition_tz": grid.tz, "start": start, "end": end})
+        cur.execute(f"SELECT CASE WHEN {representable(config)} THEN date_bin('{BUCKET_SECONDS} seconds',"
+                    f" {col}::timestamptz, timestamptz '1970-01-01 00:00:00+00') END, count(*),"
+                    f" sum({row_hash_sql(config)}) FROM {quoted_table(config)}"
+                    f"{' WHERE ' + where if where else ''} GROUP BY 1", args)
         rows = cur.fetchall()
     conn.commit()
-    untimed = sum(n for bucket, n in rows if bucket is None)
-    return sorted((bucket, n) for bucket, n in rows if bucket is not None), untimed
+    counts = (BucketCount(UNTIMED if at is None else bucket_of(at), int(n),
+                          fingerprint(int(hashes or 0))) for at, n, hashes in rows)
+    return sorted(counts, key=lambda c: c.bucket)
 
 
 def turns_are_unique(conn: Any, config: BackfillConfig) -> bool:
@@ -281,19 +315,20 @@ def timestamp_index(conn: Any, config: BackfillConfig) -> bool | None:
     return bool(row[1])
 
 
-def read_window(conn: Any, config: BackfillConfig, window: Window | None,
+def read_window(conn: Any, config: BackfillConfig,
+                ranges: Sequence[tuple[datetime, datetime]] | None,
                 after: Position | None = None) -> Iterator[SourceRow]:
-    """Yield the rows of ``window`` (``None``: the rows with no timestamp) in order,
-    strictly after ``after`` when resuming."""
+    """Yield the rows of a partition's ``ranges`` (``None``: the rows with no usable timestamp)
+    in order, strictly after ``after`` when resuming."""
     set_session_timezone(conn, config.source_timezone)
     args: dict[str, Any] = {}
     if after is not None:
         args.update(a_ts=after[0], a_conv=after[1], a_idx=str(after[2]), a_tb=after[3])
-    if window is None:
+    if ranges is None:
         sql = select_untimed_sql(config, after=after is not None)
     else:
-        sql = select_slice_sql(config, after=after is not None)
-        args.update(start=window.start, end=window.end)
+        sql = select_slice_sql(config, len(ranges), after=after is not None)
+        args.update(range_args(ranges))
     with conn.cursor(name="synap_backfill_window") as cur:
         cur.execute(sql, args)
         while True:

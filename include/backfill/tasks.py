@@ -10,26 +10,29 @@ from __future__ import annotations
 import asyncio
 import logging
 from contextlib import AsyncExitStack, closing
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, Iterable, Iterator, Mapping, NoReturn, Sequence
 
-from .accounting import PartitionReport, summarize, window_key
+from .accounting import PartitionReport, summarize
+from .buckets import UNTIMED, bucket_label
 from .config import BackfillConfig, ParamError, config_from_params
 from .credits import credits_for
 from .documents import B2B_ISOLATION, B2C_ISOLATION
+from .inventory import Inventory
 from .ledger import Ledger, ensure_tables, save_copies
 from .pacing import SharedPacer, pacing_target
 from .partition import PartitionFailed, PartitionSettings, describe_error, run_partition_rows
 from .preflight import PreflightError, check_ledger, check_source, check_synap, unknown_keys
 from .results import DEFAULT_DUPLICATE_PATTERN
 from .sending import RetryPolicy
+from .planning import Difference, PlannedPartition, conflict_message, difference, lay_out
 from .source import (bucket_counts, copies_at_different_times, quote_identifier, quoted_table,
                      read_window, timestamp_index, turns_are_unique)
-from .windows import Grid, Window, size_by_rows
+from .windows import Grid
 
 log = logging.getLogger("synap_backfill")
 
-UNTIMED_LABEL = "rows without a usable timestamp"
 UNINDEXED_PARTITIONS = 8  # full scans a plan may cost when the timestamp column has no index
 
 
@@ -41,12 +44,15 @@ def resolve_config(params: Mapping[str, Any], *, conf: Mapping[str, Any] | None 
     ``interval``: a scheduled (or ``airflow backfill create``) run's data
     interval. Without ``start`` and ``end`` params, such a run replays
     ``[data_interval_start, data_interval_end)``: what arrived since the last
-    run, not the whole table again.
+    run, not the whole table again; and it looks back before the interval for
+    buckets the target holds that changed since (late rows).
 
     A bad param, an unknown conf key, a missing relation or column, a column of
     the wrong type, a read-only ledger or a refused API key fails this first
     task in one line naming it (``preflight.py``); the line also goes to XCom
-    (key ``failure``) for ``summarize`` to repeat.
+    (key ``failure``) for ``summarize`` to repeat. The config it returns names
+    the Synap instance the connection opens (``target``) and the source relation
+    as the database names it (``source``): what the target's inventory is kept by.
     """
     from airflow.providers.postgres.hooks.postgres import PostgresHook
     from synap_provider.hooks import SynapHook
@@ -54,18 +60,30 @@ def resolve_config(params: Mapping[str, Any], *, conf: Mapping[str, Any] | None 
     try:
         if conf is not None:
             unknown_keys(conf, known)
-        if interval is not None and not (params.get("start") or params.get("end")):
+        lookback = interval is not None and not (params.get("start") or params.get("end"))
+        if lookback:
+            assert interval is not None
             params = {**params, "start": interval[0].isoformat(), "end": interval[1].isoformat()}
-            log.info("a scheduled run: replaying its data interval [%s, %s)", params["start"],
+            log.info("a scheduled run: replaying its data interval [%s, %s), and any bucket before"
+                     " it that this target holds and that changed since", params["start"],
                      params["end"])
         config = config_from_params(params)
         with closing(PostgresHook(postgres_conn_id=config.postgres_conn_id).get_conn()) as conn:
-            check_source(conn, config)
+            source = check_source(conn, config)
         ledger = config.ledger_conn_id or config.postgres_conn_id
         with closing(PostgresHook(postgres_conn_id=ledger).get_conn()) as conn:
             check_ledger(conn, config)
-        instance = "" if config.dry_run else check_synap(
-            SynapHook(synap_conn_id=config.synap_conn_id), config.synap_conn_id)
+        hook = SynapHook(synap_conn_id=config.synap_conn_id)
+        if config.dry_run:
+            try:
+                instance = check_synap(hook, config.synap_conn_id)
+            except PreflightError as exc:
+                instance = ""
+                log.warning("a dry run without Synap (%s): the plan cannot tell what the instance"
+                            " holds, so every row counts as new", exc)
+        else:
+            instance = check_synap(hook, config.synap_conn_id)
+        config = replace(config, target=instance, source=source, lookback=lookback)
     except (ParamError, PreflightError) as exc:
         _fail_before_planning(ti, str(exc))
     except Exception as exc:  # unforeseen: still say which task stopped the run, and why
@@ -73,7 +91,7 @@ def resolve_config(params: Mapping[str, Any], *, conf: Mapping[str, Any] | None 
             ti.xcom_push(key="failure", value=describe_error(exc))
         raise
     log.info("backfill of %s into Synap connection %s%s, batches of %d, mode %s; preflight passed",
-             config.source_table, config.synap_conn_id, f" (instance {instance})" if instance else "",
+             source, config.synap_conn_id, f" (instance {instance})" if instance else "",
              config.batch_size, config.mode)
     return config.to_dict()
 
@@ -91,19 +109,24 @@ def plan_partitions(config_dict: Mapping[str, Any], *, dag_id: str = "synap_back
                     run_id: str = "manual", ti: Any = None) -> list[dict[str, Any]]:
     """Window bounds for the mapped partitions: small dicts, never rows.
 
-    One pass counts every row into the window grid's fine buckets (with no
-    start and end, the relation's whole range), and rows without a usable
-    timestamp get a partition of their own that rejects them with a reason, so
-    none is lost. One more pass lists the turns the source holds at several
-    timestamps, for the ledger, so each partition sends only the earliest copy.
-    A failure's one-line reason also goes to XCom (key ``failure``) for the summary.
+    One pass counts every row into the inventory's buckets, with the fingerprint of
+    their keys (with no start and end, the relation's whole range); buckets the target
+    holds unchanged are skipped (``planning.py``). Rows without a usable timestamp get a
+    partition of their own that rejects them with a reason, so none is lost. One more
+    pass lists the turns the source holds at several timestamps, for the ledger, so
+    each partition sends only the earliest copy. A failure's one-line reason also goes
+    to XCom (key ``failure``) for the summary.
     """
+    from airflow.sdk.exceptions import AirflowFailException
+
     config = BackfillConfig.from_dict(config_dict)
     try:
         return _plan(config, dag_id, run_id)
     except Exception as exc:
         if ti is not None:
-            ti.xcom_push(key="failure", value=describe_error(exc))
+            # Our own one-line reasons go as they are; anything else, scrubbed and cut short.
+            ti.xcom_push(key="failure", value=str(exc) if isinstance(exc, AirflowFailException)
+                         else describe_error(exc))
         raise
 
 
@@ -111,36 +134,81 @@ def _plan(config: BackfillConfig, dag_id: str, run_id: str) -> list[dict[str, An
     from airflow.providers.postgres.hooks.postgres import PostgresHook
 
     grid = Grid.of(config.window_size, config.partition_timezone)
-    with closing(PostgresHook(postgres_conn_id=config.postgres_conn_id).get_conn()) as conn:
-        buckets, untimed = bucket_counts(conn, config, grid, config.start, config.end)
-        windows, counts, split = grid.windows(buckets, config.start, config.end)
-        if config.start is None:
+    # A scheduled run counts from the first row, to see late rows before its interval.
+    start = None if config.lookback else config.start
+    ledger_hook = PostgresHook(postgres_conn_id=config.ledger_conn_id or config.postgres_conn_id)
+    with closing(PostgresHook(postgres_conn_id=config.postgres_conn_id).get_conn()) as conn, \
+            closing(ledger_hook.get_conn()) as ledger_conn:
+        ensure_tables(ledger_conn, config.ledger_schema)
+        counted = bucket_counts(conn, config, start=start, end=config.end)
+        timed_buckets = [c for c in counted if c.bucket != UNTIMED]
+        if config.start is None and config.end is None:
+            first, last = ((grid.window(grid.window_of(timed_buckets[i].bucket)).label for i in (0, -1))
+                           if timed_buckets else ("", ""))
             log.info("%s holds %d rows with a usable timestamp%s, and %d without (NULL, infinite"
-                     " or outside the years 1-9999)", config.source_table, sum(counts),
-                     f", from the window {windows[0].label} to {windows[-1].label}" if windows
-                     else "", untimed)
-        planned = _fit_to_rows(conn, config, windows, counts, split)
+                     " or outside the years 1-9999)", config.source_table,
+                     sum(c.rows for c in timed_buckets),
+                     f", from the window {first} to {last}" if timed_buckets else "",
+                     sum(c.rows for c in counted if c.bucket == UNTIMED))
+        inventory = Inventory(ledger_conn, config.ledger_schema)
+        holding = inventory.holding(config.target, config.source) if config.target else None
+        held = inventory.held(holding) if holding is not None else {}
+        diff = difference(counted, held, digest=config.settings_digest,
+                          resend=config.resend_unchanged, start=start, end=config.end,
+                          lookback_before=config.start if config.lookback else None,
+                          covered=inventory.covered(holding) if config.lookback and holding else ())
+        if diff.conflicts:
+            from airflow.sdk.exceptions import AirflowFailException
+
+            raise AirflowFailException(conflict_message(
+                diff.conflicts, config.document_settings(), source=config.source,
+                target=config.target))
+        _log_difference(config, diff, held)
+        cap = config.max_partitions
+        if diff.planned and timestamp_index(conn, config) is False:
+            cap = min(cap, UNINDEXED_PARTITIONS)
+            log.warning("%s has no index on %s: every partition reads the whole table, so this plan"
+                        " keeps to %d partitions, larger than max_rows_per_partition if need be."
+                        " To let partitions read only their window: CREATE INDEX CONCURRENTLY ON %s"
+                        " (%s)", config.source_table, config.columns.created_at, cap,
+                        quoted_table(config), quote_identifier(config.columns.created_at))
+        plan = lay_out(diff, grid, start=start, end=config.end,
+                       max_rows=config.max_rows_per_partition, min_rows=config.min_rows_per_partition,
+                       max_partitions=cap)
+        timed = [p for p in plan.partitions if p.timed]
         copies = []
-        if windows and turns_are_unique(conn, config):
+        if timed and turns_are_unique(conn, config):
             log.info("%s has a unique index on (%s, %s): it holds no copies of a turn; not"
                      " looking for them", config.source_table, config.columns.conversation_id,
                      config.columns.message_index)
-        elif windows:
-            copies = copies_at_different_times(conn, config, windows[0].start, windows[-1].end)
-    ledger_hook = PostgresHook(postgres_conn_id=config.ledger_conn_id or config.postgres_conn_id)
-    with closing(ledger_hook.get_conn()) as ledger_conn:
-        ensure_tables(ledger_conn, config.ledger_schema)
+        elif timed:
+            copies = copies_at_different_times(conn, config, min(p.ranges[0][0] for p in timed),
+                                               max(p.ranges[-1][1] for p in timed))
         save_copies(ledger_conn, config.ledger_schema, dag_id, run_id, copies)
+        run = inventory.record_run(
+            dag_id, run_id, holding=holding, target=config.target, source=config.source,
+            synap_conn_id=config.synap_conn_id, digest=config.settings_digest,
+            settings=config.document_settings(), start=config.start, end=config.end,
+            lookback=config.lookback, dry_run=config.dry_run,
+            plan={"rows": plan.rows, "unchanged": diff.unchanged_rows,
+                  "unchanged_outside": plan.unchanged_outside, "new": diff.new_rows,
+                  "changed": diff.changed_rows, "partitions": len(plan.partitions),
+                  "deleted_rows": diff.deleted_rows,
+                  "deletions": [[d.bucket, d.held, d.now, d.holder.run_id]
+                                for d in diff.deletions[:DELETIONS_KEPT]]})
+        inventory.save_plan(run, plan.buckets)
+        gone = [d.bucket for d in diff.deletions if d.now == 0]
+        if holding is not None and gone and not config.dry_run:
+            inventory.release(holding, gone)  # nothing left there to hold
     if copies:
         log.info("%d turns (conversation_id, message_index) are held by several rows at different"
                  " times: the earliest row of each is sent, the others are rejected as copies",
                  len(copies))
-    if untimed:
-        planned.append({"start": None, "end": None, "label": UNTIMED_LABEL, "rows": untimed})
+    planned = plan.partitions
     sampling = bool(config.sample_partitions and config.sample_partitions < len(planned))
     credits = None
     if planned and not config.dry_run:
-        credits = credits_for(config, sum(w["rows"] for w in planned))
+        credits = credits_for(config, plan.rows)
         log.info("Synap credits for the whole plan: %s", credits.describe())
         if credits.short and not sampling:
             from airflow.sdk.exceptions import AirflowFailException
@@ -149,23 +217,46 @@ def _plan(config: BackfillConfig, dag_id: str, run_id: str) -> list[dict[str, An
                 f"not enough Synap credits: the plan needs {credits.describe()}; nothing was sent"
                 " (add credits, or send less: start/end, sample_partitions)")
     if sampling:
-        whole = {"partitions": len(planned), "rows": sum(w["rows"] for w in planned),
+        whole = {"partitions": len(planned), "rows": plan.rows,
                  "credits": credits.describe() if credits else None,
                  "credits_estimate": credits.estimate if credits else None}
-        timed = [w for w in planned if w["start"] is not None]
-        sample = [{**w, "sample_of": whole}
-                  for w in _spread(timed, min(config.sample_partitions, len(timed)))]
+        sample = [p.with_sample(whole) for p in _spread(timed, min(config.sample_partitions,
+                                                                     len(timed)))]
         log.info("sample run: %d of %d partitions, about %d of %d rows", len(sample),
-                 len(planned), sum(w["rows"] for w in sample), sum(w["rows"] for w in planned))
+                 len(planned), sum(p.rows for p in sample), plan.rows)
         planned = sample
     log.info("planned %d partition%s for about %d rows%s", len(planned),
-             "" if len(planned) == 1 else "s", sum(w["rows"] for w in planned),
-             f": {planned[0]['label']}" if len(planned) == 1 else
-             f", from {planned[0]['label']} to {planned[-1]['label']}" if planned else "")
-    return planned
+             "" if len(planned) == 1 else "s", sum(p.rows for p in planned),
+             f": {planned[0].label}" if len(planned) == 1 else
+             f", from {planned[0].label} to {planned[-1].label}" if planned else "")
+    return [p.to_dict() for p in planned]
 
 
-def _spread(windows: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
+DELETIONS_KEPT = 100  # buckets with deleted rows, kept with the run for its summary
+
+
+def _log_difference(config: BackfillConfig, diff: Difference, held: Mapping[int, Any]) -> None:
+    """Say what the target holds and what changed, in counts and bucket times, never text."""
+    if not config.target:
+        return
+    if not held:
+        log.info("instance %s holds nothing of %s yet: every row is new", config.target,
+                 config.source)
+        return
+    log.info("instance %s holds %d buckets of %s: %d rows unchanged (not read, not sent), %d rows"
+             " in new buckets, %d rows in buckets that changed since they were held%s",
+             config.target, len(held), config.source, diff.unchanged_rows, diff.new_rows,
+             diff.changed_rows, "; resend_unchanged: sending every row of the range anyway"
+             if config.resend_unchanged else "")
+    for d in diff.deletions[:20]:
+        log.info("rows deleted from the source: bucket %s held %d rows (%s), now %d: at least %d"
+                 " deleted; nothing is sent for them", bucket_label(d.bucket), d.held,
+                 d.holder.describe(), d.now, d.held - d.now)
+    if len(diff.deletions) > 20:
+        log.info("... and %d more buckets with deleted rows", len(diff.deletions) - 20)
+
+
+def _spread(windows: list[Any], count: int) -> list[Any]:
     """``count`` windows spread evenly from the first to the last (one: the middle one)."""
     if count <= 1:
         return [windows[len(windows) // 2]]
@@ -173,61 +264,47 @@ def _spread(windows: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
                                          for i in range(count)})]
 
 
-def _fit_to_rows(conn: Any, config: BackfillConfig, windows: list[Window], counts: list[int],
-                 split: Any) -> list[dict[str, Any]]:
-    """Occupied windows, busy ones split, quiet ones joined, under the cap.
-
-    Without an index on the timestamp column every partition's read is a full
-    scan, so the plan keeps to ``UNINDEXED_PARTITIONS`` larger partitions and
-    says which index would lift that.
-    """
-    cap = config.max_partitions
-    if windows and timestamp_index(conn, config) is False:
-        cap = min(cap, UNINDEXED_PARTITIONS)
-        log.warning("%s has no index on %s: every partition reads the whole table, so this plan"
-                    " keeps to %d partitions, larger than max_rows_per_partition if need be."
-                    " To let partitions read only their window: CREATE INDEX CONCURRENTLY ON %s"
-                    " (%s)", config.source_table, config.columns.created_at, cap,
-                    quoted_table(config), quote_identifier(config.columns.created_at))
-    sized = size_by_rows(windows, counts, split, max_rows=config.max_rows_per_partition,
-                         max_partitions=cap, min_rows=config.min_rows_per_partition,
-                         tz=config.partition_timezone)
-    if len(sized) != len(windows):
-        log.info("fitted %d occupied windows to the data: %d partition(s)", len(windows),
-                 len(sized))
-    return [s.to_dict() for s in sized]
-
-
 def run_partition(config_dict: Mapping[str, Any], window_dict: Mapping[str, Any], *,
                   dag_id: str = "synap_backfill", run_id: str = "manual") -> dict[str, Any]:
-    """Backfill one window; return its counts for XCom. Safe to retry: it resumes."""
+    """Backfill one partition; return its counts for XCom. Safe to retry: it resumes."""
     from airflow.providers.postgres.hooks.postgres import PostgresHook
     from synap_provider.hooks import SynapHook
 
     config = BackfillConfig.from_dict(config_dict)
-    window = Window.from_dict(window_dict) if window_dict.get("start") else None
-    report = PartitionReport(window_dict["label"], window_dict.get("start"), window_dict.get("end"))
+    partition = PlannedPartition.from_dict(window_dict)
+    report = PartitionReport(partition.label, window_dict.get("start"), window_dict.get("end"),
+                             unchanged=partition.unchanged, rows_planned=partition.rows)
     source = PostgresHook(postgres_conn_id=config.postgres_conn_id)
     synap = SynapHook(synap_conn_id=config.synap_conn_id)
+    ranges = partition.ranges if partition.timed else None
 
     def read(after: Any) -> Iterator[Any]:
         # A connection per pass: after a lost connection the next pass opens a new one.
         with closing(source.get_conn()) as conn:
-            yield from read_window(conn, config, window, after)
+            yield from read_window(conn, config, ranges, after)
 
     settings = PartitionSettings(
         batch_size=config.batch_size, mode=config.mode, max_chars=config.max_document_chars,
-        read_errors=_connection_errors(), expected_rows=window_dict.get("rows"))
+        read_errors=_connection_errors(), expected_rows=partition.rows)
 
     ledger_hook = PostgresHook(postgres_conn_id=config.ledger_conn_id or config.postgres_conn_id)
 
     async def run(ledger: Ledger) -> None:
         ledger.ensure_tables()
-        if window is not None:
-            settings.copies = ledger.copies(window.start, window.end)
+        if partition.timed:
+            settings.copies = ledger.copies(partition.ranges[0][0], partition.ranges[-1][1])
+        if len(partition.ranges) > 1 or partition.unchanged:
+            log.info("partition %s reads %d range%s of it, about %d rows; %d rows in it are held"
+                     " unchanged by the target and are not read", partition.label,
+                     len(partition.ranges), "" if len(partition.ranges) == 1 else "s",
+                     partition.rows, partition.unchanged)
         if config.dry_run:
             await run_partition_rows(read, None, report, settings)
             return
+        record = Inventory(ledger.conn, config.ledger_schema).run(dag_id, run_id)
+        if record is not None and record.holding is not None:
+            ledger.holding, ledger.run = record.holding, record.id
+            settings.holds = partition.reads_whole
         s = synap.settings
         settings.duplicate_pattern = synap.duplicate_pattern or DEFAULT_DUPLICATE_PATTERN
         settings.retry = RetryPolicy(max_attempts=s["max_attempts"], backoff_max=s["backoff_max"],
@@ -235,12 +312,18 @@ def run_partition(config_dict: Mapping[str, Any], window_dict: Mapping[str, Any]
                                      not_ready_max_wait=s["not_ready_max_wait"])
         settings.max_in_flight = s["max_in_flight"]
         async with synap.session() as sdk, AsyncExitStack() as stack:
+            instance = getattr(sdk, "instance_id", None) or ""
+            if config.target and instance != config.target:
+                raise PartitionFailed(
+                    f"connection {config.synap_conn_id!r} now opens Synap instance {instance or '?'},"
+                    f" not {config.target} that this run planned against; nothing was sent."
+                    " Trigger a new run", permanent=True)
             settings.isolation = SynapHook.user_context_isolation(sdk)
             _log_scope(settings.isolation, config.columns.customer_id)
             if s["requests_per_minute"] > 0:
                 # The limit is the instance's: every partition sending there shares one
                 # schedule. Its own connection: checkpoints commit from another thread.
-                target = pacing_target(s["base_url"], getattr(sdk, "instance_id", None))
+                target = pacing_target(s["base_url"], instance)
                 pacing_conn = stack.enter_context(closing(ledger_hook.get_conn()))
                 pacer = SharedPacer(pacing_conn, config.ledger_schema, target,
                                     s["requests_per_minute"], label=report.label)
@@ -255,8 +338,7 @@ def run_partition(config_dict: Mapping[str, Any], window_dict: Mapping[str, Any]
 
     try:
         with closing(ledger_hook.get_conn()) as ledger_conn:
-            ledger = Ledger(ledger_conn, config.ledger_schema, dag_id, run_id,
-                            window_key(window_dict.get("start"), window_dict.get("end")),
+            ledger = Ledger(ledger_conn, config.ledger_schema, dag_id, run_id, partition.key,
                             report.label)
             asyncio.run(run(ledger))
     except PartitionFailed as exc:
@@ -265,6 +347,10 @@ def run_partition(config_dict: Mapping[str, Any], window_dict: Mapping[str, Any]
 
             raise AirflowFailException(str(exc)) from None  # retrying cannot help
         raise
+    if report.rows_read != partition.rows:
+        log.warning("partition %s read %d rows where the plan counted %d: the source changed since"
+                    " planning, or the read missed rows; summarize recounts and says which",
+                    report.label, report.rows_read, partition.rows)
     pacer = settings.pacer
     slots = pacer.slots
     log.info("partition %s done: read %d, ingested %d, duplicates %d, rejected %d%s in %d batches,"
@@ -300,7 +386,8 @@ def announce_complete(config_dict: Mapping[str, Any], summary: Mapping[str, Any]
     if summary.get("sample_of"):
         raise AirflowSkipException("a sample run sent part of the table: not announcing the "
                                    "backfill complete")
-    log.info("backfill complete: %d rows accounted for; announcing it", summary.get("rows_read", 0))
+    log.info("backfill complete: %d rows accounted for (%d read, %d held unchanged); announcing it",
+             summary.get("rows_planned") or 0, summary.get("rows_read", 0), summary.get("unchanged", 0))
 
 
 def _connection_errors() -> tuple[type[BaseException], ...]:
@@ -324,11 +411,15 @@ def _connection_errors() -> tuple[type[BaseException], ...]:
 def summarize_run(windows: Iterable[Mapping[str, Any]] | None,
                   reports: Iterable[Mapping[str, Any]] | None,
                   config_dict: Mapping[str, Any] | None = None, run_id: str | None = None,
-                  before_planning: Sequence[str | None] | None = None) -> dict[str, Any]:
-    """Add up every partition, print the table, and fail when anything is unaccounted for.
+                  before_planning: Sequence[str | None] | None = None, *,
+                  dag_id: str = "synap_backfill", parity_with: str | None = None) -> dict[str, Any]:
+    """Add up every partition, check the reads against the source, print the table, and fail
+    when anything is unaccounted for.
 
     ``before_planning``: the ``failure`` XComs of resolve_config and
     plan_partitions, to say in one line why a run stopped before any partition.
+    ``parity_with``: the primary backfill's DAG id, for a region replay: how much of what
+    the primary's instance holds this region's instance holds too.
     """
     from airflow.sdk.exceptions import AirflowFailException
 
@@ -341,17 +432,95 @@ def summarize_run(windows: Iterable[Mapping[str, Any]] | None,
         # One slice request; iterating a lazy XCom sequence item by item ends
         # on a not-found lookup that Airflow logs as an error.
         reports = reports[:]
+    windows = list(windows)
+    reports = [r for r in reports or [] if r]
     config = BackfillConfig.from_dict(config_dict) if config_dict else None
-    summary = summarize(windows, list(reports or []),
-                        config.max_rejected_share if config else 1.0)
+    facts: dict[str, Any] = {}
+    if config and run_id:
+        facts = _check_against_source(config, dag_id, run_id, windows, reports, parity_with)
+    summary = summarize(windows, reports, config.max_rejected_share if config else 1.0,
+                        facts.get("unchanged_outside", 0))
+    summary.notes += facts.get("notes", [])
+    summary.found += facts.get("problems", [])
     rejects_at = None
     if config and run_id and not config.dry_run:
         rejects_at = (f"SELECT * FROM {config.ledger_schema}.rejected_rows WHERE run_id = '{run_id}'"
                       f" (connection {config.ledger_conn_id or config.postgres_conn_id})")
     log.info("backfill summary\n%s", summary.render(rejects_at))
+    # Where the rejected rows are, in the run's XCom: readable in the UI without a log.
+    result: dict[str, Any] = {**summary.to_xcom(), "rejects_at": rejects_at, "notes": summary.notes}
+    result.update({k: facts[k] for k in ("deleted_rows", "changed_during_run", "parity") if k in facts})
+    if config is not None and facts.get("record") is not None:
+        from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+        ledger = PostgresHook(postgres_conn_id=config.ledger_conn_id or config.postgres_conn_id)
+        with closing(ledger.get_conn()) as conn:
+            Inventory(conn, config.ledger_schema).finish_run(facts["record"].id, result)
     if summary.problems:
         raise AirflowFailException(
             f"backfill incomplete: {len(summary.problems)} problem(s): "
             + "; ".join(summary.problems[:5]))
-    # Where the rejected rows are, in the run's XCom: readable in the UI without a log.
-    return {**summary.to_xcom(), "rejects_at": rejects_at}
+    return result
+
+
+def _check_against_source(config: BackfillConfig, dag_id: str, run_id: str,
+                          windows: list[Mapping[str, Any]], reports: list[Mapping[str, Any]],
+                          parity_with: str | None) -> dict[str, Any]:
+    """What the ledger knows of the run (its plan's unchanged rows and deletions), the recount of
+    what its partitions read (``reconcile.py``), and a region's parity with the primary."""
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+    from .reconcile import reconcile
+
+    ledger_hook = PostgresHook(postgres_conn_id=config.ledger_conn_id or config.postgres_conn_id)
+    facts: dict[str, Any] = {"notes": [], "problems": []}
+    with closing(ledger_hook.get_conn()) as ledger_conn:
+        inventory = Inventory(ledger_conn, config.ledger_schema)
+        record = inventory.run(dag_id, run_id)
+        if record is None:
+            return facts
+        facts.update(record=record, unchanged_outside=int(record.plan.get("unchanged_outside") or 0))
+        deleted = int(record.plan.get("deleted_rows") or 0)
+        if deleted:
+            shown = record.plan.get("deletions") or []
+            facts["deleted_rows"] = deleted
+            facts["notes"].append(
+                f"rows deleted from the source since they were held: at least {deleted} in"
+                f" {len(shown)}{'+' if len(shown) >= DELETIONS_KEPT else ''} buckets ("
+                + ", ".join(f"{bucket_label(b)}: {held} held, {now} now" for b, held, now, _ in shown[:3])
+                + (", ..." if len(shown) > 3 else "") + "); nothing is sent for them")
+        finished_keys = {window_key_of(r) for r in reports}
+        finished = [PlannedPartition.from_dict(w) for w in windows if window_key_of(w) in finished_keys]
+        if not config.dry_run and record.holding is not None:
+            try:
+                with closing(PostgresHook(postgres_conn_id=config.postgres_conn_id).get_conn()) as conn:
+                    checked = reconcile(conn, config, inventory, record, finished)
+            except Exception as exc:  # the summary must still be given
+                facts["problems"].append(f"the reads could not be checked against the source:"
+                                         f" {describe_error(exc)}")
+            else:
+                facts["notes"] += checked.notes()
+                facts["problems"] += checked.problems()
+                facts["changed_during_run"] = len(checked.changed)
+                log.info("checked %d buckets read by this run against the source: %d changed while"
+                         " it read, %d read wrong", checked.checked, len(checked.changed),
+                         len(checked.skipped))
+        if parity_with and record.holding is not None and not config.dry_run:
+            primary = inventory.latest_run(parity_with, config.source)
+            if primary is not None and primary.holding is not None and primary.holding != record.holding:
+                held, both = inventory.parity(primary.holding, record.holding)
+                facts["parity"] = {"primary": primary.target, "primary_rows": held,
+                                   "held_here": both}
+                facts["notes"].append(
+                    f"parity with the primary: instance {config.target} holds {both} of the"
+                    f" {held} rows of {config.source} that the primary's instance {primary.target}"
+                    f" holds ({both / held:.1%})" if held else
+                    f"parity with the primary: the primary's instance {primary.target} holds"
+                    f" nothing of {config.source} yet")
+    return facts
+
+
+def window_key_of(raw: Mapping[str, Any]) -> str:
+    from .accounting import window_key
+
+    return window_key(raw.get("start"), raw.get("end"))

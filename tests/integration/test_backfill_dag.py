@@ -89,12 +89,13 @@ def test_a_partition_keeps_several_batches_in_flight_and_still_counts_in_order(
     assert (summary["rows_read"], summary["ingested"]) == (total, total)
 
 
-def test_a_second_run_is_all_duplicate_skips_and_succeeds(local_pg, run_backfill, stored_documents):
+def test_a_second_run_sent_again_is_all_duplicate_skips_and_succeeds(local_pg, run_backfill,
+                                                                     stored_documents):
     with local_pg.connect() as conn:
         total = load_demo_table(conn, "conv_twice", turns=400, days=3, seed=5)
     assert str(run_backfill(source_table="conv_twice").state) == "success"
 
-    second = run_backfill(source_table="conv_twice")
+    second = run_backfill(source_table="conv_twice", resend_unchanged=True)
 
     assert str(second.state) == "success"
     (summary,) = local_airflow.task_results(second, "summarize")

@@ -59,12 +59,13 @@ def turns(n: int, *, customer: Any = "c1", step: timedelta = timedelta(minutes=1
 
 
 @BOTH_DUPLICATE_ANSWERS
-def test_a_second_run_of_the_same_range_is_all_duplicate_skips(local_pg, run_backfill, synap):
+def test_a_second_run_resending_the_same_range_is_all_duplicate_skips(local_pg, run_backfill, synap):
     with local_pg.connect() as conn:
         total = load_demo_table(conn, "c9_twice", turns=300, days=3, seed=41)
     assert counts(run_backfill(source_table="c9_twice")) == (total, total, 0, {})
 
-    again = run_backfill(source_table="c9_twice")
+    # resend_unchanged: sent again although the instance holds every row unchanged.
+    again = run_backfill(source_table="c9_twice", resend_unchanged=True)
 
     assert str(again.state) == "success"
     assert counts(again) == (total, 0, total, {})
@@ -72,7 +73,7 @@ def test_a_second_run_of_the_same_range_is_all_duplicate_skips(local_pg, run_bac
 
 
 @BOTH_DUPLICATE_ANSWERS
-def test_a_sample_run_then_the_full_run_skips_the_samples_rows_as_duplicates(
+def test_a_sample_run_then_the_full_run_sends_only_what_the_sample_did_not(
         local_pg, run_backfill, synap):
     with local_pg.connect() as conn:
         total = load_demo_table(conn, "c9_sample", turns=400, days=8, seed=42)
@@ -83,7 +84,10 @@ def test_a_sample_run_then_the_full_run_skips_the_samples_rows_as_duplicates(
     full = run_backfill(source_table="c9_sample", min_rows_per_partition=1)
 
     assert str(full.state) == "success" and states(full, "announce_complete") == ["success"]
-    assert counts(full) == (total, total - sampled, sampled, {})
+    # The sample's partitions are held unchanged: not read again.
+    assert counts(full) == (total - sampled, total - sampled, 0, {})
+    (summary,) = local_airflow.task_results(full, "summarize")
+    assert (summary["unchanged"], summary["rows_planned"]) == (sampled, total)
     stored_once(synap.db_path, total)
 
 
@@ -101,8 +105,10 @@ def test_a_connection_reset_and_a_worker_clock_ten_minutes_ahead_leave_the_count
                    faults=[{"kind": "reset_after_store", "times": 2,
                             "created_from": "2024-05-02T00:00:00Z"}])
 
-    # Days 2-4 hold 96, 96 and 48 rows: every batch a reset can hit holds 24.
-    dag_run = run_backfill(source_table="c9_reset", batch_size=24, min_rows_per_partition=1)
+    # Days 2-4 hold 96, 96 and 48 rows: every batch a reset can hit holds 24. The first
+    # day is sent again (resend_unchanged): its duplicates are earlier work.
+    dag_run = run_backfill(source_table="c9_reset", batch_size=24, min_rows_per_partition=1,
+                           resend_unchanged=True)
 
     assert str(dag_run.state) == "success"
     assert counts(dag_run) == (300, 240, 60, {})
@@ -192,9 +198,9 @@ def test_copies_in_the_source_are_found_on_the_read_side_across_partitions(
     assert counts(dag_run) == (11, 8, 0, {copy: 3})
     docs = {d["document_id"]: d for d in stored_once(synap.db_path, 8)}
     assert docs[f"backfill:{conv}:2"]["document_created_at"] == (AT + timedelta(hours=12)).isoformat()
-    # A second run: the copies are still copies, every sent turn a duplicate skip.
+    # Sent again: the copies are still copies, every sent turn a duplicate skip.
     assert counts(run_backfill(source_table="c9_copies", min_rows_per_partition=1,
-                               max_rejected_share=0.5)) == (11, 0, 8, {copy: 3})
+                               max_rejected_share=0.5, resend_unchanged=True)) == (11, 0, 8, {copy: 3})
 
 
 def test_a_b2c_instance_gets_every_demo_row_without_its_customer(local_pg, run_backfill, tmp_path):

@@ -204,3 +204,66 @@ def test_a_worker_killed_mid_partition_resumes_without_resending_acknowledged_ba
     # Only the batches in flight at the kill may be sent twice, never an acknowledged one.
     in_flight = SynapHook(synap_conn_id="synap_default").settings["max_in_flight"]
     assert total - 200 <= 20 * in_flight, f"{total - 200} documents were sent again"
+
+
+def held_buckets(pg: Any, run_id: str) -> dict[int, int]:
+    """The buckets the inventory holds as ``run_id`` accounted for them: bucket -> rows."""
+    with pg.connect() as conn:
+        return dict(conn.execute(
+            "SELECT i.bucket, i.row_count FROM synap_backfill.inventory i"
+            " JOIN synap_backfill.runs r ON r.id = i.run WHERE r.run_id = %s", (run_id,)).fetchall())
+
+
+_HELD_PARTITION = r"""
+import json, sys
+from include.backfill.tasks import run_partition
+args = json.loads(sys.argv[1])
+run_partition(args["config"], args["window"], dag_id="fault_held", run_id="held-1")
+"""
+
+
+def test_a_worker_killed_after_a_buckets_last_batch_but_before_its_checkpoint_leaves_it_unheld(
+        local_pg, synap, airflow_db, use_connections, record_fault):
+    import uuid
+    from datetime import datetime, timedelta, timezone
+
+    from include.backfill.buckets import bucket_of
+    from include.backfill.dag_factory import backfill_params
+    from include.backfill.tasks import plan_partitions, resolve_config, run_partition
+    from tests.conftest import make_table
+
+    conv = str(uuid.uuid4())
+    first = datetime(2024, 5, 1, 9, tzinfo=timezone.utc)  # bucket 09:00 holds 40 rows, 09:15 40
+    make_table(local_pg, "fault_held", [("u1", "c1", conv, i, f"turn {i}", "ok",
+                                         first + timedelta(minutes=15 * (i // 40), seconds=i % 40))
+                                        for i in range(80)])
+    use_connections(synap_extra={"max_in_flight": 1})
+    declared = {name: param.value for name, param in backfill_params().items()}
+    config = resolve_config({**declared, "source_table": "fault_held", "batch_size": 20})
+    (window,) = plan_partitions(config, dag_id="fault_held", run_id="held-1")
+    # The first batch of 09:15 is the one whose checkpoint completes 09:00: it is stored, and
+    # its answer stalls while the worker is killed.
+    second = first + timedelta(minutes=15)
+    synap.controls(faults=[{"kind": "stall_after_store", "seconds": 30, "times": 1,
+                            "created_from": second.isoformat(),
+                            "created_to": (second + timedelta(minutes=1)).isoformat()}])
+    worker = subprocess.Popen([sys.executable, "-c", _HELD_PARTITION,
+                               json.dumps({"config": config, "window": window})],
+                              env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while synap.get("/_local/stats")["documents"].get(f"{synap.instance_id} stored", 0) < 60:
+        assert time.monotonic() < deadline and worker.poll() is None, "the stalled batch never landed"
+        time.sleep(0.05)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(10)
+    synap.controls(faults=[])
+    after_kill = held_buckets(local_pg, "held-1")
+
+    report = run_partition(config, window, dag_id="fault_held", run_id="held-1")  # the retry
+
+    summary = {**report, "problems": [] if report["rows_read"] == report["ingested"] + report[
+        "duplicates"] + report["rejected"] else ["unbalanced"]}
+    settle("killed before the checkpoint completing a bucket", record_fault,
+           local_pg, "fault_held", synap.db_path, summary)
+    assert bucket_of(first) not in after_kill, "a bucket was held before its rows were accounted for"
+    assert held_buckets(local_pg, "held-1") == {bucket_of(first): 40, bucket_of(second): 40}

@@ -51,5 +51,6 @@ def test_a_manual_run_keeps_its_params_and_explicit_params_win_over_the_interval
     assert sum(r["ingested"] for r in run_tasks(None, "manual__1")) == 12  # the whole table
 
     explicit = run_tasks((datetime(2024, 5, 2, tzinfo=UTC), datetime(2024, 5, 3, tzinfo=UTC)),
-                         "scheduled__2", start="2024-05-01T00:00:00Z", end="2024-05-02T00:00:00Z")
+                         "scheduled__2", start="2024-05-01T00:00:00Z", end="2024-05-02T00:00:00Z",
+                         resend_unchanged=True)
     assert [r["rows_read"] for r in explicit] == [4] and explicit[0]["duplicates"] == 4

@@ -41,7 +41,8 @@ def test_the_xcom_form_carries_counts_only():
                         rows_read=2, ingested=1, rejected=Counter({"created_at is NULL": 1}))
     assert set(r.to_xcom()) == {"label", "start", "end", "rows_read", "ingested", "duplicates",
                                 "rejected", "rejected_by_reason", "not_sent", "ingested_on_resend",
-                                "batches", "seconds", "started_at", "finished_at"}
+                                "batches", "seconds", "started_at", "finished_at", "unchanged",
+                                "rows_planned"}
     assert PartitionReport.from_xcom(r.to_xcom()).balanced
 
 
