@@ -33,12 +33,13 @@ report, so its label adds up with what it read.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Iterable, Mapping
 
 from .accounting import window_key
-from .buckets import UNTIMED, bucket_end, bucket_label, bucket_start
+from .buckets import UNTIMED, bucket_end, bucket_label, bucket_of, bucket_start
 from .windows import Grid, window_between
 
 UNTIMED_LABEL = "rows without a usable timestamp"
@@ -267,10 +268,10 @@ def lay_out(diff: Difference, grid: Grid, *, start: datetime | None, end: dateti
     * Quiet neighbours are joined until a piece holds ``min_rows`` (never past ``max_rows``).
     * While there are more than ``max_partitions`` pieces, neighbours are merged pairwise.
     """
-    timed = [b for b in diff.planned if b.bucket != UNTIMED]
+    timed = sorted((b for b in diff.planned if b.bucket != UNTIMED), key=lambda c: c.bucket)
     by_window: dict[int, list[BucketCount]] = {}
-    for count in timed:
-        by_window.setdefault(grid.window_of(count.bucket), []).append(count)
+    for count, k in zip(timed, grid.windows_of([c.bucket for c in timed])):
+        by_window.setdefault(k, []).append(count)
     pieces: list[_Piece] = []
     for k in sorted(by_window):
         lo, hi = grid.lower(k), grid.lower(k + 1)
@@ -308,17 +309,23 @@ def lay_out(diff: Difference, grid: Grid, *, start: datetime | None, end: dateti
 
     skip = sorted([(bucket_start(c.bucket), bucket_end(c.bucket)) for c in diff.unchanged
                    if c.bucket != UNTIMED] + [(bucket_start(b), bucket_end(b)) for b in diff.outside])
+    # Buckets as sorted numbers: a piece's share is a slice, found by bisection.
+    planned_at = [c.bucket for c in timed]
+    unchanged = sorted((c.bucket, c.rows) for c in diff.unchanged if c.bucket != UNTIMED)
+    unchanged_at = [b for b, _ in unchanged]
     partitions: list[PlannedPartition] = []
     planned_by_key: dict[str, list[BucketCount]] = {}
     attributed = 0
     for piece in pieces:
-        mine = [c for c in timed if bucket_start(c.bucket) < piece.hi and bucket_end(c.bucket) > piece.lo]
-        unchanged = sum(c.rows for c in diff.unchanged if c.bucket != UNTIMED
-                        and piece.lo <= bucket_start(c.bucket) < piece.hi)
-        attributed += unchanged
+        first, past = _first_bucket_at_or_after(piece.lo), _first_bucket_at_or_after(piece.hi)
+        # Planned buckets touching the piece (one cut by an explicit start begins before it).
+        mine = timed[bisect_left(planned_at, bucket_of(piece.lo)):bisect_left(planned_at, past)]
+        held = sum(n for _, n in unchanged[bisect_left(unchanged_at, first):
+                                           bisect_left(unchanged_at, past)])
+        attributed += held
         window = window_between(piece.lo, piece.hi, grid.tz)
         partition = PlannedPartition(window.label, window.start, window.end,
-                                     _ranges(piece, skip, mine), sum(c.rows for c in mine), unchanged)
+                                     _ranges(piece, skip, mine), sum(c.rows for c in mine), held)
         partitions.append(partition)
         planned_by_key[partition.key] = mine
     untimed = [c for c in diff.planned if c.bucket == UNTIMED]
@@ -327,6 +334,11 @@ def lay_out(diff: Difference, grid: Grid, *, start: datetime | None, end: dateti
         partitions.append(partition)
         planned_by_key[partition.key] = untimed
     return Plan(partitions, planned_by_key, diff.unchanged_rows - attributed)
+
+
+def _first_bucket_at_or_after(instant: datetime) -> int:
+    bucket = bucket_of(instant)
+    return bucket if bucket_start(bucket) == instant else bucket + 1
 
 
 def _join(pieces: list[_Piece]) -> _Piece:

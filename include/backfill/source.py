@@ -209,9 +209,10 @@ def select_untimed_sql(config: BackfillConfig, *, after: bool = False) -> str:
             f" AS w({', '.join(_COLUMNS)}, k1, k2, k3){resume} ORDER BY k1, k2, k3")
 
 
-def copies_at_different_times(conn: Any, config: BackfillConfig, start: datetime, end: datetime
-                              ) -> list[tuple[str, datetime, datetime]]:
-    """Turns held by rows at different timestamps in ``[start, end)``: (document id, first, last).
+def copies_at_different_times(conn: Any, config: BackfillConfig, start: datetime | None,
+                              end: datetime | None) -> list[tuple[str, datetime, datetime]]:
+    """Turns held by rows at different timestamps in ``[start, end)`` (None: unbounded):
+    (document id, first, last).
 
     One pass over the range (a hash or sorted aggregate), whatever the indexes.
     """
@@ -226,8 +227,10 @@ def copies_at_different_times(conn: Any, config: BackfillConfig, start: datetime
         cur.execute(
             f"SELECT {q(c.conversation_id)}::text, {q(c.message_index)},"
             f" min({col})::timestamptz, max({col})::timestamptz FROM {quoted_table(config)}"
-            f" WHERE {col} >= %(start)s AND {col} < %(end)s AND {q(c.conversation_id)} IS NOT NULL"
-            f" AND {q(c.message_index)} IS NOT NULL"
+            f" WHERE {representable(config)}"
+            f"{' AND ' + col + ' >= %(start)s' if start is not None else ''}"
+            f"{' AND ' + col + ' < %(end)s' if end is not None else ''}"
+            f" AND {q(c.conversation_id)} IS NOT NULL AND {q(c.message_index)} IS NOT NULL"
             f" GROUP BY {q(c.conversation_id)}, {q(c.message_index)}"
             f" HAVING min({col}) < max({col})", {"start": start, "end": end})
         found = []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack, closing
 from dataclasses import replace
 from datetime import datetime
@@ -137,9 +138,22 @@ def _plan(config: BackfillConfig, dag_id: str, run_id: str) -> list[dict[str, An
     # A scheduled run counts from the first row, to see late rows before its interval.
     start = None if config.lookback else config.start
     ledger_hook = PostgresHook(postgres_conn_id=config.ledger_conn_id or config.postgres_conn_id)
-    with closing(PostgresHook(postgres_conn_id=config.postgres_conn_id).get_conn()) as conn, \
-            closing(ledger_hook.get_conn()) as ledger_conn:
+    source_hook = PostgresHook(postgres_conn_id=config.postgres_conn_id)
+    with closing(source_hook.get_conn()) as conn, closing(ledger_hook.get_conn()) as ledger_conn, \
+            ThreadPoolExecutor(max_workers=1) as background:
         ensure_tables(ledger_conn, config.ledger_schema)
+        inventory = Inventory(ledger_conn, config.ledger_schema)
+        holding = inventory.holding(config.target, config.source) if config.target else None
+        held = inventory.held(holding) if holding is not None else {}
+        unique = turns_are_unique(conn, config)
+        early_copies = None
+        if not held and not unique:
+            # A first run reads every row: look for copies meanwhile, on a connection of its own
+            # (the database runs both aggregates at once).
+            def copies_everywhere() -> list[tuple[str, datetime, datetime]]:
+                with closing(source_hook.get_conn()) as other:
+                    return copies_at_different_times(other, config, start, config.end)
+            early_copies = background.submit(copies_everywhere)
         counted = bucket_counts(conn, config, start=start, end=config.end)
         timed_buckets = [c for c in counted if c.bucket != UNTIMED]
         if config.start is None and config.end is None:
@@ -150,9 +164,6 @@ def _plan(config: BackfillConfig, dag_id: str, run_id: str) -> list[dict[str, An
                      sum(c.rows for c in timed_buckets),
                      f", from the window {first} to {last}" if timed_buckets else "",
                      sum(c.rows for c in counted if c.bucket == UNTIMED))
-        inventory = Inventory(ledger_conn, config.ledger_schema)
-        holding = inventory.holding(config.target, config.source) if config.target else None
-        held = inventory.held(holding) if holding is not None else {}
         diff = difference(counted, held, digest=config.settings_digest,
                           resend=config.resend_unchanged, start=start, end=config.end,
                           lookback_before=config.start if config.lookback else None,
@@ -177,10 +188,12 @@ def _plan(config: BackfillConfig, dag_id: str, run_id: str) -> list[dict[str, An
                        max_partitions=cap)
         timed = [p for p in plan.partitions if p.timed]
         copies = []
-        if timed and turns_are_unique(conn, config):
+        if timed and unique:
             log.info("%s has a unique index on (%s, %s): it holds no copies of a turn; not"
                      " looking for them", config.source_table, config.columns.conversation_id,
                      config.columns.message_index)
+        elif early_copies is not None:
+            copies = early_copies.result()
         elif timed:
             copies = copies_at_different_times(conn, config, min(p.ranges[0][0] for p in timed),
                                                max(p.ranges[-1][1] for p in timed))

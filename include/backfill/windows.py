@@ -75,6 +75,18 @@ class Grid:
             k += 1
         return k
 
+    def windows_of(self, buckets: list[int]) -> list[int]:
+        """``window_of`` for each of ``buckets`` (sorted): one lookup per window, not per bucket."""
+        out: list[int] = []
+        k, lo, hi = 0, None, None
+        for bucket in buckets:
+            start = bucket_start(bucket)
+            if lo is None or hi is None or not lo <= start < hi:
+                k = self.window_of(bucket)
+                lo, hi = self.lower(k), self.lower(k + 1)
+            out.append(k)
+        return out
+
     def lower(self, k: int) -> datetime:
         """Window ``k``'s first instant, in UTC, on a bucket boundary."""
         if k not in self._lower:

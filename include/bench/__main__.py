@@ -20,8 +20,13 @@ With ``--large`` (or ``--memory``), it also runs one partition of 10,000 rows
 and one of 1,000,000 rows, each in a process of its own, and compares their
 peak memory.
 
+With ``--inventory`` (issue 16), side by side: a first run and a re-run of an
+unchanged 1,000,000-row table into one instance (batch requests, wall time,
+against one sorted full read of the table), the inventory's size per million
+rows, and the planner with its fingerprints at 2,000,000 rows (``--plan``).
+
     python -m include.bench [--profile cloud-like|unthrottled|all] [--turns N] [--large]
-                            [--memory] [--rejected] [--plan] [--workers N]
+                            [--memory] [--rejected] [--plan] [--inventory] [--workers N]
 
 Prints tables and writes the same as JSON to .local/bench/results.json.
 Nothing here asserts a time: the machines are shared and noisy.
@@ -89,8 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plan", action="store_true",
                         help=f"time the planner on a {PLAN_ROWS:,}-row, two-year table against one"
                              " full read of it, without and then with an index on created_at")
+    parser.add_argument("--inventory", action="store_true",
+                        help=f"a first run and a re-run of an unchanged {LARGE:,}-row table, the"
+                             " inventory's size per million rows, and --plan")
     parser.add_argument("--workers", type=int, default=4, help="partitions at a time (pool slots)")
     args = parser.parse_args(argv)
+    args.plan = args.plan or args.inventory
     STATE.mkdir(parents=True, exist_ok=True)
     results: list[Result] = []
     memory: list[dict] = []
@@ -113,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.large or args.memory:
             _ensure_table(pg, f"bench_{LARGE}", LARGE)
             memory = [_measure_window(pg, f"bench_{LARGE}", rows) for rows in MEMORY_ROWS]
+        rerun: dict = {}
+        if args.inventory:
+            _ensure_table(pg, f"bench_{LARGE}", LARGE)
+            rerun = _measure_rerun(pg, f"bench_{LARGE}", args.workers)
         planning: list[dict] = []
         if args.plan:
             planning = _measure_planning(pg, f"bench_plan_{PLAN_ROWS}", PLAN_ROWS)
@@ -125,13 +138,16 @@ def main(argv: list[str] | None = None) -> int:
         print(render(results))
     if memory:
         print("\n" + render_memory(memory))
+    if rerun:
+        print("\n" + render_rerun(rerun))
     if planning:
         print("\n" + render_planning(planning))
     if rejected:
         print("\nevery row rejected (conversation_id is not a UUID):\n" + render_memory(rejected))
     out = STATE / "results.json"
     out.write_text(json.dumps({"throughput": [asdict(r) for r in results], "memory": memory,
-                               "rejected_memory": rejected, "planning": planning}, indent=2))
+                               "rejected_memory": rejected, "planning": planning,
+                               "rerun": rerun}, indent=2))
     print(f"\nwritten to {out.relative_to(REPO_ROOT)}")
     return 0
 
@@ -187,6 +203,53 @@ def _measure_planning(pg: LocalPostgres, table: str, rows: int) -> list[dict]:
                         "ratio_to_scan": round(run.done["seconds"] / scan, 1),
                         "ratio_to_sorted_read": round(run.done["seconds"] / sorted_read, 2)})
     return results
+
+
+def _measure_rerun(pg: LocalPostgres, table: str, workers: int) -> dict:
+    """A first run and a re-run of ``table`` into one instance, one sorted read, the inventory's size."""
+    profile = PROFILES["unthrottled"]
+    cmd = ["include.bench.backfill", "run", json.dumps({"source_table": table}),
+           "--workers", str(workers)]
+    print(f"re-run: a first run of {table}...", flush=True)
+    first = _run_child("rerun-first", cmd, pg, profile)
+    print(f"re-run: {table} again, unchanged, into the same instance...", flush=True)
+    again = _run_child("rerun-first", cmd, pg, profile, fresh=False)
+    with pg.connect() as conn:
+        conn.execute(f"SELECT count(*) FROM {table}").fetchone()  # warm the cache alike
+        started = time.monotonic()
+        conn.execute(f"SELECT count(*) FROM (SELECT * FROM {table} ORDER BY created_at,"
+                     " conversation_id, message_index OFFSET 0) AS s").fetchone()
+        sorted_read = time.monotonic() - started
+        # This holding alone, copied with its primary key: what it costs the ledger.
+        (holding,) = conn.execute(
+            "SELECT id FROM synap_backfill.holdings WHERE source LIKE %s ORDER BY id DESC LIMIT 1",
+            (f"%.{table}",)).fetchone()
+        conn.execute("CREATE TEMP TABLE held AS SELECT * FROM synap_backfill.inventory"
+                     " WHERE holding = %s", (holding,))
+        conn.execute("ALTER TABLE held ADD PRIMARY KEY (holding, bucket)")
+        buckets, rows, size = conn.execute(
+            "SELECT count(*), sum(row_count), pg_total_relation_size('held') FROM held").fetchone()
+
+    def calls(run: _ChildRun) -> int:
+        return sum(v for k, v in run.stats["requests"].items()
+                   if k.startswith("POST /api/v1/memories/batch"))
+    return {"rows": int(rows), "first_seconds": round(first.seconds, 1), "first_calls": calls(first),
+            "rerun_seconds": round(again.seconds, 1), "rerun_calls": calls(again) - calls(first),
+            "sorted_read_seconds": round(sorted_read, 2), "inventory_buckets": int(buckets),
+            "inventory_bytes": int(size),
+            "inventory_bytes_per_million_rows": round(size / int(rows) * 1_000_000)}
+
+
+def render_rerun(r: dict) -> str:
+    return "\n".join([
+        f"a re-run of an unchanged {r['rows']}-row table into the same instance:",
+        f"  first run: {r['first_calls']:>6} batch requests  {r['first_seconds']:7.1f} s",
+        f"  re-run:    {r['rerun_calls']:>6} batch requests  {r['rerun_seconds']:7.1f} s"
+        f"  (x{r['rerun_seconds'] / r['first_seconds']:.3f} of the first run,"
+        f" x{r['rerun_seconds'] / r['sorted_read_seconds']:.1f} of one sorted read:"
+        f" {r['sorted_read_seconds']:.2f} s)",
+        f"  the inventory: {r['inventory_buckets']} buckets, {r['inventory_bytes']:,} bytes with its"
+        f" key: {r['inventory_bytes_per_million_rows']:,} bytes per million rows"])
 
 
 def render_planning(planning: list[dict]) -> str:
@@ -259,10 +322,12 @@ class _ChildRun:
     log: Path
 
 
-def _run_child(name: str, module_args: list[str], pg: LocalPostgres, profile: dict) -> _ChildRun:
-    """Run ``python -m <module_args>`` against a fresh local Synap API with the profile's faults."""
+def _run_child(name: str, module_args: list[str], pg: LocalPostgres, profile: dict, *,
+               fresh: bool = True) -> _ChildRun:
+    """Run ``python -m <module_args>`` against a local Synap API with the profile's faults: a
+    fresh one (a new instance), or with ``fresh=False`` the store ``name`` ran against before."""
     db = STATE / f"synap-{name}.sqlite3"
-    for suffix in ("", "-wal", "-shm"):
+    for suffix in ("", "-wal", "-shm") if fresh else ():
         Path(f"{db}{suffix}").unlink(missing_ok=True)
     synap = SynapProcess(db, *profile["args"]).start()
     try:

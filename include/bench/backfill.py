@@ -45,7 +45,7 @@ def run(params: dict[str, Any], workers: int) -> dict[str, Any]:
     totals = {key: sum(r[key] for r in reports)
               for key in ("rows_read", "ingested", "duplicates", "rejected", "batches")}
     return {**totals, "partitions": len(reports),
-            "worker_peak_rss_kb": max(r["peak_rss_kb"] for r in reports)}
+            "worker_peak_rss_kb": max((r["peak_rss_kb"] for r in reports), default=0)}
 
 
 def first_rows_window(config: dict[str, Any], rows: int) -> dict[str, Any]:
