@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--duplicate-reports-original", action="store_true",
                        help="a duplicate's result carries the first write's queued_at and"
                             " ingestion_id (more than Synap's docs promise; default: this answer's)")
+    serve.add_argument("--resend-after-delete", choices=["duplicate", "anew"], default="duplicate",
+                       help="a document id whose memories were all deleted, sent again: refused as"
+                            " a duplicate, or taken anew (the contract does not say)")
     serve.add_argument("--rate-limit-per-minute", type=float, default=0.0, help="0: no limit")
     serve.add_argument("--latency-ms", type=float, default=0.0)
     serve.add_argument("--extraction-seconds", type=float, default=0.0,
@@ -91,7 +94,8 @@ def _serve(args: argparse.Namespace) -> int:
         db_path=args.db,
         tenants=[Tenant.parse(t) for t in args.tenant] or [Tenant(DEFAULT_API_KEY)],
         max_batch=args.max_batch, on_duplicate=args.on_duplicate,
-        duplicate_reports_original=args.duplicate_reports_original, controls=controls)
+        duplicate_reports_original=args.duplicate_reports_original,
+        anew_after_delete=args.resend_after_delete == "anew", controls=controls)
     server = LocalSynapServer(settings, args.host, args.port)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     # The first line is read by scripts and fixtures to learn the address.

@@ -29,6 +29,18 @@ source it follows:
   ``--on-duplicate update`` overwrites (other pages' behaviour), still failed.
 * More than ``--max-batch`` (100) documents is a whole-request 400 (docs: up
   to 100 per call).
+* Memories (the SDK's ``memories.status``/``get``/``delete``): their ids (UUIDs)
+  are assigned when extraction completes and listed by
+  ``GET /api/v1/memories/status/{id}``; ``GET`` and ``DELETE
+  /api/v1/memories/{id}`` read and delete one; an unknown or already deleted
+  id is a 404. The status of an ingestion keeps listing the ids it made.
+* A document id whose memories were all deleted, sent again: the contract does
+  not say. By default it is refused as a duplicate (the first version's id is
+  taken); ``--resend-after-delete anew`` takes it anew, with new memories.
+* ``POST /v1/data/delete`` (``data.delete``) with ``scope="conversation"``:
+  the conversation's raw turns (here: the text of the documents whose metadata
+  names it) are removed and its memories kept; ``dry_run`` counts and changes
+  nothing; ``confirm`` must equal the conversation id. Other scopes: 400.
 * While the instance is being built (``instance_not_ready_for_seconds``, a
   control): memory writes get ``409 {"error": "instance_not_ready"}`` with
   ``Retry-After`` (the SDK's ``InstanceNotReadyError`` and
@@ -62,7 +74,7 @@ from typing import Any
 from maximem_synap.scoping import B2C_ISOLATION
 
 from .faults import Controls, FaultRule, retry_after_header
-from .store import DocumentStore
+from .store import DocumentStore, memory_ids
 from .validation import DocumentInvalid, normalize_document
 
 log = logging.getLogger("synap_local")
@@ -123,6 +135,8 @@ class ServerSettings:
     # Richer than the contract: a duplicate's result carries the first write's
     # queued_at and ingestion_id. Off by default; no count may depend on it.
     duplicate_reports_original: bool = False
+    # A document id whose memories were all deleted, sent again, is taken anew (not a duplicate).
+    anew_after_delete: bool = False
     controls: Controls = field(default_factory=Controls)
 
 
@@ -139,6 +153,7 @@ class _Stats:
         # busiest minute, and its 429s, of a run (0: dropped without an answer).
         self.batch_answers: list[tuple[float, int]] = []
         self.status_answers: list[tuple[float, int]] = []  # the same, of status requests
+        self.memory_deletes: Counter[str] = Counter()  # DELETE requests per memory id
 
     def batch_started(self) -> None:
         with self._lock:
@@ -157,6 +172,10 @@ class _Stats:
         with self._lock:
             self.status_answers.append((arrived, status))
 
+    def count_delete(self, memory_id: str) -> None:
+        with self._lock:
+            self.memory_deletes[memory_id] += 1
+
     def count(self, key: str, n: int = 1, *, documents: bool = False) -> None:
         with self._lock:
             (self.documents if documents else self.requests)[key] += n
@@ -166,7 +185,8 @@ class _Stats:
             return {"requests": dict(self.requests), "documents": dict(self.documents),
                     "max_batches_in_flight": self.max_batches_in_flight,
                     "batch_answers": list(self.batch_answers),
-                    "status_answers": list(self.status_answers)}
+                    "status_answers": list(self.status_answers),
+                    "memory_deletes": dict(self.memory_deletes)}
 
 
 class _DropConnection(Exception):
@@ -275,6 +295,8 @@ class _Handler(BaseHTTPRequestHandler):
             route = _Handler._status
         if route is None and method == "GET" and path.startswith("/_local/documents"):
             route = _Handler._list_documents
+        if route is None and path.startswith("/api/v1/memories/") and path.count("/") == 4:
+            route = {"GET": _Handler._get_memory, "DELETE": _Handler._delete_memory}.get(method)
         status = 404
         self._read_body()
         try:
@@ -301,6 +323,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         self._dispatch("POST")
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        self._dispatch("DELETE")
 
     # -- routes -----------------------------------------------------------
     def _health(self) -> None:
@@ -383,7 +408,60 @@ class _Handler(BaseHTTPRequestHandler):
             doc = None  # a fault: the status endpoint has lost this one
         if doc is None:
             raise _Answer(404, {"detail": "no such ingestion"})
-        self._send(200, extraction_status(doc, self.server.settings.controls))
+        answer = extraction_status(doc, controls)
+        if answer["memory_ids"]:  # extraction completed: the memories exist from now on
+            self.server.store.made_memories(tenant.instance_id, doc.ingestion_id,
+                                            answer["memory_ids"], answer["completed_at"])
+        self._send(200, answer)
+
+    def _memory_id(self) -> str:
+        memory_id = self.path.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+        try:
+            return str(uuid.UUID(memory_id))
+        except ValueError:
+            raise _Answer(404, {"detail": "no such memory"}) from None
+
+    def _get_memory(self) -> None:
+        tenant = self._tenant()
+        memory_id = self._memory_id()
+        found = self.server.store.memory(tenant.instance_id, memory_id)
+        if found is None or found[2] is not None:
+            raise _Answer(404, {"detail": "no such memory"})
+        ingestion_id, created_at, _ = found
+        doc = self.server.store.get_by_ingestion(tenant.instance_id, ingestion_id)
+        # What a memory says is made by extraction; this stand-in says which document, no text.
+        self._send(200, {"memory_id": memory_id, "memory_type": "fact", "confidence": 0.9,
+                         "content": f"a memory of {doc.document_id if doc else 'a document'}",
+                         "created_at": created_at,
+                         "source_document_id": doc.document_id if doc else None})
+
+    def _delete_memory(self) -> None:
+        tenant = self._tenant()
+        memory_id = self._memory_id()
+        self.server.stats.count_delete(memory_id)
+        at = self.server.settings.controls.server_now().isoformat()
+        if not self.server.store.delete_memory(tenant.instance_id, memory_id, at):
+            raise _Answer(404, {"detail": "no such memory"})
+        self._send(200, {"memory_id": memory_id, "deleted_at": at})
+
+    def _data_delete(self) -> None:
+        tenant = self._tenant()
+        body = self._body()
+        if not isinstance(body, dict) or body.get("scope") != "conversation":
+            raise _Answer(400, {"detail": "the local API deletes scope 'conversation' only"})
+        conversation = body.get("conversation_id")
+        if not isinstance(conversation, str) or not conversation:
+            raise _Answer(400, {"detail": "conversation_id is required for scope 'conversation'"})
+        dry_run = bool(body.get("dry_run"))
+        if not dry_run and body.get("confirm") != conversation:
+            raise _Answer(400, {"detail": "confirm must equal the conversation_id being deleted"})
+        found = self.server.store.conversation_documents(tenant.instance_id, conversation)
+        if not dry_run:
+            self.server.store.delete_turns(tenant.instance_id, found)
+        self._send(200, {"deletion_id": None if dry_run else str(uuid.uuid4()),
+                         "status": "dry_run" if dry_run else "complete", "scope": "conversation",
+                         "dry_run": dry_run, "found": bool(found), "counts": {"turns": len(found)},
+                         "fully_removed": not dry_run, "memories_kept": True, "continue": False})
 
     def _local_stats(self) -> None:
         self._send(200, {**self.server.stats.snapshot(), "stored": self.server.store.counts(),
@@ -449,7 +527,8 @@ class _Handler(BaseHTTPRequestHandler):
 
         outcomes = self.server.store.insert_many(
             tenant.instance_id, [doc for _, doc in to_store],
-            on_duplicate=self.server.settings.on_duplicate)
+            on_duplicate=self.server.settings.on_duplicate,
+            anew_after_delete=self.server.settings.anew_after_delete)
         for (index, doc), outcome in zip(to_store, outcomes):
             if outcome.duplicate and self.server.settings.duplicate_reports_original:
                 results[index] = {**_failed(doc["document_id"], DUPLICATE_MESSAGE, outcome.queued_at),
@@ -506,8 +585,7 @@ def extraction_status(doc: Any, controls: Controls) -> dict[str, Any]:
                 "error_message": controls.extraction_failure_reason}
     memories = 1 + int(uuid.UUID(doc.ingestion_id).hex[8:10], 16) % 3
     return {**answer, "status": "completed", "started_at": started, "completed_at": done,
-            "memories_created": memories,
-            "memory_ids": [f"mem_{doc.ingestion_id[:8]}_{n}" for n in range(memories)]}
+            "memories_created": memories, "memory_ids": memory_ids(doc.ingestion_id, memories)}
 
 
 def _failed(document_id: Any, message: str, now: str) -> dict[str, Any]:
@@ -537,6 +615,7 @@ _ROUTES = {
     ("POST", "/v1/credits/estimate"): _Handler._credits_estimate,
     ("POST", "/api/v1/memories/batch"): _Handler._batch,
     ("POST", "/api/v1/memories/create"): _Handler._create,
+    ("POST", "/v1/data/delete"): _Handler._data_delete,
     ("GET", "/_local/stats"): _Handler._local_stats,
     ("POST", "/_local/controls"): _Handler._local_controls,
 }

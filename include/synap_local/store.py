@@ -34,7 +34,24 @@ CREATE TABLE IF NOT EXISTS documents (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS documents_ingestion ON documents (ingestion_id);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS memories (
+    memory_id    TEXT PRIMARY KEY,
+    instance_id  TEXT NOT NULL,
+    ingestion_id TEXT NOT NULL,
+    ordinal      INTEGER NOT NULL,
+    created_at   TEXT NOT NULL,
+    deleted_at   TEXT
+);
+CREATE INDEX IF NOT EXISTS memories_ingestion ON memories (ingestion_id);
 """
+# Memory ids are UUIDs (the SDK types them so), made from the ingestion id and the
+# memory's number: the same document always makes the same ones.
+_MEMORY_NAMESPACE = uuid.UUID("8f0f6b8e-6a3c-4f7e-9d1a-2c5b7e3a9d10")
+
+
+def memory_ids(ingestion_id: str, count: int) -> list[str]:
+    """The ids of the ``count`` memories extraction makes of one ingestion."""
+    return [str(uuid.uuid5(_MEMORY_NAMESPACE, f"{ingestion_id}:{n}")) for n in range(count)]
 
 
 @dataclass(frozen=True)
@@ -100,12 +117,15 @@ class DocumentStore:
         return str(value)
 
     def insert_many(self, instance_id: str, docs: list[dict[str, Any]], *,
-                    on_duplicate: str = "reject") -> list[InsertOutcome]:
+                    on_duplicate: str = "reject", anew_after_delete: bool = False
+                    ) -> list[InsertOutcome]:
         """Store documents in one transaction; report each one's outcome.
 
         ``on_duplicate="reject"`` keeps the first copy and reports the repeat
         as a duplicate; ``"update"`` overwrites it (some vendor pages describe
         a repeat as an update) and still reports it as a duplicate.
+        ``anew_after_delete``: a repeat of a document whose memories were all
+        deleted is taken anew (a new ingestion), not refused as a duplicate.
         """
         conn = self._connect()
         outcomes: list[InsertOutcome] = []
@@ -131,6 +151,17 @@ class DocumentStore:
                     "SELECT ingestion_id, queued_at FROM documents WHERE instance_id=? AND document_id=?",
                     (instance_id, doc["document_id"]),
                 ).fetchone()
+                if anew_after_delete and _all_deleted(conn, existing):
+                    conn.execute(
+                        "UPDATE documents SET ingestion_id=?, user_id=?, customer_id=?,"
+                        " document_created_at=?, document_type=?, mode=?, metadata=?, document=?,"
+                        " queued_at=? WHERE instance_id=? AND document_id=?",
+                        (ingestion_id, doc.get("user_id"), doc.get("customer_id"),
+                         doc.get("document_created_at"), doc["document_type"], doc["mode"],
+                         json.dumps(doc.get("metadata") or {}, sort_keys=True), doc["document"],
+                         doc["queued_at"], instance_id, doc["document_id"]))
+                    outcomes.append(InsertOutcome(ingestion_id, False, doc["queued_at"]))
+                    continue
                 if on_duplicate == "update":
                     conn.execute(
                         "UPDATE documents SET user_id=?, customer_id=?, document_created_at=?,"
@@ -147,6 +178,43 @@ class DocumentStore:
             conn.execute("ROLLBACK")
             raise
         return outcomes
+
+    def made_memories(self, instance_id: str, ingestion_id: str, ids: list[str], at: str) -> None:
+        """Record the memories extraction made of an ingestion (once; later calls change nothing)."""
+        conn = self._connect()
+        conn.executemany("INSERT INTO memories (memory_id, instance_id, ingestion_id, ordinal,"
+                         " created_at) VALUES (?,?,?,?,?) ON CONFLICT (memory_id) DO NOTHING",
+                         [(m, instance_id, ingestion_id, n, at) for n, m in enumerate(ids)])
+
+    def memory(self, instance_id: str, memory_id: str) -> tuple[str, str, str | None] | None:
+        """(ingestion id, created at, deleted at) of a memory of this instance, or None."""
+        row = self._connect().execute(
+            "SELECT ingestion_id, created_at, deleted_at FROM memories WHERE instance_id=? AND"
+            " memory_id=?", (instance_id, memory_id)).fetchone()
+        return (row[0], row[1], row[2]) if row else None
+
+    def delete_memory(self, instance_id: str, memory_id: str, at: str) -> bool:
+        """Delete one memory; False when there is none (unknown, or already deleted)."""
+        cur = self._connect().execute(
+            "UPDATE memories SET deleted_at=? WHERE instance_id=? AND memory_id=? AND deleted_at IS NULL",
+            (at, instance_id, memory_id))
+        return cur.rowcount == 1
+
+    def deleted_memories(self) -> set[str]:
+        return {m for (m,) in self._connect().execute(
+            "SELECT memory_id FROM memories WHERE deleted_at IS NOT NULL")}
+
+    def conversation_documents(self, instance_id: str, conversation_id: str) -> list[str]:
+        """The document ids whose metadata names this conversation and still hold their text."""
+        return [d for (d,) in self._connect().execute(
+            "SELECT document_id FROM documents WHERE instance_id=? AND document <> '' AND"
+            " json_extract(metadata, '$.conversation_id') = ?", (instance_id, conversation_id))]
+
+    def delete_turns(self, instance_id: str, document_ids: list[str]) -> None:
+        """A conversation's raw turns deleted: the documents' text goes, their memories stay."""
+        self._connect().executemany(
+            "UPDATE documents SET document='' WHERE instance_id=? AND document_id=?",
+            [(instance_id, d) for d in document_ids])
 
     def get_by_ingestion(self, instance_id: str, ingestion_id: str) -> StoredDocument | None:
         row = self._connect().execute(
@@ -181,6 +249,13 @@ class DocumentStore:
         if conn is not None:
             conn.close()
             self._local.conn = None
+
+
+def _all_deleted(conn: sqlite3.Connection, ingestion_id: str) -> bool:
+    """Extraction made memories of this ingestion, and every one is deleted."""
+    made, left = conn.execute("SELECT count(*), count(*) FILTER (WHERE deleted_at IS NULL)"
+                              " FROM memories WHERE ingestion_id=?", (ingestion_id,)).fetchone()
+    return made > 0 and left == 0
 
 
 def _row_to_document(row: tuple) -> StoredDocument:

@@ -243,3 +243,61 @@ def test_a_new_store_is_a_new_instance_and_keeps_its_id_across_restarts(tmp_path
         assert again.instance_id == kept
         assert other.instance_id != kept
     assert re.fullmatch(r"inst_[0-9a-f]{16}", kept)
+
+
+def test_memories_listed_by_status_are_read_and_deleted_once_then_404(server):
+    from maximem_synap import ContextNotFoundError
+
+    ingestion = call(server, "key-b2b", batch([doc(1)])).results[0].ingestion_id
+    status = call(server, "key-b2b", lambda sdk: sdk.memories.status(ingestion))
+    assert status.memories_created == len(status.memory_ids) >= 1
+    memory = status.memory_ids[0]
+    got = call(server, "key-b2b", lambda sdk: sdk.memories.get(memory))
+    assert str(got.memory_id) == str(memory) and got.source_document_id == "backfill:c:1"
+
+    deleted = call(server, "key-b2b", lambda sdk: sdk.memories.delete(memory))
+
+    assert str(deleted["memory_id"]) == str(memory)
+    for again in (lambda sdk: sdk.memories.delete(memory), lambda sdk: sdk.memories.get(memory)):
+        with pytest.raises(ContextNotFoundError):
+            call(server, "key-b2b", again)
+    with pytest.raises(ContextNotFoundError):  # another instance's memory is unknown here
+        call(server, "key-quiet", lambda sdk: sdk.memories.delete(status.memory_ids[-1]))
+    assert server.stats.snapshot()["memory_deletes"][str(memory)] == 2
+
+
+@pytest.mark.parametrize("anew", [False, True], ids=["refused-as-duplicate", "taken-anew"])
+def test_a_document_whose_memories_were_all_deleted_is_sent_again_as_the_switch_says(tmp_path, anew):
+    srv = LocalSynapServer(ServerSettings(db_path=tmp_path / "s.sqlite3", tenants=[
+        Tenant("key-b2b", "inst_00000000000000b2", "b2b")], anew_after_delete=anew)).start_in_thread()
+    try:
+        first = call(srv, "key-b2b", batch([doc(1)])).results[0].ingestion_id
+        status = call(srv, "key-b2b", lambda sdk: sdk.memories.status(first))
+        for memory in status.memory_ids:
+            call(srv, "key-b2b", lambda sdk, m=memory: sdk.memories.delete(m))
+
+        again = call(srv, "key-b2b", batch([doc(1)])).results[0]
+
+        if anew:
+            assert str(again.status.value) == "queued" and again.ingestion_id != first
+        else:
+            assert str(again.status.value) == "failed" and "duplicate" in again.error_message
+    finally:
+        srv.stop()
+
+
+def test_a_conversations_turns_are_counted_by_a_dry_run_then_deleted_and_its_memories_kept(server):
+    call(server, "key-b2b", batch([doc(1), doc(2), doc(3, metadata={"conversation_id": "other"})]))
+
+    preview = call(server, "key-b2b", lambda sdk: sdk.data.delete(
+        scope="conversation", conversation_id="c", customer_id="c1", dry_run=True))
+    done = call(server, "key-b2b", lambda sdk: sdk.data.delete(
+        scope="conversation", conversation_id="c", customer_id="c1", confirm="c"))
+    again = call(server, "key-b2b", lambda sdk: sdk.data.delete(
+        scope="conversation", conversation_id="c", customer_id="c1", dry_run=True))
+
+    assert (preview.status, preview.counts) == ("dry_run", {"turns": 2})
+    assert (done.status, done.counts, done.memories_kept) == ("complete", {"turns": 2}, True)
+    assert again.counts == {"turns": 0}
+    texts = {d.document_id: d.document for d in DocumentStore(server.settings.db_path).iter_documents()}
+    assert texts["backfill:c:1"] == texts["backfill:c:2"] == "" and texts["backfill:c:3"]
