@@ -25,6 +25,8 @@ if missing:
 * ``runs``, ``holdings``, ``inventory``, ``plan_buckets``: what each Synap
   target holds of each source (``inventory.py``). A checkpoint that completes
   a bucket holds it in the inventory in the same transaction.
+* ``undo_checkpoints``, ``undo_unreached``, ``undone``, ``undos``: what
+  undoing runs did and could not do (``undo_ledger.py``).
 
 One partition's attempt holds a session advisory lock on its (DAG, run,
 window) for as long as it runs, so a zombie and its retry never both send.
@@ -50,6 +52,8 @@ from .inventory import create_tables as create_inventory_tables
 from .inventory import write_held
 from .planning import BucketCount
 from .source import Position, position_from_json, position_to_json, quote_identifier
+from .undo_ledger import create_tables as create_undo_tables
+from .undo_ledger import generations
 
 DEFAULT_SCHEMA = "synap_backfill"
 log = logging.getLogger("synap_backfill")
@@ -86,11 +90,9 @@ def ensure_tables(conn: Any, schema: str) -> None:
             updated_at timestamptz NOT NULL DEFAULT now(),
             PRIMARY KEY (dag_id, run_id, window_key))""")
         # ALTER only when missing: even IF NOT EXISTS takes an exclusive lock.
-        for column, kind in (("sent_through", "bigint NOT NULL DEFAULT 0"), ("buckets", "text")):
-            cur.execute("SELECT 1 FROM information_schema.columns WHERE table_schema = %s"
-                        " AND table_name = 'checkpoints' AND column_name = %s", (schema, column))
-            if not cur.fetchone():
-                cur.execute(f"ALTER TABLE {s}.checkpoints ADD COLUMN {column} {kind}")
+        for table, column, kind in (("checkpoints", "sent_through", "bigint NOT NULL DEFAULT 0"),
+                                    ("checkpoints", "buckets", "text")):
+            _add_column(cur, schema, table, column, kind)
         cur.execute("SELECT 1 FROM information_schema.columns WHERE table_schema = %s"
                     " AND table_name = 'rejected_rows' AND column_name = 'row_ctid'", (schema,))
         if cur.fetchone():
@@ -108,14 +110,26 @@ def ensure_tables(conn: Any, schema: str) -> None:
             PRIMARY KEY (dag_id, run_id, document_id))""")
         # Compact: one row per checkpoint, its accepted documents' ingestion ids as
         # 16-byte UUIDs, not a row per document.
+        # recovered: document ids counted as this run's from a duplicate answer; they have
+        # no ingestion id of their own (their first answer was lost), so an undo lists them.
         cur.execute(f"""CREATE TABLE IF NOT EXISTS {s}.ingestions (
             dag_id text NOT NULL, run_id text NOT NULL, window_key text NOT NULL,
             through bigint NOT NULL, ids uuid[] NOT NULL,
             PRIMARY KEY (dag_id, run_id, window_key, through))""")
+        _add_column(cur, schema, "ingestions", "recovered", "text[] NOT NULL DEFAULT '{}'")
         cur.execute(f"CREATE TABLE IF NOT EXISTS {s}.pacing ("
                     " target text PRIMARY KEY, next_at timestamptz NOT NULL)")
         create_inventory_tables(cur, s)
+        create_undo_tables(cur, s)
     conn.commit()
+
+
+def _add_column(cur: Any, schema: str, table: str, column: str, kind: str) -> None:
+    """ALTER only when missing: even ``ADD COLUMN IF NOT EXISTS`` takes an exclusive lock."""
+    cur.execute("SELECT 1 FROM information_schema.columns WHERE table_schema = %s"
+                " AND table_name = %s AND column_name = %s", (schema, table, column))
+    if not cur.fetchone():
+        cur.execute(f"ALTER TABLE {quote_identifier(schema)}.{table} ADD COLUMN {column} {kind}")
 
 
 def save_copies(conn: Any, schema: str, dag_id: str, run_id: str,
@@ -199,21 +213,24 @@ class Ledger:
 
     def save(self, position: Position | None, report: dict[str, Any],
              rejects: Iterable[tuple[int, str, str]], *, finished: bool = False,
-             ingestions: tuple[int, list[str]] | None = None, held: Iterable[BucketCount] = (),
+             ingestions: tuple[int, list[str], list[str]] | None = None,
+             held: Iterable[BucketCount] = (),
              open_buckets: dict[int, list[int]] | None = None) -> None:
         """Record an acknowledged position, the counts up to it, its rejected rows, the
-        ingestion ids accepted since the last one (``(last row number, ids)``), the buckets
+        ingestion ids accepted since the last one (``(last row number, ids, document ids
+        counted as this run's from a duplicate answer)``), the buckets
         it completes (``held``, into the inventory) and those still open, atomically."""
         rejects = list(rejects)
         held = list(held)
         with self._io, self.conn.cursor() as cur:
             if held and self.holding is not None and self.run is not None:
                 write_held(cur, self.schema, self.holding, self.run, held)
-            if ingestions and ingestions[1]:
+            if ingestions and (ingestions[1] or ingestions[2]):
                 cur.execute(
-                    f"INSERT INTO {self.schema}.ingestions (dag_id, run_id, window_key, through, ids)"
-                    " VALUES (%s, %s, %s, %s, %s::uuid[]) ON CONFLICT (dag_id, run_id, window_key,"
-                    " through) DO UPDATE SET ids = EXCLUDED.ids", (*self.key, *ingestions))
+                    f"INSERT INTO {self.schema}.ingestions (dag_id, run_id, window_key, through, ids,"
+                    " recovered) VALUES (%s, %s, %s, %s, %s::uuid[], %s) ON CONFLICT (dag_id, run_id,"
+                    " window_key, through) DO UPDATE SET ids = EXCLUDED.ids,"
+                    " recovered = EXCLUDED.recovered", (*self.key, *ingestions))
             if rejects:
                 cur.executemany(
                     f"INSERT INTO {self.schema}.rejected_rows (dag_id, run_id, window_key, partition,"
@@ -230,6 +247,13 @@ class Ledger:
                 (*self.key, self.label, json.dumps(position_to_json(position)), json.dumps(report),
                  finished, json.dumps(open_buckets or {})))
             self.conn.commit()
+
+    def generations(self, document_ids: list[str]) -> dict[str, int]:
+        """Of these document ids, those an undo deleted on this target: id → generation to send."""
+        if self.holding is None:
+            return {}
+        with self._io:
+            return generations(self.conn, self.schema_name, self.holding, document_ids)
 
     def mark_sent(self, rows_through: int) -> None:
         """Before a batch goes on the wire: this run has sent the window's rows up to that one."""

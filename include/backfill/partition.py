@@ -100,6 +100,9 @@ class PartitionSettings:
     # Whether the partition reads every row of a bucket, so may hold it in the inventory
     # (PlannedPartition.reads_whole); None: hold nothing (a dry run, no ledger).
     holds: Callable[[int], bool] | None = None
+    # Of a batch's document ids, those an undo deleted on this target: id → the generation
+    # to send them under (undo.py); None: the target has none.
+    regenerate: Callable[[list[str]], dict[str, int]] | None = None
 
 
 async def run_partition_rows(read: Read, submit: Submit | None, report: PartitionReport,
@@ -277,9 +280,22 @@ class _Pipeline:
                                 or self.pending[0].sending is None or self.pending[0].sending.done()):
             await self._apply(self.pending.popleft())
         if cut.documents and self.submit is not None:
+            if self.settings.regenerate is not None:
+                await self._regenerate(cut)
             cut.sending = asyncio.create_task(self._deliver(cut))
         self.pending.append(cut)
         await asyncio.sleep(0)  # let the new batch start on the wire before reading on
+
+    async def _regenerate(self, cut: _Cut) -> None:
+        """Documents an undo deleted go out under their next generation's id (``...:u<n>``), so
+        Synap makes their memories again whether it refuses a deleted id or takes it anew."""
+        assert self.settings.regenerate is not None
+        found = await asyncio.to_thread(self.settings.regenerate,
+                                        [id_of(d) for d, _, _ in cut.documents])
+        if found:
+            cut.documents = [(d.model_copy(update={"document_id": f"{id_of(d)}:u{found[id_of(d)]}"})
+                              if id_of(d) in found else d, row, ordinal)
+                             for d, row, ordinal in cut.documents]
 
     async def _drain(self) -> None:
         while self.pending:
@@ -298,6 +314,7 @@ class _Pipeline:
         number = report.batches + 1
         rejects = list(cut.rejects)
         ingestion_ids: list[str] = []
+        recovered: list[str] = []
         delivery = None
         if cut.sending is not None:
             try:
@@ -317,7 +334,7 @@ class _Pipeline:
         if cut.documents and delivery is None:
             report.not_sent += len(cut.documents)
         elif delivery is not None:
-            counted, ingestion_ids = self._count(cut, delivery)
+            counted, ingestion_ids, recovered = self._count(cut, delivery)
             rejects += counted
             report.batches += 1
         report.seconds = state.elapsed()
@@ -330,7 +347,8 @@ class _Pipeline:
             # in flight must not wait with it. Saves stay in order: one at a time.
             through = max((ordinal for _, _, ordinal in cut.documents), default=0)
             await asyncio.to_thread(self.ledger.save, cut.position, report.to_xcom(), rejects,
-                                    finished=cut.finished, ingestions=(through, ingestion_ids),
+                                    finished=cut.finished,
+                                    ingestions=(through, ingestion_ids, recovered),
                                     held=held, open_buckets=dict(state.open))
         if cut.documents:
             log.debug("partition %s: batch %d done; so far read %d, ingested %d, duplicates %d,"
@@ -361,8 +379,10 @@ class _Pipeline:
         state.held.update(c.bucket for c in held)
         return held
 
-    def _count(self, cut: _Cut, delivery: Delivery) -> tuple[list[RejectRow], list[str]]:
-        """The cut's rows counted into the report; its rejected rows and accepted ingestion ids."""
+    def _count(self, cut: _Cut, delivery: Delivery
+               ) -> tuple[list[RejectRow], list[str], list[str]]:
+        """The cut's rows counted into the report; its rejected rows, accepted ingestion ids, and
+        the document ids counted as this run's from a duplicate answer (no ingestion id)."""
         state, report, settings = self.state, self.state.report, self.settings
         rows_by_id: dict[str, list[tuple[SourceRow, int]]] = defaultdict(list)
         sent_before: set[str] = set()  # sent by an attempt of this run that stopped
@@ -372,7 +392,7 @@ class _Pipeline:
                 sent_before.add(id_of(document))
         rejects: list[RejectRow] = []
         ingestion_ids: list[str] = []
-        recovered = 0
+        recovered: list[str] = []
         for sent in delivery.sent:
             ids = [id_of(d) for d in sent.documents]
             outcome = classify_batch(ids, sent.response.results, settings.duplicate_pattern,
@@ -380,7 +400,7 @@ class _Pipeline:
                                      texts={id_of(d): text_of(d) for d in sent.documents})
             report.add(outcome)
             ingestion_ids += outcome.ingestion_ids
-            recovered += outcome.recovered
+            recovered += outcome.recovered_ids
             state.refused.update({r: n for r, n in outcome.rejected.items()
                                   if r.startswith(SERVER_PREFIX)})
             rejects += [_reject_row(rows_by_id, doc_id, reason) for doc_id, reason in outcome.rejected_ids]
@@ -390,8 +410,8 @@ class _Pipeline:
             rejects.append(_reject_row(rows_by_id, id_of(document), reason))
         if recovered:
             log.info("partition %s: %d documents sent again had been stored by this run's earlier"
-                     " send; counted as ingested by this run", report.label, recovered)
-        return rejects, ingestion_ids
+                     " send; counted as ingested by this run", report.label, len(recovered))
+        return rejects, ingestion_ids, recovered
 
     async def _stop_if_refused_wholesale(self) -> None:
         """Synap refused every document so far for one reason: sending the rest would not help."""

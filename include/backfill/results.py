@@ -43,6 +43,7 @@ class BatchOutcome:
     duplicates: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     recovered: int = 0
+    recovered_ids: list[str] = field(default_factory=list)  # their document ids
     rejected_ids: list[tuple[str, str]] = field(default_factory=list)  # (document_id, reason)
     # Of each document this answer accepted: its ingestion_id, to check extraction later.
     # (A document recovered from an earlier send has none: that send's answer was lost.)
@@ -89,6 +90,7 @@ def classify_batch(document_ids: Iterable[str], results: Iterable[Any],
             elif doc_id in ours:
                 outcome.ingested += 1
                 outcome.recovered += 1
+                outcome.recovered_ids.append(doc_id)
             else:
                 outcome.duplicates += 1
         else:

@@ -22,6 +22,7 @@ from .credits import credits_for
 from .documents import B2B_ISOLATION, B2C_ISOLATION
 from .inventory import Inventory
 from .ledger import Ledger, ensure_tables, save_copies
+from .undo_ledger import any_undone
 from .pacing import SharedPacer, pacing_target
 from .partition import PartitionFailed, PartitionSettings, describe_error, run_partition_rows
 from .preflight import PreflightError, check_ledger, check_source, check_synap, unknown_keys
@@ -203,7 +204,8 @@ def _plan(config: BackfillConfig, dag_id: str, run_id: str) -> list[dict[str, An
             synap_conn_id=config.synap_conn_id, digest=config.settings_digest,
             settings=config.document_settings(), start=config.start, end=config.end,
             lookback=config.lookback, dry_run=config.dry_run,
-            plan={"rows": plan.rows, "unchanged": diff.unchanged_rows,
+            plan={"postgres_conn_id": config.postgres_conn_id, "source_table": config.source_table,
+                  "rows": plan.rows, "unchanged": diff.unchanged_rows,
                   "unchanged_outside": plan.unchanged_outside, "new": diff.new_rows,
                   "changed": diff.changed_rows, "partitions": len(plan.partitions),
                   "deleted_rows": diff.deleted_rows,
@@ -318,6 +320,8 @@ def run_partition(config_dict: Mapping[str, Any], window_dict: Mapping[str, Any]
         if record is not None and record.holding is not None:
             ledger.holding, ledger.run = record.holding, record.id
             settings.holds = partition.reads_whole
+            if any_undone(ledger.conn, config.ledger_schema, record.holding):
+                settings.regenerate = ledger.generations
         s = synap.settings
         settings.duplicate_pattern = synap.duplicate_pattern or DEFAULT_DUPLICATE_PATTERN
         settings.retry = RetryPolicy(max_attempts=s["max_attempts"], backoff_max=s["backoff_max"],

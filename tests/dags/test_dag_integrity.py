@@ -41,7 +41,7 @@ def test_the_dags_parse_without_errors_network_database_or_heavy_imports(scratch
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["errors"] == {}
-    assert "synap_backfill" in report["dag_ids"]
+    assert {"synap_backfill", "synap_undo"} <= set(report["dag_ids"])
     assert report["heavy_imports"] == []
 
 
@@ -85,7 +85,7 @@ def test_two_regions_in_the_config_give_two_replay_dags_from_the_same_code(tmp_p
 
     bag = DagBag(dag_folder=str(REPO_ROOT / "dags"))
     assert bag.import_errors == {}
-    assert set(bag.dag_ids) == {"synap_backfill", "synap_replay_eu", "synap_replay_apac"}
+    assert set(bag.dag_ids) == {"synap_backfill", "synap_replay_eu", "synap_replay_apac", "synap_undo"}
     primary, eu, apac = (bag.dags[d] for d in ("synap_backfill", "synap_replay_eu", "synap_replay_apac"))
     for replay in (eu, apac):
         # The same tasks; only the primary announces its completion.
@@ -119,3 +119,19 @@ def test_no_task_pushes_each_key_of_its_dict_as_an_xcom_of_its_own():
 
     dag = local_airflow.load_dag("synap_backfill")
     assert {t.task_id: t.multiple_outputs for t in dag.tasks if t.multiple_outputs} == {}
+
+
+def test_the_undo_dag_surveys_then_asks_then_deletes_in_mapped_partitions_then_sums_up():
+    dag = load_dag("synap_undo")
+    assert type(dag.timetable).__name__ == "NullTimetable"
+    assert set(dag.task_dict) == {"resolve_undo", "plan_undo", "survey_partition", "approve_undo",
+                                  "undo_partition", "summarize_undo"}
+    for mapped in ("survey_partition", "undo_partition"):
+        assert dag.task_dict[mapped].map_index_template == "{{ undo_label }}"
+    assert type(dag.task_dict["approve_undo"]).__name__ == "UndoApprovalOperator"
+    assert dag.task_dict["approve_undo"].upstream_task_ids >= {"survey_partition"}
+    assert dag.task_dict["undo_partition"].trigger_rule == "none_failed"
+    assert "approve_undo" in dag.task_dict["undo_partition"].upstream_task_ids
+    assert dag.task_dict["summarize_undo"].trigger_rule == "all_done"
+    params = dag.params
+    assert params["dry_run"] is True and params["dag_id"] == "synap_backfill"

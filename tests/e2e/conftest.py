@@ -107,6 +107,50 @@ def set_local_api(url: str, **controls: Any) -> None:
     urllib.request.urlopen(req, timeout=10).close()
 
 
+def wait_for_question(airflow: AirflowClient, dag_id: str, run_id: str, task_id: str,
+                      timeout: float = 300) -> dict:
+    """The approval a task asks (its hitlDetails), once it has a body."""
+    path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/-1/hitlDetails"
+    deadline = time.monotonic() + timeout
+    while True:
+        status, detail = airflow.call("GET", path)
+        if status == 200 and detail.get("body"):
+            return detail
+        assert time.monotonic() < deadline, f"{task_id} of {run_id} asked nothing"
+        time.sleep(1)
+
+
+def scheduler_errors(stack: LocalStack, run_id: str) -> str:
+    """The scheduler's error lines about a run: why a task was failed from outside it."""
+    lines = (stack.state / "logs" / "scheduler.log").read_text(errors="replace").splitlines()
+    return "\n".join(line[:600] for line in lines if run_id in line and "error" in line)
+
+
+def wait_for_parked_try_report(stack: LocalStack, dag_id: str, run_id: str, task_id: str,
+                               timeout: float = 120) -> None:
+    """Until the scheduler has taken the executor's report on an approval's parked try.
+
+    Airflow 3.3.2 fails a resumed task if that report is read only after the
+    task was queued again ("state changed externally": apache/airflow#67287,
+    fixed upstream by #68741 after 3.3.2). A person answers after it; a test
+    that answers at once races it.
+    """
+    import re
+
+    log = stack.state / "logs" / "scheduler.log"
+    deadline = time.monotonic() + timeout
+    report = re.compile(r"Received executor event with state (success|failed) for task instance "
+                        rf"TaskInstanceKey\(dag_id='{dag_id}', task_id='{task_id}', run_id='{run_id}'")
+    while not report.search(log.read_text(errors="replace")):
+        assert time.monotonic() < deadline, f"the scheduler never took the report on {run_id}'s parked try"
+        time.sleep(0.5)
+
+
+def answer(airflow: AirflowClient, dag_id: str, run_id: str, task_id: str, choice: str) -> None:
+    airflow.ok("PATCH", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/-1/hitlDetails",
+               {"chosen_options": [choice], "params_input": {}})
+
+
 def busiest_minute(arrivals: list[tuple[float, int]]) -> int:
     """The most requests that arrived in any 60 s."""
     times = sorted(t for t, _ in arrivals)

@@ -5,13 +5,13 @@ The human answers through the REST API, as the UI's Required Actions page does.
 
 from __future__ import annotations
 
-import re
 import time
 
 import pytest
 
 from include.demo_data import load_demo_table
-from tests.e2e.conftest import local_api_stats
+from tests.e2e.conftest import (answer, local_api_stats, scheduler_errors, wait_for_parked_try_report,
+                                wait_for_question)
 
 pytestmark = pytest.mark.e2e
 DAG = "synap_backfill"
@@ -19,45 +19,6 @@ DAG = "synap_backfill"
 
 def batch_requests(stack) -> int:
     return len(local_api_stats(stack.synap.url)["batch_answers"])
-
-
-def wait_for_question(airflow, run_id: str, timeout: float = 300) -> dict:
-    path = f"/api/v2/dags/{DAG}/dagRuns/{run_id}/taskInstances/approve_plan/-1/hitlDetails"
-    deadline = time.monotonic() + timeout
-    while True:
-        status, detail = airflow.call("GET", path)
-        if status == 200 and detail.get("body"):
-            return detail
-        assert time.monotonic() < deadline, f"approve_plan of {run_id} asked nothing"
-        time.sleep(1)
-
-
-def scheduler_errors(stack, run_id: str) -> str:
-    """The scheduler's error lines about a run: why a task was failed from outside it."""
-    lines = (stack.state / "logs" / "scheduler.log").read_text(errors="replace").splitlines()
-    return "\n".join(line[:600] for line in lines if run_id in line and "error" in line)
-
-
-def wait_for_parked_try_report(stack, run_id: str, timeout: float = 120) -> None:
-    """Until the scheduler has taken the executor's report on ``approve_plan``'s parked try.
-
-    Airflow 3.3.2 fails a resumed task if that report is read only after the
-    task was queued again ("state changed externally": apache/airflow#67287,
-    fixed upstream by #68741 after 3.3.2). A person answers after it; a test
-    that answers at once races it.
-    """
-    log = stack.state / "logs" / "scheduler.log"
-    deadline = time.monotonic() + timeout
-    report = re.compile(r"Received executor event with state (success|failed) for task instance "
-                        rf"TaskInstanceKey\(dag_id='{DAG}', task_id='approve_plan', run_id='{run_id}'")
-    while not report.search(log.read_text(errors="replace")):
-        assert time.monotonic() < deadline, f"the scheduler never took the report on {run_id}'s parked try"
-        time.sleep(0.5)
-
-
-def answer(airflow, run_id: str, choice: str) -> None:
-    airflow.ok("PATCH", f"/api/v2/dags/{DAG}/dagRuns/{run_id}/taskInstances/approve_plan/-1/hitlDetails",
-               {"chosen_options": [choice], "params_input": {}})
 
 
 @pytest.mark.parametrize("choice", ["Reject", "Approve"])
@@ -68,7 +29,7 @@ def test_the_plan_waits_for_approval_and_only_an_approved_run_sends(stack, airfl
     run_id = f"approval_{choice.lower()}"
     assert airflow.trigger(DAG, run_id, {"source_table": table, "require_approval": True,
                                          "min_rows_per_partition": 1, "verify_sample": 0})[0] == 200
-    question = wait_for_question(airflow, run_id)
+    question = wait_for_question(airflow, DAG, run_id, "approve_plan")
     deadline = time.monotonic() + 60
     while (states := {ti["task_id"]: ti["state"] for ti in airflow.task_instances(DAG, run_id)}
            )["approve_plan"] != "awaiting_input":
@@ -81,8 +42,8 @@ def test_the_plan_waits_for_approval_and_only_an_approved_run_sends(stack, airfl
     (artifacts / f"approval-{choice.lower()}-body.md").write_text(question["body"])
     sent_before = batch_requests(stack)
 
-    wait_for_parked_try_report(stack, run_id)
-    answer(airflow, run_id, choice)
+    wait_for_parked_try_report(stack, DAG, run_id, "approve_plan")
+    answer(airflow, DAG, run_id, "approve_plan", choice)
     state = airflow.wait_for_run(DAG, run_id, timeout=300)
     tis = airflow.task_instances(DAG, run_id)
     approval = next(ti for ti in tis if ti["task_id"] == "approve_plan")
