@@ -94,8 +94,11 @@ class LocalStack:
         for name, proc in self.processes.items():
             _signal_group(proc, signal.SIGKILL)  # stragglers: the group's children too
             proc.wait(timeout=10)
-            if _group_alive(proc.pid):
-                raise RuntimeError(f"airflow {name} (process group {proc.pid}) did not stop")
+            gone_by = time.monotonic() + 10  # a killed group's members take a moment to exit
+            while _group_alive(proc.pid):
+                if time.monotonic() > gone_by:
+                    raise RuntimeError(f"airflow {name} (process group {proc.pid}) did not stop")
+                time.sleep(0.2)
         self.processes.clear()
         self.synap.stop()
         self.pg.stop()
@@ -114,10 +117,21 @@ class LocalStack:
             path.write_text(json.dumps({"admin": secrets.token_urlsafe(12)}))
         return json.loads(path.read_text())["admin"]
 
+    def password_of(self, user: str) -> str:
+        """Another user's password, as the API server generated it on start."""
+        return json.loads((self.state / "passwords.json").read_text())[user]
+
     def env(self) -> dict[str, str]:
         secret_file = self.state / "jwt-secret"
         if not secret_file.exists():
             secret_file.write_text(secrets.token_urlsafe(32))
+        fernet_file = self.state / "fernet-key"
+        if not fernet_file.exists():
+            # One key for every process: without it each one that starts before airflow.cfg is
+            # written has none, and cannot read a connection the API server saved encrypted.
+            from cryptography.fernet import Fernet
+
+            fernet_file.write_text(Fernet.generate_key().decode())
         _ = self.password  # write the passwords file before the api-server reads it
         return {
             **os.environ,
@@ -129,6 +143,7 @@ class LocalStack:
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.url}/execution/",
             "AIRFLOW__API_AUTH__JWT_SECRET": secret_file.read_text(),
             "AIRFLOW__API__SECRET_KEY": secret_file.read_text(),
+            "AIRFLOW__CORE__FERNET_KEY": fernet_file.read_text(),
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.state / "passwords.json"),
             "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "True",

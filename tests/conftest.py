@@ -24,6 +24,9 @@ os.environ.setdefault("SYNAP_SDK_LOCAL_MODEL", "off")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if os.environ.get("SYNAP_TEST_KEEP_SCRATCH"):  # the stacks' logs, to read after a failure
+        print(f"\nscratch kept: {_SCRATCH}")
+        return
     shutil.rmtree(_SCRATCH, ignore_errors=True)
 
 

@@ -12,11 +12,10 @@ more of the sample failed than ``max_extraction_failed_share``.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from contextlib import closing
 from datetime import timedelta
-from typing import Any, AsyncIterator, Callable, Mapping, Sequence, TypeVar
+from typing import Any, AsyncIterator, Mapping, Sequence
 from uuid import UUID
 
 from airflow.sdk import BaseOperator
@@ -25,8 +24,6 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from .config import BackfillConfig
 
 POLL_EVERY = 10.0  # seconds between rounds over the documents still being extracted
-T = TypeVar("T")
-log = logging.getLogger("synap_backfill")
 
 
 class ExtractionTrigger(BaseTrigger):
@@ -68,14 +65,14 @@ async def verify_run(config: BackfillConfig, dag_id: str, run_id: str, *, deadli
                                      config.verify_sample)
 
     # Connections are read in a thread: the triggerer's event loop must not block.
-    sample = await _looked_up(load, "the ledger connection")
-    settings = await _looked_up(lambda: synap.settings, f"connection {config.synap_conn_id!r}")
+    sample = await asyncio.to_thread(load)
+    settings = await asyncio.to_thread(lambda: synap.settings)
     ids, cut = fit_to_pace(sample, settings["requests_per_minute"], max(0.0, deadline - time.time()))
     async with synap.session() as sdk:
         pacer: Pacer = Unpaced()
         conn = None
         if settings["requests_per_minute"] > 0:
-            conn = await _looked_up(ledger.get_conn, "the ledger connection")
+            conn = await asyncio.to_thread(ledger.get_conn)
             pacer = SharedPacer(conn, config.ledger_schema,
                                 pacing_target(settings["base_url"], getattr(sdk, "instance_id", None)),
                                 settings["requests_per_minute"], label="verify")
@@ -88,31 +85,6 @@ async def verify_run(config: BackfillConfig, dag_id: str, run_id: str, *, deadli
                 conn.close()
     report.cut = cut
     return report.to_xcom()
-
-
-LOOKUP_ATTEMPTS = 5  # over about 30 s
-
-
-async def _looked_up(read: Callable[[], T], what: str) -> T:
-    """``read()`` in a thread, again after a pause when the connection is not found.
-
-    In the triggerer a connection is fetched from the API server through the triggerer's
-    supervisor, and a lookup that fails on the way (an API server too busy to answer in
-    time) surfaces as "isn't defined", not as an error: seen three tries in a row while
-    a loaded machine ran the e2e suite. Preflight proved the connection exists.
-    """
-    from airflow.sdk.exceptions import AirflowNotFoundException
-
-    for attempt in range(1, LOOKUP_ATTEMPTS + 1):
-        try:
-            return await asyncio.to_thread(read)
-        except AirflowNotFoundException:
-            if attempt == LOOKUP_ATTEMPTS:
-                raise
-            log.warning("verify: %s was not found (attempt %d of %d); asking again in %d s", what,
-                        attempt, LOOKUP_ATTEMPTS, 2 ** attempt)
-            await asyncio.sleep(2 ** attempt)
-    raise AssertionError("unreachable")
 
 
 class VerifyExtractionOperator(BaseOperator):
