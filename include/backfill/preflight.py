@@ -53,9 +53,11 @@ def check_source(conn: Any, config: BackfillConfig) -> str:
         cur.execute("SELECT to_regclass(%s)::oid", (quoted_table(config),))
         (oid,) = cur.fetchone()
         if oid is None:
+            nearest = _closest_relation(cur, config.source_table)
             raise PreflightError(f"param 'source_table': no table or view {config.source_table!r}"
-                                 f" {where} (names are case-sensitive; give SCHEMA.TABLE if it is"
-                                 " not on the search_path)")
+                                 f" {where}" + (f" (did you mean {nearest!r}?)" if nearest else
+                                                " (names are case-sensitive; give SCHEMA.TABLE if it"
+                                                " is not on the search_path)"))
         cur.execute("SELECT format('%%s.%%s.%%s', current_database(), n.nspname, c.relname)"
                     " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
                     " WHERE c.oid = %s", (oid,))
@@ -89,6 +91,21 @@ def check_source(conn: Any, config: BackfillConfig) -> str:
             raise PreflightError(f"param {param!r}: column {column!r} of {config.source_table}"
                                  f" is {shown}, not {kinds[1]}")
     return str(as_text(source))
+
+
+def _closest_relation(cur: Any, name: str) -> str | None:
+    """The readable relation whose name is closest to ``name``: in its schema if it names one,
+    else on the search_path (a typo gets a suggestion, not only a refusal)."""
+    schema, _, table = name.rpartition(".")
+    cur.execute("SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid ="
+                " c.relnamespace WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND (CASE WHEN %s = ''"
+                " THEN n.nspname = ANY(current_schemas(false)) ELSE n.nspname = %s END)",
+                (schema, schema))
+    names = {as_text(rel): as_text(nsp) for nsp, rel in cur.fetchall()}
+    found = difflib.get_close_matches(table, list(names), n=1, cutoff=0.6)
+    if not found:
+        return None
+    return f"{names[found[0]]}.{found[0]}" if schema else found[0]
 
 
 def check_ledger(conn: Any, config: BackfillConfig) -> None:

@@ -47,6 +47,9 @@ def read_only_ledger(local_pg, monkeypatch) -> str:
 @pytest.mark.parametrize("conf, failure", [
     ({"source_table": "conv_missing"},
      "param 'source_table': no table or view 'conv_missing' on connection postgres_default"),
+    ({"source_table": "conv_preflite"},  # a typo: the closest relation is named
+     "param 'source_table': no table or view 'conv_preflite' on connection postgres_default"
+     " (did you mean 'conv_preflight'?)"),
     ({"created_at_column": "created"},
      "param 'created_at_column': conv_preflight has no column 'created' (did you mean 'created_at'?)"),
     ({"created_at_column": "user_text"},  # its values are message text: never quoted
@@ -59,7 +62,7 @@ def read_only_ledger(local_pg, monkeypatch) -> str:
     ({"ledger_conn_id": "ledger_ro"},
      "param 'ledger_schema': schema \"synap_backfill\" on connection ledger_ro is not writable"),
     ({"api_key": "sk-not-valid-0000"}, "connection 'synap_default': Synap refused the API key"),
-], ids=["missing relation", "missing column", "text as timestamp", "text as index",
+], ids=["missing relation", "misspelt relation", "missing column", "text as timestamp", "text as index",
         "unknown conf key", "end before start", "read-only ledger", "refused API key"])
 def test_each_mistake_fails_the_first_task_in_one_line_and_nothing_runs(
         conf, failure, table, read_only_ledger, run_backfill, synap, capfd):
