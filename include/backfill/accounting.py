@@ -39,6 +39,8 @@ class PartitionReport:
     # rows it planned to read (what the read is checked against).
     unchanged: int = 0
     rows_planned: int | None = None
+    rate_limited: int = 0  # batch requests Synap answered 429
+    paced_seconds: float = 0.0  # seconds its requests waited for slots of the shared schedule
 
     @property
     def key(self) -> str:
@@ -75,6 +77,7 @@ class PartitionReport:
             "seconds": round(self.seconds, 3),
             "started_at": self.started_at, "finished_at": self.finished_at,
             "unchanged": self.unchanged, "rows_planned": self.rows_planned,
+            "rate_limited": self.rate_limited, "paced_seconds": round(self.paced_seconds, 1),
         }
 
     @classmethod
@@ -88,7 +91,9 @@ class PartitionReport:
                      batches=raw.get("batches", 0),
                      seconds=raw.get("seconds", 0.0), started_at=raw.get("started_at"),
                      finished_at=raw.get("finished_at"), unchanged=raw.get("unchanged", 0),
-                     rows_planned=raw.get("rows_planned"))
+                     rows_planned=raw.get("rows_planned"),
+                     rate_limited=raw.get("rate_limited", 0),
+                     paced_seconds=raw.get("paced_seconds", 0.0))
         if report.rejected_total != raw.get("rejected", report.rejected_total):
             # Trust the total over the breakdown if they ever disagree.
             report.rejected["unexplained"] += raw["rejected"] - report.rejected_total
@@ -139,6 +144,8 @@ class RunSummary:
             total.batches += p.batches
             total.seconds += p.seconds
             total.unchanged += p.unchanged
+            total.rate_limited += p.rate_limited
+            total.paced_seconds += p.paced_seconds
         total.unchanged += self.unchanged_outside
         return total
 
@@ -218,14 +225,14 @@ class RunSummary:
                        " as this run's writes (one that was in Synap before this run would be a"
                        " duplicate; the contract gives no way to tell)")
         if self.turns_per_s:
-            out.append(f"{self.total.rows_read} rows in {_duration(self.wall_seconds)} from the first"
+            out.append(f"{self.total.rows_read} rows in {describe_duration(self.wall_seconds)} from the first"
                        f" partition's start to the last one's end: {self.turns_per_s:.0f} turns/s")
         if self.sample_of:
             estimate = self.estimated_seconds_for_all
             out.append(f"sample run: {len(self.partitions) + len(self.missing)} of"
                        f" {self.sample_of['partitions']} partitions, {self.total.rows_read} of about"
                        f" {self.sample_of['rows']} rows. "
-                       + (f"At this rate the whole table takes about {_duration(estimate)}."
+                       + (f"At this rate the whole table takes about {describe_duration(estimate)}."
                           if estimate else "Too little ran to estimate the whole table.")
                        + (f" Credits for the whole table: {self.sample_of['credits']}."
                           if self.sample_of.get("credits") else ""))
@@ -243,7 +250,8 @@ class RunSummary:
         return "\n".join(out)
 
 
-def _duration(seconds: float | None) -> str:
+def describe_duration(seconds: float | None) -> str:
+    """``20.0 s``, ``14 min``, ``2 h 05 min``."""
     if seconds is None:
         return "-"
     if seconds < 120:

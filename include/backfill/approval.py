@@ -37,29 +37,58 @@ class PlanApprovalOperator(ApprovalOperator):
         if not config.require_approval:
             self.log.info("require_approval is off: the plan goes ahead without asking")
             return None
-        self.body = describe_plan(config, list(self.plan or []))
+        if not any(int(w.get("rows") or 0) for w in self.plan or []):
+            self.log.info("nothing to send (the instance holds every row unchanged): nothing to approve")
+            return None
+        run = context["dag_run"]
+        self.body = describe_plan(config, list(self.plan or []), dag_id=run.dag_id, run_id=run.run_id)
         self.log.info("asking for approval of the plan:\n%s", self.body)
         return super().execute(context)
 
 
-def describe_plan(config: BackfillConfig, windows: list[dict[str, Any]]) -> str:
-    """The approval's body (Markdown): what will be sent, how long it takes at least, what it costs."""
+def describe_plan(config: BackfillConfig, windows: list[dict[str, Any]], *, dag_id: str = "",
+                  run_id: str = "") -> str:
+    """The approval's body (Markdown): what will be sent (after what the instance already holds),
+    how long it takes at least at the connection's rate, and what it costs."""
+    import math
+    from contextlib import closing
+
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
     from synap_provider.hooks import SynapHook
 
+    from .accounting import describe_duration
     from .credits import credits_for
+    from .inventory import Inventory
 
     rows = sum(int(w.get("rows") or 0) for w in windows)
+    unchanged = sum(int(w.get("unchanged") or 0) for w in windows)
+    if run_id:  # the plan's own figure, with the windows held whole
+        ledger = PostgresHook(postgres_conn_id=config.ledger_conn_id or config.postgres_conn_id)
+        with closing(ledger.get_conn()) as conn:
+            record = Inventory(conn, config.ledger_schema).run(dag_id, run_id)
+        if record is not None:
+            unchanged = int(record.plan.get("unchanged") or unchanged)
     timed = [w for w in windows if w.get("start")]
     span = (f"{timed[0]['label'].split(' → ')[0]} → {timed[-1]['label'].split(' → ')[-1]}"
             if timed else "no timed rows")
+    batches = sum(math.ceil(int(w.get("rows") or 0) / config.batch_size) for w in windows)
     rate = float(SynapHook(synap_conn_id=config.synap_conn_id).settings["requests_per_minute"])
-    least = (f"at least {rows / (rate * config.batch_size / 60) / 60:,.0f} min at the connection's"
-             f" {rate:,.0f} batch requests a minute" if rate > 0 else "unpaced: as fast as Synap answers")
+    least = (f"at least {describe_duration(batches / rate * 60)} at the connection's {rate:,.0f}"
+             f" batch requests a minute ({batches:,} batch request{_s(batches)})" if rate > 0
+             else "unpaced: as fast as Synap answers")
     credits = credits_for(config, rows).describe()  # the balance as it is when asking
-    sample = (f" (a sample: {len(windows)} partitions of the plan)" if any(w.get("sample_of")
-                                                                         for w in windows) else "")
-    return (f"**{rows:,} rows** from `{config.source_table}` in **{len(windows)} partitions**{sample},"
-            f" {span}, into Synap connection `{config.synap_conn_id}` in `{config.mode}` mode,"
-            f" batches of {config.batch_size}.\n\n"
+    sample = (f" (a sample: {len(windows)} partition{_s(len(windows))} of the plan)"
+              if any(w.get("sample_of") for w in windows) else "")
+    instance = f" (instance `{config.target}`)" if config.target else ""
+    held = (f" {unchanged:,} row{_s(unchanged)} the instance already holds unchanged"
+            f" {'are' if unchanged != 1 else 'is'} not sent." if unchanged else "")
+    return (f"**{rows:,} row{_s(rows)} to send** from `{config.source_table}` in"
+            f" **{len(windows)} partition{_s(len(windows))}**{sample}, {span}, into Synap connection"
+            f" `{config.synap_conn_id}`{instance} in `{config.mode}` mode, batches of"
+            f" {config.batch_size}.{held}\n\n"
             f"- time: {least}\n- credits: {credits}\n\n"
             "Approve: the partitions run. Reject: nothing is sent.")
+
+
+def _s(n: int) -> str:
+    return "" if n == 1 else "s"

@@ -28,6 +28,7 @@ from include.backfill.verify_extraction import VerifyExtractionOperator
 # a region replay can be scheduled on it.
 PRIMARY_BACKFILL_DONE = Asset(name="synap_backfill_complete", uri="synap://backfill/synap_backfill")
 DEFAULT_POOL = "synap_api"
+PARTITION_LABEL = "{{ window_label | default(task.op_kwargs.window.label) }}"
 SCHEDULED_RUN_TYPES = ("scheduled", "backfill")  # runs that replay their data interval
 
 # ISO-8601 date-time: date, optional time (with optional fraction) and offset.
@@ -221,16 +222,23 @@ def build_backfill_dag(dag_id: str, *, doc_md: str, schedule: Any = None,
             run = context["dag_run"]
             return plan(config, dag_id=run.dag_id, run_id=run.run_id, ti=context["ti"])
 
-        @task(map_index_template="{{ window_label }}", pool=pool, retries=2, multiple_outputs=False,
+        # The label is rendered once before the task runs (the window, from the mapped
+        # argument: running partitions carry it, and so does the Clear dialog) and again
+        # when it ends (its counts, from the context).
+        @task(map_index_template=PARTITION_LABEL, pool=pool, retries=2, multiple_outputs=False,
               retry_delay=timedelta(seconds=20))
         def backfill_partition(config: dict, window: dict) -> dict:
             from include.backfill.accounting import counts_label
-            from include.backfill.tasks import run_partition
+            from include.backfill.tasks import one_line, run_partition
 
             context = get_current_context()
             context["window_label"] = window["label"]
             run = context["dag_run"]
-            report = run_partition(config, window, dag_id=run.dag_id, run_id=run.run_id)
+            try:
+                report = run_partition(config, window, dag_id=run.dag_id, run_id=run.run_id)
+            except Exception as exc:  # the reason in one line, for the Synap tab and the summary
+                context["ti"].xcom_push(key="failure", value=one_line(exc))
+                raise
             # The label is rendered when the task ends: the grid's Map Index column
             # then shows each partition's counts without opening a log.
             context["window_label"] = counts_label(report)
@@ -245,7 +253,7 @@ def build_backfill_dag(dag_id: str, *, doc_md: str, schedule: Any = None,
                                              key="failure") if windows is None else None
             run = context["dag_run"]
             return summarize_run(windows, reports, config, run.run_id, before, dag_id=run.dag_id,
-                                 parity_with=parity_with)
+                                 parity_with=parity_with, ti=context["ti"])
 
         config = resolve_config()
         windows = plan_partitions(config)

@@ -185,15 +185,17 @@ class _State:
     held: set[int] = field(default_factory=set)  # buckets this attempt held in the inventory
     started: float = field(default_factory=time.monotonic)
     base_seconds: float = 0.0
+    base_paced: float = 0.0  # pacing waits of earlier attempts
 
     def resume(self, position: Position | None, counts: dict) -> None:
         self.position = position
         restored = PartitionReport.from_xcom(counts)
         for name in ("rows_read", "ingested", "duplicates", "rejected", "not_sent",
-                     "ingested_on_resend", "batches", "finished_at"):
+                     "ingested_on_resend", "batches", "finished_at", "rate_limited", "paced_seconds"):
             setattr(self.report, name, getattr(restored, name))
         self.report.started_at = restored.started_at or self.report.started_at
         self.base_seconds = restored.seconds
+        self.base_paced = restored.paced_seconds
         self.started = time.monotonic()
 
     def elapsed(self) -> float:
@@ -337,7 +339,9 @@ class _Pipeline:
             counted, ingestion_ids, recovered = self._count(cut, delivery)
             rejects += counted
             report.batches += 1
+            report.rate_limited += delivery.rate_limited
         report.seconds = state.elapsed()
+        report.paced_seconds = state.base_paced + self.settings.pacer.waited
         if cut.finished:
             report.finished_at = time.time()
         state.position = cut.position

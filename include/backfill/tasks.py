@@ -199,6 +199,8 @@ def _plan(config: BackfillConfig, dag_id: str, run_id: str) -> list[dict[str, An
             copies = copies_at_different_times(conn, config, min(p.ranges[0][0] for p in timed),
                                                max(p.ranges[-1][1] for p in timed))
         save_copies(ledger_conn, config.ledger_schema, dag_id, run_id, copies)
+        credits = (credits_for(config, plan.rows) if plan.partitions and not config.dry_run
+                   else None)
         run = inventory.record_run(
             dag_id, run_id, holding=holding, target=config.target, source=config.source,
             synap_conn_id=config.synap_conn_id, digest=config.settings_digest,
@@ -210,7 +212,9 @@ def _plan(config: BackfillConfig, dag_id: str, run_id: str) -> list[dict[str, An
                   "changed": diff.changed_rows, "partitions": len(plan.partitions),
                   "deleted_rows": diff.deleted_rows,
                   "deletions": [[d.bucket, d.held, d.now, d.holder.run_id]
-                                for d in diff.deletions[:DELETIONS_KEPT]]})
+                                for d in diff.deletions[:DELETIONS_KEPT]],
+                  "credits_estimate": credits.estimate if credits else None,
+                  "credits_metric": credits.metric if credits else None})
         inventory.save_plan(run, plan.buckets)
         gone = [d.bucket for d in diff.deletions if d.now == 0]
         if holding is not None and gone and not config.dry_run:
@@ -221,9 +225,7 @@ def _plan(config: BackfillConfig, dag_id: str, run_id: str) -> list[dict[str, An
                  len(copies))
     planned = plan.partitions
     sampling = bool(config.sample_partitions and config.sample_partitions < len(planned))
-    credits = None
-    if planned and not config.dry_run:
-        credits = credits_for(config, plan.rows)
+    if credits is not None:
         log.info("Synap credits for the whole plan: %s", credits.describe())
         if credits.short and not sampling:
             from airflow.sdk.exceptions import AirflowFailException
@@ -429,7 +431,8 @@ def summarize_run(windows: Iterable[Mapping[str, Any]] | None,
                   reports: Iterable[Mapping[str, Any]] | None,
                   config_dict: Mapping[str, Any] | None = None, run_id: str | None = None,
                   before_planning: Sequence[str | None] | None = None, *,
-                  dag_id: str = "synap_backfill", parity_with: str | None = None) -> dict[str, Any]:
+                  dag_id: str = "synap_backfill", parity_with: str | None = None,
+                  ti: Any = None) -> dict[str, Any]:
     """Add up every partition, check the reads against the source, print the table, and fail
     when anything is unaccounted for.
 
@@ -464,6 +467,8 @@ def summarize_run(windows: Iterable[Mapping[str, Any]] | None,
         rejects_at = (f"SELECT * FROM {config.ledger_schema}.rejected_rows WHERE run_id = '{run_id}'"
                       f" (connection {config.ledger_conn_id or config.postgres_conn_id})")
     log.info("backfill summary\n%s", summary.render(rejects_at))
+    if summary.problems and ti is not None:
+        ti.xcom_push(key="problems", value=summary.problems)  # each in one line, for the UI
     # Where the rejected rows are, in the run's XCom: readable in the UI without a log.
     result: dict[str, Any] = {**summary.to_xcom(), "rejects_at": rejects_at, "notes": summary.notes}
     result.update({k: facts[k] for k in ("deleted_rows", "changed_during_run", "parity") if k in facts})
@@ -535,6 +540,15 @@ def _check_against_source(config: BackfillConfig, dag_id: str, run_id: str,
                     f"parity with the primary: the primary's instance {primary.target} holds"
                     f" nothing of {config.source} yet")
     return facts
+
+
+def one_line(exc: BaseException) -> str:
+    """A task's failure in one line: our own reasons as written, anything else scrubbed and cut."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    if isinstance(exc, (AirflowFailException, PartitionFailed, ParamError, PreflightError)):
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return describe_error(exc)
 
 
 def window_key_of(raw: Mapping[str, Any]) -> str:

@@ -343,11 +343,8 @@ def estimate_seconds(requests: int, requests_per_minute: float) -> float | None:
 
 
 def describe_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "as fast as Synap answers (unpaced)"
-    if seconds < 120:
-        return f"{seconds:.0f} seconds"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} minutes"
-    return f"{seconds / 3600:.1f} hours"
+    """As ``accounting.describe_duration``; None: unpaced."""
+    from .accounting import describe_duration as duration
+
+    return "as fast as Synap answers (unpaced)" if seconds is None else duration(seconds)
 

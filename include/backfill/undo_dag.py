@@ -138,7 +138,13 @@ def build_undo_dag(dag_id: str = "synap_undo", *, doc_md: str) -> Any:
             context["undo_label"] = partition["label"]
             if config["dry_run"]:
                 raise AirflowSkipException("a dry run: nothing is deleted")
-            report = undo(config, partition, run_id=context["dag_run"].run_id)
+            try:
+                report = undo(config, partition, run_id=context["dag_run"].run_id)
+            except Exception as exc:  # the reason in one line, for the Synap tab and the summary
+                from include.backfill.tasks import one_line
+
+                context["ti"].xcom_push(key="failure", value=one_line(exc))
+                raise
             context["undo_label"] = UndoReport.from_xcom(report).label_with_counts()
             return report
 
@@ -153,7 +159,7 @@ def build_undo_dag(dag_id: str = "synap_undo", *, doc_md: str) -> Any:
                 if config is None else None
             return summarize(config, planned, surveys[:] if surveys else [],
                              undone[:] if undone else [], dag_id=run.dag_id, run_id=run.run_id,
-                             before=before)
+                             before=before, ti=context["ti"])
 
         config = resolve_undo()
         planned = plan_undo(config)

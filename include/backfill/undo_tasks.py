@@ -216,7 +216,7 @@ def _scopes(config: UndoConfig, conversation_ids: list[str]) -> dict[str, tuple[
 def summarize_undo(config_dict: Mapping[str, Any] | None, planned: Sequence[Mapping[str, Any]] | None,
                    surveys: Sequence[Mapping[str, Any]] | None,
                    undone: Sequence[Mapping[str, Any]] | None, *, dag_id: str, run_id: str,
-                   before: Sequence[str | None] | None = None) -> dict[str, Any]:
+                   before: Sequence[str | None] | None = None, ti: Any = None) -> dict[str, Any]:
     """Add up the partitions; fail when a deletion failed or a partition did not finish."""
     from airflow.providers.postgres.hooks.postgres import PostgresHook
     from airflow.sdk.exceptions import AirflowFailException
@@ -244,6 +244,8 @@ def summarize_undo(config_dict: Mapping[str, Any] | None, planned: Sequence[Mapp
     with closing(PostgresHook(postgres_conn_id=config.ledger_conn_id).get_conn()) as conn:
         finish_undo(conn, config.ledger_schema, dag_id, run_id, result)
     if problems:
+        if ti is not None:
+            ti.xcom_push(key="problems", value=problems)
         raise AirflowFailException(f"undo incomplete: {len(problems)} problem(s): "
                                    + "; ".join(problems[:5]))
     return result

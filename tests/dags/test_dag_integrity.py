@@ -51,7 +51,8 @@ def test_the_backfill_dag_is_wired_plan_then_mapped_partitions_then_summary_then
     assert set(dag.task_dict) == {"resolve_config", "plan_partitions", "backfill_partition", "summarize",
                                   "approve_plan", "verify_extraction", "announce_complete"}
     partition = dag.task_dict["backfill_partition"]
-    assert partition.map_index_template == "{{ window_label }}"
+    # The window from the mapped argument before the task runs; its counts once it ends.
+    assert partition.map_index_template == "{{ window_label | default(task.op_kwargs.window.label) }}"
     assert partition.upstream_task_ids == {"resolve_config", "plan_partitions", "approve_plan"}
     assert type(dag.task_dict["approve_plan"]).__name__ == "PlanApprovalOperator"
     summary = dag.task_dict["summarize"]
