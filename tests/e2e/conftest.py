@@ -164,10 +164,31 @@ def busiest_minute(arrivals: list[tuple[float, int]]) -> int:
 
 @pytest.fixture(scope="session")
 def stack(scratch: Path) -> Iterator[LocalStack]:
-    # Few, short retries: the fault test exhausts them on purpose.
+    # Few, short retries: the fault test exhausts them on purpose. Besides admin, a viewer
+    # and a user with no role: logged in, and allowed to read no DAG.
     with LocalStack(scratch / "stack", port=free_port(), turns=1500, days=5, seed=3,
-                    synap_extra={"max_attempts": 2, "backoff_max": 1}) as running:
+                    synap_extra={"max_attempts": 2, "backoff_max": 1},
+                    extra_env={"AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS":
+                               "admin:admin,viewer:viewer,nobody:"}) as running:
         yield running
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Headless Chromium from Debian's package, driven by Playwright (no browser download)."""
+    import shutil
+
+    if not shutil.which("chromium"):
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium; .ci/run does)")
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=shutil.which("chromium"), headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                  "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run"])
+        yield browser
+        browser.close()
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,265 @@
+"""The operator's view: a "Synap" tab on every run page, and a view per Synap target in the nav.
+
+An Airflow 3 plugin (registered through the ``airflow.plugins`` entry point):
+a FastAPI app mounted in the API server under ``/synap``, and two external
+views. Every endpoint, pages included, serves only a user logged in to this
+Airflow (the UI's own session travels with the same-origin tab), and the run
+endpoints only one who may read the DAG, through Airflow's auth manager
+(``requires_access_dag``). What is served is counts, window labels, row keys,
+reason codes and one-line failures: never message text, never a secret.
+Actions (an undo's dry run) go through Airflow's own REST API from the page,
+so they are authorized and audited like any trigger.
+
+The data comes from Airflow's metadata (the run, its task instances, their
+``failure`` XComs) and from the run's ledger (``include/backfill/run_view.py``),
+found through the run's own config XCom.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
+from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_dag, requires_authenticated
+from airflow.plugins_manager import AirflowPlugin
+from fastapi import Depends, FastAPI, Query
+from fastapi.responses import HTMLResponse
+
+PAGES = Path(__file__).resolve().parent / "ui_static"
+RUN_READ = [Depends(requires_access_dag("GET", DagAccessEntity.RUN))]
+TASK_IDS = {"resolve_config": "backfill", "resolve_undo": "undo"}
+
+app = FastAPI(title="Synap operator's view", docs_url=None, redoc_url=None, openapi_url=None)
+
+
+@app.get("/runs/{dag_id}/{run_id}", response_class=HTMLResponse, dependencies=RUN_READ)
+def run_page(dag_id: str, run_id: str) -> HTMLResponse:
+    """The "Synap" tab of a run page."""
+    return HTMLResponse((PAGES / "run.html").read_text())
+
+
+@app.get("/targets", response_class=HTMLResponse, dependencies=[Depends(requires_authenticated())])
+def targets_page() -> HTMLResponse:
+    """The view per Synap target, in the nav."""
+    return HTMLResponse((PAGES / "targets.html").read_text())
+
+
+@app.get("/api/runs/{dag_id}/{run_id}", dependencies=RUN_READ)
+def run_view(dag_id: str, run_id: str) -> dict[str, Any]:
+    """A run as the operator sees it: progress, partitions, problems, rejects by reason, verify."""
+    return _run_view(dag_id, run_id)
+
+
+@app.get("/api/runs/{dag_id}/{run_id}/rejects", dependencies=RUN_READ)
+def run_rejects(dag_id: str, run_id: str, after: str | None = Query(None, max_length=400),
+                limit: int = Query(100, ge=1, le=500)) -> dict[str, Any]:
+    """The run's rejected rows: counts by reason, then a page of row keys (``after``: a cursor)."""
+    from include.backfill.run_view import rejects
+
+    config = _config(dag_id, run_id)
+    if config is None or config.get("kind") != "backfill":
+        return {"total": 0, "by_reason": {}, "rows": [], "next": None}
+    page: Any
+    with closing(_ledger(config)) as conn:
+        page = rejects(conn, config["ledger_schema"], dag_id, run_id, after=after, limit=limit)
+    return {"total": page.total, "by_reason": page.by_reason, "rows": page.rows, "next": page.next_after}
+
+
+@app.get("/api/targets")
+def targets_view(user: GetUserDep) -> dict[str, Any]:
+    """Every Synap instance the ledgers know: what each holds, and the runs (of DAGs the user may read)."""
+    from airflow.api_fastapi.app import get_auth_manager
+
+    from include.backfill.run_view import targets
+
+    permitted = get_auth_manager().get_authorized_dag_ids(user=user, method="GET")
+    out: list[dict[str, Any]] = []
+    for conn_id, schema in _ledgers():
+        try:
+            with closing(_connect(conn_id)) as conn:
+                found = targets(conn, schema, permitted)
+        except Exception as exc:  # one unreachable ledger does not hide the others
+            out.append({"ledger": f"{schema} on {conn_id}", "error": type(exc).__name__})
+            continue
+        out += [{"ledger": f"{schema} on {conn_id}", "target": t.target, "holdings": t.holdings,
+                 "runs": t.runs} for t in found]
+    return {"targets": out}
+
+
+# -- the run view ------------------------------------------------------------------------------
+
+def _run_view(dag_id: str, run_id: str) -> dict[str, Any]:
+    from airflow.models.dagrun import DagRun
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        run = session.query(DagRun).filter(DagRun.dag_id == dag_id, DagRun.run_id == run_id).one_or_none()
+        if run is None:
+            return {"kind": "none", "dag_id": dag_id, "run_id": run_id}
+        tis = [(ti.task_id, ti.map_index, ti.state, ti.rendered_map_index) for ti in
+               session.query(TaskInstance).filter(TaskInstance.dag_id == dag_id,
+                                                  TaskInstance.run_id == run_id)]
+        state, note = str(getattr(run.state, "value", run.state)), run.note
+    kind = next((k for t, k in TASK_IDS.items() if any(ti[0] == t for ti in tis)), "none")
+    xcoms = _xcoms(dag_id, run_id)
+    failures = [line for (task, index, key), line in sorted(xcoms.items(), key=lambda kv: str(kv[0]))
+                if key == "failure" and line]
+    view: dict[str, Any] = {"kind": kind, "dag_id": dag_id, "run_id": run_id, "state": state,
+                            "note": note, "failure": failures[0] if failures else None,
+                            "problems": list(xcoms.get(("summarize", -1, "problems")) or
+                                             xcoms.get(("summarize_undo", -1, "problems")) or [])}
+    if kind == "none":
+        return view
+    config = xcoms.get(("resolve_config" if kind == "backfill" else "resolve_undo", -1, "return_value"))
+    states = {(t, i): str(getattr(s, "value", s) or "none") for t, i, s, _ in tis}
+    labels = {(t, i): label for t, i, _, label in tis}
+    if kind == "backfill":
+        view.update(_backfill_view(dag_id, run_id, config, xcoms, states, labels))
+    else:
+        view.update(_undo_view(config, xcoms, states, labels))
+    return view
+
+
+def _backfill_view(dag_id: str, run_id: str, config: Any, xcoms: dict, states: dict,
+                   labels: dict) -> dict[str, Any]:
+    from include.backfill.run_view import partitions, run_plan
+
+    planned = xcoms.get(("plan_partitions", -1, "return_value"))
+    if not isinstance(config, dict) or planned is None:
+        return {"partitions": [], "totals": None}
+    with closing(_ledger(config)) as conn:
+        progress = partitions(conn, config["ledger_schema"], dag_id, run_id)
+        plan = run_plan(conn, config["ledger_schema"], dag_id, run_id)
+    rows = []
+    for index, window in enumerate(planned):
+        key = f"{window.get('start')}|{window.get('end')}"
+        p = progress.get(key)
+        rows.append({"index": index, "label": window["label"],
+                     "state": states.get(("backfill_partition", index), "none"),
+                     "planned": window.get("rows"), "unchanged": window.get("unchanged") or 0,
+                     "read": p.rows_read if p else 0, "ingested": p.ingested if p else 0,
+                     "duplicates": p.duplicates if p else 0, "rejected": p.rejected if p else 0,
+                     "failure": xcoms.get(("backfill_partition", index, "failure"))})
+    read = sum(r["read"] for r in rows)
+    unchanged = int(plan.get("unchanged") or 0)
+    total = int(plan.get("rows") or sum(r["planned"] or 0 for r in rows)) + unchanged
+    done = read + unchanged
+    rate = _rate((dag_id, run_id), read)
+    left = (total - done) / rate if rate and total > done else None
+    ingested = sum(r["ingested"] for r in rows)
+    estimate = plan.get("credits_estimate")
+    planned_rows = int(plan.get("rows") or 0)
+    return {
+        "target": plan.get("target") or config.get("target"), "source": plan.get("source") or
+        config.get("source"), "partitions": rows,
+        "totals": {"planned": total, "done": done, "read": read, "unchanged": unchanged,
+                   "ingested": ingested, "duplicates": sum(r["duplicates"] for r in rows),
+                   "rejected": sum(r["rejected"] for r in rows), "rows_per_s": rate,
+                   "seconds_left": left,
+                   "rate_limited": sum(p.rate_limited for p in progress.values()),
+                   "paced_seconds": round(sum(p.paced_seconds for p in progress.values()), 1),
+                   "credits_estimate": estimate, "credits_metric": plan.get("credits_metric"),
+                   "credits_spent": round(estimate * ingested / planned_rows, 1)
+                   if estimate is not None and planned_rows else None},
+        "verify": xcoms.get(("verify_extraction", -1, "return_value")),
+        "verify_failure": xcoms.get(("verify_extraction", -1, "failure")),
+        "summary": xcoms.get(("summarize", -1, "return_value")),
+    }
+
+
+def _undo_view(config: Any, xcoms: dict, states: dict, labels: dict) -> dict[str, Any]:
+    from include.backfill.run_view import undo_partitions
+
+    planned = xcoms.get(("plan_undo", -1, "return_value"))
+    if not isinstance(config, dict) or planned is None:
+        return {"partitions": [], "totals": None}
+    with closing(_ledger(config)) as conn:
+        progress = undo_partitions(conn, config["ledger_schema"], int(config["target_run"]))
+    rows = []
+    for index, partition in enumerate(planned):
+        found = progress.get(partition["key"])
+        report = (found.report if found is not None else {}) or {}
+        survey = xcoms.get(("survey_partition", index, "return_value")) or {}
+        rows.append({"index": index, "label": partition["label"],
+                     "state": states.get(("undo_partition", index), "none"),
+                     "documents": partition["documents"], "without_id": partition["without_id"],
+                     "memories": survey.get("memories") if config.get("dry_run") else report.get("memories"),
+                     "deleted": report.get("deleted", 0), "already_gone": report.get("already_gone", 0),
+                     "failed": sum((report.get("failed") or {}).values()),
+                     "failure": xcoms.get(("undo_partition", index, "failure"))})
+    return {"target": config.get("target"), "undoes": f"run {config.get('run_id')!r} of DAG"
+            f" {config.get('dag_id')!r}", "dry_run": config.get("dry_run"), "partitions": rows,
+            "summary": xcoms.get(("summarize_undo", -1, "return_value"))}
+
+
+def _xcoms(dag_id: str, run_id: str) -> dict[tuple[str, int, str], Any]:
+    """The run's XComs the view reads: configs, plans, reports and one-line failures."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    wanted = ("return_value", "failure", "problems")
+    with create_session() as session:
+        rows = session.query(XComModel).filter(XComModel.dag_id == dag_id, XComModel.run_id == run_id,
+                                               XComModel.key.in_(wanted)).all()
+        return {(r.task_id, r.map_index, r.key): XComModel.deserialize_value(r) for r in rows}
+
+
+_SAMPLES: dict[tuple[str, str], deque[tuple[float, int]]] = {}
+_SAMPLES_LOCK = threading.Lock()
+
+
+def _rate(run: tuple[str, str], done: int) -> float | None:
+    """Rows a second over the last minute, from what this server saw at each read (None: too soon)."""
+    now = time.monotonic()
+    with _SAMPLES_LOCK:
+        samples = _SAMPLES.setdefault(run, deque(maxlen=200))
+        samples.append((now, done))
+        while samples and now - samples[0][0] > 60:
+            samples.popleft()
+        first = samples[0]
+    return (done - first[1]) / (now - first[0]) if now - first[0] >= 5 else None
+
+
+def _ledger(config: dict[str, Any]) -> Any:
+    return _connect(config.get("ledger_conn_id") or config.get("postgres_conn_id") or "postgres_default")
+
+
+def _connect(conn_id: str) -> Any:
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+    return PostgresHook(postgres_conn_id=conn_id).get_conn()
+
+
+def _ledgers() -> list[tuple[str, str]]:
+    """The ledgers to list targets from: ``[synap] ledgers`` (``conn_id:schema,...``), by default
+    the backfill's own default, ``postgres_default:synap_backfill``."""
+    from airflow.configuration import conf
+
+    raw = conf.get("synap", "ledgers", fallback="postgres_default:synap_backfill")
+    return [(part.split(":", 1)[0].strip(), (part.split(":", 1) + ["synap_backfill"])[1].strip())
+            for part in raw.split(",") if part.strip()]
+
+
+def _config(dag_id: str, run_id: str) -> dict[str, Any] | None:
+    xcoms = _xcoms(dag_id, run_id)
+    config = xcoms.get(("resolve_config", -1, "return_value"))
+    return {**config, "kind": "backfill"} if isinstance(config, dict) else None
+
+
+class SynapUIPlugin(AirflowPlugin):
+    """The operator's view: the FastAPI app, the run tab and the targets page."""
+
+    name = "synap_ui"
+    fastapi_apps = [{"app": app, "url_prefix": "/synap", "name": "Synap operator's view"}]
+    external_views = [
+        {"name": "Synap", "href": "/synap/runs/{DAG_ID}/{RUN_ID}", "destination": "dag_run",
+         "url_route": "synap-run"},
+        {"name": "Synap targets", "href": "/synap/targets", "destination": "nav",
+         "url_route": "synap-targets", "category": "browse"},
+    ]

@@ -1,0 +1,232 @@
+"""The operator's view in a running Airflow: the Synap tab of a run page, and the targets page.
+
+Through a real browser (Debian's Chromium, Playwright) and Airflow's REST API,
+on the ``make ui`` stack. Screenshots go to ``test-artifacts/``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import pytest
+
+from include.demo_data import load_demo_table
+from tests.e2e.conftest import AirflowClient
+
+pytestmark = pytest.mark.e2e
+DAG = "synap_backfill"
+
+
+def set_extra(airflow, **changes) -> dict:
+    """Change synap_default's extras; the previous ones, to put back."""
+    before = json.loads(airflow.ok("GET", "/api/v2/connections/synap_default")["extra"] or "{}")
+    airflow.ok("PATCH", "/api/v2/connections/synap_default?update_mask=extra",
+               {"connection_id": "synap_default", "conn_type": "synap",
+                "extra": json.dumps({**before, **changes})})
+    return before
+
+
+def partitions(airflow, run_id: str) -> list[dict]:
+    return [ti for ti in airflow.task_instances(DAG, run_id) if ti["task_id"] == "backfill_partition"]
+
+
+def synap_tab(page, stack, run_id: str, dag_id: str = DAG):
+    """The run page's Synap tab: the plugin's page, as the UI frames it."""
+    page.goto(f"{stack.url}/dags/{dag_id}/runs/{run_id}/plugin/synap-run")
+    frame = page.frame_locator("iframe").first
+    frame.locator("#head").wait_for()
+    return frame
+
+
+def login(browser, stack, user: str = "admin", password: str | None = None):
+    page = browser.new_page(viewport={"width": 1500, "height": 1100})
+    page.goto(stack.url + "/")
+    page.get_by_label("Username").fill(user)
+    page.get_by_label("Password").fill(password or stack.password)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(lambda url: "login" not in url)
+    return page
+
+
+def rows_done(frame) -> int:
+    text = frame.locator("#rows-done").inner_text()
+    return int(re.match(r"([\d,]+) of", text).group(1).replace(",", ""))
+
+
+def test_the_synap_tab_shows_progress_windows_failures_and_rejects_and_targets_start_a_dry_run_undo(
+        browser, stack, airflow, artifacts):
+    with stack.pg.connect() as conn:
+        load_demo_table(conn, "view_live", turns=1200, days=6, seed=51)
+        load_demo_table(conn, "view_rejects", turns=200, days=2, seed=52)
+        conn.execute("UPDATE view_rejects SET conversation_id = NULL WHERE id % 10 = 0")
+    page = login(browser, stack)
+    before = set_extra(airflow, requests_per_minute=60)  # a minute of batches: time to look
+    try:
+        assert airflow.trigger(DAG, "view_live", {"source_table": "view_live", "batch_size": 50,
+                                                  "min_rows_per_partition": 1,
+                                                  "verify_sample": 0})[0] == 200
+        # A running partition's label is its window from the moment it starts (the task runner
+        # sends it just after the state turns running: wait for the first one to arrive).
+        deadline = time.monotonic() + 180
+        # (Until then the API shows its map index.)
+        while not (running := [ti for ti in partitions(airflow, "view_live")
+                               if ti["state"] == "running"
+                               and ti["rendered_map_index"] not in (None, str(ti["map_index"]))]):
+            assert time.monotonic() < deadline, "no partition started with its label"
+            time.sleep(0.5)
+        assert all(re.fullmatch(r"\d{4}-\d{2}-\d{2} → \d{4}-\d{2}-\d{2}", ti["rendered_map_index"])
+                   for ti in running), [ti["rendered_map_index"] for ti in running]
+        frame = synap_tab(page, stack, "view_live")
+        frame.locator("#rows-done").wait_for()
+        first = rows_done(frame)
+        time.sleep(12)
+        frame.locator("#rows-done").wait_for()
+        second = rows_done(frame)
+        page.screenshot(path=str(artifacts / "synap-tab-running.png"), full_page=True)
+        assert second > first, (first, second)
+        assert frame.locator("#partition-table").get_by_text("running").count() >= 1
+    finally:
+        set_extra(airflow, **{"requests_per_minute": before.get("requests_per_minute", 600)})
+    assert airflow.wait_for_run(DAG, "view_live", timeout=300) == "success"
+
+    # A preflight mistake: the one line, with the closest relation.
+    assert airflow.trigger(DAG, "view_typo", {"source_table": "conversation"})[0] == 200
+    assert airflow.wait_for_run(DAG, "view_typo") == "failed"
+    frame = synap_tab(page, stack, "view_typo")
+    line = frame.locator("#failure-line")
+    line.wait_for()
+    assert "param 'source_table': no table or view 'conversation'" in line.inner_text()
+    assert "did you mean 'conversations'?" in line.inner_text()
+    page.screenshot(path=str(artifacts / "synap-tab-failed-preflight.png"), full_page=True)
+    deadline = time.monotonic() + 30
+    while not airflow.ok("GET", f"/api/v2/dags/{DAG}/dagRuns/view_typo").get("note"):
+        assert time.monotonic() < deadline, "the run's note was not set"
+        time.sleep(1)
+    note = airflow.ok("GET", f"/api/v2/dags/{DAG}/dagRuns/view_typo")["note"]
+    assert "did you mean 'conversations'?" in note
+
+    # Rejected rows, by reason, then by row key.
+    assert airflow.trigger(DAG, "view_rejects", {"source_table": "view_rejects", "verify_sample": 0,
+                                                 "max_rejected_share": 1})[0] == 200
+    assert airflow.wait_for_run(DAG, "view_rejects") == "success"
+    frame = synap_tab(page, stack, "view_rejects")
+    frame.locator("#reject-rows").wait_for()
+    assert frame.get_by_text("conversation_id is NULL or empty").first.is_visible()
+    assert frame.locator("#reject-rows tr").count() == 21  # a header and 20 rows
+    page.screenshot(path=str(artifacts / "synap-tab-rejects.png"), full_page=True)
+
+    # The targets page: the instance, the run, and an undo that starts as a dry run.
+    page.goto(f"{stack.url}/plugin/synap-targets")
+    frame = page.frame_locator("iframe").first
+    target = frame.locator("section[data-target='inst_0000000000000001']")
+    target.wait_for()
+    assert target.get_by_text("view_live").first.is_visible()
+    page.screenshot(path=str(artifacts / "synap-targets.png"), full_page=True)
+    airflow.ok("PATCH", "/api/v2/dags/synap_undo", {"is_paused": False})
+    target.locator("button.undo[data-run='view_live']").click()
+    # The frame opens the undo's own Synap view (the UI allows a plugin's frame no top navigation).
+    deadline = time.monotonic() + 30
+    while not (opened := [f.url for f in page.frames if "/synap/runs/synap_undo/" in f.url]):
+        if time.monotonic() > deadline:
+            page.screenshot(path=str(artifacts / "synap-undo-not-opened.png"), full_page=True)
+            raise AssertionError(f"the undo's view did not open: {[f.url for f in page.frames]}")
+        page.wait_for_timeout(500)  # (sync Playwright sees frame navigations only inside its calls)
+    undo_run = urllib.parse.unquote(opened[0].rsplit("/", 1)[1])
+    conf = airflow.ok("GET", f"/api/v2/dags/synap_undo/dagRuns/{undo_run}")["conf"]
+    assert conf == {"dag_id": DAG, "run_id": "view_live", "dry_run": True}
+    assert airflow.wait_for_run("synap_undo", undo_run) == "success"
+    frame = page.frame_locator("iframe").first
+    frame.get_by_text("Synap undo").wait_for()
+    page.screenshot(path=str(artifacts / "synap-undo-dry-run.png"), full_page=True)
+    page.close()
+
+
+def get(url: str, token: str | None = None) -> tuple[int, str]:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def test_the_plugins_endpoints_need_a_login_and_read_access_to_the_dag_and_serve_no_text_or_key(
+        stack, airflow):
+    with stack.pg.connect() as conn:
+        load_demo_table(conn, "view_secrets", turns=100, days=1, seed=53)
+        conn.execute("UPDATE view_secrets SET conversation_id = NULL WHERE id % 7 = 0")
+        texts = {t for row in conn.execute("SELECT user_text, assistant_text FROM view_secrets")
+                 for t in row if t}
+    assert airflow.trigger(DAG, "view_secrets", {"source_table": "view_secrets", "verify_sample": 0,
+                                                 "max_rejected_share": 1})[0] == 200
+    assert airflow.wait_for_run(DAG, "view_secrets") == "success"
+    paths = [f"/synap/runs/{DAG}/view_secrets", f"/synap/api/runs/{DAG}/view_secrets",
+             f"/synap/api/runs/{DAG}/view_secrets/rejects", "/synap/targets", "/synap/api/targets"]
+    nobody = AirflowClient(stack.url, "nobody", stack.password_of("nobody")).token
+
+    for path in paths:
+        assert get(stack.url + path)[0] == 401, path  # no login
+    for path in paths[:3]:
+        assert get(stack.url + path, nobody)[0] == 403, path  # no read access to the DAG
+    status, body = get(stack.url + "/synap/api/targets", nobody)
+    assert status == 200 and all(t.get("runs") == [] for t in json.loads(body)["targets"])
+
+    served = ""
+    for path in paths:
+        status, body = get(stack.url + path, airflow.token)
+        assert status == 200, (path, status, body[:300])
+        served += body
+    rejected = json.loads(get(stack.url + paths[2], airflow.token)[1])
+    assert rejected["total"] > 0 and rejected["rows"][0]["reason"] == "conversation_id is NULL or empty"
+    leaked = sorted(t for t in texts if len(t) >= 12 and t in served)
+    assert leaked == [], f"message text served: {leaked[:3]}"
+    assert "local-dev-key" not in served and "local-eu-key" not in served
+
+
+def test_the_run_view_is_read_in_time_from_a_ledger_of_500_partitions_and_100000_rejected_rows(
+        stack, airflow, artifacts):
+    """Paged and indexed reads; the figure goes to the README, no assertion on time."""
+    with stack.pg.connect() as conn:
+        load_demo_table(conn, "view_big", turns=60, days=1, seed=54)
+    assert airflow.trigger(DAG, "view_big", {"source_table": "view_big", "verify_sample": 0})[0] == 200
+    assert airflow.wait_for_run(DAG, "view_big") == "success"
+    windows = [{"label": f"window {i}", "start": f"2020-01-01T00:00:{i:03d}", "end": f"e{i}",
+                "rows": 200, "unchanged": 0} for i in range(500)]
+    with stack.pg.connect() as conn:
+        conn.execute("INSERT INTO synap_backfill.checkpoints (dag_id, run_id, window_key, partition,"
+                     " position, report, finished) SELECT %s, 'view_big', w->>'start' || '|' || (w->>'end'),"
+                     " w->>'label', NULL, json_build_object('rows_read', 200, 'ingested', 0,"
+                     " 'duplicates', 0, 'rejected', 200)::text, true FROM jsonb_array_elements(%s::jsonb) w",
+                     (DAG, json.dumps(windows)))
+        conn.execute("INSERT INTO synap_backfill.rejected_rows (dag_id, run_id, window_key, partition,"
+                     " row_number, row_key, reason) SELECT %s, 'view_big', 'w' || (i %% 500), 'window'"
+                     " || (i %% 500), i, 'conv-' || i || ':0', 'conversation_id is not a UUID'"
+                     " FROM generate_series(1, 100000) i", (DAG,))
+    airflow.ok("PATCH", f"/api/v2/dags/{DAG}/dagRuns/view_big/taskInstances/plan_partitions/"
+                        "xcomEntries/return_value", {"value": windows, "map_index": -1})
+
+    def timed(path: str) -> tuple[float, dict]:
+        times, body = [], ""
+        for _ in range(5):
+            started = time.monotonic()
+            status, body = get(stack.url + path, airflow.token)
+            times.append(time.monotonic() - started)
+            assert status == 200, (path, status, body[:300])
+        return statistics.median(times), json.loads(body)
+
+    view_s, view = timed(f"/synap/api/runs/{DAG}/view_big")
+    first_s, first = timed(f"/synap/api/runs/{DAG}/view_big/rejects")
+    deep_s, _ = timed(f"/synap/api/runs/{DAG}/view_big/rejects?after=w400%2350000")
+    targets_s, _ = timed("/synap/api/targets")
+    assert len(view["partitions"]) == 500 and first["total"] == 100_000 and len(first["rows"]) == 100
+    figures = (f"operator's view on a ledger of 500 partitions and 100,000 rejected rows (median of 5):"
+               f" run view {view_s * 1000:.0f} ms, rejects first page {first_s * 1000:.0f} ms,"
+               f" a page deep in {deep_s * 1000:.0f} ms, targets {targets_s * 1000:.0f} ms")
+    print(figures)
+    (artifacts / "operator-view-timing.txt").write_text(figures + "\n")
