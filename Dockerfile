@@ -14,3 +14,8 @@ COPY --chown=airflow:root pyproject.toml README.md /opt/synap-backfill/
 COPY --chown=airflow:root include /opt/synap-backfill/include
 COPY --chown=airflow:root plugins /opt/synap-backfill/plugins
 RUN pip install --no-cache-dir --no-deps -e /opt/synap-backfill
+# The local Synap API's store: a named volume takes this folder's owner, so the
+# service runs as the airflow user, not root.
+USER root
+RUN install -d -o airflow -g root /opt/synap
+USER airflow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -63,7 +64,7 @@ def test_the_init_creates_every_pool_and_connection_the_dags_use():
     script = "\n".join(SERVICES["airflow-init"]["command"])
     created = set(re.findall(r"airflow pools set (\S+) ", script))
     assert created == set(synap_pools())
-    connections = set(re.findall(r"add_conn (\S+) ", script))
+    connections = set(re.findall(r'Connection\(conn_id="(\w+)"', script))
     from include.backfill.regions import load_regions
 
     assert {"synap_default", "postgres_default", *(r.synap_conn_id for r in load_regions())} <= connections
@@ -81,5 +82,61 @@ def test_the_image_installs_the_versions_requirements_pins():
 
 def test_the_synap_api_and_demo_data_services_run_this_repos_modules():
     assert SERVICES["synap-api"]["entrypoint"][-1] == "include.synap_local"
-    assert "--tenant local-dev-key" in SERVICES["synap-api"]["command"]
+    assert "SYNAP_API_KEY" in SERVICES["synap-api"]["environment"]["SYNAP_LOCAL_TENANTS"]
     assert SERVICES["source-init"]["entrypoint"][-1] == "include.demo_data"
+
+
+SECRETS = {"AIRFLOW_JWT_SECRET", "AIRFLOW_FERNET_KEY", "SYNAP_API_KEY", "SYNAP_EU_API_KEY",
+           "SYNAP_LOCAL_CONTROL_TOKEN", "SOURCE_DB_PASSWORD"}
+_REFERENCE = re.compile(r"\$\{(\w+)(?:(:?[-?])([^}]*))?\}")
+
+
+def interpolate(text: str, env: dict[str, str]) -> str:
+    """Compose's interpolation of ``${VAR}``, ``${VAR:-default}`` and ``${VAR:?error}``."""
+    def value(match: re.Match[str]) -> str:
+        name, op, arg = match.group(1), match.group(2), match.group(3)
+        if env.get(name):
+            return env[name]
+        if op == ":?":
+            raise LookupError(f"required variable {name} is missing a value: {arg}")
+        return arg if op == ":-" else ""
+    return _REFERENCE.sub(value, text.replace("$$", "\0")).replace("\0", "$")
+
+
+def test_compose_refuses_to_start_without_each_secret_and_has_no_default_for_any():
+    text = (REPO / "docker-compose.yaml").read_text()
+    full = {name: f"value-of-{name}" for name in SECRETS}
+    resolved = yaml.safe_load(interpolate(text, full))
+    assert resolved["x-airflow-common"]["environment"]["AIRFLOW__API_AUTH__JWT_SECRET"] == full[
+        "AIRFLOW_JWT_SECRET"]
+    for name in sorted(SECRETS):
+        with pytest.raises(LookupError, match=f"required variable {name} is missing"):
+            interpolate(text, {k: v for k, v in full.items() if k != name})
+    defaults = {m.group(1) for m in _REFERENCE.finditer(text) if m.group(2) == ":-"}
+    assert not defaults & SECRETS, defaults & SECRETS
+    assert "change-me" not in text
+
+
+def test_ports_are_published_on_loopback_unless_a_bind_address_is_set():
+    text = (REPO / "docker-compose.yaml").read_text()
+    published = {name: s["ports"] for name, s in SERVICES.items() if s.get("ports")}
+    assert set(published) == {"airflow-apiserver", "synap-api"}
+    for ports in published.values():
+        for port in ports:
+            assert port.startswith("${BIND_ADDRESS:-127.0.0.1}:"), port
+    resolved = yaml.safe_load(interpolate(text, {n: "x" for n in SECRETS}))
+    assert resolved["services"]["airflow-apiserver"]["ports"] == ["127.0.0.1:8080:8080"]
+    opened = yaml.safe_load(interpolate(text, {**{n: "x" for n in SECRETS}, "BIND_ADDRESS": "0.0.0.0"}))
+    assert opened["services"]["airflow-apiserver"]["ports"] == ["0.0.0.0:8080:8080"]
+
+
+def test_no_key_or_password_is_on_a_command_line_and_no_service_runs_as_root():
+    for name, service in SERVICES.items():
+        argv = json.dumps([service.get("entrypoint"), service.get("command")])
+        for secret in SECRETS:  # read from the environment inside the process, never expanded
+            assert not re.search(r"\$\$?\{?" + secret, argv), (name, secret)
+        assert "local-dev-key" not in argv and "app:app@" not in argv, name
+        if name in {"postgres", "redis", "source-db"}:
+            continue  # the official images drop to their own user themselves
+        user = service.get("user", "")
+        assert user and not user.startswith(("0:", "root")), (name, user)
