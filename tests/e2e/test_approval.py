@@ -18,7 +18,7 @@ DAG = "synap_backfill"
 
 
 def batch_requests(stack) -> int:
-    return len(local_api_stats(stack.synap.url)["batch_answers"])
+    return len(local_api_stats(stack.synap)["batch_answers"])
 
 
 @pytest.mark.parametrize("choice", ["Reject", "Approve"])
@@ -36,7 +36,7 @@ def test_the_plan_waits_for_approval_and_only_an_approved_run_sends(stack, airfl
         assert time.monotonic() < deadline, f"approve_plan is {states['approve_plan']}"
         time.sleep(0.5)
     assert states.get("backfill_partition") in (None, "scheduled", "none")
-    assert f"**{rows:,} rows** from `{table}`" in question["body"]
+    assert f"**{rows:,} rows to send** from `{table}`" in question["body"]
     assert "partitions" in question["body"] and "credits" in question["body"]
     assert question["options"] == ["Approve", "Reject"]
     (artifacts / f"approval-{choice.lower()}-body.md").write_text(question["body"])
