@@ -5,6 +5,11 @@
     python -m include.synap_local list [--db ...] [--instance-id ...] [--limit 20] [--text]
 
 ``list`` prints one JSON object a line; message text only with ``--text``.
+
+``serve`` reads tenants from ``--tenant`` and from ``SYNAP_LOCAL_TENANTS``
+(comma-separated specs: keys stay off the command line), and the control token
+of ``/_local/*`` from ``SYNAP_LOCAL_CONTROL_TOKEN``: without it ``/_local/*``
+answers 401 to everyone (``counts`` and ``list`` read the store directly).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -36,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
                        help=f"an API key this server accepts (default: {DEFAULT_API_KEY}, b2b);"
                             " *-unreported: whoami names no isolation")
     serve.add_argument("--max-batch", type=int, default=100)
+    serve.add_argument("--max-body-bytes", type=int, default=64 * 1024 * 1024,
+                       help="a longer request body is refused (413) unread")
     serve.add_argument("--on-duplicate", choices=["reject", "update"], default="reject")
     serve.add_argument("--duplicate-reports-original", action="store_true",
                        help="a duplicate's result carries the first write's queued_at and"
@@ -80,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _env_tenants() -> list[str]:
+    return [t.strip() for t in os.environ.get("SYNAP_LOCAL_TENANTS", "").split(",") if t.strip()]
+
+
 def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s synap-local %(message)s")
     controls = Controls(rate_limit_per_minute=args.rate_limit_per_minute, latency_ms=args.latency_ms,
@@ -92,7 +104,9 @@ def _serve(args: argparse.Namespace) -> int:
                         faults=[FaultRule.from_dict(json.loads(f)) for f in args.fault])
     settings = ServerSettings(
         db_path=args.db,
-        tenants=[Tenant.parse(t) for t in args.tenant] or [Tenant(DEFAULT_API_KEY)],
+        tenants=[Tenant.parse(t) for t in [*args.tenant, *_env_tenants()]] or [Tenant(DEFAULT_API_KEY)],
+        control_token=os.environ.get("SYNAP_LOCAL_CONTROL_TOKEN", ""),
+        max_body_bytes=args.max_body_bytes,
         max_batch=args.max_batch, on_duplicate=args.on_duplicate,
         duplicate_reports_original=args.duplicate_reports_original,
         anew_after_delete=args.resend_after_delete == "anew", controls=controls)

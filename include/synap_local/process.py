@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -10,6 +12,8 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+from .server import CONTROL_HEADER
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,12 +27,15 @@ class SynapProcess:
         self.port = port
         self.url = ""
         self._proc: subprocess.Popen[str] | None = None
+        # /_local/*'s token, for this process's owner only (never a tenant key).
+        self.control_token = secrets.token_urlsafe(24)
 
     def start(self) -> "SynapProcess":
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "include.synap_local", "serve", "--port", str(self.port),
              "--db", str(self.db_path), *self.args],
-            cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True)
+            cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True,
+            env={**os.environ, "SYNAP_LOCAL_CONTROL_TOKEN": self.control_token})
         line = self._proc.stdout.readline() if self._proc.stdout else ""
         if "listening on " not in line:
             self.stop()
@@ -52,7 +59,8 @@ class SynapProcess:
         return self._proc.pid if self._proc else None
 
     def get(self, path: str) -> Any:
-        with urllib.request.urlopen(self.url + path, timeout=10) as resp:
+        req = urllib.request.Request(self.url + path, headers={CONTROL_HEADER: self.control_token})
+        with urllib.request.urlopen(req, timeout=10) as resp:
             return json.load(resp)
 
     @property
@@ -64,7 +72,8 @@ class SynapProcess:
         """Change rate limit, latency or faults of the running server."""
         req = urllib.request.Request(self.url + "/_local/controls", method="POST",
                                      data=json.dumps(changes).encode(),
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": "application/json",
+                                              CONTROL_HEADER: self.control_token})
         with urllib.request.urlopen(req, timeout=10) as resp:
             return json.load(resp)
 

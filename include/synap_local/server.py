@@ -56,6 +56,7 @@ connection after storing a batch, which an ASGI server cannot do.
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import math
@@ -80,6 +81,7 @@ from .validation import DocumentInvalid, normalize_document
 log = logging.getLogger("synap_local")
 
 DEFAULT_API_KEY = "local-dev-key"
+CONTROL_HEADER = "X-Synap-Local-Control"  # carries the control token of /_local/*
 DUPLICATE_MESSAGE = "duplicate document_id: already ingested on this instance"
 
 
@@ -138,6 +140,11 @@ class ServerSettings:
     # A document id whose memories were all deleted, sent again, is taken anew (not a duplicate).
     anew_after_delete: bool = False
     controls: Controls = field(default_factory=Controls)
+    # /_local/* (stored text, counters, fault controls) answers only requests carrying this
+    # token in CONTROL_HEADER; empty: /_local/* is closed. Never a tenant's key.
+    control_token: str = ""
+    # A request body longer than this is refused (413) before a byte of it is read.
+    max_body_bytes: int = 64 * 1024 * 1024
 
 
 class _Stats:
@@ -270,8 +277,26 @@ class _Handler(BaseHTTPRequestHandler):
     def _read_body(self) -> None:
         # Always drain the body, even for a request we refuse: what is left
         # unread on a kept-alive connection would be parsed as the next request.
-        length = int(self.headers.get("Content-Length") or 0)
+        # One too long is not read at all: refused, and the connection closed.
+        self._raw_body = b""
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            self.close_connection = True
+            raise _Answer(400, {"detail": "Content-Length is not a number"}) from None
+        if length < 0 or length > self.server.settings.max_body_bytes:
+            self.close_connection = True
+            raise _Answer(413, {"detail": f"request body over {self.server.settings.max_body_bytes}"
+                                          " bytes"})
         self._raw_body = self.rfile.read(length) if length else b""
+
+    def _check_control(self) -> None:
+        """``/_local/*`` serves stored text and changes faults: only with the control token."""
+        token = self.server.settings.control_token
+        given = self.headers.get(CONTROL_HEADER, "")
+        if not token or not hmac.compare_digest(given.encode(), token.encode()):
+            raise _Answer(401, {"detail": f"/_local/* needs the control token in {CONTROL_HEADER}"
+                                          " (SYNAP_LOCAL_CONTROL_TOKEN when the server started)"})
 
     def _body(self) -> Any:
         try:
@@ -298,8 +323,10 @@ class _Handler(BaseHTTPRequestHandler):
         if route is None and path.startswith("/api/v1/memories/") and path.count("/") == 4:
             route = {"GET": _Handler._get_memory, "DELETE": _Handler._delete_memory}.get(method)
         status = 404
-        self._read_body()
         try:
+            self._read_body()
+            if path.startswith("/_local"):
+                self._check_control()
             if route is None:
                 raise _Answer(404, {"detail": f"no route {method} {path}"})
             route(self)

@@ -95,16 +95,13 @@ class AirflowClient:
         return "\n".join(json.dumps(e, ensure_ascii=False) for e in content)
 
 
-def local_api_stats(url: str) -> dict:
+def local_api_stats(synap: Any) -> dict:
     """The local Synap API's counters, with each batch and status request's arrival."""
-    with urllib.request.urlopen(f"{url}/_local/stats", timeout=10) as resp:
-        return json.load(resp)
+    return dict(synap.get("/_local/stats"))
 
 
-def set_local_api(url: str, **controls: Any) -> None:
-    req = urllib.request.Request(f"{url}/_local/controls", data=json.dumps(controls).encode(),
-                                 method="POST", headers={"Content-Type": "application/json"})
-    urllib.request.urlopen(req, timeout=10).close()
+def set_local_api(synap: Any, **controls: Any) -> None:
+    synap.controls(**controls)
 
 
 def wait_for_question(airflow: AirflowClient, dag_id: str, run_id: str, task_id: str,

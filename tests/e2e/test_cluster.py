@@ -92,7 +92,7 @@ def test_a_backfill_runs_on_both_workers_within_the_shared_rate_limit(cluster, a
     tis = partitions(api, "cluster_spread")
     ran_on = {ti["rendered_map_index"]: ti["hostname"] for ti in tis}
     summary = api.xcom(DAG, "cluster_spread", "summarize")
-    answers = [(t, status) for t, status in local_api_stats(cluster.synap.url)["batch_answers"]]
+    answers = [(t, status) for t, status in local_api_stats(cluster.synap)["batch_answers"]]
     busiest = busiest_minute(answers)
     throttled = sum(1 for _, status in answers if status == 429)
 

@@ -40,4 +40,4 @@ def test_an_undo_waits_for_approval_with_the_dry_runs_figures_and_a_rejection_de
     approval = next(ti for ti in tis if ti["task_id"] == "approve_undo")
     assert approval["state"] == "success", scheduler_errors(stack, "undo_e2e")
     assert {ti["state"] for ti in tis if ti["task_id"] == "undo_partition"} == {"skipped"}
-    assert local_api_stats(stack.synap.url)["memory_deletes"] == {}  # nothing was deleted
+    assert local_api_stats(stack.synap)["memory_deletes"] == {}  # nothing was deleted

@@ -38,7 +38,7 @@ def test_verify_waits_deferred_without_a_worker_slot_and_its_calls_share_the_rat
         load_demo_table(conn, "verify_second", turns=800, days=2, seed=22)
     before = json.loads(airflow.ok("GET", "/api/v2/connections/synap_default")["extra"] or "{}")
     set_rate(airflow, {**before, "requests_per_minute": RATE})
-    set_local_api(stack.synap.url, extraction_seconds=35)
+    set_local_api(stack.synap, extraction_seconds=35)
     started = time.time()
     try:
         assert airflow.trigger(DAG, "verify_first", {"source_table": "verify_first",
@@ -62,11 +62,11 @@ def test_verify_waits_deferred_without_a_worker_slot_and_its_calls_share_the_rat
                 airflow.failures(DAG, run_id)
     finally:
         set_rate(airflow, before)
-        set_local_api(stack.synap.url, extraction_seconds=0)
+        set_local_api(stack.synap, extraction_seconds=0)
 
     verified = airflow.xcom(DAG, "verify_first", "verify_extraction")
     assert verified["sampled"] >= 5 and verified["completed"] == verified["sampled"]
-    stats = local_api_stats(stack.synap.url)
+    stats = local_api_stats(stack.synap)
     arrivals = [(t, s) for t, s in stats["batch_answers"] + stats["status_answers"] if t >= started]
     statuses = [a for a in stats["status_answers"] if a[0] >= started]
     assert len(statuses) > verified["sampled"]  # it asked more than once: extraction took a while

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
 import urllib.error
 import urllib.request
 from datetime import datetime, timezone
@@ -20,10 +21,12 @@ from synap_provider.hooks import SynapHook
 
 from include.backfill.sending import outcome_unknown
 from include.synap_local import LocalSynapServer, ServerSettings, Tenant
+from include.synap_local.server import CONTROL_HEADER
 from include.synap_local.store import DocumentStore
 
 pytestmark = pytest.mark.integration
 AT = datetime(2024, 3, 1, 12, 0, tzinfo=timezone.utc)
+CONTROL_TOKEN = "test-control-token"
 
 
 @pytest.fixture()
@@ -32,7 +35,8 @@ def server(tmp_path: Path):
         db_path=tmp_path / "synap.sqlite3",
         tenants=[Tenant("key-b2b", "inst_00000000000000b2", "b2b"),
                  Tenant("key-b2c", "inst_00000000000000c2", "b2c"),
-                 Tenant("key-quiet", "inst_00000000000000d2", "b2b", reports_isolation=False)]
+                 Tenant("key-quiet", "inst_00000000000000d2", "b2b", reports_isolation=False)],
+        control_token=CONTROL_TOKEN, max_body_bytes=1_000_000,
     )).start_in_thread()
     yield srv
     srv.stop()
@@ -212,13 +216,59 @@ def test_a_fault_can_target_one_time_window_only(server):
         call(server, "key-b2b", batch([doc(2, document_created_at=at)]))
 
 
-def test_the_read_only_view_lists_documents_and_counts(server):
+def local(server: LocalSynapServer, path: str, token: str | None = CONTROL_TOKEN) -> tuple[int, Any]:
+    req = urllib.request.Request(server.url + path, headers={CONTROL_HEADER: token} if token else {})
+    try:
+        with urllib.request.urlopen(req) as resp:
+            return resp.status, json.load(resp)
+    except urllib.error.HTTPError as err:
+        return err.code, json.load(err)
+
+
+def test_the_read_only_view_lists_documents_and_counts_with_the_control_token(server):
     call(server, "key-b2b", batch([doc(1)]))
-    with urllib.request.urlopen(server.url + "/_local/documents?limit=5") as resp:
-        listing = json.load(resp)
+    status, listing = local(server, "/_local/documents?limit=5")
+    assert status == 200
     assert listing["count"] == 1 and listing["documents"][0]["user_id"] == "u1"
-    with urllib.request.urlopen(server.url + "/_local/stats") as resp:
-        assert json.load(resp)["stored"] == {"inst_00000000000000b2": 1}
+    assert local(server, "/_local/stats")[1]["stored"] == {"inst_00000000000000b2": 1}
+
+
+@pytest.mark.parametrize("path", ["/_local/documents?limit=-1", "/_local/stats"])
+@pytest.mark.parametrize("token", [None, "wrong", "key-b2b"])
+def test_the_inspection_endpoints_refuse_requests_without_the_control_token(server, path, token):
+    call(server, "key-b2b", batch([doc(1)]))
+    status, answer = local(server, path, token)
+    assert status == 401 and "control token" in answer["detail"]
+    assert "hello" not in json.dumps(answer)
+
+
+def test_fault_controls_refuse_requests_without_the_control_token(server):
+    req = urllib.request.Request(server.url + "/_local/controls", method="POST",
+                                 data=json.dumps({"rate_limit_per_minute": 1}).encode(),
+                                 headers={"Authorization": "Bearer key-b2b"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(req)
+    assert refused.value.code == 401
+    assert server.settings.controls.rate_limit_per_minute == 0
+
+
+def test_a_server_started_without_a_control_token_keeps_inspection_closed(tmp_path):
+    srv = LocalSynapServer(ServerSettings(db_path=tmp_path / "s.sqlite3")).start_in_thread()
+    try:
+        assert local(srv, "/_local/stats", "")[0] == 401
+        assert local(srv, "/_local/stats", "anything")[0] == 401
+    finally:
+        srv.stop()
+
+
+def test_a_body_over_the_bound_is_refused_before_it_is_read(server):
+    with socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=10) as sock:
+        sock.sendall(b"POST /api/v1/memories/batch HTTP/1.1\r\nHost: x\r\n"
+                     b"Authorization: Bearer key-b2b\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 2000000000\r\n\r\n")  # announces 2 GB, sends none of it
+        answer = sock.recv(4096).decode()
+    assert answer.startswith("HTTP/1.1 413") or answer.startswith("HTTP/1.0 413"), answer[:80]
+    assert server.store.counts() == {}
 
 
 def post(server: LocalSynapServer, path: str, body: dict | None, key: str) -> dict:
@@ -263,7 +313,9 @@ def test_memories_listed_by_status_are_read_and_deleted_once_then_404(server):
             call(server, "key-b2b", again)
     with pytest.raises(ContextNotFoundError):  # another instance's memory is unknown here
         call(server, "key-quiet", lambda sdk: sdk.memories.delete(status.memory_ids[-1]))
-    assert server.stats.snapshot()["memory_deletes"][str(memory)] == 2
+    # Twice from its own tenant; a third time from the other one when it made one memory only.
+    asked_elsewhere = 1 if str(status.memory_ids[-1]) == str(memory) else 0
+    assert server.stats.snapshot()["memory_deletes"][str(memory)] == 2 + asked_elsewhere
 
 
 @pytest.mark.parametrize("anew", [False, True], ids=["refused-as-duplicate", "taken-anew"])
