@@ -97,7 +97,7 @@ def build_document(row: SourceRow, mode: str = "long-range", *, max_chars: int |
     if row.repeats_earlier or (first_copy is not None and row.created_at > first_copy):
         return Rejected(row.key, RejectReason.DUPLICATED_IN_SOURCE)
     text = f"User: {row.user_text or ''}\nAssistant: {row.assistant_text or ''}"
-    if max_chars is not None and len(text) > max_chars:
+    if row.too_long or (max_chars is not None and len(text) > max_chars):
         return Rejected(row.key, RejectReason.TOO_LONG)
     customer_id = row.customer_id
     if isolation == B2C_ISOLATION:
@@ -136,6 +136,8 @@ def _problem(row: SourceRow) -> str | None:
         return RejectReason.NO_MESSAGE_INDEX
     if row.invalid_text:
         return RejectReason.INVALID_UTF8
+    if row.too_long:
+        return None  # its texts were not fetched: build_document rejects it as too long
     if not (row.user_text or "").strip() and not (row.assistant_text or "").strip():
         return RejectReason.EMPTY_TURN
     if "\x00" in (row.user_text or "") or "\x00" in (row.assistant_text or ""):

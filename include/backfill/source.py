@@ -66,6 +66,7 @@ from .planning import BucketCount
 Position = Tuple[Any, str, Any, str]
 Group = Tuple[Any, str, Any]  # a turn at one time: rows sharing it are copies
 NULL_INDEX = -9223372036854775808  # where a NULL message_index sorts
+DOCUMENT_FRAME_CHARS = len("User: \nAssistant: ")  # documents.build_document's frame
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +88,9 @@ class SourceRow:
     sort_key: Position = (None, "", NULL_INDEX, "")  # the read's order key, as sorted
     row_hash: int = 0  # the row's share of its bucket's fingerprint (``buckets.ROW_HASH_SQL``)
     index_text: str = ""  # message_index as stored, for the row key of one that is not whole
+    # Its document would be longer than max_document_chars, measured in SQL: its texts were
+    # never fetched (a 1 GB cell costs the worker nothing), and it is rejected as too long.
+    too_long: bool = False
 
     @property
     def key(self) -> str:
@@ -143,14 +147,19 @@ def _select(config: BackfillConfig, timed: bool) -> str:
     repeats = (f"row_number() OVER (PARTITION BY {', '.join(key[:-1])} ORDER BY {key[-1]}) > 1"
                if timed else "false")
     names = ["k0", "k1", "k2", "k3"][-len(key):]
+    # The document's length ("User: " + user + "\nAssistant: " + assistant) from the
+    # server's count, so a text over the limit is never sent over the wire to the worker.
+    length = (f"(char_length(COALESCE({q(c.user_text)}::text, ''))"
+              f" + char_length(COALESCE({q(c.assistant_text)}::text, '')) + {DOCUMENT_FRAME_CHARS})")
+    too_long = f"{length} > {int(config.max_document_chars)}"
     return (
         f"SELECT {q(c.conversation_id)}::text, {q(c.message_index)}, {q(c.user_id)}::text,"
-        f" {customer}, textsend({q(c.user_text)}::text),"
-        f" textsend({q(c.assistant_text)}::text),"
+        f" {customer}, CASE WHEN {too_long} THEN NULL ELSE textsend({q(c.user_text)}::text) END,"
+        f" CASE WHEN {too_long} THEN NULL ELSE textsend({q(c.assistant_text)}::text) END,"
         f" {q(c.created_at) + '::timestamptz' if timed else 'NULL::timestamptz'},"
         f" {repeats} AS repeats_earlier,"
         f" {'false' if timed else q(c.created_at) + ' IS NOT NULL'} AS unrepresentable_time,"
-        f" {row_hash_sql(config)} AS row_hash,"
+        f" {row_hash_sql(config)} AS row_hash, {too_long} AS too_long,"
         f" {', '.join(f'{k} AS {n}' for k, n in zip(key, names))}"
         f" FROM {quoted_table(config)}")
 
@@ -166,7 +175,7 @@ def _order_key(config: BackfillConfig, timed: bool) -> list[str]:
 
 
 _FIELDS = ("conversation_id, message_index, user_id, customer_id, user_text, assistant_text,"
-           " created_at, repeats_earlier, unrepresentable_time, row_hash")
+           " created_at, repeats_earlier, unrepresentable_time, row_hash, too_long")
 _COLUMNS = _FIELDS.replace(",", "").split()
 
 
@@ -339,7 +348,7 @@ def read_window(conn: Any, config: BackfillConfig,
             if not chunk:
                 break
             for (conv, index, user, customer, user_raw, assistant_raw, created, repeats,
-                 unrepresentable, row_hash, k0, k1, k2, k3) in chunk:
+                 unrepresentable, row_hash, too_long, k0, k1, k2, k3) in chunk:
                 user_text, user_ok = _text(user_raw)
                 assistant_text, assistant_ok = _text(assistant_raw)
                 whole, not_whole = whole_index(index)
@@ -348,7 +357,7 @@ def read_window(conn: Any, config: BackfillConfig,
                                 not (user_ok and assistant_ok), bool(repeats),
                                 bool(unrepresentable), not_whole,
                                 (k0, as_text(k1), k2, as_text(k3)), int(row_hash),
-                                str(index) if not_whole else "")
+                                str(index) if not_whole else "", bool(too_long))
     conn.commit()
 
 

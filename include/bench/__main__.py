@@ -63,6 +63,8 @@ LARGE = 1_000_000
 MEMORY_ROWS = (10_000, LARGE)
 REJECTED_ROWS = (10_000, 300_000)  # the all-rejected partitions compared
 PLAN_ROWS = 2_000_000  # the table the planner is timed on, over two years
+HOSTILE_ROWS = 20_000  # the partition compared with and without one huge cell
+HOSTILE_CELL_MB = 200
 
 
 @dataclass
@@ -99,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inventory", action="store_true",
                         help=f"a first run and a re-run of an unchanged {LARGE:,}-row table, the"
                              " inventory's size per million rows, and --plan")
+    parser.add_argument("--hostile-cell", action="store_true",
+                        help=f"peak memory of a {HOSTILE_ROWS:,}-row partition with one"
+                             f" {HOSTILE_CELL_MB} MB text cell, against the same without it")
     parser.add_argument("--workers", type=int, default=4, help="partitions at a time (pool slots)")
     args = parser.parse_args(argv)
     args.plan = args.plan or args.inventory
@@ -131,6 +136,13 @@ def main(argv: list[str] | None = None) -> int:
         planning: list[dict] = []
         if args.plan:
             planning = _measure_planning(pg, f"bench_plan_{PLAN_ROWS}", PLAN_ROWS)
+        hostile: list[dict] = []
+        if args.hostile_cell:
+            base = f"bench_hostile_base_{HOSTILE_ROWS}"
+            _ensure_table(pg, base, HOSTILE_ROWS)
+            _ensure_hostile_table(pg, base, f"bench_hostile_{HOSTILE_CELL_MB}mb")
+            hostile = [_measure_window(pg, table, HOSTILE_ROWS)
+                       for table in (base, f"bench_hostile_{HOSTILE_CELL_MB}mb")]
         rejected: list[dict] = []
         if args.rejected:
             table = f"bench_rejected_{REJECTED_ROWS[-1]}"
@@ -144,11 +156,18 @@ def main(argv: list[str] | None = None) -> int:
         print("\n" + render_rerun(rerun))
     if planning:
         print("\n" + render_planning(planning))
+    if hostile:
+        plain, huge = hostile
+        print(f"\none {HOSTILE_CELL_MB} MB text cell in a {HOSTILE_ROWS:,}-row partition (rejected as"
+              f" too long, measured in SQL): peak memory {huge['peak_rss_mb']:.1f} MB against"
+              f" {plain['peak_rss_mb']:.1f} MB without it ({huge['peak_rss_mb'] - plain['peak_rss_mb']:+.1f}"
+              f" MB; rejected {huge['rejected']} vs {plain['rejected']})")
     if rejected:
         print("\nevery row rejected (conversation_id is not a UUID):\n" + render_memory(rejected))
     out = STATE / "results.json"
     out.write_text(json.dumps({"throughput": [asdict(r) for r in results], "memory": memory,
                                "rejected_memory": rejected, "planning": planning,
+                               "hostile_cell": hostile,
                                "rerun": rerun}, indent=2))
     print(f"\nwritten to {out.relative_to(REPO_ROOT)}")
     return 0
@@ -161,6 +180,18 @@ def _ensure_table(pg: LocalPostgres, table: str, turns: int) -> None:
             return
         print(f"building {table}: {turns} turns over 90 days...", flush=True)
         load_demo_table(conn, table, turns=turns, days=90, seed=11)
+
+
+def _ensure_hostile_table(pg: LocalPostgres, base: str, table: str) -> None:
+    """``base`` again, with one row's user_text made ``HOSTILE_CELL_MB`` MB, mid-partition."""
+    with pg.connect() as conn:
+        if conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()[0]:
+            return
+        print(f"building {table}: {base} with one {HOSTILE_CELL_MB} MB cell...", flush=True)
+        conn.execute(f"CREATE TABLE {table} AS SELECT * FROM {base}")
+        conn.execute(f"UPDATE {table} SET user_text = repeat('x', {HOSTILE_CELL_MB} * 1024 * 1024)"
+                     f" WHERE id = (SELECT id FROM {table} ORDER BY created_at"
+                     f" OFFSET {HOSTILE_ROWS // 2} LIMIT 1)")
 
 
 def _measure_planning(pg: LocalPostgres, table: str, rows: int) -> list[dict]:

@@ -119,3 +119,38 @@ def test_a_batch_refused_whole_is_split_until_the_culprit_is_isolated(
 
 def _lit(value):
     return "NULL" if value is None else "'" + str(value).replace("'", "''") + "'"
+
+
+def test_a_text_over_max_document_chars_is_measured_in_sql_and_never_fetched(
+        local_pg, run_backfill, stored_documents):
+    from contextlib import closing
+
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+    from include.backfill.config import config_from_params
+    from include.backfill.source import read_window
+    from tests.conftest import make_table
+
+    huge = "x" * 5_000_000  # 5 MB in one cell; the limit below is 1,000 characters
+    conv = str(uuid.uuid4())
+    make_table(local_pg, "poison_huge", [
+        ("u1", "c1", conv, 0, "a short turn", "ok", AT),
+        ("u1", "c1", conv, 1, huge, "ok", AT + timedelta(minutes=1)),
+        ("u1", "c1", conv, 2, "short again", "x" * 980, AT + timedelta(minutes=2)),  # 1,004 chars
+        ("u1", "c1", conv, 3, "last", "ok", AT + timedelta(minutes=3))])
+
+    dag_run = run_backfill(source_table="poison_huge", max_document_chars=1000,
+                           max_rejected_share=1)
+
+    assert str(dag_run.state) == "success"
+    (summary,) = local_airflow.task_results(dag_run, "summarize")
+    assert summary["rejected_by_reason"] == {RejectReason.TOO_LONG: 2}
+    assert sorted(d["document_id"] for d in stored_documents()) == [
+        f"backfill:{conv}:0", f"backfill:{conv}:3"]
+    # What the worker receives for the long rows: the flag, not the text.
+    config = config_from_params({"source_table": "poison_huge", "max_document_chars": 1000})
+    with closing(PostgresHook(postgres_conn_id="postgres_default").get_conn()) as conn:
+        rows = list(read_window(conn, config, [(AT, AT + timedelta(hours=1))]))
+    assert [(r.message_index, r.too_long, r.user_text is None) for r in rows] == [
+        (0, False, False), (1, True, True), (2, True, True), (3, False, False)]
+
