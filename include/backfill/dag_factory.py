@@ -43,6 +43,12 @@ _CONN_ID = r"^[A-Za-z0-9_.\-]{1,250}$"
 _COLUMNS = tuple(f.name for f in fields(SourceColumns))
 
 
+def _set_partition_time_limit(context: Any) -> None:
+    from include.backfill.time_limit import set_partition_time_limit
+
+    set_partition_time_limit(context)
+
+
 def backfill_params(**defaults: Any) -> dict[str, Param]:
     """The trigger form; ``defaults`` override the recipe's defaults (a region's connection)."""
     base = BackfillConfig()  # the defaults config_from_params applies, shown in the form
@@ -225,8 +231,10 @@ def build_backfill_dag(dag_id: str, *, doc_md: str, schedule: Any = None,
         # The label is rendered once before the task runs (the window, from the mapped
         # argument: running partitions carry it, and so does the Clear dialog) and again
         # when it ends (its counts, from the context).
+        # Its execution_timeout is set as it starts, from its planned rows at the target's
+        # pace (time_limit.py): a stalled attempt fails and its retry resumes.
         @task(map_index_template=PARTITION_LABEL, pool=pool, retries=2, multiple_outputs=False,
-              retry_delay=timedelta(seconds=20))
+              retry_delay=timedelta(seconds=20), pre_execute=_set_partition_time_limit)
         def backfill_partition(config: dict, window: dict) -> dict:
             from include.backfill.accounting import counts_label
             from include.backfill.tasks import one_line, run_partition

@@ -40,13 +40,14 @@ speaks UTF-8, so the ledger works in a legacy ``SQL_ASCII`` database too.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
 from .inventory import create_tables as create_inventory_tables
 from .inventory import write_held
@@ -56,6 +57,7 @@ from .undo_ledger import create_tables as create_undo_tables
 from .undo_ledger import generations
 
 DEFAULT_SCHEMA = "synap_backfill"
+T = TypeVar("T")
 log = logging.getLogger("synap_backfill")
 
 
@@ -72,56 +74,121 @@ class Checkpoint:
     open_buckets: dict[int, list[int]]  # bucket -> [rows, hash sum] read so far, not yet complete
 
 
-def ensure_tables(conn: Any, schema: str) -> None:
-    """Create the schema and its tables if missing.
+# Bump when the DDL of ensure_tables changes: the next run's preflight applies it, once.
+LEDGER_VERSION = 2
+DDL_LOCK_TIMEOUT = "10s"  # the longest the ledger's DDL waits for a lock before it gives up
+# The longest one ledger or pacing statement waits for a lock (a session idle in a
+# transaction that holds one): then the partition fails, naming the ledger, and its retry
+# resumes from the checkpoint. Never a wait without a bound.
+SESSION_LOCK_TIMEOUT = "60s"
 
-    Under an advisory lock: partitions starting together would otherwise race
-    on ``CREATE ... IF NOT EXISTS``.
+
+class LedgerBusy(RuntimeError):
+    """The ledger's DDL could not take its locks within ``DDL_LOCK_TIMEOUT``."""
+
+
+class LedgerFailed(RuntimeError):
+    """A ledger statement failed (lost connection, lock timeout): the partition stops sending."""
+
+
+class Superseded(LedgerFailed):
+    """A later attempt of the partition took its fence: this one must not write or send."""
+
+
+def limit_lock_waits(conn: Any) -> None:
+    """Bound every lock wait of this ledger session (``SESSION_LOCK_TIMEOUT``)."""
+    with conn.cursor() as cur:
+        cur.execute(f"SET lock_timeout = '{SESSION_LOCK_TIMEOUT}'")
+    conn.commit()
+
+
+def ensure_tables(conn: Any, schema: str) -> None:
+    """Create or upgrade the ledger's schema and tables; nothing at all when they are current.
+
+    Called once per run (the first task's preflight), never at a partition's start:
+    DDL takes locks that one session idle in a transaction on a ledger table holds up,
+    and every partition would queue behind it. When ``ledger_version`` says the tables
+    are current this only reads the catalog and checks the checkpoints are writable.
+    Otherwise the DDL runs under ``lock_timeout`` (``LedgerBusy`` names the wait) and
+    an advisory lock, so runs starting together do not race on ``CREATE``.
     """
     s = quote_identifier(schema)
     with conn.cursor() as cur:
         cur.execute("SET client_encoding TO 'UTF8'")
-        cur.execute("SELECT pg_advisory_xact_lock(hashtext('synap_backfill_ledger'))")
-        cur.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
-        cur.execute(f"""CREATE TABLE IF NOT EXISTS {s}.checkpoints (
-            dag_id text NOT NULL, run_id text NOT NULL, window_key text NOT NULL,
-            partition text NOT NULL, position text, report text NOT NULL,
-            finished boolean NOT NULL DEFAULT false,
-            updated_at timestamptz NOT NULL DEFAULT now(),
-            PRIMARY KEY (dag_id, run_id, window_key))""")
-        # ALTER only when missing: even IF NOT EXISTS takes an exclusive lock.
-        for table, column, kind in (("checkpoints", "sent_through", "bigint NOT NULL DEFAULT 0"),
-                                    ("checkpoints", "buckets", "text")):
-            _add_column(cur, schema, table, column, kind)
-        cur.execute("SELECT 1 FROM information_schema.columns WHERE table_schema = %s"
-                    " AND table_name = 'rejected_rows' AND column_name = 'row_ctid'", (schema,))
-        if cur.fetchone():
-            cur.execute(f"ALTER TABLE {s}.rejected_rows RENAME TO rejected_rows_by_ctid")
-            cur.execute(f"ALTER INDEX IF EXISTS {s}.rejected_rows_pkey"
-                        " RENAME TO rejected_rows_by_ctid_pkey")
-        cur.execute(f"""CREATE TABLE IF NOT EXISTS {s}.rejected_rows (
-            dag_id text NOT NULL, run_id text NOT NULL, window_key text NOT NULL,
-            partition text NOT NULL, row_number bigint NOT NULL, row_key text NOT NULL,
-            reason text NOT NULL, rejected_at timestamptz NOT NULL DEFAULT now(),
-            PRIMARY KEY (dag_id, run_id, window_key, row_number))""")
-        cur.execute(f"""CREATE TABLE IF NOT EXISTS {s}.source_copies (
-            dag_id text NOT NULL, run_id text NOT NULL, document_id text NOT NULL,
-            first_at timestamptz NOT NULL, last_at timestamptz NOT NULL,
-            PRIMARY KEY (dag_id, run_id, document_id))""")
-        # Compact: one row per checkpoint, its accepted documents' ingestion ids as
-        # 16-byte UUIDs, not a row per document.
-        # recovered: document ids counted as this run's from a duplicate answer; they have
-        # no ingestion id of their own (their first answer was lost), so an undo lists them.
-        cur.execute(f"""CREATE TABLE IF NOT EXISTS {s}.ingestions (
-            dag_id text NOT NULL, run_id text NOT NULL, window_key text NOT NULL,
-            through bigint NOT NULL, ids uuid[] NOT NULL,
-            PRIMARY KEY (dag_id, run_id, window_key, through))""")
-        _add_column(cur, schema, "ingestions", "recovered", "text[] NOT NULL DEFAULT '{}'")
-        cur.execute(f"CREATE TABLE IF NOT EXISTS {s}.pacing ("
-                    " target text PRIMARY KEY, next_at timestamptz NOT NULL)")
-        create_inventory_tables(cur, s)
-        create_undo_tables(cur, s)
+        cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{s}.ledger_version",))
+        if cur.fetchone()[0]:
+            cur.execute(f"SELECT coalesce(max(version), 0) FROM {s}.ledger_version")
+            (version,) = cur.fetchone()
+            if version >= LEDGER_VERSION:
+                cur.execute("SELECT has_table_privilege(%s, 'INSERT, UPDATE, DELETE')",
+                            (f"{s}.checkpoints",))
+                (writable,) = cur.fetchone()
+                conn.commit()
+                if not writable:
+                    raise PermissionError(f"no INSERT, UPDATE or DELETE on {s}.checkpoints")
+                return
+        cur.execute(f"SET LOCAL lock_timeout = '{DDL_LOCK_TIMEOUT}'")
+        try:
+            _create_tables(cur, schema, s)
+        except Exception as exc:
+            code = getattr(exc, "pgcode", None) or getattr(exc, "sqlstate", None)
+            if code == "55P03":  # lock_not_available (psycopg 2's pgcode, 3's sqlstate)
+                conn.rollback()
+                raise LedgerBusy(
+                    f"the ledger's tables in schema {s} are locked by another session: their"
+                    f" DDL waited {DDL_LOCK_TIMEOUT} and gave up. Look in pg_stat_activity for a"
+                    " session idle in transaction on them, end it, and trigger again") from None
+            raise
     conn.commit()
+
+
+def _create_tables(cur: Any, schema: str, s: str) -> None:
+    """The DDL (``s``: the quoted schema), in the caller's transaction."""
+    cur.execute("SELECT pg_advisory_xact_lock(hashtext('synap_backfill_ledger'))")
+    cur.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
+    cur.execute(f"""CREATE TABLE IF NOT EXISTS {s}.checkpoints (
+        dag_id text NOT NULL, run_id text NOT NULL, window_key text NOT NULL,
+        partition text NOT NULL, position text, report text NOT NULL,
+        finished boolean NOT NULL DEFAULT false,
+        updated_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (dag_id, run_id, window_key))""")
+    # ALTER only when missing: even IF NOT EXISTS takes an exclusive lock.
+    for table, column, kind in (("checkpoints", "sent_through", "bigint NOT NULL DEFAULT 0"),
+                                ("checkpoints", "buckets", "text"),
+                                ("checkpoints", "fence", "bigint NOT NULL DEFAULT 0")):
+        _add_column(cur, schema, table, column, kind)
+    cur.execute("SELECT 1 FROM information_schema.columns WHERE table_schema = %s"
+                " AND table_name = 'rejected_rows' AND column_name = 'row_ctid'", (schema,))
+    if cur.fetchone():
+        cur.execute(f"ALTER TABLE {s}.rejected_rows RENAME TO rejected_rows_by_ctid")
+        cur.execute(f"ALTER INDEX IF EXISTS {s}.rejected_rows_pkey"
+                    " RENAME TO rejected_rows_by_ctid_pkey")
+    cur.execute(f"""CREATE TABLE IF NOT EXISTS {s}.rejected_rows (
+        dag_id text NOT NULL, run_id text NOT NULL, window_key text NOT NULL,
+        partition text NOT NULL, row_number bigint NOT NULL, row_key text NOT NULL,
+        reason text NOT NULL, rejected_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (dag_id, run_id, window_key, row_number))""")
+    cur.execute(f"""CREATE TABLE IF NOT EXISTS {s}.source_copies (
+        dag_id text NOT NULL, run_id text NOT NULL, document_id text NOT NULL,
+        first_at timestamptz NOT NULL, last_at timestamptz NOT NULL,
+        PRIMARY KEY (dag_id, run_id, document_id))""")
+    # Compact: one row per checkpoint, its accepted documents' ingestion ids as
+    # 16-byte UUIDs, not a row per document.
+    # recovered: document ids counted as this run's from a duplicate answer; they have
+    # no ingestion id of their own (their first answer was lost), so an undo lists them.
+    cur.execute(f"""CREATE TABLE IF NOT EXISTS {s}.ingestions (
+        dag_id text NOT NULL, run_id text NOT NULL, window_key text NOT NULL,
+        through bigint NOT NULL, ids uuid[] NOT NULL,
+        PRIMARY KEY (dag_id, run_id, window_key, through))""")
+    _add_column(cur, schema, "ingestions", "recovered", "text[] NOT NULL DEFAULT '{}'")
+    cur.execute(f"CREATE TABLE IF NOT EXISTS {s}.pacing ("
+                " target text PRIMARY KEY, next_at timestamptz NOT NULL)")
+    create_inventory_tables(cur, s)
+    create_undo_tables(cur, s)
+    cur.execute(f"CREATE TABLE IF NOT EXISTS {s}.ledger_version (version integer PRIMARY KEY,"
+                " applied_at timestamptz NOT NULL DEFAULT now())")
+    cur.execute(f"INSERT INTO {s}.ledger_version (version) VALUES (%s) ON CONFLICT DO NOTHING",
+                (LEDGER_VERSION,))
 
 
 def _add_column(cur: Any, schema: str, table: str, column: str, kind: str) -> None:
@@ -147,6 +214,37 @@ def save_copies(conn: Any, schema: str, dag_id: str, run_id: str,
     return len(rows)
 
 
+def _ledger_call(method: Callable[..., T]) -> Callable[..., T]:
+    """A database error of the ledger stops the partition as ``LedgerFailed``, naming the ledger.
+
+    Not as a source read failure: a lost ledger connection also lost the partition's lock,
+    so sending stops (the batches in flight are cancelled; their write-ahead marks are in)
+    and the retry resumes from the checkpoint. The error's text is never repeated: it can
+    quote a value.
+    """
+    @functools.wraps(method)
+    def call(self: "Ledger", *args: Any, **kwargs: Any) -> T:
+        try:
+            return method(self, *args, **kwargs)
+        except (LedgerFailed, PartitionBusy):
+            raise
+        except Exception as exc:
+            if not is_database_error(exc):
+                raise
+            code = getattr(exc, "pgcode", None) or getattr(exc, "sqlstate", None)
+            raise LedgerFailed(
+                f"partition {self.label}: the ledger failed ({type(exc).__name__}"
+                f"{f', SQLSTATE {code}' if code else ''}) in {method.__name__}; sending stopped,"
+                " and a retry resumes from the last checkpoint") from None
+    return call
+
+
+def is_database_error(exc: BaseException) -> bool:
+    """A DB-API error of psycopg 2 or 3 (their ``Error`` classes), without importing either."""
+    return any(cls.__name__ == "Error" and cls.__module__.split(".")[0] in ("psycopg2", "psycopg")
+               for cls in type(exc).__mro__)
+
+
 class Ledger:
     """The checkpoint, sent mark, lock and rejects of one partition of one DAG run."""
 
@@ -161,17 +259,16 @@ class Ledger:
         # Where completed buckets are held (inventory.py): the holding and the run's id.
         self.holding: int | None = None
         self.run: int | None = None
+        self.fence: int | None = None  # this attempt's fencing token (load() takes it)
 
-    def ensure_tables(self) -> None:
-        with self._io:
-            ensure_tables(self.conn, self.schema_name)
-
+    @_ledger_call
     def lock(self, wait_seconds: float) -> None:
         """Hold this partition's lock for the connection's life; wait for another attempt's.
 
         A zombie (a worker the scheduler gave up on, still sending) and its
         retry must not both send and both write the checkpoint.
         """
+        limit_lock_waits(self.conn)  # the first statement of the attempt's ledger session
         deadline = time.monotonic() + wait_seconds
         warned = False
         while True:
@@ -197,20 +294,48 @@ class Ledger:
                 warned = True
             time.sleep(1.0)
 
+    @_ledger_call
     def load(self) -> Checkpoint | None:
+        """The checkpoint, read in the statement that takes the partition's fence.
+
+        The fence (a counter on the checkpoint row) is the fencing token: every later
+        write of this attempt checks it, and a later attempt's ``load`` moves it, so a
+        stale attempt's next write is refused (``Superseded``) and it stops sending. It
+        fences where the advisory lock cannot: behind a transaction pooler, two attempts
+        may share one server session, and a session lock then lets both in.
+        """
         with self._io, self.conn.cursor() as cur:
-            cur.execute(f"SELECT position, report, finished, sent_through, buckets"
-                        f" FROM {self.schema}.checkpoints"
-                        " WHERE dag_id = %s AND run_id = %s AND window_key = %s", self.key)
+            cur.execute(f"INSERT INTO {self.schema}.checkpoints AS c (dag_id, run_id, window_key,"
+                        " partition, report, fence) VALUES (%s, %s, %s, %s, '{}', 1)"
+                        " ON CONFLICT (dag_id, run_id, window_key) DO UPDATE SET fence = c.fence + 1"
+                        " RETURNING c.fence, c.position, c.report, c.finished, c.sent_through,"
+                        " c.buckets", (*self.key, self.label))
             row = cur.fetchone()
             self.conn.commit()
-        if row is None:
-            return None
-        position, report, finished, sent_through, buckets = row
+        self.fence, position, report, finished, sent_through, buckets = row
+        report = _json(report)
+        if not report and not sent_through:
+            return None  # nothing accounted for, nothing sent: a first attempt
         open_buckets = {int(b): list(v) for b, v in (_json(buckets) or {}).items()}
-        return Checkpoint(position_from_json(_json(position)), _json(report), finished, sent_through,
+        return Checkpoint(position_from_json(_json(position)), report, finished, sent_through,
                           open_buckets)
 
+    def _check_fence(self, cur: Any) -> None:
+        """In the caller's transaction: the row still carries this attempt's fence (and is
+        locked until the commit, so no later attempt takes it in between)."""
+        if self.fence is None:
+            raise LedgerFailed(f"partition {self.label}: the ledger was written before the"
+                               " checkpoint was loaded")
+        cur.execute(f"SELECT fence FROM {self.schema}.checkpoints"
+                    " WHERE dag_id = %s AND run_id = %s AND window_key = %s FOR UPDATE", self.key)
+        row = cur.fetchone()
+        if row is None or row[0] != self.fence:
+            self.conn.rollback()
+            raise Superseded(
+                f"partition {self.label}: a later attempt of it took over (its fence in the"
+                " ledger moved); this attempt stops sending and writes nothing more")
+
+    @_ledger_call
     def save(self, position: Position | None, report: dict[str, Any],
              rejects: Iterable[tuple[int, str, str]], *, finished: bool = False,
              ingestions: tuple[int, list[str], list[str]] | None = None,
@@ -223,6 +348,7 @@ class Ledger:
         rejects = list(rejects)
         held = list(held)
         with self._io, self.conn.cursor() as cur:
+            self._check_fence(cur)
             if held and self.holding is not None and self.run is not None:
                 write_held(cur, self.schema, self.holding, self.run, held)
             if ingestions and (ingestions[1] or ingestions[2]):
@@ -248,6 +374,7 @@ class Ledger:
                  finished, json.dumps(open_buckets or {})))
             self.conn.commit()
 
+    @_ledger_call
     def generations(self, document_ids: list[str]) -> dict[str, int]:
         """Of these document ids, those an undo deleted on this target: id → generation to send."""
         if self.holding is None:
@@ -255,14 +382,17 @@ class Ledger:
         with self._io:
             return generations(self.conn, self.schema_name, self.holding, document_ids)
 
+    @_ledger_call
     def mark_sent(self, rows_through: int) -> None:
         """Before a batch goes on the wire: this run has sent the window's rows up to that one."""
         with self._io, self.conn.cursor() as cur:
+            self._check_fence(cur)
             cur.execute(f"UPDATE {self.schema}.checkpoints SET sent_through = greatest(sent_through, %s)"
                         " WHERE dag_id = %s AND run_id = %s AND window_key = %s",
                         (rows_through, *self.key))
             self.conn.commit()
 
+    @_ledger_call
     def reset(self, release: Iterable[int] = ()) -> None:
         """Forget this partition's position, counts and rejects; keep what was sent.
 
@@ -272,6 +402,7 @@ class Ledger:
         """
         release = list(release)
         with self._io, self.conn.cursor() as cur:
+            self._check_fence(cur)
             if release and self.holding is not None:
                 cur.execute(f"DELETE FROM {self.schema}.inventory WHERE holding = %s AND run = %s"
                             " AND bucket = ANY(%s)", (self.holding, self.run, release))
@@ -282,6 +413,7 @@ class Ledger:
                         " WHERE dag_id = %s AND run_id = %s AND window_key = %s", self.key)
             self.conn.commit()
 
+    @_ledger_call
     def copies(self, start: datetime, end: datetime) -> dict[str, datetime]:
         """Turns copied at different timestamps with a copy in ``[start, end)``: id → earliest copy."""
         dag_id, run_id, _ = self.key
@@ -309,7 +441,6 @@ def sample_ingestions(conn: Any, schema: str, dag_id: str, run_id: str,
     The pick is spread by a hash of the id, so it is the same on every call and
     not biased to a partition's first batches.
     """
-    ensure_tables(conn, schema)
     s = quote_identifier(schema)
     with conn.cursor() as cur:
         cur.execute(

@@ -32,7 +32,7 @@ import asyncio
 import time
 from typing import Any, Protocol
 
-from .ledger import ensure_tables
+from .ledger import limit_lock_waits
 from .sending import wait_logged
 from .source import quote_identifier
 
@@ -45,7 +45,7 @@ class Pacer(Protocol):
 
     async def acquire(self) -> None: ...
 
-    def hold(self, seconds: float) -> None: ...
+    async def hold(self, seconds: float) -> None: ...
 
 
 class Unpaced:
@@ -57,7 +57,7 @@ class Unpaced:
     async def acquire(self) -> None:
         return None
 
-    def hold(self, seconds: float) -> None:
+    async def hold(self, seconds: float) -> None:
         return None
 
 
@@ -86,12 +86,11 @@ class SharedPacer:
         self.waited = 0.0  # seconds this partition's requests spent waiting for slots, summed
         self.slots = 0
         self._held_until = 0.0  # monotonic; a hold this process learned of
-
-    def ensure_table(self) -> None:
-        ensure_tables(self.conn, self.schema)
+        self._bounded = False  # lock waits of the connection bounded (SESSION_LOCK_TIMEOUT)
 
     def reserve(self) -> float:
         """Take the next free slot of the shared schedule; seconds until it comes."""
+        self._bound_lock_waits()
         with self.conn.cursor() as cur:
             cur.execute(
                 f"INSERT INTO {self.table} AS p (target, next_at)"
@@ -120,9 +119,20 @@ class SharedPacer:
             self.waited += held
             await wait_logged(held, "a 429's hold on the shared pacing schedule", self.label)
 
-    def hold(self, seconds: float) -> None:
+    def _bound_lock_waits(self) -> None:
+        if not self._bounded:  # a session idle in a transaction on the row must not stall us
+            limit_lock_waits(self.conn)
+            self._bounded = True
+
+    async def hold(self, seconds: float) -> None:
         """Nobody sends to this target for ``seconds`` (the server said so)."""
         self._held_until = max(self._held_until, time.monotonic() + seconds)
+        await asyncio.to_thread(self.hold_now, seconds)  # never block an event loop on the DB
+
+    def hold_now(self, seconds: float) -> None:
+        """``hold``, from a thread that may block."""
+        self._held_until = max(self._held_until, time.monotonic() + seconds)
+        self._bound_lock_waits()
         with self.conn.cursor() as cur:
             cur.execute(f"INSERT INTO {self.table} AS p (target, next_at)"
                         " VALUES (%(target)s, clock_timestamp() + make_interval(secs => %(hold)s))"

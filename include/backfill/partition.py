@@ -42,7 +42,8 @@ import time
 from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Awaitable, Callable, Iterable
+from itertools import islice
+from typing import AsyncIterator, Awaitable, Callable, Iterable
 
 from maximem_synap import (BatchCreateResponse, CreateMemoryRequest, RateLimitError,
                            SynapPermanentError)
@@ -50,7 +51,7 @@ from maximem_synap import (BatchCreateResponse, CreateMemoryRequest, RateLimitEr
 from .accounting import PartitionReport
 from .buckets import UNTIMED, bucket_of, fingerprint
 from .documents import Rejected, build_document, id_of, text_of
-from .ledger import Ledger, PartitionBusy
+from .ledger import Ledger, PartitionBusy, is_database_error
 from .pacing import Pacer, Unpaced
 from .planning import BucketCount
 from .results import DEFAULT_DUPLICATE_PATTERN, SERVER_PREFIX, classify_batch, first_line
@@ -110,33 +111,14 @@ async def run_partition_rows(read: Read, submit: Submit | None, report: Partitio
                              restart: bool = False) -> PartitionReport:
     """Backfill a partition, resuming from its checkpoint; every row ends counted in ``report``.
 
-    ``ledger``: its tables must exist (``Ledger.ensure_tables``).
+    ``ledger``: its tables must exist (``ledger.ensure_tables``, once per run).
     """
     state = _State(report, settings)
     report.started_at = time.time()
     if ledger is not None:
-        try:
-            ledger.lock(settings.lock_wait)
-        except PartitionBusy as exc:
-            raise PartitionFailed(str(exc)) from None
-        checkpoint = ledger.load()
-        if checkpoint is not None:
-            state.sent_before = checkpoint.sent_through
-        if restart:
-            ledger.reset()
-        if checkpoint is not None and checkpoint.report and not restart:
-            state.resume(checkpoint.position, checkpoint.report)
-            state.open = checkpoint.open_buckets
-            if checkpoint.finished:
-                log.info("partition %s already finished in this run; nothing to do", report.label)
-                return report
-            log.info("partition %s resumes after its checkpoint: %d rows already accounted for",
-                     report.label, report.rows_read)
-        else:
-            ledger.save(None, report.to_xcom(), [])  # marks this attempt's start
-        if state.sent_before:
-            log.info("partition %s: this run had sent its first %d rows before; their duplicates"
-                     " count as this run's", report.label, state.sent_before)
+        # In a thread: the lock's wait and the checkpoint's reads never block the event loop.
+        if await asyncio.to_thread(_start_attempt, ledger, state, restart):
+            return report
 
     paced = _paced(submit, settings.pacer, settings.retry.max_wait) if submit is not None else None
     failures = 0
@@ -156,6 +138,60 @@ async def run_partition_rows(read: Read, submit: Submit | None, report: Partitio
                               report.label)
 
 
+READ_CHUNK = 500  # rows fetched from the source per trip to a thread
+
+
+async def _off_the_loop(rows: Iterable[SourceRow]) -> AsyncIterator[SourceRow]:
+    """The source's rows, fetched in a worker thread a chunk at a time: a read that waits on
+    the database never blocks the event loop that carries the batches in flight."""
+    iterator = iter(rows)
+
+    def take() -> tuple[list[SourceRow], Exception | None]:
+        chunk: list[SourceRow] = []
+        try:
+            chunk.extend(islice(iterator, READ_CHUNK))
+        except Exception as exc:  # the rows fetched before the failure are still counted
+            return chunk, exc
+        return chunk, None
+
+    while True:
+        chunk, failure = await asyncio.to_thread(take)
+        for row in chunk:
+            yield row
+        if failure is not None:
+            raise failure
+        if not chunk:
+            return
+
+
+def _start_attempt(ledger: Ledger, state: "_State", restart: bool) -> bool:
+    """Take the partition's lock and resume from its checkpoint; whether it had finished."""
+    report, settings = state.report, state.settings
+    try:
+        ledger.lock(settings.lock_wait)
+    except PartitionBusy as exc:
+        raise PartitionFailed(str(exc)) from None
+    checkpoint = ledger.load()
+    if checkpoint is not None:
+        state.sent_before = checkpoint.sent_through
+    if restart:
+        ledger.reset()
+    if checkpoint is not None and checkpoint.report and not restart:
+        state.resume(checkpoint.position, checkpoint.report)
+        state.open = checkpoint.open_buckets
+        if checkpoint.finished:
+            log.info("partition %s already finished in this run; nothing to do", report.label)
+            return True
+        log.info("partition %s resumes after its checkpoint: %d rows already accounted for",
+                 report.label, report.rows_read)
+    else:
+        ledger.save(None, report.to_xcom(), [])  # marks this attempt's start
+    if state.sent_before:
+        log.info("partition %s: this run had sent its first %d rows before; their duplicates"
+                 " count as this run's", report.label, state.sent_before)
+    return False
+
+
 def _paced(submit: Submit, pacer: Pacer, max_wait: float) -> Submit:
     """Every attempt takes a slot of the shared schedule; a 429 holds it back, at most ``max_wait``."""
 
@@ -165,7 +201,7 @@ def _paced(submit: Submit, pacer: Pacer, max_wait: float) -> Submit:
             return await submit(documents)
         except RateLimitError as exc:
             if exc.retry_after_seconds and not is_plan_stop(exc):
-                pacer.hold(min(float(exc.retry_after_seconds), max_wait))
+                await pacer.hold(min(float(exc.retry_after_seconds), max_wait))
             raise
     return paced
 
@@ -242,7 +278,7 @@ class _Pipeline:
         due = False  # a cut is due at the next turn boundary
         try:
             try:
-                for row in read(state.position):
+                async for row in _off_the_loop(read(state.position)):
                     # Never between copies of one turn: a resume starts after a whole turn.
                     if due and row.group != group:
                         await self._cut(_cut(batch, rows, rejects, position, ordinal, tallies, last))
@@ -268,6 +304,20 @@ class _Pipeline:
                 # next pass starts after it.
                 await self._drain()
                 raise
+            except Exception as exc:
+                if not is_database_error(exc):
+                    raise
+                # The relation raised (a view's expression failing on a row): its text can
+                # quote the row's values, so it is never repeated, not even as the cause.
+                await self._drain()  # what was sent is applied: the retry resumes after it
+                code = getattr(exc, "pgcode", None) or getattr(exc, "sqlstate", None)
+                raise PartitionFailed(
+                    f"partition {state.report.label}: the source raised an error reading row"
+                    f" {ordinal + 1} of the window ({type(exc).__name__}"
+                    f"{f', SQLSTATE {code}' if code else ''}); the {state.report.rows_read} rows"
+                    " before the last checkpoint are accounted for and a retry resumes after"
+                    " them. If the relation fails on that row every time, fix the relation (or"
+                    " leave the row out of it)") from None
             await self._cut(_cut(batch, rows, rejects, position, ordinal, tallies, last,
                                  finished=True))
             await self._drain()

@@ -110,10 +110,12 @@ def _closest_relation(cur: Any, name: str) -> str | None:
 
 def check_ledger(conn: Any, config: BackfillConfig) -> None:
     """The ledger's schema and tables exist or can be made (checkpoints must be writable)."""
-    from .ledger import ensure_tables
+    from .ledger import LedgerBusy, ensure_tables
 
     try:
         ensure_tables(conn, config.ledger_schema)
+    except LedgerBusy as exc:
+        raise PreflightError(f"param 'ledger_schema': {exc}") from None
     except Exception as exc:  # a DB-API error: name its kind, never its text's values
         conn.rollback()
         raise PreflightError(
@@ -121,6 +123,17 @@ def check_ledger(conn: Any, config: BackfillConfig) -> None:
             f" {config.ledger_conn_id or config.postgres_conn_id} is not writable"
             f" ({_sql_error(exc)}); grant CREATE on the database, or point ledger_conn_id"
             " elsewhere") from None
+
+
+def check_synap_settings(hook: Any) -> dict[str, Any]:
+    """The connection's extras, typed and bounded (``connection_fields.py``), before any call:
+    a bad one fails the run in the line ``InvalidExtra`` words, naming connection and extra."""
+    from synap_provider.connection_fields import InvalidExtra
+
+    try:
+        return dict(hook.settings)
+    except InvalidExtra as exc:
+        raise PreflightError(str(exc)) from None
 
 
 def check_synap(hook: Any, conn_id: str) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AsyncExitStack, closing
+from contextlib import ExitStack, closing
 from dataclasses import replace
 from datetime import datetime
 from typing import Any, Iterable, Iterator, Mapping, NoReturn, Sequence
@@ -21,11 +21,12 @@ from .config import BackfillConfig, ParamError, config_from_params
 from .credits import credits_for
 from .documents import B2B_ISOLATION, B2C_ISOLATION
 from .inventory import Inventory
-from .ledger import Ledger, ensure_tables, save_copies
+from .ledger import Ledger, save_copies
 from .undo_ledger import any_undone
 from .pacing import SharedPacer, pacing_target
 from .partition import PartitionFailed, PartitionSettings, describe_error, run_partition_rows
-from .preflight import PreflightError, check_ledger, check_source, check_synap, unknown_keys
+from .preflight import (PreflightError, check_ledger, check_source, check_synap, check_synap_settings,
+                        unknown_keys)
 from .results import DEFAULT_DUPLICATE_PATTERN
 from .sending import RetryPolicy
 from .planning import Difference, PlannedPartition, conflict_message, difference, lay_out
@@ -76,6 +77,7 @@ def resolve_config(params: Mapping[str, Any], *, conf: Mapping[str, Any] | None 
         with closing(PostgresHook(postgres_conn_id=ledger).get_conn()) as conn:
             check_ledger(conn, config)
         hook = SynapHook(synap_conn_id=config.synap_conn_id)
+        check_synap_settings(hook)
         if config.dry_run:
             try:
                 instance = check_synap(hook, config.synap_conn_id)
@@ -91,6 +93,7 @@ def resolve_config(params: Mapping[str, Any], *, conf: Mapping[str, Any] | None 
     except Exception as exc:  # unforeseen: still say which task stopped the run, and why
         if ti is not None:
             ti.xcom_push(key="failure", value=describe_error(exc))
+        raise_scrubbed(exc)
         raise
     log.info("backfill of %s into Synap connection %s%s, batches of %d, mode %s; preflight passed",
              source, config.synap_conn_id, f" (instance {instance})" if instance else "",
@@ -129,6 +132,7 @@ def plan_partitions(config_dict: Mapping[str, Any], *, dag_id: str = "synap_back
             # Our own one-line reasons go as they are; anything else, scrubbed and cut short.
             ti.xcom_push(key="failure", value=str(exc) if isinstance(exc, AirflowFailException)
                          else describe_error(exc))
+        raise_scrubbed(exc)
         raise
 
 
@@ -142,8 +146,7 @@ def _plan(config: BackfillConfig, dag_id: str, run_id: str) -> list[dict[str, An
     source_hook = PostgresHook(postgres_conn_id=config.postgres_conn_id)
     with closing(source_hook.get_conn()) as conn, closing(ledger_hook.get_conn()) as ledger_conn, \
             ThreadPoolExecutor(max_workers=1) as background:
-        ensure_tables(ledger_conn, config.ledger_schema)
-        inventory = Inventory(ledger_conn, config.ledger_schema)
+        inventory = Inventory(ledger_conn, config.ledger_schema)  # tables: resolve_config made them
         holding = inventory.holding(config.target, config.source) if config.target else None
         held = inventory.held(holding) if holding is not None else {}
         unique = turns_are_unique(conn, config)
@@ -223,6 +226,7 @@ def _plan(config: BackfillConfig, dag_id: str, run_id: str) -> list[dict[str, An
         log.info("%d turns (conversation_id, message_index) are held by several rows at different"
                  " times: the earliest row of each is sent, the others are rejected as copies",
                  len(copies))
+    _check_unusable(config, plan)
     planned = plan.partitions
     sampling = bool(config.sample_partitions and config.sample_partitions < len(planned))
     if credits is not None:
@@ -250,6 +254,28 @@ def _plan(config: BackfillConfig, dag_id: str, run_id: str) -> list[dict[str, An
 
 
 DELETIONS_KEPT = 100  # buckets with deleted rows, kept with the run for its summary
+
+
+def _check_unusable(config: BackfillConfig, plan: Any) -> None:
+    """State the share of rows without a usable timestamp; fail before sending when they alone
+    are more than ``max_rejected_share`` of the rows to read (each would be rejected anyway,
+    and the run would fail at its end, after hours of sending the rest)."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    unusable = sum(p.rows for p in plan.partitions if not p.timed)
+    if not unusable:
+        return
+    share = unusable / plan.rows if plan.rows else 1.0
+    column = config.columns.created_at
+    log.info("%d of %d rows to read (%.2f%%) have no usable %s (NULL, or outside what a timestamp"
+             " can hold): they are read last and rejected with that reason", unusable, plan.rows,
+             share * 100, column)
+    if share > config.max_rejected_share and not config.dry_run:
+        raise AirflowFailException(
+            f"{unusable:,} of {plan.rows:,} rows to read ({share:.1%}) of {config.source_table} have"
+            f" no usable {column} (NULL, or outside what a timestamp can hold): more than"
+            f" max_rejected_share {config.max_rejected_share:.1%} before anything is sent; nothing"
+            " was sent. Fix or leave out those rows, or raise max_rejected_share")
 
 
 def _log_difference(config: BackfillConfig, diff: Difference, held: Mapping[int, Any]) -> None:
@@ -306,8 +332,9 @@ def run_partition(config_dict: Mapping[str, Any], window_dict: Mapping[str, Any]
 
     ledger_hook = PostgresHook(postgres_conn_id=config.ledger_conn_id or config.postgres_conn_id)
 
-    async def run(ledger: Ledger) -> None:
-        ledger.ensure_tables()
+    def prepare(ledger: Ledger) -> None:
+        """The ledger's and the connection's reads, before the event loop starts: none of
+        them may block it. The ledger's tables exist: resolve_config made them, once."""
         if partition.timed:
             settings.copies = ledger.copies(partition.ranges[0][0], partition.ranges[-1][1])
         if len(partition.ranges) > 1 or partition.unchanged:
@@ -316,7 +343,6 @@ def run_partition(config_dict: Mapping[str, Any], window_dict: Mapping[str, Any]
                      len(partition.ranges), "" if len(partition.ranges) == 1 else "s",
                      partition.rows, partition.unchanged)
         if config.dry_run:
-            await run_partition_rows(read, None, report, settings)
             return
         record = Inventory(ledger.conn, config.ledger_schema).run(dag_id, run_id)
         if record is not None and record.holding is not None:
@@ -330,7 +356,13 @@ def run_partition(config_dict: Mapping[str, Any], window_dict: Mapping[str, Any]
                                      max_wait=s["max_wait"],
                                      not_ready_max_wait=s["not_ready_max_wait"])
         settings.max_in_flight = s["max_in_flight"]
-        async with synap.session() as sdk, AsyncExitStack() as stack:
+
+    async def run(ledger: Ledger, pacing_conn: Any) -> None:
+        if config.dry_run:
+            await run_partition_rows(read, None, report, settings)
+            return
+        s = synap.settings  # read in prepare()
+        async with synap.session() as sdk:
             instance = getattr(sdk, "instance_id", None) or ""
             if config.target and instance != config.target:
                 raise PartitionFailed(
@@ -339,15 +371,12 @@ def run_partition(config_dict: Mapping[str, Any], window_dict: Mapping[str, Any]
                     " Trigger a new run", permanent=True)
             settings.isolation = SynapHook.user_context_isolation(sdk)
             _log_scope(settings.isolation, config.columns.customer_id)
-            if s["requests_per_minute"] > 0:
+            if pacing_conn is not None:
                 # The limit is the instance's: every partition sending there shares one
                 # schedule. Its own connection: checkpoints commit from another thread.
                 target = pacing_target(s["base_url"], instance)
-                pacing_conn = stack.enter_context(closing(ledger_hook.get_conn()))
-                pacer = SharedPacer(pacing_conn, config.ledger_schema, target,
-                                    s["requests_per_minute"], label=report.label)
-                pacer.ensure_table()
-                settings.pacer = pacer
+                settings.pacer = SharedPacer(pacing_conn, config.ledger_schema, target,
+                                             s["requests_per_minute"], label=report.label)
 
             async def submit(documents: list[Any]) -> Any:
                 return await sdk.memories.batch_create(documents=documents, fail_fast=False)
@@ -356,10 +385,13 @@ def run_partition(config_dict: Mapping[str, Any], window_dict: Mapping[str, Any]
                                      restart=config.restart_partitions)
 
     try:
-        with closing(ledger_hook.get_conn()) as ledger_conn:
+        with closing(ledger_hook.get_conn()) as ledger_conn, ExitStack() as stack:
             ledger = Ledger(ledger_conn, config.ledger_schema, dag_id, run_id, partition.key,
                             report.label)
-            asyncio.run(run(ledger))
+            prepare(ledger)
+            paced = not config.dry_run and synap.settings["requests_per_minute"] > 0
+            pacing_conn = stack.enter_context(closing(ledger_hook.get_conn())) if paced else None
+            asyncio.run(run(ledger, pacing_conn))
     except PartitionFailed as exc:
         if exc.permanent:
             from airflow.sdk.exceptions import AirflowFailException
@@ -540,6 +572,19 @@ def _check_against_source(config: BackfillConfig, dag_id: str, run_id: str,
                     f"parity with the primary: the primary's instance {primary.target} holds"
                     f" nothing of {config.source} yet")
     return facts
+
+
+class DatabaseError(RuntimeError):
+    """A database error, as the task fails with it: scrubbed, without the original's text."""
+
+
+def raise_scrubbed(exc: BaseException) -> None:
+    """Re-raise a database error without its text: Airflow logs a failing task's exception
+    whole, and PostgreSQL's messages quote values (``invalid input syntax ...: "<a cell>"``)."""
+    from .ledger import is_database_error
+
+    if is_database_error(exc):
+        raise DatabaseError(describe_error(exc)) from None
 
 
 def one_line(exc: BaseException) -> str:

@@ -140,7 +140,7 @@ class UndoClient:
             except RateLimitError as exc:
                 wait = min(float(exc.retry_after_seconds or self.policy.backoff(attempt)),
                            self.policy.max_wait)
-                self.pacer.hold(wait)
+                await self.pacer.hold(wait)
                 error: Exception = exc
             except SynapTransientError as exc:
                 wait, error = self.policy.backoff(attempt), exc
@@ -232,9 +232,10 @@ async def undo_partition(documents: list[Document], without_id: list[str], clien
 
     started = clock()
     progress = Progress()
-    if ledger is not None:
-        ledger.lock(600.0)
-        progress = ledger.load() or Progress()
+    if ledger is not None:  # in a thread: the lock's wait never blocks the event loop
+        await asyncio.to_thread(ledger.lock, 600.0)
+        loaded: Progress | None = await asyncio.to_thread(ledger.load)
+        progress = loaded or Progress()
         if progress.finished:
             report.restore(UndoReport.from_xcom(progress.report))
             report.already_undone = True

@@ -127,7 +127,7 @@ def failure_code(message: str | None) -> str:
 
 async def check_extraction(ingestion_ids: list[str], status: Callable[[str], Awaitable[Any]],
                            pacer: Pacer, *, deadline: float, poll_every: float = 10.0,
-                           label: str = "verify",
+                           max_wait: float = 600.0, label: str = "verify",
                            clock: Callable[[], float] = time.monotonic) -> VerifyReport:
     """Poll each id until its extraction ends or ``deadline`` (``clock()`` time) passes.
 
@@ -153,7 +153,9 @@ async def check_extraction(ingestion_ids: list[str], status: Callable[[str], Awa
                 report.not_found += 1
                 continue
             except RateLimitError as exc:
-                pacer.hold(float(exc.retry_after_seconds or poll_every))
+                # Capped at max_wait, as the partitions' holds are: one status call's
+                # "Retry-After: 3600" must not stop every backfill of the target for an hour.
+                await pacer.hold(min(float(exc.retry_after_seconds or poll_every), max_wait))
                 waiting.append(ingestion_id)
                 continue
             except SynapTransientError as exc:

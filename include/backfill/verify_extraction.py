@@ -79,7 +79,8 @@ async def verify_run(config: BackfillConfig, dag_id: str, run_id: str, *, deadli
         try:
             report = await check_extraction(
                 ids, lambda i: sdk.memories.status(UUID(i)), pacer, poll_every=poll_every,
-                deadline=time.monotonic() + max(0.0, deadline - time.time()), label="verify")
+                max_wait=float(settings["max_wait"]), label="verify",
+                deadline=time.monotonic() + max(0.0, deadline - time.time()))
         finally:
             if conn is not None:
                 conn.close()

@@ -26,6 +26,7 @@ class ExtraField:
     default: Any
     description: str
     minimum: float | None = None
+    off: float | None = None  # a value below ``minimum`` that is allowed: it turns the feature off
 
     def schema(self) -> dict[str, Any]:
         """This field as the JSON schema of an Airflow ``conn-fields`` entry."""
@@ -34,7 +35,7 @@ class ExtraField:
         if self.default is not None:
             schema["default"] = self.default
         if self.minimum is not None:
-            schema["minimum"] = self.minimum
+            schema["minimum"] = self.off if self.off is not None else self.minimum
         return schema
 
     def parse(self, conn_id: str, raw: Any) -> Any:
@@ -61,8 +62,9 @@ class ExtraField:
             raise InvalidExtra(conn_id, self, f"must be {self.kind_name}")
         if value != value or value in (float("inf"), float("-inf")):
             raise InvalidExtra(conn_id, self, f"must be {self.kind_name}")
-        if self.minimum is not None and value < self.minimum:
-            raise InvalidExtra(conn_id, self, f"must be at least {self.minimum:g}")
+        if self.minimum is not None and value < self.minimum and value != self.off:
+            raise InvalidExtra(conn_id, self, f"must be at least {self.minimum:g}"
+                               + (f", or {self.off:g} for off" if self.off is not None else ""))
         return value
 
     @property
@@ -82,7 +84,7 @@ EXTRA_FIELDS: tuple[ExtraField, ...] = (
     ExtraField("requests_per_minute", "Requests per minute", float, 600,
                "Batch requests a minute that every partition sending to this target keeps to "
                "together (the contract's per-instance limit is 600; 60 on the Free plan). "
-               "0 turns pacing off.", minimum=0),
+               "0 turns pacing off.", minimum=1, off=0),
     ExtraField("max_in_flight", "Batches in flight", int, 4,
                "Batches one partition keeps on the wire at once.", minimum=1),
     ExtraField("timeout_seconds", "Request timeout (s)", float, 30,

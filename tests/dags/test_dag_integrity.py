@@ -54,6 +54,8 @@ def test_the_backfill_dag_is_wired_plan_then_mapped_partitions_then_summary_then
     # The window from the mapped argument before the task runs; its counts once it ends.
     assert partition.map_index_template == "{{ window_label | default(task.op_kwargs.window.label) }}"
     assert partition.upstream_task_ids == {"resolve_config", "plan_partitions", "approve_plan"}
+    # Its execution_timeout is set as it starts, from its planned rows (time_limit.py).
+    assert partition.partial_kwargs["pre_execute"].__name__ == "_set_partition_time_limit"
     assert type(dag.task_dict["approve_plan"]).__name__ == "PlanApprovalOperator"
     summary = dag.task_dict["summarize"]
     assert summary.trigger_rule == "all_done"

@@ -324,10 +324,9 @@ def test_two_attempts_of_one_partition_started_together_send_once(
         local_pg, synap, airflow_db, use_connections):
     make_table(local_pg, "c9_zombie", turns(200))
     use_connections()
-    from include.backfill.config import config_from_params
-    from include.backfill.tasks import plan_partitions, run_partition
+    from include.backfill.tasks import plan_partitions, resolve_config, run_partition
 
-    config = config_from_params({"source_table": "c9_zombie", "batch_size": 20}).to_dict()
+    config = resolve_config({"source_table": "c9_zombie", "batch_size": 20})
     (window,) = plan_partitions(config, dag_id="zombie", run_id="run-1")
     synap.controls(latency_ms=50)
     reports: list[dict] = []

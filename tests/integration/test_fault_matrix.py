@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -172,11 +173,10 @@ def test_a_worker_killed_mid_partition_resumes_without_resending_acknowledged_ba
     with local_pg.connect() as conn:
         load_demo_table(conn, "fault_kill", turns=200, days=1, seed=36)
     use_connections()
-    from include.backfill.config import config_from_params
-    from include.backfill.tasks import plan_partitions, run_partition
+    from include.backfill.tasks import plan_partitions, resolve_config, run_partition
     from synap_provider.hooks import SynapHook
 
-    config = config_from_params({"source_table": "fault_kill", "batch_size": 20}).to_dict()
+    config = resolve_config({"source_table": "fault_kill", "batch_size": 20})
     (window,) = plan_partitions(config, dag_id="fault_kill", run_id="run-1")
     synap.controls(latency_ms=60)
 
@@ -267,3 +267,163 @@ def test_a_worker_killed_after_a_buckets_last_batch_but_before_its_checkpoint_le
            local_pg, "fault_held", synap.db_path, summary)
     assert bucket_of(first) not in after_kill, "a bucket was held before its rows were accounted for"
     assert held_buckets(local_pg, "held-1") == {bucket_of(first): 40, bucket_of(second): 40}
+
+
+def test_the_ledger_connection_killed_mid_partition_stops_sending_and_the_retry_resumes(
+        local_pg, run_backfill, synap, record_fault, capfd):
+    with local_pg.connect() as conn:
+        load_demo_table(conn, "fault_ledger", turns=600, days=2, seed=38)
+    synap.controls(latency_ms=40)
+    killed: list[int] = []
+
+    def terminate_ledger():
+        with local_pg.connect(autocommit=True) as conn:
+            # The ledger session holds the partition's advisory lock; the source's and the
+            # pacing schedule's sessions hold none.
+            killed.append(conn.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM (SELECT DISTINCT pid FROM pg_locks"
+                " WHERE locktype = 'advisory' AND pid <> pg_backend_pid() AND database ="
+                " (SELECT oid FROM pg_database WHERE datname = current_database())) AS l"
+                ).fetchone()[0])
+    thread = when_received(synap, 60, terminate_ledger)
+
+    dag_run = run_backfill(source_table="fault_ledger", batch_size=20, retry_delay=1,
+                           min_rows_per_partition=100_000)
+    thread.join(5)
+    assert killed and killed[0] >= 1, "no ledger session was cut"
+
+    settle("ledger connection killed mid-partition", record_fault, local_pg, "fault_ledger",
+           synap.db_path, summary_of(dag_run))
+    log = "".join(capfd.readouterr())
+    assert "the ledger failed (" in log and "sending stopped" in log
+    assert "source read failed" not in log
+
+
+def test_a_session_idle_in_a_transaction_on_a_ledger_table_does_not_stall_a_run(
+        local_pg, run_backfill, synap, record_fault):
+    with local_pg.connect() as conn:
+        load_demo_table(conn, "fault_idle", turns=200, days=2, seed=39)
+    # What an operator's psql or a reporting tool leaves behind: a transaction that read
+    # and wrote ledger tables, and went idle holding their locks.
+    idle = local_pg.connect()
+    idle.execute("SELECT count(*) FROM synap_backfill.checkpoints")
+    idle.execute("LOCK TABLE synap_backfill.pacing, synap_backfill.rejected_rows IN ROW EXCLUSIVE MODE")
+    try:
+        dag_run = run_backfill(source_table="fault_idle", batch_size=20)
+        with local_pg.connect() as conn:
+            (state,) = conn.execute("SELECT state FROM pg_stat_activity WHERE pid = %s",
+                                    (idle.info.backend_pid,)).fetchone()
+    finally:
+        idle.close()
+    assert state == "idle in transaction", "the lock was not held through the run"
+    settle("a session idle in transaction on the ledger's tables", record_fault, local_pg,
+           "fault_idle", synap.db_path, summary_of(dag_run))
+
+
+def test_ledger_ddl_behind_a_held_lock_fails_the_first_task_in_one_line_within_its_lock_timeout(
+        local_pg, run_backfill, synap):
+    """When the ledger needs DDL (a new version), a lock held on it fails the run at once."""
+    from include.backfill.ledger import DDL_LOCK_TIMEOUT
+
+    with local_pg.connect() as conn:
+        load_demo_table(conn, "fault_ddl", turns=40, days=1, seed=40)
+    assert str(run_backfill(source_table="fault_ddl", ledger_schema="fault_ddl_ledger").state) == "success"
+    with local_pg.connect() as conn:  # as a ledger from an earlier version of this package
+        conn.execute("ALTER TABLE fault_ddl_ledger.checkpoints DROP COLUMN fence")
+        conn.execute("DELETE FROM fault_ddl_ledger.ledger_version")
+    idle = local_pg.connect()
+    idle.execute("SELECT count(*) FROM fault_ddl_ledger.checkpoints")  # ACCESS SHARE, then idle
+    started = time.monotonic()
+    try:
+        dag_run = run_backfill(source_table="fault_ddl", ledger_schema="fault_ddl_ledger")
+    finally:
+        idle.close()
+    took = time.monotonic() - started
+
+    assert str(dag_run.state) == "failed"
+    (message,) = local_airflow.task_xcom(dag_run, "resolve_config", "failure")
+    assert message.startswith("param 'ledger_schema': the ledger's tables in schema"
+                              " \"fault_ddl_ledger\" are locked by another session"), message
+    assert took < 120, f"the run waited {took:.0f} s (lock_timeout {DDL_LOCK_TIMEOUT})"
+    # With the session gone, the next run applies the DDL once and goes on.
+    dag_run = run_backfill(source_table="fault_ddl", ledger_schema="fault_ddl_ledger")
+    assert str(dag_run.state) == "success"
+
+
+def test_a_view_that_raises_on_one_row_fails_its_partition_in_one_line_and_quotes_no_value(
+        local_pg, run_backfill, synap, record_fault, capfd):
+    with local_pg.connect() as conn:
+        load_demo_table(conn, "fault_view_src", turns=200, days=1, seed=41)
+        (bad_id, bad_text) = conn.execute(
+            "SELECT id, user_text FROM fault_view_src ORDER BY created_at OFFSET 120 LIMIT 1").fetchone()
+        # The cast fails on that row only, and PostgreSQL quotes the cell in its message.
+        conn.execute(f"CREATE VIEW fault_view AS SELECT id, user_id, customer_id, conversation_id,"
+                     f" message_index, CASE WHEN id = {bad_id} THEN (user_text::int)::text ELSE"
+                     f" user_text END AS user_text, assistant_text, created_at FROM fault_view_src")
+    synap.controls(latency_ms=20)
+
+    dag_run = run_backfill(source_table="fault_view", batch_size=20, retry_delay=1, fetch_size=20,
+                           min_rows_per_partition=100_000, tiebreak_column="id")
+
+    assert str(dag_run.state) == "failed"
+    log = "".join(capfd.readouterr())
+    reasons = set(re.findall(r"the source raised an error reading row (\d+) of the window"
+                             r" \(InvalidTextRepresentation, SQLSTATE 22P02\); the (\d+) rows", log))
+    assert len(reasons) == 1, "every try stopped at the same row, in one line"
+    ((row, after),) = reasons
+    assert 0 < int(after) < int(row) <= 200
+    assert bad_text not in log and bad_text[:12] not in log, "the cell's value reached the log"
+    # Three tries: each resumed after the rows accounted for, and none was sent twice.
+    assert len(read_store(synap.db_path)) == int(after) > 0
+    assert synap.get("/_local/stats")["documents"][f"{synap.instance_id} received"] == int(after)
+    # Fixed, the same table's next run sends only what was never sent.
+    with local_pg.connect() as conn:
+        conn.execute("CREATE OR REPLACE VIEW fault_view AS SELECT id, user_id, customer_id,"
+                     " conversation_id, message_index, user_text, assistant_text, created_at"
+                     " FROM fault_view_src")
+    dag_run = run_backfill(source_table="fault_view", batch_size=20, tiebreak_column="id")
+    summary = summary_of(dag_run)
+    assert str(dag_run.state) == "success", summary
+    expected = source_ids(local_pg, "fault_view_src")
+    stored = [d["document_id"] for d in read_store(synap.db_path)]
+    lost, doubled = len(expected - set(stored)), len(stored) - len(set(stored))
+    record_fault("a view that raises on one row mid-read", lost == doubled == 0, lost, doubled)
+    assert (lost, doubled) == (0, 0)
+
+
+def test_two_attempts_sharing_one_server_session_as_behind_a_pooler_only_one_sends(
+        local_pg, synap, airflow_db, use_connections, record_fault):
+    """A transaction pooler can give two attempts one server session: the session's advisory
+    lock then lets both in. The fencing token in every ledger write stops the stale one."""
+
+    from include.backfill.ledger import Ledger, Superseded
+    from include.backfill.tasks import plan_partitions, resolve_config, run_partition
+
+    with local_pg.connect() as conn:
+        load_demo_table(conn, "fault_pooled", turns=200, days=1, seed=42)
+    use_connections()
+    config = resolve_config({"source_table": "fault_pooled", "batch_size": 20})
+    (window,) = plan_partitions(config, dag_id="fault_pooled", run_id="pooled-1")
+    key = f"{window['start']}|{window['end']}"
+    shared = local_pg.connect()
+    stale = Ledger(shared, "synap_backfill", "fault_pooled", "pooled-1", key, window["label"])
+    stale.lock(1)
+    stale.load()
+    stale.mark_sent(20)  # the first attempt had put 20 rows on the wire
+    # Behind a transaction pooler the session lock does not fence: the next attempt's
+    # transaction can land on a server session where it is free. As if it had:
+    shared.execute("SELECT pg_advisory_unlock_all()")
+    shared.commit()
+
+    # The retry: the lock lets it in while the first attempt still runs.
+    report = run_partition(config, window, dag_id="fault_pooled", run_id="pooled-1")
+
+    with pytest.raises(Superseded, match="a later attempt of it took over"):
+        stale.mark_sent(40)  # the first attempt's next batch: refused before it is sent
+    with pytest.raises(Superseded):
+        stale.save(None, {"rows_read": 0}, [])
+    shared.close()
+    summary = {**report, "problems": [] if report["rows_read"] == report["ingested"] + report[
+        "duplicates"] + report["rejected"] else ["unbalanced"]}
+    settle("two attempts through one pooled server session", record_fault, local_pg,
+           "fault_pooled", synap.db_path, summary)

@@ -6,6 +6,7 @@ import uuid
 
 import pytest
 
+from include.backfill.ledger import ensure_tables
 from include.backfill.pacing import SharedPacer
 
 
@@ -14,8 +15,8 @@ def two_workers(local_pg):
     """Two partitions in two processes would hold two connections; so do these."""
     target = f"http://synap.test inst_{uuid.uuid4().hex[:16]}"
     with local_pg.connect() as a, local_pg.connect() as b:
+        ensure_tables(a, "synap_backfill")
         first = SharedPacer(a, "synap_backfill", target, requests_per_minute=600)
-        first.ensure_table()
         yield first, SharedPacer(b, "synap_backfill", target, requests_per_minute=600)
 
 
@@ -39,5 +40,5 @@ def test_another_target_has_a_schedule_of_its_own(two_workers, local_pg):
 
 def test_a_429_holds_every_partition_of_the_target_back(two_workers):
     first, second = two_workers
-    first.hold(3)
+    first.hold_now(3)
     assert second.reserve() == pytest.approx(3.0, abs=0.1)

@@ -154,3 +154,27 @@ def test_a_text_over_max_document_chars_is_measured_in_sql_and_never_fetched(
     assert [(r.message_index, r.too_long, r.user_text is None) for r in rows] == [
         (0, False, False), (1, True, True), (2, True, True), (3, False, False)]
 
+
+def test_a_plan_whose_rows_without_a_timestamp_alone_exceed_max_rejected_share_fails_before_sending(
+        local_pg, run_backfill, synap, caplog):
+    from tests.conftest import make_table
+
+    caplog.set_level("INFO", logger="synap_backfill")
+    conv = str(uuid.uuid4())
+    make_table(local_pg, "poison_untimed", [
+        ("u1", "c1", conv, i, f"turn {i}", "ok", None if i % 4 == 0 else AT + timedelta(minutes=i))
+        for i in range(40)])  # 10 of 40 rows have no created_at: 25%
+
+    dag_run = run_backfill(source_table="poison_untimed", max_rejected_share=0.1)
+
+    assert str(dag_run.state) == "failed"
+    (failure,) = local_airflow.task_xcom(dag_run, "plan_partitions", "failure")
+    assert failure.startswith("10 of 40 rows to read (25.0%) of poison_untimed have no usable"
+                              " created_at"), failure
+    assert "nothing was sent" in failure
+    assert not any("memories/batch" in k for k in synap.get("/_local/stats")["requests"])
+
+    # Under the share, the plan states it and the run goes on, rejecting them with a reason.
+    dag_run = run_backfill(source_table="poison_untimed", max_rejected_share=0.3)
+    assert str(dag_run.state) == "success"
+    assert "10 of 40 rows to read (25.00%) have no usable created_at" in caplog.text

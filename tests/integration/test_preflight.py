@@ -62,14 +62,19 @@ def read_only_ledger(local_pg, monkeypatch) -> str:
     ({"ledger_conn_id": "ledger_ro"},
      "param 'ledger_schema': schema \"synap_backfill\" on connection ledger_ro is not writable"),
     ({"api_key": "sk-not-valid-0000"}, "connection 'synap_default': Synap refused the API key"),
+    ({"synap_extra": {"requests_per_minute": 0.2}},  # one batch every 5 minutes: not a pace
+     "Synap connection 'synap_default': extra 'requests_per_minute' (Requests per minute) must be"
+     " at least 1, or 0 for off"),
 ], ids=["missing relation", "misspelt relation", "missing column", "text as timestamp", "text as index",
-        "unknown conf key", "end before start", "read-only ledger", "refused API key"])
+        "unknown conf key", "end before start", "read-only ledger", "refused API key",
+        "requests_per_minute below 1"])
 def test_each_mistake_fails_the_first_task_in_one_line_and_nothing_runs(
         conf, failure, table, read_only_ledger, run_backfill, synap, capfd):
     conf = {"source_table": table, **conf}
     api_key = conf.pop("api_key", "local-dev-key")
+    synap_extra = conf.pop("synap_extra", None)
 
-    dag_run = run_backfill(api_key=api_key, **conf)
+    dag_run = run_backfill(api_key=api_key, synap_extra=synap_extra, **conf)
 
     assert str(dag_run.state) == "failed"
     assert states(dag_run)["resolve_config"] == ["failed"]

@@ -77,3 +77,32 @@ def test_the_api_key_and_message_text_never_reach_logs_xcom_or_rendered_template
         assert proof in seen, f"{proof!r}: the logs were not all read"
     for secret in (KEY, WRONG_KEY, *TEXTS, "Marker-Orchid", "Quiet Lane"):
         assert secret not in seen, f"{secret!r} leaked"
+
+
+def test_a_database_error_quoting_a_cell_reaches_no_log_xcom_or_failure_line(
+        local_pg, run_backfill, synap, capfd, caplog):
+    """PostgreSQL quotes the value it could not read (``invalid input syntax for type timestamp
+    with time zone: "<the cell>"``): planning over such a view fails with the error's kind only."""
+    caplog.set_level("DEBUG")
+    conv = str(uuid.uuid4())
+    at = datetime(2024, 5, 1, 9, tzinfo=timezone.utc)
+    make_table(local_pg, "conv_db_error_src", [
+        ("u1", "c1", conv, i, TEXTS[i % 2], "ok", at + timedelta(minutes=i)) for i in range(20)])
+    with local_pg.connect() as conn:  # the cast fails on one row, and the message quotes its text
+        conn.execute("CREATE VIEW conv_db_error AS SELECT user_id, customer_id, conversation_id,"
+                     " message_index, user_text, assistant_text, CASE WHEN message_index = 7"
+                     " THEN user_text::timestamptz ELSE created_at END AS created_at"
+                     " FROM conv_db_error_src")
+
+    dag_run = run_backfill(source_table="conv_db_error")
+
+    assert str(dag_run.state) == "failed"
+    from include import local_airflow
+
+    (failure,) = local_airflow.task_xcom(dag_run, "plan_partitions", "failure")
+    assert failure.startswith("InvalidDatetimeFormat: invalid input syntax for type timestamp"), failure
+    captured = capfd.readouterr()
+    seen = captured.out + captured.err + caplog.text + everything_a_run_left([dag_run])
+    assert "InvalidDatetimeFormat" in seen, "the logs were not all read"
+    for secret in (*TEXTS, "Marker-Heron", "card ends"):
+        assert secret not in seen, f"{secret!r} leaked"

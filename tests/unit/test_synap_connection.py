@@ -61,6 +61,7 @@ def test_the_connection_check_plugin_is_registered_through_its_entry_point():
     ({"requests_per_minute": "60", "max_in_flight": 2}, {"requests_per_minute": 60.0, "max_in_flight": 2}),
     ({"extra__synap__max_wait": 30}, {"max_wait": 30.0}),
     ({"requests_per_minute": 0}, {"requests_per_minute": 0.0}),
+    ({"requests_per_minute": 1}, {"requests_per_minute": 1.0}),
     ({"duplicate_pattern": "already exists"}, {"duplicate_pattern": "already exists"}),
 ])
 def test_extras_are_typed_with_defaults(extra, expected):
@@ -70,7 +71,11 @@ def test_extras_are_typed_with_defaults(extra, expected):
 
 @pytest.mark.parametrize("extra, problem", [
     ({"requests_per_minute": "fast"}, "extra 'requests_per_minute' (Requests per minute) must be a number"),
-    ({"requests_per_minute": -5}, "extra 'requests_per_minute' (Requests per minute) must be at least 0"),
+    ({"requests_per_minute": -5},
+     "extra 'requests_per_minute' (Requests per minute) must be at least 1, or 0 for off"),
+    # 0.01 a minute would space batches 100 minutes apart: a run that never ends, not a pace.
+    ({"requests_per_minute": 0.5},
+     "extra 'requests_per_minute' (Requests per minute) must be at least 1, or 0 for off"),
     ({"max_in_flight": 0}, "extra 'max_in_flight' (Batches in flight) must be at least 1"),
     ({"max_in_flight": 2.5}, "extra 'max_in_flight' (Batches in flight) must be a whole number"),
     ({"max_attempts": True}, "extra 'max_attempts' (Attempts per batch) must be a whole number"),
@@ -89,6 +94,9 @@ def test_a_bad_extra_is_refused_naming_the_connection_and_the_extra_but_not_the_
     ({"connection_id": "s", "conn_type": "synap", "extra": '{"requests_per_minute": "fast"}'},
      "Synap connection 's': extra 'requests_per_minute'"),
     ({"connection_id": "s", "conn_type": "synap", "extra": '{"requests_per_minute": 60}'}, None),
+    ({"connection_id": "s", "conn_type": "synap", "extra": '{"requests_per_minute": 0.2}'},
+     "Synap connection 's': extra 'requests_per_minute' (Requests per minute) must be at least 1,"
+     " or 0 for off"),
     ({"connection_id": "s", "conn_type": "synap", "extra": "not json"}, "the extra is not valid JSON"),
     ({"connection_id": "p", "conn_type": "postgres", "extra": '{"requests_per_minute": "fast"}'}, None),
     ({"actions": [{"action": "create", "entities": [
