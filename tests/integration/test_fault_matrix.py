@@ -53,6 +53,15 @@ def summary_of(dag_run) -> dict | None:
     return results[0] if results else None
 
 
+def terminate(pg: Any, sessions: str) -> int:
+    """``pg_terminate_backend`` each session the query ``sessions`` lists (its ``pid``s), but
+    this one; how many."""
+    with pg.connect(autocommit=True) as conn:
+        return int(conn.execute(f"SELECT count(pg_terminate_backend(pid)) FROM (SELECT DISTINCT pid"
+                                f" FROM ({sessions}) AS s WHERE pid <> pg_backend_pid()) AS t"
+                                ).fetchone()[0])
+
+
 def when_received(synap: SynapProcess, documents: int, action, timeout: float = 120) -> threading.Thread:
     """Run ``action`` in the background once the Synap API has received ``documents``."""
     def wait_then_act():
@@ -141,16 +150,10 @@ def test_the_source_connection_dropped_mid_read(local_pg, run_backfill, synap, r
     with local_pg.connect() as conn:
         load_demo_table(conn, "fault_pgdrop", turns=600, days=2, seed=35)
     synap.controls(latency_ms=40)
+    # The reading session's last statement is the cursor's DECLARE or a FETCH from it.
     killed: list[int] = []
-
-    def terminate_readers():
-        # The reading session's last statement is the cursor's DECLARE or a FETCH from it.
-        with local_pg.connect(autocommit=True) as conn:
-            killed.append(conn.execute(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-                " WHERE query LIKE '%%synap_backfill_window%%' AND pid <> pg_backend_pid()"
-            ).fetchone()[0])
-    thread = when_received(synap, 60, terminate_readers)
+    thread = when_received(synap, 60, lambda: killed.append(terminate(
+        local_pg, "SELECT pid FROM pg_stat_activity WHERE query LIKE '%%synap_backfill_window%%'")))
 
     dag_run = run_backfill(source_table="fault_pgdrop", batch_size=20, fetch_size=10)
     thread.join(5)
@@ -274,18 +277,12 @@ def test_the_ledger_connection_killed_mid_partition_stops_sending_and_the_retry_
     with local_pg.connect() as conn:
         load_demo_table(conn, "fault_ledger", turns=600, days=2, seed=38)
     synap.controls(latency_ms=40)
+    # The ledger session holds the partition's advisory lock; the source's and the pacing
+    # schedule's sessions hold none.
     killed: list[int] = []
-
-    def terminate_ledger():
-        with local_pg.connect(autocommit=True) as conn:
-            # The ledger session holds the partition's advisory lock; the source's and the
-            # pacing schedule's sessions hold none.
-            killed.append(conn.execute(
-                "SELECT count(pg_terminate_backend(pid)) FROM (SELECT DISTINCT pid FROM pg_locks"
-                " WHERE locktype = 'advisory' AND pid <> pg_backend_pid() AND database ="
-                " (SELECT oid FROM pg_database WHERE datname = current_database())) AS l"
-                ).fetchone()[0])
-    thread = when_received(synap, 60, terminate_ledger)
+    thread = when_received(synap, 60, lambda: killed.append(terminate(
+        local_pg, "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND database ="
+                  " (SELECT oid FROM pg_database WHERE datname = current_database())")))
 
     dag_run = run_backfill(source_table="fault_ledger", batch_size=20, retry_delay=1,
                            min_rows_per_partition=100_000)
