@@ -30,12 +30,13 @@ Example, as an environment variable::
 from __future__ import annotations
 
 import asyncio
+import re
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
 from airflow.sdk import BaseHook
 
-from synap_provider.connection_fields import parse_extras
+from synap_provider.connection_fields import InvalidExtra, parse_extras
 
 if TYPE_CHECKING:
     from maximem_synap import MaximemSynapSDK
@@ -157,10 +158,23 @@ class SynapHook(BaseHook):
         """Call whoami; the message names the instance, or the error."""
         try:
             who = asyncio.run(self.whoami())
-        except Exception as exc:  # the UI shows the message; never the key
+        except InvalidExtra as exc:  # our own words: connection and extra, never the value
             return False, f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # the UI shows the message: scrubbed, never the key
+            return False, describe_failure(exc)
         return True, (f"Connected: instance {who.get('instance_id')} "
                       f"({who.get('user_context_isolation') or 'isolation not reported'})")
+
+
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+
+
+def describe_failure(exc: BaseException) -> str:
+    """An error as the UI may show it: its kind and first line, quoted values taken out (a
+    server's or a database's message can echo what it was sent), 200 characters at most."""
+    lines = str(exc).strip().splitlines()
+    line = _QUOTED.sub("'…'", " ".join(lines[0].split())) if lines else ""
+    return (f"{type(exc).__name__}: {line}" if line else type(exc).__name__)[:200]
 
 
 async def _call(sdk: "MaximemSynapSDK", method: str, path: str, **kwargs: Any) -> dict[str, Any]:

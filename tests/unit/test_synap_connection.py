@@ -116,3 +116,13 @@ def test_the_hook_refuses_a_bad_extra_before_building_a_client(monkeypatch):
     ok, message = SynapHook(synap_conn_id="synap_bad").test_connection()
     assert not ok
     assert "Synap connection 'synap_bad': extra 'max_attempts'" in message
+
+
+def test_the_test_buttons_message_is_scrubbed_of_quoted_values_and_cut_to_one_line():
+    from synap_provider.hooks import describe_failure
+
+    echoed = ValueError('invalid input syntax for type integer: "Marker-Lark 12 Main St"\n'
+                        "DETAIL: the whole row 'Marker-Lark 12 Main St' follows")
+    message = describe_failure(echoed)
+    assert message == "ValueError: invalid input syntax for type integer: '…'"
+    assert "Marker" not in message
