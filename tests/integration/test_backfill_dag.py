@@ -286,8 +286,10 @@ def test_a_sample_counts_the_rows_without_a_timestamp_once_in_the_whole_table(lo
             for i in range(30)]
     make_table(local_pg, "conv_sample_untimed", rows + [("u1", "c1", conv, 99, "x", "ok", None)])
 
+    # 1 row of 31 without a timestamp: over the default max_rejected_share, the plan would
+    # refuse to send (it is what a whole run would reject).
     dag_run = run_backfill(source_table="conv_sample_untimed", sample_partitions=2,
-                           min_rows_per_partition=1)
+                           min_rows_per_partition=1, max_rejected_share=0.1)
 
     (plan,) = local_airflow.task_results(dag_run, "plan_partitions")
     # Three days and the untimed partition; the sample takes the first and last day.
