@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, TypeVar
 
+from .db_errors import LOCK_NOT_AVAILABLE, is_database_error, sql_error, sqlstate
 from .inventory import create_tables as create_inventory_tables
 from .inventory import write_held
 from .planning import BucketCount
@@ -131,8 +132,7 @@ def ensure_tables(conn: Any, schema: str) -> None:
         try:
             _create_tables(cur, schema, s)
         except Exception as exc:
-            code = getattr(exc, "pgcode", None) or getattr(exc, "sqlstate", None)
-            if code == "55P03":  # lock_not_available (psycopg 2's pgcode, 3's sqlstate)
+            if sqlstate(exc) == LOCK_NOT_AVAILABLE:
                 conn.rollback()
                 raise LedgerBusy(
                     f"the ledger's tables in schema {s} are locked by another session: their"
@@ -231,18 +231,11 @@ def _ledger_call(method: Callable[..., T]) -> Callable[..., T]:
         except Exception as exc:
             if not is_database_error(exc):
                 raise
-            code = getattr(exc, "pgcode", None) or getattr(exc, "sqlstate", None)
             raise LedgerFailed(
-                f"partition {self.label}: the ledger failed ({type(exc).__name__}"
-                f"{f', SQLSTATE {code}' if code else ''}) in {method.__name__}; sending stopped,"
+                f"partition {self.label}: the ledger failed ({sql_error(exc)}) in"
+                f" {method.__name__}; sending stopped,"
                 " and a retry resumes from the last checkpoint") from None
     return call
-
-
-def is_database_error(exc: BaseException) -> bool:
-    """A DB-API error of psycopg 2 or 3 (their ``Error`` classes), without importing either."""
-    return any(cls.__name__ == "Error" and cls.__module__.split(".")[0] in ("psycopg2", "psycopg")
-               for cls in type(exc).__mro__)
 
 
 class Ledger:

@@ -51,7 +51,8 @@ from maximem_synap import (BatchCreateResponse, CreateMemoryRequest, RateLimitEr
 from .accounting import PartitionReport
 from .buckets import UNTIMED, bucket_of, fingerprint
 from .documents import Rejected, build_document, id_of, text_of
-from .ledger import Ledger, PartitionBusy, is_database_error
+from .db_errors import is_database_error, sql_error
+from .ledger import Ledger, PartitionBusy
 from .pacing import Pacer, Unpaced
 from .planning import BucketCount
 from .results import DEFAULT_DUPLICATE_PATTERN, SERVER_PREFIX, classify_batch, first_line
@@ -310,11 +311,9 @@ class _Pipeline:
                 # The relation raised (a view's expression failing on a row): its text can
                 # quote the row's values, so it is never repeated, not even as the cause.
                 await self._drain()  # what was sent is applied: the retry resumes after it
-                code = getattr(exc, "pgcode", None) or getattr(exc, "sqlstate", None)
                 raise PartitionFailed(
                     f"partition {state.report.label}: the source raised an error reading row"
-                    f" {ordinal + 1} of the window ({type(exc).__name__}"
-                    f"{f', SQLSTATE {code}' if code else ''}); the {state.report.rows_read} rows"
+                    f" {ordinal + 1} of the window ({sql_error(exc)}); the {state.report.rows_read} rows"
                     " before the last checkpoint are accounted for and a retry resumes after"
                     " them. If the relation fails on that row every time, fix the relation (or"
                     " leave the row out of it)") from None

@@ -14,6 +14,7 @@ from dataclasses import fields
 from typing import Any, Iterable
 
 from .config import BackfillConfig, SourceColumns
+from .db_errors import sql_error
 from .source import as_text, quote_identifier, quoted_table
 
 # pg_type.typcategory: what each mapped column may be.
@@ -121,7 +122,7 @@ def check_ledger(conn: Any, config: BackfillConfig) -> None:
         raise PreflightError(
             f"param 'ledger_schema': schema {quote_identifier(config.ledger_schema)} on connection"
             f" {config.ledger_conn_id or config.postgres_conn_id} is not writable"
-            f" ({_sql_error(exc)}); grant CREATE on the database, or point ledger_conn_id"
+            f" ({sql_error(exc)}); grant CREATE on the database, or point ledger_conn_id"
             " elsewhere") from None
 
 
@@ -154,7 +155,3 @@ def check_synap(hook: Any, conn_id: str) -> str:
     return str(who.get("instance_id") or "")
 
 
-def _sql_error(exc: BaseException) -> str:
-    """A database error's kind and SQLSTATE, without its message (which may quote values)."""
-    state = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
-    return f"{type(exc).__name__}" + (f", SQLSTATE {state}" if state else "")

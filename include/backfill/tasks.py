@@ -581,7 +581,7 @@ class DatabaseError(RuntimeError):
 def raise_scrubbed(exc: BaseException) -> None:
     """Re-raise a database error without its text: Airflow logs a failing task's exception
     whole, and PostgreSQL's messages quote values (``invalid input syntax ...: "<a cell>"``)."""
-    from .ledger import is_database_error
+    from .db_errors import is_database_error
 
     if is_database_error(exc):
         raise DatabaseError(describe_error(exc)) from None
