@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+REGIONS_FILE = REPO_ROOT / "include" / "regions.yaml"  # what dags/synap_region_replay_dags.py reads
 log = logging.getLogger(__name__)
 
 
@@ -46,10 +47,10 @@ def migrate_db(pool_slots: int = 4) -> None:
 
 def synap_pools(slots: int = 4) -> dict[str, int]:
     """One pool per Synap target: the primary's and each replay region's."""
-    from include.backfill.dag_factory import DEFAULT_POOL
-    from include.backfill.regions import load_regions
+    from synap_backfill.airflow.dag_factory import DEFAULT_POOL
+    from synap_backfill.regions import load_regions
 
-    return {DEFAULT_POOL: slots, **{r.pool_name: slots for r in load_regions()}}
+    return {DEFAULT_POOL: slots, **{r.pool_name: slots for r in load_regions(REGIONS_FILE)}}
 
 
 def ensure_pools(slots: int = 4) -> None:
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def render_run(dag_run: Any) -> str:
     """The backfill summary of a finished run, rebuilt from its XComs."""
-    from include.backfill.accounting import summarize
+    from synap_backfill.accounting import summarize
 
     windows = (task_results(dag_run, "plan_partitions") or [None])[0]
     if windows is None:
@@ -180,7 +181,7 @@ def render_run(dag_run: Any) -> str:
     text = f"run {dag_run.run_id}: {dag_run.state}\n\n{summary.render()}"
     verified = task_results(dag_run, "verify_extraction")
     if verified:
-        from include.backfill.verify import VerifyReport
+        from synap_backfill.verify import VerifyReport
 
         text += "\n" + VerifyReport.from_xcom(verified[0]).render()
     failures = task_xcom(dag_run, "verify_extraction", "failure")

@@ -107,6 +107,8 @@ class LocalCluster(LocalStack):
         workers = [(name, ["celery", "worker", "--celery-hostname", f"{name}@%h",
                            "--concurrency", str(self.worker_concurrency), "--skip-serve-logs"],
                     {WORKER_ENV: name,
+                     # Local tooling, not in the installed package: the repo root on the path.
+                     "PYTHONPATH": str(REPO_ROOT),
                      "AIRFLOW__CORE__HOSTNAME_CALLABLE": "include.local_cluster.worker_hostname"})
                    for name in self.workers]
         return [(name, [name], {}) for name in COMPONENTS] + workers

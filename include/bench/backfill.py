@@ -24,7 +24,7 @@ import resource
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from include.backfill.tasks import plan_partitions, resolve_config, run_partition
+from synap_backfill.airflow.tasks import plan_partitions, resolve_config, run_partition
 
 _RUN: dict[str, Any] = {}
 

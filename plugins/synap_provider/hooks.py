@@ -98,7 +98,7 @@ class SynapHook(BaseHook):
             cache_backend=None,  # a backfill reads nothing back; keep workers stateless
             history_search_model=None,
             timeouts=TimeoutConfig(read=s["timeout_seconds"]),
-            retry_policy=None,  # the backfill's own loop retries (include/backfill/sending.py)
+            retry_policy=None,  # the backfill's own loop retries (plugins/synap_backfill/sending.py)
         )
         self.log.info("Synap client for connection %s at %s", self.synap_conn_id,
                       s["base_url"] or "the hosted default")

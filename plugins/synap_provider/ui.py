@@ -11,7 +11,7 @@ Actions (an undo's dry run) go through Airflow's own REST API from the page,
 so they are authorized and audited like any trigger.
 
 The data comes from Airflow's metadata (the run, its task instances, their
-``failure`` XComs) and from the run's ledger (``include/backfill/run_view.py``),
+``failure`` XComs) and from the run's ledger (``plugins/synap_backfill/run_view.py``),
 found through the run's own config XCom.
 """
 
@@ -64,7 +64,7 @@ def run_view(dag_id: str, run_id: str) -> dict[str, Any]:
 def run_rejects(dag_id: str, run_id: str, after: str | None = Query(None, max_length=400),
                 limit: int = Query(100, ge=1, le=500)) -> dict[str, Any]:
     """The run's rejected rows: counts by reason, then a page of row keys (``after``: a cursor)."""
-    from include.backfill.run_view import rejects
+    from synap_backfill.run_view import rejects
 
     config = _config(dag_id, run_id)
     if config is None or config.get("kind") != "backfill":
@@ -80,7 +80,7 @@ def targets_view(user: GetUserDep) -> dict[str, Any]:
     """Every Synap instance the ledgers know: what each holds, and the runs (of DAGs the user may read)."""
     from airflow.api_fastapi.app import get_auth_manager
 
-    from include.backfill.run_view import targets
+    from synap_backfill.run_view import targets
 
     permitted = get_auth_manager().get_authorized_dag_ids(user=user, method="GET")
     out: list[dict[str, Any]] = []
@@ -133,7 +133,7 @@ def _run_view(dag_id: str, run_id: str) -> dict[str, Any]:
 
 def _backfill_view(dag_id: str, run_id: str, config: Any, xcoms: dict, states: dict,
                    labels: dict) -> dict[str, Any]:
-    from include.backfill.run_view import partitions, run_plan
+    from synap_backfill.run_view import partitions, run_plan
 
     planned = xcoms.get(("plan_partitions", -1, "return_value"))
     if not isinstance(config, dict) or planned is None:
@@ -179,7 +179,7 @@ def _backfill_view(dag_id: str, run_id: str, config: Any, xcoms: dict, states: d
 
 
 def _undo_view(config: Any, xcoms: dict, states: dict, labels: dict) -> dict[str, Any]:
-    from include.backfill.run_view import undo_partitions
+    from synap_backfill.run_view import undo_partitions
 
     planned = xcoms.get(("plan_undo", -1, "return_value"))
     if not isinstance(config, dict) or planned is None:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-from include.backfill.approval import describe_plan
-from include.backfill.config import BackfillConfig
-from include.backfill.tasks import plan_partitions, resolve_config
+from synap_backfill.airflow.approval import describe_plan
+from synap_backfill.config import BackfillConfig
+from synap_backfill.airflow.tasks import plan_partitions, resolve_config
 from include.demo_data import load_demo_table
 
 pytestmark = pytest.mark.integration

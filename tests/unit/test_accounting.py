@@ -1,6 +1,6 @@
 from collections import Counter
 
-from include.backfill.accounting import PartitionReport, summarize
+from synap_backfill.accounting import PartitionReport, summarize
 
 
 def window(label):

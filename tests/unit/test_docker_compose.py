@@ -44,20 +44,35 @@ def test_every_dependency_names_a_service_and_long_running_services_have_healthc
 
 
 @pytest.mark.parametrize("service", sorted(AIRFLOW_SERVICES))
-def test_airflow_services_mount_the_dags_and_the_installed_project_folders(service):
+def test_airflow_services_mount_the_dags_and_the_projects_include_folder(service):
     mounts = {v.split(":")[0]: v.split(":")[1] for v in SERVICES[service]["volumes"]}
     assert mounts["./dags"] == "/opt/airflow/dags"
-    for folder in ("plugins", "include"):
-        assert mounts[f"./{folder}"] == f"/opt/synap-backfill/{folder}"
-        assert (REPO / folder).is_dir()
+    # The region replay DAG file reads <dags folder>/../include/regions.yaml.
+    assert mounts["./include"] == "/opt/airflow/include"
+    assert "./plugins" not in mounts  # the engine comes from the image's wheel
     assert "PYTHONPATH" not in SERVICES[service]["environment"]
 
 
-def test_the_image_installs_this_project_where_compose_mounts_it():
+def test_the_image_installs_the_wheel_with_the_constraints():
     dockerfile = (REPO / "Dockerfile").read_text()
-    assert "pip install --no-cache-dir --no-deps -e /opt/synap-backfill" in dockerfile
-    for folder in ("include", "plugins"):
-        assert f"COPY --chown=airflow:root {folder} /opt/synap-backfill/{folder}" in dockerfile
+    assert "pip wheel --no-cache-dir --no-deps" in dockerfile
+    assert "pip install --no-cache-dir -c /home/airflow/constraints.txt" in dockerfile
+    assert "synap_backfill-*.whl" in dockerfile
+    assert "COPY --chown=airflow:root plugins " in dockerfile
+    assert "COPY --chown=airflow:root include" not in dockerfile  # no local tooling in the image
+    assert " -e " not in dockerfile
+    pins = dict(re.findall(r"^([A-Za-z0-9_.\-]+)==(\S+)", (REPO / "requirements.txt").read_text(), re.M))
+    bases = re.findall(r"FROM apache/airflow:(\S+)-python3\.11", dockerfile)
+    assert bases and set(bases) == {pins["apache-airflow"]}
+    for package in ("apache-airflow", "apache-airflow-providers-celery"):
+        assert f'"{package}=={pins[package]}"' in dockerfile
+
+
+@pytest.mark.parametrize("service", ["synap-api", "source-init"])
+def test_the_local_tooling_services_run_from_the_mounted_include_folder(service):
+    assert SERVICES[service]["working_dir"] == "/opt/airflow"
+    mounts = {v.split(":")[0]: v.split(":")[1] for v in SERVICES[service].get("volumes", [])}
+    assert mounts["./include"] == "/opt/airflow/include"
 
 
 def test_the_init_creates_every_pool_and_connection_the_dags_use():
@@ -65,19 +80,11 @@ def test_the_init_creates_every_pool_and_connection_the_dags_use():
     created = set(re.findall(r"airflow pools set (\S+) ", script))
     assert created == set(synap_pools())
     connections = set(re.findall(r'Connection\(conn_id="(\w+)"', script))
-    from include.backfill.regions import load_regions
+    from synap_backfill.regions import load_regions
 
-    assert {"synap_default", "postgres_default", *(r.synap_conn_id for r in load_regions())} <= connections
+    assert {"synap_default", "postgres_default",
+            *(r.synap_conn_id for r in load_regions(REPO / "include" / "regions.yaml"))} <= connections
     assert "airflow db migrate" in script
-
-
-def test_the_image_installs_the_versions_requirements_pins():
-    pins = dict(re.findall(r"^([A-Za-z0-9_.\-]+)==(\S+)", (REPO / "requirements.txt").read_text(), re.M))
-    dockerfile = (REPO / "Dockerfile").read_text()
-    base = re.search(r"FROM apache/airflow:(\S+)-python3\.11", dockerfile).group(1)
-    assert base == pins["apache-airflow"]
-    for package in ("apache-airflow", "apache-airflow-providers-postgres", "maximem-synap", "pendulum"):
-        assert f'"{package}=={pins[package]}"' in dockerfile
 
 
 def test_the_synap_api_and_demo_data_services_run_this_repos_modules():

@@ -2,8 +2,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from include.backfill.documents import RejectReason, Rejected, build_document
-from include.backfill.source import SourceRow
+from synap_backfill.documents import RejectReason, Rejected, build_document
+from synap_backfill.source import SourceRow
 
 CONV = "3f2b8c1e-8f1a-4c3e-9d0a-0b6f5e2d7c11"
 AT = datetime(2024, 3, 1, 12, 30, 5, tzinfo=timezone.utc)

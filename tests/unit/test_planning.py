@@ -2,8 +2,8 @@
 
 from datetime import datetime, timezone
 
-from include.backfill.buckets import UNTIMED, bucket_of
-from include.backfill.planning import (BucketCount, HeldBucket, Holder, PlannedPartition,
+from synap_backfill.buckets import UNTIMED, bucket_of
+from synap_backfill.planning import (BucketCount, HeldBucket, Holder, PlannedPartition,
                                        conflict_message, difference)
 
 UTC = timezone.utc

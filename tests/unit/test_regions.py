@@ -1,6 +1,10 @@
+from pathlib import Path
+
 import pytest
 
-from include.backfill.regions import RegionConfigError, load_regions
+from synap_backfill.regions import RegionConfigError, load_regions
+
+SHIPPED = Path(__file__).resolve().parents[2] / "include" / "regions.yaml"
 
 
 def write(tmp_path, text):
@@ -10,7 +14,7 @@ def write(tmp_path, text):
 
 
 def test_the_shipped_config_declares_a_replay_after_the_primary():
-    (eu,) = load_regions()
+    (eu,) = load_regions(SHIPPED)
     assert (eu.dag_id, eu.synap_conn_id, eu.schedule, eu.pool_name) == (
         "synap_replay_eu", "synap_eu", "after_primary", "synap_eu")
 
@@ -45,3 +49,15 @@ def test_duplicate_region_names_are_refused(tmp_path):
     with pytest.raises(RegionConfigError, match="unique"):
         load_regions(write(tmp_path, "regions:\n  - {name: eu, synap_conn_id: a}\n"
                                      "  - {name: eu, synap_conn_id: b}\n"))
+
+
+def test_no_regions_file_means_no_replay_dags(tmp_path, monkeypatch):
+    monkeypatch.delenv("SYNAP_REGIONS_FILE", raising=False)
+    assert load_regions() == []
+    assert load_regions(tmp_path / "missing.yaml") == []
+
+
+def test_the_environment_names_the_file_over_the_dag_files_choice(tmp_path, monkeypatch):
+    chosen = write(tmp_path, "regions:\n  - {name: us, synap_conn_id: synap_us}\n")
+    monkeypatch.setenv("SYNAP_REGIONS_FILE", str(chosen))
+    assert [r.name for r in load_regions(SHIPPED)] == ["us"]

@@ -2,10 +2,10 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from include.backfill.buckets import bucket_of, bucket_start
-from include.backfill.config import ParamError, timestamp
-from include.backfill.planning import BucketCount, Difference, lay_out
-from include.backfill.windows import Grid
+from synap_backfill.buckets import bucket_of, bucket_start
+from synap_backfill.config import ParamError, timestamp
+from synap_backfill.planning import BucketCount, Difference, lay_out
+from synap_backfill.windows import Grid
 
 UTC = timezone.utc
 

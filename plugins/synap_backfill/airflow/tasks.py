@@ -15,24 +15,24 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any, Iterable, Iterator, Mapping, NoReturn, Sequence
 
-from .accounting import PartitionReport, summarize
-from .buckets import UNTIMED, bucket_label
-from .config import BackfillConfig, ParamError, config_from_params
-from .credits import credits_for
-from .documents import B2B_ISOLATION, B2C_ISOLATION
-from .inventory import Inventory
-from .ledger import Ledger, save_copies
-from .undo_ledger import any_undone
-from .pacing import SharedPacer, pacing_target
-from .partition import PartitionFailed, PartitionSettings, describe_error, run_partition_rows
-from .preflight import (PreflightError, check_ledger, check_source, check_synap, check_synap_settings,
+from ..accounting import PartitionReport, summarize
+from ..buckets import UNTIMED, bucket_label
+from ..config import BackfillConfig, ParamError, config_from_params
+from ..credits import credits_for
+from ..documents import B2B_ISOLATION, B2C_ISOLATION
+from ..inventory import Inventory
+from ..ledger import Ledger, save_copies
+from ..undo_ledger import any_undone
+from ..pacing import SharedPacer, pacing_target
+from ..partition import PartitionFailed, PartitionSettings, describe_error, run_partition_rows
+from ..preflight import (PreflightError, check_ledger, check_source, check_synap, check_synap_settings,
                         unknown_keys)
-from .results import DEFAULT_DUPLICATE_PATTERN
-from .sending import RetryPolicy
-from .planning import Difference, PlannedPartition, conflict_message, difference, lay_out
-from .source import (bucket_counts, copies_at_different_times, quote_identifier, quoted_table,
+from ..results import DEFAULT_DUPLICATE_PATTERN
+from ..sending import RetryPolicy
+from ..planning import Difference, PlannedPartition, conflict_message, difference, lay_out
+from ..source import (bucket_counts, copies_at_different_times, quote_identifier, quoted_table,
                      read_window, timestamp_index, turns_are_unique)
-from .windows import Grid
+from ..windows import Grid
 
 log = logging.getLogger("synap_backfill")
 
@@ -524,7 +524,7 @@ def _check_against_source(config: BackfillConfig, dag_id: str, run_id: str,
     what its partitions read (``reconcile.py``), and a region's parity with the primary."""
     from airflow.providers.postgres.hooks.postgres import PostgresHook
 
-    from .reconcile import reconcile
+    from ..reconcile import reconcile
 
     ledger_hook = PostgresHook(postgres_conn_id=config.ledger_conn_id or config.postgres_conn_id)
     facts: dict[str, Any] = {"notes": [], "problems": []}
@@ -581,7 +581,7 @@ class DatabaseError(RuntimeError):
 def raise_scrubbed(exc: BaseException) -> None:
     """Re-raise a database error without its text: Airflow logs a failing task's exception
     whole, and PostgreSQL's messages quote values (``invalid input syntax ...: "<a cell>"``)."""
-    from .db_errors import is_database_error
+    from ..db_errors import is_database_error
 
     if is_database_error(exc):
         raise DatabaseError(describe_error(exc)) from None
@@ -597,6 +597,6 @@ def one_line(exc: BaseException) -> str:
 
 
 def window_key_of(raw: Mapping[str, Any]) -> str:
-    from .accounting import window_key
+    from ..accounting import window_key
 
     return window_key(raw.get("start"), raw.get("end"))

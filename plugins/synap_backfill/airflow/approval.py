@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 
-from .config import BackfillConfig
+from ..config import BackfillConfig
 
 
 class PlanApprovalOperator(ApprovalOperator):
@@ -56,9 +56,9 @@ def describe_plan(config: BackfillConfig, windows: list[dict[str, Any]], *, dag_
     from airflow.providers.postgres.hooks.postgres import PostgresHook
     from synap_provider.hooks import SynapHook
 
-    from .accounting import describe_duration
-    from .credits import credits_for
-    from .inventory import Inventory
+    from ..accounting import describe_duration
+    from ..credits import credits_for
+    from ..inventory import Inventory
 
     rows = sum(int(w.get("rows") or 0) for w in windows)
     unchanged = sum(int(w.get("unchanged") or 0) for w in windows)

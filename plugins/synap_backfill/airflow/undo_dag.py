@@ -20,8 +20,8 @@ import pendulum
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, dag, get_current_context, task
 
-from include.backfill.dag_factory import DEFAULT_POOL
-from include.backfill.undo_config import LIMITS, UndoConfig
+from synap_backfill.airflow.dag_factory import DEFAULT_POOL
+from synap_backfill.undo_config import LIMITS, UndoConfig
 
 _CONN_ID = r"^[A-Za-z0-9_.\-]{1,250}$"
 _IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
@@ -77,7 +77,7 @@ class UndoApprovalOperator(ApprovalOperator):
         self.config, self.surveys = config, surveys
 
     def execute(self, context: Any) -> Any:
-        from include.backfill.undo_tasks import approval_body
+        from synap_backfill.airflow.undo_tasks import approval_body
 
         config = UndoConfig.from_dict(self.config)
         if config.dry_run or not config.require_approval:
@@ -97,7 +97,7 @@ def build_undo_dag(dag_id: str = "synap_undo", *, doc_md: str) -> Any:
     def undo() -> None:
         @task(multiple_outputs=False)
         def resolve_undo() -> dict:
-            from include.backfill.undo_tasks import resolve_undo as resolve
+            from synap_backfill.airflow.undo_tasks import resolve_undo as resolve
 
             context = get_current_context()
             return resolve(context["params"], conf=context["dag_run"].conf or {},
@@ -105,7 +105,7 @@ def build_undo_dag(dag_id: str = "synap_undo", *, doc_md: str) -> Any:
 
         @task
         def plan_undo(config: dict) -> list[dict]:
-            from include.backfill.undo_tasks import plan_undo as plan
+            from synap_backfill.airflow.undo_tasks import plan_undo as plan
 
             run = get_current_context()["dag_run"]
             return plan(config, dag_id=run.dag_id, run_id=run.run_id)
@@ -114,8 +114,8 @@ def build_undo_dag(dag_id: str = "synap_undo", *, doc_md: str) -> Any:
         def survey_partition(config: dict, partition: dict) -> dict:
             from airflow.sdk.exceptions import AirflowSkipException
 
-            from include.backfill.undo import UndoReport
-            from include.backfill.undo_tasks import survey
+            from synap_backfill.undo import UndoReport
+            from synap_backfill.airflow.undo_tasks import survey
 
             context = get_current_context()
             context["undo_label"] = partition["label"]
@@ -131,8 +131,8 @@ def build_undo_dag(dag_id: str = "synap_undo", *, doc_md: str) -> Any:
         def undo_partition(config: dict, partition: dict) -> dict:
             from airflow.sdk.exceptions import AirflowSkipException
 
-            from include.backfill.undo import UndoReport
-            from include.backfill.undo_tasks import undo
+            from synap_backfill.undo import UndoReport
+            from synap_backfill.airflow.undo_tasks import undo
 
             context = get_current_context()
             context["undo_label"] = partition["label"]
@@ -141,7 +141,7 @@ def build_undo_dag(dag_id: str = "synap_undo", *, doc_md: str) -> Any:
             try:
                 report = undo(config, partition, run_id=context["dag_run"].run_id)
             except Exception as exc:  # the reason in one line, for the Synap tab and the summary
-                from include.backfill.tasks import one_line
+                from synap_backfill.airflow.tasks import one_line
 
                 context["ti"].xcom_push(key="failure", value=one_line(exc))
                 raise
@@ -151,7 +151,7 @@ def build_undo_dag(dag_id: str = "synap_undo", *, doc_md: str) -> Any:
         @task(trigger_rule="all_done", multiple_outputs=False)
         def summarize_undo(config: dict | None, planned: list[dict] | None,
                            surveys: list[dict] | None, undone: list[dict] | None) -> dict:
-            from include.backfill.undo_tasks import summarize_undo as summarize
+            from synap_backfill.airflow.undo_tasks import summarize_undo as summarize
 
             context = get_current_context()
             run = context["dag_run"]

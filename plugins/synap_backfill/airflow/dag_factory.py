@@ -20,9 +20,9 @@ from typing import Any, Iterable
 import pendulum
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 
-from include.backfill.config import LIMITS, MODES, BackfillConfig, SourceColumns
-from include.backfill.approval import PlanApprovalOperator
-from include.backfill.verify_extraction import VerifyExtractionOperator
+from synap_backfill.config import LIMITS, MODES, BackfillConfig, SourceColumns
+from synap_backfill.airflow.approval import PlanApprovalOperator
+from synap_backfill.airflow.verify_extraction import VerifyExtractionOperator
 
 # Emitted by the primary backfill's summary when every row is accounted for;
 # a region replay can be scheduled on it.
@@ -44,7 +44,7 @@ _COLUMNS = tuple(f.name for f in fields(SourceColumns))
 
 
 def _set_partition_time_limit(context: Any) -> None:
-    from include.backfill.time_limit import set_partition_time_limit
+    from synap_backfill.time_limit import set_partition_time_limit
 
     set_partition_time_limit(context)
 
@@ -208,7 +208,7 @@ def build_backfill_dag(dag_id: str, *, doc_md: str, schedule: Any = None,
         # XCom of its own (about 13 per partition); one value per task is enough.
         @task(multiple_outputs=False)
         def resolve_config() -> dict:
-            from include.backfill.tasks import resolve_config as resolve
+            from synap_backfill.airflow.tasks import resolve_config as resolve
 
             context = get_current_context()
             run = context["dag_run"]
@@ -222,7 +222,7 @@ def build_backfill_dag(dag_id: str, *, doc_md: str, schedule: Any = None,
 
         @task
         def plan_partitions(config: dict) -> list[dict]:
-            from include.backfill.tasks import plan_partitions as plan
+            from synap_backfill.airflow.tasks import plan_partitions as plan
 
             context = get_current_context()
             run = context["dag_run"]
@@ -236,8 +236,8 @@ def build_backfill_dag(dag_id: str, *, doc_md: str, schedule: Any = None,
         @task(map_index_template=PARTITION_LABEL, pool=pool, retries=2, multiple_outputs=False,
               retry_delay=timedelta(seconds=20), pre_execute=_set_partition_time_limit)
         def backfill_partition(config: dict, window: dict) -> dict:
-            from include.backfill.accounting import counts_label
-            from include.backfill.tasks import one_line, run_partition
+            from synap_backfill.accounting import counts_label
+            from synap_backfill.airflow.tasks import one_line, run_partition
 
             context = get_current_context()
             context["window_label"] = window["label"]
@@ -254,7 +254,7 @@ def build_backfill_dag(dag_id: str, *, doc_md: str, schedule: Any = None,
 
         @task(trigger_rule="all_done", multiple_outputs=False)
         def summarize(config: dict | None, windows: list[dict] | None, reports: list[dict] | None) -> dict:
-            from include.backfill.tasks import summarize_run
+            from synap_backfill.airflow.tasks import summarize_run
 
             context = get_current_context()
             before = context["ti"].xcom_pull(task_ids=["resolve_config", "plan_partitions"],
@@ -280,7 +280,7 @@ def build_backfill_dag(dag_id: str, *, doc_md: str, schedule: Any = None,
             @task(outlets=list(outlets), trigger_rule="none_failed")
             def announce_complete(config: dict, summary: dict) -> None:
                 """Emits the assets only after a full, real run (skipped for a dry run or a sample)."""
-                from include.backfill.tasks import announce_complete as announce
+                from synap_backfill.airflow.tasks import announce_complete as announce
 
                 announce(config, summary)
 

@@ -21,7 +21,7 @@ from uuid import UUID
 from airflow.sdk import BaseOperator
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from .config import BackfillConfig
+from ..config import BackfillConfig
 
 POLL_EVERY = 10.0  # seconds between rounds over the documents still being extracted
 
@@ -36,7 +36,7 @@ class ExtractionTrigger(BaseTrigger):
         self.deadline, self.poll_every = deadline, poll_every
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        return ("include.backfill.verify_extraction.ExtractionTrigger",
+        return ("synap_backfill.airflow.verify_extraction.ExtractionTrigger",
                 {"config": self.config, "dag_id": self.dag_id, "run_id": self.run_id,
                  "deadline": self.deadline, "poll_every": self.poll_every})
 
@@ -52,9 +52,9 @@ async def verify_run(config: BackfillConfig, dag_id: str, run_id: str, *, deadli
     from airflow.providers.postgres.hooks.postgres import PostgresHook
     from synap_provider.hooks import SynapHook
 
-    from .ledger import sample_ingestions
-    from .pacing import Pacer, SharedPacer, Unpaced, pacing_target
-    from .verify import check_extraction, fit_to_pace
+    from ..ledger import sample_ingestions
+    from ..pacing import Pacer, SharedPacer, Unpaced, pacing_target
+    from ..verify import check_extraction, fit_to_pace
 
     ledger = PostgresHook(postgres_conn_id=config.ledger_conn_id or config.postgres_conn_id)
     synap = SynapHook(synap_conn_id=config.synap_conn_id)
@@ -116,7 +116,7 @@ class VerifyExtractionOperator(BaseOperator):
     def execute_complete(self, context: Any, event: Mapping[str, Any]) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowFailException
 
-        from .verify import VerifyReport
+        from ..verify import VerifyReport
 
         config = BackfillConfig.from_dict(self.config)
         report = VerifyReport.from_xcom(dict(event))

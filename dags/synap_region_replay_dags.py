@@ -1,9 +1,15 @@
-"""Airflow DAGs: replay the Synap backfill into extra regions, one per entry of include/regions.yaml."""
+"""Airflow DAGs: replay the Synap backfill into extra regions, one per entry of regions.yaml.
+
+The file is the project's ``include/regions.yaml`` (``SYNAP_REGIONS_FILE`` overrides
+it); without one there are no replay DAGs.
+"""
 
 from __future__ import annotations
 
-from include.backfill.dag_factory import PRIMARY_BACKFILL_DONE, build_backfill_dag
-from include.backfill.regions import AFTER_PRIMARY, load_regions
+from pathlib import Path
+
+from synap_backfill.airflow.dag_factory import PRIMARY_BACKFILL_DONE, build_backfill_dag
+from synap_backfill.regions import AFTER_PRIMARY, load_regions
 
 DOC_MD = """
 ### Synap region replay: `{name}`
@@ -13,7 +19,7 @@ same stable document ids, so this region ends with exactly the documents of the
 first. Schedule: {schedule}. Configured in `include/regions.yaml`.
 """
 
-for region in load_regions():
+for region in load_regions(Path(__file__).resolve().parents[1] / "include" / "regions.yaml"):
     after_primary = region.schedule == AFTER_PRIMARY
     build_backfill_dag(
         region.dag_id,

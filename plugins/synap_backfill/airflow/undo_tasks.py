@@ -13,18 +13,18 @@ from contextlib import AsyncExitStack, closing
 from dataclasses import replace
 from typing import Any, Awaitable, Callable, Iterable, Mapping, Sequence
 
-from .config import ParamError
-from .inventory import Inventory
-from .ledger import ensure_tables
-from .pacing import Pacer, SharedPacer, Unpaced, pacing_target
-from .partition import describe_error
-from .preflight import PreflightError, check_synap, unknown_keys
-from .sending import RetryPolicy
-from .source import quote_identifier
-from .undo import (UndoClient, UndoPartition, UndoReport, describe_duration, estimate_seconds,
+from ..config import ParamError
+from ..inventory import Inventory
+from ..ledger import ensure_tables
+from ..pacing import Pacer, SharedPacer, Unpaced, pacing_target
+from ..partition import describe_error
+from ..preflight import PreflightError, check_synap, unknown_keys
+from ..sending import RetryPolicy
+from ..source import quote_identifier
+from ..undo import (UndoClient, UndoPartition, UndoReport, describe_duration, estimate_seconds,
                    undo_partition)
-from .undo_config import UndoConfig, undo_config_from_params
-from .undo_ledger import (PartitionUndoLedger, documents, finish_undo, partitions,
+from ..undo_config import UndoConfig, undo_config_from_params
+from ..undo_ledger import (PartitionUndoLedger, documents, finish_undo, partitions,
                           record_undo)
 
 log = logging.getLogger("synap_backfill")

@@ -1,8 +1,10 @@
-"""The region replay config (``include/regions.yaml``): one replay DAG per entry.
+"""The region replay config (a ``regions.yaml``): one replay DAG per entry.
 
 Read when the DAG file is parsed: a local file, no database or network. The
-path can be changed with ``SYNAP_REGIONS_FILE``. A malformed entry raises an
-error naming the region and the field, which Airflow shows as an import error.
+DAG file names its project's file (this repository's is ``include/regions.yaml``);
+``SYNAP_REGIONS_FILE`` overrides it. No file means no replay DAGs. A malformed
+entry raises an error naming the region and the field, which Airflow shows as
+an import error.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from typing import Any
 
 from .config import ParamError, timestamp
 
-DEFAULT_FILE = Path(__file__).resolve().parents[1] / "regions.yaml"
 AFTER_PRIMARY = "after_primary"
 _NAME = re.compile(r"^[a-z0-9_]{1,40}$")
 _CONN_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,250}$")
@@ -54,15 +55,18 @@ class Region:
         return out
 
 
-def regions_file() -> Path:
-    return Path(os.environ.get("SYNAP_REGIONS_FILE") or DEFAULT_FILE)
+def regions_file(default: Path | str | None = None) -> Path | None:
+    """``SYNAP_REGIONS_FILE`` when set, else the DAG file's own choice (None: no regions)."""
+    chosen = os.environ.get("SYNAP_REGIONS_FILE") or default
+    return Path(chosen) if chosen else None
 
 
-def load_regions(path: Path | None = None) -> list[Region]:
+def load_regions(default: Path | str | None = None) -> list[Region]:
+    """The regions of ``regions_file(default)``; an empty list when there is no such file."""
     import yaml
 
-    path = path or regions_file()
-    if not path.exists():
+    path = regions_file(default)
+    if path is None or not path.exists():
         return []
     raw = yaml.safe_load(path.read_text()) or {}
     entries = raw.get("regions") or []
