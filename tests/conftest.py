@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Iterator
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-from include import local_airflow  # noqa: E402  (the project is installed: make install)
+from include import local_airflow  # noqa: E402  (local tooling: imported from the repo root, not installed)
 
 _SCRATCH = Path(tempfile.mkdtemp(prefix="synap-backfill-tests-"))
 local_airflow.configure(_SCRATCH / "airflow")

@@ -1,5 +1,30 @@
 """The Airflow-facing side of the backfill: DAG factories, tasks, approval and the trigger.
 
-A DAG file needs only ``build_backfill_dag`` / ``build_undo_dag`` from here;
-everything heavy is imported inside the tasks.
+A DAG file needs only ``build_backfill_dag`` / ``build_undo_dag``::
+
+    from synap_backfill.airflow import build_backfill_dag
+
+    build_backfill_dag("synap_backfill")
+
+Importing this package imports no factory until one is asked for, and the
+factories import nothing heavy: the tasks import the SDK and the hooks when
+they run.
 """
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["build_backfill_dag", "build_undo_dag"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "build_backfill_dag":
+        from .dag_factory import build_backfill_dag
+
+        return build_backfill_dag
+    if name == "build_undo_dag":
+        from .undo_dag import build_undo_dag
+
+        return build_undo_dag
+    raise AttributeError(name)

@@ -188,7 +188,7 @@ def _bounds(name: str) -> dict[str, Any]:
     return {"minimum": low, "maximum": high}
 
 
-def build_backfill_dag(dag_id: str, *, doc_md: str, schedule: Any = None,
+def build_backfill_dag(dag_id: str, *, doc_md: str | None = None, schedule: Any = None,
                        params: dict[str, Any] | None = None, pool: str = DEFAULT_POOL,
                        outlets: Iterable[Asset] = (), tags: Iterable[str] = (),
                        parity_with: str | None = None) -> Any:

@@ -89,7 +89,7 @@ class UndoApprovalOperator(ApprovalOperator):
         return super().execute(context)
 
 
-def build_undo_dag(dag_id: str = "synap_undo", *, doc_md: str) -> Any:
+def build_undo_dag(dag_id: str = "synap_undo", *, doc_md: str | None = None) -> Any:
 
     @dag(dag_id=dag_id, schedule=None, start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
          catchup=False, max_active_runs=1, doc_md=doc_md, tags=["synap", "undo"],

@@ -36,7 +36,8 @@ class ExtractionTrigger(BaseTrigger):
         self.deadline, self.poll_every = deadline, poll_every
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        return ("synap_backfill.airflow.verify_extraction.ExtractionTrigger",
+        # The installed package's path, whatever folder the DAG files live in.
+        return (f"{type(self).__module__}.{type(self).__qualname__}",
                 {"config": self.config, "dag_id": self.dag_id, "run_id": self.run_id,
                  "deadline": self.deadline, "poll_every": self.poll_every})
 
