@@ -54,7 +54,7 @@ def first_rows_window(config: dict[str, Any], rows: int) -> dict[str, Any]:
 
     from airflow.providers.postgres.hooks.postgres import PostgresHook
 
-    table, created = config["source_table"], config["columns"]["created_at"]
+    table, created = config["source_table"], config["created_at_column"]
     with closing(PostgresHook(postgres_conn_id=config["postgres_conn_id"]).get_conn()) as conn:
         with conn.cursor() as cur:
             cur.execute(f"SELECT min({created}), (SELECT {created} FROM {table} ORDER BY {created}"

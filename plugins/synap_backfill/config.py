@@ -1,97 +1,223 @@
-"""A backfill run's settings, validated from the DAG's params.
+"""A backfill run's settings: every param declared once, validated by the first task.
 
-Validation happens in the first task, before anything reads or sends, and
-every error names the param it is about. The result is a small dict that
-travels to the other tasks through XCom (no secrets: connections are named,
-not resolved, here). Three fields are not params: the first task resolves
-them (``target``, ``source``, ``lookback``) and the others take them as given.
+``BackfillConfig`` is the trigger form (``BackfillConfig.form()``), the
+validation (``config_from_params``: every error names its param, never its
+value), the defaults, and what travels to the other tasks through XCom (no
+secrets: connections are named, not resolved, here). Three fields are not
+params: the first task resolves them (``target``, ``source``, ``lookback``)
+and the others take them as given. ``docs/reference.md`` is generated from it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
-from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime, timezone
-from typing import Any, Mapping
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime
+from typing import Any, Literal, Mapping
+
+from pydantic import model_validator
+
+from .checks import (ParamError, boolean, bounded_int, identifier, non_empty,  # noqa: F401 (re-exported)
+                     optional_identifier, share, timestamp, window_duration, zone)
+from .params import ParamsModel, param
 
 MAX_BATCH_SIZE = 100  # what batch_create accepts per call
 # Well below Airflow's default max_map_length (1024): room for the untimed
 # partition and for an operator who lowers max_map_length a little.
 MAX_PARTITIONS = 1000
-MODES = ("long-range", "fast")
 DOCUMENT_ID_FORMAT = "backfill:{conversation_id}:{message_index}"
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
-
-class ParamError(ValueError):
-    """A param with a value the backfill cannot use; the message names it."""
-
-    def __init__(self, param: str, problem: str) -> None:
-        super().__init__(f"param {param!r}: {problem}")
-        self.param = param
+# The form's patterns: the API server refuses a run whose conf breaks one (HTTP 400).
+# ISO-8601 date-time: date, optional time (with optional fraction) and offset.
+DATE_TIME = (r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?)?"
+             r"(Z|[+-]\d{2}(:?\d{2})?)?$")
+# ISO-8601 duration as the window size (P1D, PT6H, P1W, P1M, P1DT12H).
+DURATION = r"^P(?=\d|T\d)(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(?=\d)(\d+H)?(\d+M)?(\d+S)?)?$"
+IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
+OPTIONAL_IDENTIFIER = r"^([A-Za-z_][A-Za-z0-9_]{0,62})?$"
+TABLE = r"^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?$"
+CONN_ID = r"^[A-Za-z0-9_.\-]{1,250}$"
 
 
 @dataclass(frozen=True)
 class SourceColumns:
-    """Column names of the conversation table (the vendor recipe's defaults).
+    """Column names of the conversation table; ``customer_id`` empty: a source without customers."""
 
-    ``customer_id`` may be empty: a source without customers (a B2C app).
-    """
-
-    user_id: str = "user_id"
-    customer_id: str = "customer_id"
-    conversation_id: str = "conversation_id"
-    message_index: str = "message_index"
-    user_text: str = "user_text"
-    assistant_text: str = "assistant_text"
-    created_at: str = "created_at"
+    user_id: str
+    customer_id: str
+    conversation_id: str
+    message_index: str
+    user_text: str
+    assistant_text: str
+    created_at: str
 
 
-@dataclass(frozen=True)
-class BackfillConfig:
-    """Everything a partition needs to know, validated."""
+COLUMN_NAMES = tuple(f.name for f in fields(SourceColumns))
 
-    synap_conn_id: str = "synap_default"
-    postgres_conn_id: str = "postgres_default"
-    source_table: str = "conversations"
-    columns: SourceColumns = field(default_factory=SourceColumns)
-    tiebreak_column: str = ""  # a column unique per row (e.g. the primary key); empty: none
-    source_timezone: str = "UTC"
-    start: datetime | None = None
-    end: datetime | None = None
-    window_size: str = "P1D"
-    partition_timezone: str = "UTC"
-    max_partitions: int = 500
-    max_rows_per_partition: int = 100_000
-    min_rows_per_partition: int = 20_000
-    batch_size: int = MAX_BATCH_SIZE  # fewer calls against a per-request limit
-    mode: str = "long-range"
-    dry_run: bool = False
-    max_document_chars: int = 100_000
-    ledger_conn_id: str = ""  # empty: the source connection
-    ledger_schema: str = "synap_backfill"
-    restart_partitions: bool = False
-    fetch_size: int = 1000
-    sample_partitions: int = 0  # 0: all; else run that many, spread over the plan, and estimate
-    max_rejected_share: float = 0.01  # the run fails when more of its rows are rejected
-    # After the partitions: check extraction of this many accepted documents per
-    # partition (0: do not check); waiting at most verify_timeout seconds.
-    verify_sample: int = 20
-    verify_timeout: int = 1800
-    max_extraction_failed_share: float = 0.01  # the run fails when more of the sample failed
-    require_approval: bool = False  # wait for a human to approve the plan before sending
-    # Send every planned row even where the target holds it unchanged (an instance that
-    # was wiped), or held under other document settings.
-    resend_unchanged: bool = False
+
+def _column(name: str) -> Any:
+    return param(name, title=f"{name} column", section="Source", check="identifier",
+                 description=f"Column holding the {name.replace('_', ' ')}.", pattern=IDENTIFIER)
+
+
+class BackfillConfig(ParamsModel):
+    """Everything a partition needs to know, validated. Defaults follow the vendor recipe."""
+
+    start: datetime | None = param(
+        None, title="Start (inclusive)", section="Range", check="timestamp",
+        description="ISO-8601 date-time; the run covers [start, end). Leave start and end empty to "
+                    "backfill the table's whole range (and its rows without a timestamp).",
+        format="date-time", pattern=DATE_TIME)
+    end: datetime | None = param(
+        None, title="End (exclusive)", section="Range", check="timestamp",
+        description="ISO-8601 date-time, after start. A date-time without an offset is UTC.",
+        format="date-time", pattern=DATE_TIME)
+    window_size: str = param(
+        "P1D", title="Window size", section="Partitions", check="duration", pattern=DURATION,
+        description="ISO-8601 duration of one partition. P1D is a calendar day in the partition "
+                    "time zone (23 or 25 hours across DST), P1W Monday to Monday, P1M a calendar "
+                    "month. A size with a time part is absolute and a whole number of 15 minutes "
+                    "(the inventory's buckets): PT6H windows start at 00, 06, 12 and 18 UTC. "
+                    "Months do not mix with days (P1M15D).")
+    partition_timezone: str = param(
+        "UTC", title="Partition time zone", section="Partitions", check="zone", minLength=1,
+        description="IANA zone whose calendar the windows follow.")
+    max_rows_per_partition: int = param(
+        100_000, title="Max rows per partition", section="Partitions", check="whole",
+        minimum=1, maximum=100_000_000,
+        description="A busier window is split between the planner's buckets, so that no piece "
+                    "holds more unless one bucket does.")
+    min_rows_per_partition: int = param(
+        20_000, title="Min rows per partition", section="Partitions", check="whole",
+        minimum=1, maximum=100_000_000,
+        description="Quiet neighbouring windows are joined up to this many rows (never past the "
+                    "maximum), so a task's start-up and a partly filled last batch count for "
+                    "little. 1: a partition per window.")
+    max_partitions: int = param(
+        500, title="Max partitions", section="Partitions", check="whole", minimum=1,
+        maximum=MAX_PARTITIONS,
+        description="Neighbouring windows are merged until the plan fits (Airflow maps at most 1024).")
+    batch_size: int = param(
+        MAX_BATCH_SIZE, title="Batch size", section="Sending", check="whole", minimum=1,
+        maximum=MAX_BATCH_SIZE,
+        description="Documents per batch_create call (Synap accepts 100). The recipe uses 50; "
+                    "against a per-request rate limit, full batches carry twice the turns.")
+    mode: Literal["long-range", "fast"] = param(
+        "long-range", title="Mode", section="Sending", check="choice",
+        values_display={"long-range": "long-range (full extraction: right for a backfill)",
+                        "fast": "fast (skips most extraction: wrong for a backfill)"},
+        description="long-range runs Synap's full extraction pipeline; fast skips most of it: "
+                    "wrong for a backfill.")
+    dry_run: bool = param(
+        False, title="Dry run", section="Sending", check="boolean",
+        description="Read, build and count documents without sending any; the summary shows "
+                    "them as not sent.")
+    sample_partitions: int = param(
+        0, title="Sample partitions", section="Sending", check="whole", minimum=0,
+        maximum=MAX_PARTITIONS,
+        description="Send only this many partitions, spread over the range, and estimate the "
+                    "whole table's wall-clock time in the summary. 0: all.")
+    max_rejected_share: float = param(
+        0.01, title="Max rejected share", section="Sending", check="share", minimum=0, maximum=1,
+        description="The run fails (and announces nothing) when a larger share of its rows is "
+                    "rejected: dirty rows are normal, a wholesale refusal is not. 0.01: 1%; 1: never.")
+    require_approval: bool = param(
+        False, title="Require approval", section="Sending", check="boolean",
+        description="Stop after planning until someone approves the plan (rows, partitions, "
+                    "range, time, credits) under Required Actions; rejecting sends nothing.")
+    verify_sample: int = param(
+        20, title="Verify sample", section="Verify", check="whole", minimum=0, maximum=100_000_000,
+        description="After the partitions, wait for Synap's extraction of this many accepted "
+                    "documents per partition (deferred: no worker slot is held). 0: no check; a "
+                    "partition's row count or more: all of them.")
+    verify_timeout: int = param(
+        1800, title="Verify timeout (s)", section="Verify", check="whole", minimum=10,
+        maximum=7 * 86_400,
+        description="How long to wait for extraction; documents still queued or processing then "
+                    "are reported as such.")
+    max_extraction_failed_share: float = param(
+        0.01, title="Max extraction failed share", section="Verify", check="share", minimum=0,
+        maximum=1, description="The run fails when a larger share of the checked documents "
+                               "failed extraction. 0.01: 1%; 1: never.")
+    max_document_chars: int = param(
+        100_000, title="Max document characters", section="Sending", check="whole", minimum=100,
+        maximum=10_000_000,
+        description="A longer turn is rejected with a reason (Synap publishes no limit).")
+    resend_unchanged: bool = param(
+        False, title="Resend unchanged", section="Sending", check="boolean",
+        description="Send every row of the range, also what the Synap instance already holds "
+                    "unchanged (or holds under other document settings): for an instance that "
+                    "was wiped. Held rows come back as duplicates.")
+    restart_partitions: bool = param(
+        False, title="Restart partitions", section="Sending", check="boolean",
+        description="Ignore checkpoints and start every partition from its first row. Documents "
+                    "this run had sent before still count as its own when they come back as "
+                    "duplicates.")
+    synap_conn_id: str = param(
+        "synap_default", title="Synap connection", section="Connections", check="non_empty",
+        pattern=CONN_ID, description="The Synap connection (type synap) to send to.")
+    postgres_conn_id: str = param(
+        "postgres_default", title="Postgres connection", section="Connections", check="non_empty",
+        pattern=CONN_ID, description="The Postgres connection holding the source table.")
+    ledger_conn_id: str | None = param(
+        None, title="Ledger connection", section="Connections", check="optional_text",
+        pattern=CONN_ID,
+        description="Postgres for checkpoints, sent marks, source copies, rejected rows, "
+                    "ingestion ids and the inventory; empty: the source connection.")
+    ledger_schema: str = param(
+        "synap_backfill", title="Ledger schema", section="Connections", check="identifier",
+        pattern=IDENTIFIER, description="Schema of the checkpoints, rejected_rows and pacing "
+                                        "tables (created if missing).")
+    source_table: str = param(
+        "conversations", title="Source table", section="Source", check="table", pattern=TABLE,
+        description="TABLE or SCHEMA.TABLE: any relation that can be SELECTed (table, view, "
+                    "materialized view, partitioned or foreign table); plain identifiers, case "
+                    "kept, quoted in SQL.")
+    user_id_column: str = _column("user_id")
+    customer_id_column: str | None = param(
+        "customer_id", title="customer_id column", section="Source", check="optional_identifier",
+        pattern=OPTIONAL_IDENTIFIER,
+        description="Column holding the customer id; empty when the source has none (a B2C app). "
+                    "Never sent to a B2C instance.")
+    conversation_id_column: str = _column("conversation_id")
+    message_index_column: str = _column("message_index")
+    user_text_column: str = _column("user_text")
+    assistant_text_column: str = _column("assistant_text")
+    created_at_column: str = _column("created_at")
+    tiebreak_column: str | None = param(
+        None, title="Tiebreak column", section="Source", check="optional_identifier",
+        pattern=OPTIONAL_IDENTIFIER,
+        description="A column unique per row (the primary key, say) that orders rows sharing a "
+                    "timestamp, conversation and index. Empty: such rows are copies of one turn; "
+                    "the first is sent.")
+    fetch_size: int = param(
+        1000, title="Fetch size", section="Source", check="whole", minimum=1, maximum=100_000,
+        description="Rows per round trip of the server-side cursor.")
+    source_timezone: str = param(
+        "UTC", title="Source time zone", section="Source", check="zone", minLength=1,
+        description="IANA zone in which to read a timestamp without time zone column.")
+
     # Resolved by the first task, not params: the Synap instance the connection opens (its
     # whoami instance_id; "" when unknown, a dry run without Synap), the source relation as
     # the database names it, and whether a scheduled run looks back for changed buckets.
     target: str = ""
     source: str = ""
     lookback: bool = False
+
+    @model_validator(mode="after")
+    def _range(self) -> "BackfillConfig":
+        start, end = self.start, self.end
+        if start and end and end <= start:
+            raise ParamError("end", "must be after start")
+        if (start is None) != (end is None):
+            raise ParamError("start" if start is None else "end",
+                             "give both start and end, or neither to use the table's whole range")
+        return self
+
+    @property
+    def columns(self) -> SourceColumns:
+        return SourceColumns(**{name: getattr(self, f"{name}_column") or "" for name in COLUMN_NAMES})
 
     def document_settings(self) -> dict[str, Any]:
         """Everything that shapes a document: a bucket held under other settings is not unchanged."""
@@ -104,203 +230,11 @@ class BackfillConfig:
         text = json.dumps(self.document_settings(), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["start"] = self.start.isoformat() if self.start else None
-        out["end"] = self.end.isoformat() if self.end else None
-        return out
-
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> "BackfillConfig":
-        """Rebuild from ``to_dict()`` output (as it comes back from XCom)."""
-        values = dict(raw)
-        values["columns"] = SourceColumns(**values.get("columns", {}))
-        for key in ("start", "end"):
-            values[key] = datetime.fromisoformat(values[key]) if values.get(key) else None
-        return cls(**values)
-
-
-# Bounds of the whole-number params, shared with the trigger form's JSON schema.
-LIMITS = {
-    "max_partitions": (1, MAX_PARTITIONS),
-    "max_rows_per_partition": (1, 100_000_000),
-    "min_rows_per_partition": (1, 100_000_000),
-    "batch_size": (1, MAX_BATCH_SIZE),
-    "max_document_chars": (100, 10_000_000),
-    "fetch_size": (1, 100_000),
-    "sample_partitions": (0, MAX_PARTITIONS),
-    "verify_sample": (0, 100_000_000),
-    "verify_timeout": (10, 7 * 86_400),
-}
-
 
 def config_from_params(params: Mapping[str, Any]) -> BackfillConfig:
     """Validate the DAG's params; raise ParamError naming the first bad one.
 
-    A missing param takes ``BackfillConfig``'s default, the same one the form shows.
+    A missing param takes its declared default, the same one the form shows.
     """
-    defaults = BackfillConfig()
-
-    def get(name: str, default: Any = None) -> Any:
-        return params.get(name, getattr(defaults, name, default))
-
-    def whole(name: str) -> int:
-        return bounded_int(name, get(name), *LIMITS[name])
-    columns = SourceColumns(**{
-        f.name: identifier(f"{f.name}_column", get(f"{f.name}_column", f.default))
-        for f in fields(SourceColumns) if f.name != "customer_id"
-    }, customer_id=optional_identifier("customer_id_column",
-                                       get("customer_id_column", SourceColumns.customer_id)))
-    table = str(get("source_table") or "")
-    parts = table.split(".")
-    if len(parts) > 2:
-        raise ParamError("source_table", "use TABLE or SCHEMA.TABLE")
-    for part in parts:
-        identifier("source_table", part)
-
-    start = timestamp("start", get("start"))
-    end = timestamp("end", get("end"))
-    if start and end and end <= start:
-        raise ParamError("end", "must be after start")
-    if (start is None) != (end is None):
-        raise ParamError("start" if start is None else "end",
-                         "give both start and end, or neither to use the table's whole range")
-
-    window_size = str(get("window_size") or "")
-    window_duration(window_size)  # validates
-
-    mode = get("mode")
-    if mode not in MODES:
-        raise ParamError("mode", f"must be one of {', '.join(MODES)}")
-
-    return BackfillConfig(
-        synap_conn_id=non_empty("synap_conn_id", get("synap_conn_id")),
-        postgres_conn_id=non_empty("postgres_conn_id", get("postgres_conn_id")),
-        source_table=table,
-        columns=columns,
-        tiebreak_column=optional_identifier("tiebreak_column", get("tiebreak_column")),
-        source_timezone=zone("source_timezone", get("source_timezone")),
-        start=start,
-        end=end,
-        window_size=window_size,
-        partition_timezone=zone("partition_timezone", get("partition_timezone")),
-        max_partitions=whole("max_partitions"),
-        max_rows_per_partition=whole("max_rows_per_partition"),
-        min_rows_per_partition=whole("min_rows_per_partition"),
-        batch_size=whole("batch_size"),
-        mode=mode,
-        dry_run=boolean("dry_run", get("dry_run")),
-        max_document_chars=whole("max_document_chars"),
-        ledger_conn_id=str(get("ledger_conn_id") or "").strip(),
-        ledger_schema=identifier("ledger_schema", get("ledger_schema")),
-        restart_partitions=boolean("restart_partitions", get("restart_partitions")),
-        fetch_size=whole("fetch_size"),
-        sample_partitions=whole("sample_partitions"),
-        max_rejected_share=share("max_rejected_share", get("max_rejected_share")),
-        require_approval=boolean("require_approval", get("require_approval")),
-        resend_unchanged=boolean("resend_unchanged", get("resend_unchanged")),
-        verify_sample=whole("verify_sample"),
-        verify_timeout=whole("verify_timeout"),
-        max_extraction_failed_share=share("max_extraction_failed_share",
-                                          get("max_extraction_failed_share")),
-    )
-
-
-def identifier(param: str, value: Any) -> str:
-    """A plain SQL identifier; anything else is refused before a query runs."""
-    if not isinstance(value, str) or not _IDENTIFIER.match(value) or len(value) > 63:
-        shown = repr(value)[:40]
-        raise ParamError(param, f"{shown} is not a plain SQL identifier "
-                                "(letters, digits and _; not starting with a digit; at most 63)")
-    return value
-
-
-def optional_identifier(param: str, value: Any) -> str:
-    """A plain SQL identifier, or empty (None or "") for a column the source does not have."""
-    return "" if value in (None, "") else identifier(param, value)
-
-
-def share(param: str, value: Any) -> float:
-    """A fraction from 0 to 1."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ParamError(param, "must be a number from 0 to 1")
-    try:
-        number = float(value)
-    except ValueError:
-        raise ParamError(param, "must be a number from 0 to 1") from None
-    if not 0 <= number <= 1:
-        raise ParamError(param, f"must be from 0 to 1, got {number}")
-    return number
-
-
-def timestamp(param: str, value: Any) -> datetime | None:
-    """An ISO-8601 date-time; one without an offset is read as UTC."""
-    if value in (None, ""):
-        return None
-    if isinstance(value, datetime):
-        parsed = value
-    else:
-        try:
-            parsed = datetime.fromisoformat(str(value))
-        except ValueError:
-            raise ParamError(param, "is not an ISO-8601 date-time "
-                                    "(e.g. 2024-03-01T00:00:00Z)") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.astimezone(timezone.utc)
-
-
-def window_duration(value: str) -> Any:
-    """An ISO-8601 duration (``P1D``, ``PT6H``, ``P1W``, ``P1M``) as a pendulum Duration."""
-    import pendulum
-
-    try:
-        duration = pendulum.parse(value) if value.startswith("P") else None
-    except Exception:  # pendulum raises several types for bad input
-        duration = None
-    if not isinstance(duration, pendulum.Duration) or duration.total_seconds() < 60:
-        raise ParamError("window_size", f"{value[:20]!r} is not an ISO-8601 duration of at "
-                                        "least a minute (e.g. P1D, PT6H, P1W)")
-    if (duration.years or duration.months) and (duration.weeks or duration.remaining_days
-                                                or duration.hours or duration.minutes
-                                                or duration.remaining_seconds):
-        raise ParamError("window_size", f"{value[:20]!r} mixes months or years with days or"
-                                        " hours: use one or the other (P1M, P45D)")
-    if "T" in value and duration.total_seconds() % 900:
-        # Windows are made of the inventory's 15-minute buckets (buckets.py).
-        raise ParamError("window_size", f"{value[:20]!r} is not a whole number of 15 minutes"
-                                        " (PT15M, PT6H, P1DT12H)")
-    return duration
-
-
-def zone(param: str, value: Any) -> str:
-    try:
-        ZoneInfo(str(value))
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ParamError(param, f"{str(value)[:40]!r} is not an IANA time zone"
-                                " (e.g. UTC, Europe/Berlin)") from None
-    return str(value)
-
-
-def bounded_int(param: str, value: Any, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise ParamError(param, f"must be a whole number from {low} to {high}")
-    try:
-        number = int(value)
-    except ValueError:
-        raise ParamError(param, f"must be a whole number from {low} to {high}") from None
-    if not low <= number <= high:
-        raise ParamError(param, f"must be from {low} to {high}, got {number}")
-    return number
-
-
-def boolean(param: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ParamError(param, "must be true or false")
-    return value
-
-
-def non_empty(param: str, value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ParamError(param, "must not be empty")
-    return value.strip()
+    config: BackfillConfig = BackfillConfig.from_params(params)
+    return config

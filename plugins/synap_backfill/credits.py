@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import BackfillConfig
+
+if TYPE_CHECKING:
+    from .target import SynapTarget
 from .results import first_line
 
 BATCH_ENDPOINT = "/api/v1/memories/batch"
@@ -69,20 +72,21 @@ async def check_credits(sdk: Any, documents: int, metric: str, mode: str) -> Cre
     return CreditCheck(documents, balance, estimate, metric, "; ".join(notes))
 
 
-def credits_for(config: BackfillConfig, documents: int) -> CreditCheck:
-    """The balance and the estimate for ``documents``, from the run's Synap connection.
+def credits_for(config: BackfillConfig, documents: int,
+                synap: "SynapTarget | None" = None) -> CreditCheck:
+    """The balance and the estimate for ``documents``, from the run's Synap connection
+    (``synap``: the task's target, when it has one already).
 
     Advisory where Synap does not answer: preflight already proved the connection.
     """
-    from synap_provider.hooks import SynapHook
-
     from .partition import describe_error
+    from .target import SynapTarget
 
-    synap = SynapHook(synap_conn_id=config.synap_conn_id)
+    synap = synap or SynapTarget.connect(config.synap_conn_id)
 
     async def ask() -> CreditCheck:
         async with synap.session() as sdk:
-            return await check_credits(sdk, documents, synap.settings["credits_metric"], config.mode)
+            return await check_credits(sdk, documents, synap.settings.credits_metric, config.mode)
 
     try:
         return asyncio.run(ask())

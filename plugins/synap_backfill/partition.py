@@ -85,8 +85,11 @@ class PartitionFailed(RuntimeError):
 
 @dataclass
 class PartitionSettings:
-    batch_size: int = 100
-    mode: str = "long-range"
+    """How one partition reads and sends: the run's config and its Synap target, taken once."""
+
+    batch_size: int
+    mode: str
+    max_in_flight: int  # batches sent and not yet answered
     duplicate_pattern: str = DEFAULT_DUPLICATE_PATTERN
     max_chars: int | None = None
     isolation: str | None = None  # the instance's user_context_isolation (None: not reported)
@@ -94,7 +97,6 @@ class PartitionSettings:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     read_attempts: int = 5
     read_errors: tuple[type[BaseException], ...] = ()  # what a lost source connection raises
-    max_in_flight: int = 4  # batches sent and not yet answered
     pacer: Pacer = field(default_factory=Unpaced)
     expected_rows: int | None = None  # the planner's estimate, for progress lines
     progress_every: float = 30.0  # seconds between progress lines

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import fields
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from .config import BackfillConfig, SourceColumns
 from .db_errors import sql_error
 from .source import as_text, quote_identifier, quoted_table
+
+if TYPE_CHECKING:
+    from .target import SynapTarget
 
 # pg_type.typcategory: what each mapped column may be.
 TIMESTAMP_TYPES = {"D"}  # date, timestamp, timestamptz
@@ -126,13 +129,15 @@ def check_ledger(conn: Any, config: BackfillConfig) -> None:
             " elsewhere") from None
 
 
-def check_synap_settings(hook: Any) -> dict[str, Any]:
-    """The connection's extras, typed and bounded (``connection_fields.py``), before any call:
+def check_synap_settings(conn_id: str) -> "SynapTarget":
+    """The connection read, its extras typed and bounded (``SynapExtras``), before any call:
     a bad one fails the run in the line ``InvalidExtra`` words, naming connection and extra."""
     from synap_provider.connection_fields import InvalidExtra
 
+    from .target import SynapTarget
+
     try:
-        return dict(hook.settings)
+        return SynapTarget.connect(conn_id)
     except InvalidExtra as exc:
         raise PreflightError(str(exc)) from None
 

@@ -34,11 +34,16 @@ from maximem_synap import (BatchCreateResponse, CreateMemoryRequest, InstanceNot
                            InvalidInputError, NetworkTimeoutError, RateLimitError,
                            ServiceUnavailableError, SynapTransientError)
 
+from synap_provider.connection_fields import SynapExtras
+
 from .results import first_line, scrub, shorten
 
 log = logging.getLogger("synap_backfill")
 
 RawSubmit = Callable[[list[CreateMemoryRequest]], Awaitable[BatchCreateResponse]]
+
+
+_EXTRAS = SynapExtras.model_fields
 
 
 class GaveUp(RuntimeError):
@@ -47,11 +52,14 @@ class GaveUp(RuntimeError):
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    max_attempts: int = 8
+    """How hard one request is tried; the defaults are the connection extras' (``SynapExtras``)."""
+
+    max_attempts: int = _EXTRAS["max_attempts"].default
     backoff_base: float = 1.0
-    backoff_max: float = 60.0
-    max_wait: float = 600.0  # the longest a 429's Retry-After is waited at once
-    not_ready_max_wait: float = 1800.0  # the longest a new instance is waited for, in all
+    backoff_max: float = _EXTRAS["backoff_max"].default
+    max_wait: float = _EXTRAS["max_wait"].default  # the longest a 429's Retry-After is waited at once
+    # The longest a new instance is waited for, in all.
+    not_ready_max_wait: float = _EXTRAS["not_ready_max_wait"].default
 
     def backoff(self, attempt: int) -> float:
         delay = min(self.backoff_base * 2 ** (attempt - 1), self.backoff_max)

@@ -24,6 +24,7 @@ MARGIN = 3.0  # times the planned sending time
 UNPACED_RATE = 600.0  # batches a minute assumed when pacing is off
 LOCK_WAIT = 600.0  # PartitionSettings.lock_wait: an earlier attempt's lock
 READING = 600.0  # seconds for reading and checkpoints beyond the sending
+TARGET_KEY = "synap_target"  # the context key pre_execute leaves the task's SynapTarget under
 
 
 def partition_time_limit(rows: int, batch_size: int, synap: Mapping[str, Any]) -> timedelta:
@@ -36,20 +37,24 @@ def partition_time_limit(rows: int, batch_size: int, synap: Mapping[str, Any]) -
 
 
 def set_partition_time_limit(context: Any) -> None:
-    """``pre_execute`` of the partition task: its ``execution_timeout`` from its own plan."""
-    from synap_provider.hooks import SynapHook
+    """``pre_execute`` of the partition task: its ``execution_timeout`` from its own plan.
 
+    The task's Synap target is built here, once, and handed on to the task body in
+    the context (``synap_target``): the connection is read once per attempt.
+    """
     from .config import BackfillConfig
+    from .target import SynapTarget
 
     task = context["task"]
     config = BackfillConfig.from_dict(task.op_kwargs["config"])
     window = task.op_kwargs["window"]
     rows = int(window.get("rows") or 0)
-    settings = SynapHook(synap_conn_id=config.synap_conn_id).settings
-    limit = partition_time_limit(rows, config.batch_size, settings)
+    target = SynapTarget.connect(config.synap_conn_id)
+    context[TARGET_KEY] = target
+    limit = partition_time_limit(rows, config.batch_size, target.settings.model_dump())
     if task.execution_timeout is None or limit < task.execution_timeout:
         task.execution_timeout = limit
     log.info("partition %s: time limit %s (%d planned rows in batches of %d at %g a minute, x%g,"
              " plus the waits a healthy attempt may spend); past it the attempt fails and its"
              " retry resumes from the checkpoint", window.get("label"), task.execution_timeout,
-             rows, config.batch_size, settings["requests_per_minute"] or UNPACED_RATE, MARGIN)
+             rows, config.batch_size, target.rate or UNPACED_RATE, MARGIN)

@@ -1,28 +1,51 @@
-"""An undo's settings: its params, validated, and what the ledger recorded of the run it undoes.
+"""An undo's settings: its params, each declared once, and what the ledger recorded of the run.
 
-Light to import (the DAG file reads its defaults for the trigger form): nothing
-here touches the SDK, a database or the network.
+Light to import (the DAG file builds its trigger form from ``UndoConfig``):
+nothing here touches the SDK, a database or the network.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
-from .config import ParamError, boolean, bounded_int, identifier, non_empty
+from .config import CONN_ID, IDENTIFIER
+from .params import ParamsModel, param
 
-@dataclass(frozen=True)
-class UndoConfig:
+
+class UndoConfig(ParamsModel):
     """The undo's params, and what the ledger recorded of the run it undoes (resolved first)."""
 
-    dag_id: str = "synap_backfill"
-    run_id: str = ""
-    dry_run: bool = True
-    require_approval: bool = False
-    delete_conversations: bool = False
-    extraction_wait: int = 600  # seconds a document still being extracted is waited for
-    ledger_conn_id: str = "postgres_default"
-    ledger_schema: str = "synap_backfill"
+    dag_id: str = param(
+        "synap_backfill", title="DAG", check="non_empty", pattern=CONN_ID,
+        description="The backfill DAG whose run to undo: synap_backfill, or a region replay "
+                    "(synap_replay_<region>).")
+    run_id: str = param(
+        "", title="Run id", check="run_id", required=True, minLength=1,
+        description="The run to undo, as its page in the Airflow UI names it.")
+    dry_run: bool = param(
+        True, title="Dry run", check="boolean",
+        description="Count what would be deleted (documents, memories, time) and delete nothing. "
+                    "On by default.")
+    require_approval: bool = param(
+        False, title="Require approval", check="boolean",
+        description="Show the dry run's figures under Required Actions and delete only once "
+                    "someone approves.")
+    delete_conversations: bool = param(
+        False, title="Delete conversations", check="boolean",
+        description="Also delete the raw turns of the run's conversations (data.delete, scope "
+                    "conversation); counted by the dry run first.")
+    extraction_wait: int = param(
+        600, title="Extraction wait (s)", check="whole", minimum=0, maximum=86_400,
+        description="How long a document still being extracted is waited for before its memories "
+                    "are read; one still extracting then is reported, not deleted.")
+    ledger_conn_id: str = param(
+        "postgres_default", title="Ledger connection", check="non_empty", pattern=CONN_ID,
+        description="Where the run was recorded: the backfill's ledger (its ledger_conn_id, else "
+                    "its postgres_conn_id).")
+    ledger_schema: str = param(
+        "synap_backfill", title="Ledger schema", check="identifier", pattern=IDENTIFIER,
+        description="The backfill's ledger_schema.")
+
     # Resolved from the ledger by the first task, not params.
     target_run: int = 0  # the run's id in the ledger's ``runs``
     holding: int | None = None
@@ -31,39 +54,14 @@ class UndoConfig:
     source: str = ""
     postgres_conn_id: str = ""
     source_table: str = ""
-    columns: Mapping[str, str] = field(default_factory=dict)  # the run's column mapping
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "columns": dict(self.columns)}
-
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> "UndoConfig":
-        return cls(**raw)
+    columns: dict[str, str] = {}  # the run's column mapping
 
     @property
     def describe_run(self) -> str:
         return f"run {self.run_id!r} of DAG {self.dag_id!r}"
 
 
-LIMITS = {"extraction_wait": (0, 86_400)}
-
-
 def undo_config_from_params(params: Mapping[str, Any]) -> UndoConfig:
     """Validate the undo DAG's params; raise ParamError naming the first bad one."""
-    defaults = UndoConfig()
-
-    def get(name: str) -> Any:
-        return params.get(name, getattr(defaults, name))
-
-    run_id = get("run_id")
-    if not isinstance(run_id, str) or not run_id.strip():
-        raise ParamError("run_id", "name the run to undo (its run id, as the Airflow UI shows it)")
-    return UndoConfig(
-        dag_id=non_empty("dag_id", get("dag_id")), run_id=run_id.strip(),
-        dry_run=boolean("dry_run", get("dry_run")),
-        require_approval=boolean("require_approval", get("require_approval")),
-        delete_conversations=boolean("delete_conversations", get("delete_conversations")),
-        extraction_wait=bounded_int("extraction_wait", get("extraction_wait"),
-                                    *LIMITS["extraction_wait"]),
-        ledger_conn_id=non_empty("ledger_conn_id", get("ledger_conn_id")),
-        ledger_schema=identifier("ledger_schema", get("ledger_schema")))
+    config: UndoConfig = UndoConfig.from_params(params)
+    return config

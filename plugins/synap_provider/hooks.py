@@ -7,15 +7,12 @@ The connection (type ``synap``, default id ``synap_default``):
   gets ``https://`` (or the connection's ``schema`` field as the scheme),
   and ``port`` is appended when set.
 * ``password``: the API key. Airflow masks it in task logs.
-* ``extra`` (all optional, each typed and checked by ``connection_fields.py``,
-  which also gives the Add Connection form one typed field per extra):
-  ``requests_per_minute`` (600; batch requests a minute that every partition
-  sending to this target keeps to together; 60 on Synap's Free plan; 0: no
-  pacing), ``max_in_flight`` (4), ``timeout_seconds`` (30), ``max_attempts``
-  (8), ``backoff_max`` (60), ``max_wait`` (600), ``not_ready_max_wait``
-  (1800) and ``duplicate_pattern``. A bad one fails with a message naming the
-  connection and the extra: when the connection is saved through the API or
-  the UI (``connection_check.py``), else when a task first reads it.
+* ``extra``: all optional, each declared once in ``connection_fields.SynapExtras``
+  (type, default, bounds, label; the reference table is ``docs/reference.md``),
+  which also gives the Add Connection form one typed field per extra. A bad one
+  fails with a message naming the connection and the extra: when the
+  connection is saved through the API or the UI (``connection_check.py``),
+  else when a task first reads it.
 
 The SDK's own retries are off: the backfill retries itself (honouring a
 ``Retry-After`` past the SDK's 10 s cap, and resending a batch whose outcome
@@ -36,7 +33,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator
 
 from airflow.sdk import BaseHook
 
-from synap_provider.connection_fields import InvalidExtra, parse_extras
+from synap_provider.connection_fields import InvalidExtra, SynapExtras, SynapSettings
 
 if TYPE_CHECKING:
     from maximem_synap import MaximemSynapSDK
@@ -57,28 +54,26 @@ class SynapHook(BaseHook):
     def __init__(self, synap_conn_id: str = default_conn_name, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.synap_conn_id = synap_conn_id
-        self._settings: dict[str, Any] | None = None
+        self._settings: SynapSettings | None = None
 
     @property
-    def settings(self) -> dict[str, Any]:
+    def settings(self) -> SynapSettings:
         """The connection, read once: base URL, API key and its extras, typed and checked.
 
         A bad extra raises ``InvalidExtra`` naming the connection and the extra
-        (``connection_fields.py`` holds each one's type, default and bounds).
+        (``connection_fields.SynapExtras`` holds each one's type, default and bounds).
         """
         if self._settings is None:
             conn = self.get_connection(self.synap_conn_id)
-            self._settings = {
-                "base_url": base_url(conn.host, conn.port, conn.schema),
-                "api_key": conn.password or "",
-                **parse_extras(self.synap_conn_id, conn.extra_dejson),
-            }
+            extras = SynapExtras.parse(self.synap_conn_id, conn.extra_dejson)
+            self._settings = SynapSettings(**extras.model_dump(), api_key=conn.password or "",
+                                           base_url=base_url(conn.host, conn.port, conn.schema))
         return self._settings
 
     @property
     def duplicate_pattern(self) -> str | None:
         """The connection's ``duplicate_pattern`` extra; None: the engine's default."""
-        return self.settings["duplicate_pattern"]
+        return self.settings.duplicate_pattern
 
     def get_conn(self) -> "MaximemSynapSDK":
         """A new, not yet initialized SDK for this connection; prefer ``session()``.
@@ -91,18 +86,18 @@ class SynapHook(BaseHook):
         from maximem_synap import MaximemSynapSDK, SDKConfig, TimeoutConfig
 
         s = self.settings
-        if not s["api_key"]:
+        if not s.api_key:
             raise ValueError(f"Synap connection {self.synap_conn_id!r} has no API key (password)")
         config = SDKConfig(
-            api_base_url=s["base_url"],
+            api_base_url=s.base_url,
             cache_backend=None,  # a backfill reads nothing back; keep workers stateless
             history_search_model=None,
-            timeouts=TimeoutConfig(read=s["timeout_seconds"]),
-            retry_policy=None,  # the backfill's own loop retries (plugins/synap_backfill/sending.py)
+            timeouts=TimeoutConfig(read=s.timeout_seconds),
+            retry_policy=None,  # the backfill's own loop retries (synap_backfill.sending)
         )
         self.log.info("Synap client for connection %s at %s", self.synap_conn_id,
-                      s["base_url"] or "the hosted default")
-        return MaximemSynapSDK(api_key=s["api_key"], config=config, _force_new=True)
+                      s.base_url or "the hosted default")
+        return MaximemSynapSDK(api_key=s.api_key, config=config, _force_new=True)
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator["MaximemSynapSDK"]:

@@ -205,7 +205,7 @@ def test_a_worker_killed_mid_partition_resumes_without_resending_acknowledged_ba
     settle("worker killed mid-partition, then retried", record_fault, local_pg, "fault_kill",
            synap.db_path, summary)
     # Only the batches in flight at the kill may be sent twice, never an acknowledged one.
-    in_flight = SynapHook(synap_conn_id="synap_default").settings["max_in_flight"]
+    in_flight = SynapHook(synap_conn_id="synap_default").settings.max_in_flight
     assert total - 200 <= 20 * in_flight, f"{total - 200} documents were sent again"
 
 

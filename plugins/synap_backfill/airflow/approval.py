@@ -54,7 +54,7 @@ def describe_plan(config: BackfillConfig, windows: list[dict[str, Any]], *, dag_
     from contextlib import closing
 
     from airflow.providers.postgres.hooks.postgres import PostgresHook
-    from synap_provider.hooks import SynapHook
+    from ..target import SynapTarget
 
     from ..accounting import describe_duration
     from ..credits import credits_for
@@ -72,11 +72,12 @@ def describe_plan(config: BackfillConfig, windows: list[dict[str, Any]], *, dag_
     span = (f"{timed[0]['label'].split(' → ')[0]} → {timed[-1]['label'].split(' → ')[-1]}"
             if timed else "no timed rows")
     batches = sum(math.ceil(int(w.get("rows") or 0) / config.batch_size) for w in windows)
-    rate = float(SynapHook(synap_conn_id=config.synap_conn_id).settings["requests_per_minute"])
+    synap = SynapTarget.connect(config.synap_conn_id)
+    rate = synap.rate
     least = (f"at least {describe_duration(batches / rate * 60)} at the connection's {rate:,.0f}"
              f" batch requests a minute ({batches:,} batch request{_s(batches)})" if rate > 0
              else "unpaced: as fast as Synap answers")
-    credits = credits_for(config, rows).describe()  # the balance as it is when asking
+    credits = credits_for(config, rows, synap).describe()  # the balance as it is when asking
     sample = (f" (a sample: {len(windows)} partition{_s(len(windows))} of the plan)"
               if any(w.get("sample_of") for w in windows) else "")
     instance = f" (instance `{config.target}`)" if config.target else ""

@@ -11,7 +11,6 @@ import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, closing
-from dataclasses import replace
 from datetime import datetime
 from typing import Any, Iterable, Iterator, Mapping, NoReturn, Sequence
 
@@ -23,12 +22,10 @@ from ..documents import B2B_ISOLATION, B2C_ISOLATION
 from ..inventory import Inventory
 from ..ledger import Ledger, save_copies
 from ..undo_ledger import any_undone
-from ..pacing import SharedPacer, pacing_target
 from ..partition import PartitionFailed, PartitionSettings, describe_error, run_partition_rows
 from ..preflight import (PreflightError, check_ledger, check_source, check_synap, check_synap_settings,
                         unknown_keys)
-from ..results import DEFAULT_DUPLICATE_PATTERN
-from ..sending import RetryPolicy
+from ..target import SynapTarget
 from ..planning import Difference, PlannedPartition, conflict_message, difference, lay_out
 from ..source import (bucket_counts, copies_at_different_times, quote_identifier, quoted_table,
                      read_window, timestamp_index, turns_are_unique)
@@ -58,7 +55,6 @@ def resolve_config(params: Mapping[str, Any], *, conf: Mapping[str, Any] | None 
     as the database names it (``source``): what the target's inventory is kept by.
     """
     from airflow.providers.postgres.hooks.postgres import PostgresHook
-    from synap_provider.hooks import SynapHook
 
     try:
         if conf is not None:
@@ -76,18 +72,17 @@ def resolve_config(params: Mapping[str, Any], *, conf: Mapping[str, Any] | None 
         ledger = config.ledger_conn_id or config.postgres_conn_id
         with closing(PostgresHook(postgres_conn_id=ledger).get_conn()) as conn:
             check_ledger(conn, config)
-        hook = SynapHook(synap_conn_id=config.synap_conn_id)
-        check_synap_settings(hook)
+        synap = check_synap_settings(config.synap_conn_id)
         if config.dry_run:
             try:
-                instance = check_synap(hook, config.synap_conn_id)
+                instance = check_synap(synap.hook, config.synap_conn_id)
             except PreflightError as exc:
                 instance = ""
                 log.warning("a dry run without Synap (%s): the plan cannot tell what the instance"
                             " holds, so every row counts as new", exc)
         else:
-            instance = check_synap(hook, config.synap_conn_id)
-        config = replace(config, target=instance, source=source, lookback=lookback)
+            instance = check_synap(synap.hook, config.synap_conn_id)
+        config = config.model_copy(update={"target": instance, "source": source, "lookback": lookback})
     except (ParamError, PreflightError) as exc:
         _fail_before_planning(ti, str(exc))
     except Exception as exc:  # unforeseen: still say which task stopped the run, and why
@@ -308,17 +303,20 @@ def _spread(windows: list[Any], count: int) -> list[Any]:
 
 
 def run_partition(config_dict: Mapping[str, Any], window_dict: Mapping[str, Any], *,
-                  dag_id: str = "synap_backfill", run_id: str = "manual") -> dict[str, Any]:
-    """Backfill one partition; return its counts for XCom. Safe to retry: it resumes."""
+                  dag_id: str = "synap_backfill", run_id: str = "manual",
+                  synap: SynapTarget | None = None) -> dict[str, Any]:
+    """Backfill one partition; return its counts for XCom. Safe to retry: it resumes.
+
+    ``synap``: the task's Synap target when its ``pre_execute`` built it already.
+    """
     from airflow.providers.postgres.hooks.postgres import PostgresHook
-    from synap_provider.hooks import SynapHook
 
     config = BackfillConfig.from_dict(config_dict)
     partition = PlannedPartition.from_dict(window_dict)
     report = PartitionReport(partition.label, window_dict.get("start"), window_dict.get("end"),
                              unchanged=partition.unchanged, rows_planned=partition.rows)
     source = PostgresHook(postgres_conn_id=config.postgres_conn_id)
-    synap = SynapHook(synap_conn_id=config.synap_conn_id)
+    target = synap or SynapTarget.connect(config.synap_conn_id)
     ranges = partition.ranges if partition.timed else None
 
     def read(after: Any) -> Iterator[Any]:
@@ -327,8 +325,10 @@ def run_partition(config_dict: Mapping[str, Any], window_dict: Mapping[str, Any]
             yield from read_window(conn, config, ranges, after)
 
     settings = PartitionSettings(
-        batch_size=config.batch_size, mode=config.mode, max_chars=config.max_document_chars,
-        read_errors=_connection_errors(), expected_rows=partition.rows)
+        batch_size=config.batch_size, mode=config.mode, max_in_flight=target.settings.max_in_flight,
+        duplicate_pattern=target.duplicate_pattern, retry=target.retry,
+        max_chars=config.max_document_chars, read_errors=_connection_errors(),
+        expected_rows=partition.rows)
 
     ledger_hook = PostgresHook(postgres_conn_id=config.ledger_conn_id or config.postgres_conn_id)
 
@@ -350,33 +350,24 @@ def run_partition(config_dict: Mapping[str, Any], window_dict: Mapping[str, Any]
             settings.holds = partition.reads_whole
             if any_undone(ledger.conn, config.ledger_schema, record.holding):
                 settings.regenerate = ledger.generations
-        s = synap.settings
-        settings.duplicate_pattern = synap.duplicate_pattern or DEFAULT_DUPLICATE_PATTERN
-        settings.retry = RetryPolicy(max_attempts=s["max_attempts"], backoff_max=s["backoff_max"],
-                                     max_wait=s["max_wait"],
-                                     not_ready_max_wait=s["not_ready_max_wait"])
-        settings.max_in_flight = s["max_in_flight"]
 
     async def run(ledger: Ledger, pacing_conn: Any) -> None:
         if config.dry_run:
             await run_partition_rows(read, None, report, settings)
             return
-        s = synap.settings  # read in prepare()
-        async with synap.session() as sdk:
+        async with target.session() as sdk:
             instance = getattr(sdk, "instance_id", None) or ""
             if config.target and instance != config.target:
                 raise PartitionFailed(
                     f"connection {config.synap_conn_id!r} now opens Synap instance {instance or '?'},"
                     f" not {config.target} that this run planned against; nothing was sent."
                     " Trigger a new run", permanent=True)
-            settings.isolation = SynapHook.user_context_isolation(sdk)
+            settings.isolation = target.isolation(sdk)
             _log_scope(settings.isolation, config.columns.customer_id)
-            if pacing_conn is not None:
-                # The limit is the instance's: every partition sending there shares one
-                # schedule. Its own connection: checkpoints commit from another thread.
-                target = pacing_target(s["base_url"], instance)
-                settings.pacer = SharedPacer(pacing_conn, config.ledger_schema, target,
-                                             s["requests_per_minute"], label=report.label)
+            # The limit is the instance's: every partition sending there shares one
+            # schedule. Its own connection: checkpoints commit from another thread.
+            settings.pacer = target.pacer(pacing_conn, config.ledger_schema, instance,
+                                          label=report.label)
 
             async def submit(documents: list[Any]) -> Any:
                 return await sdk.memories.batch_create(documents=documents, fail_fast=False)
@@ -389,7 +380,7 @@ def run_partition(config_dict: Mapping[str, Any], window_dict: Mapping[str, Any]
             ledger = Ledger(ledger_conn, config.ledger_schema, dag_id, run_id, partition.key,
                             report.label)
             prepare(ledger)
-            paced = not config.dry_run and synap.settings["requests_per_minute"] > 0
+            paced = not config.dry_run and target.paced
             pacing_conn = stack.enter_context(closing(ledger_hook.get_conn())) if paced else None
             asyncio.run(run(ledger, pacing_conn))
     except PartitionFailed as exc:

@@ -21,45 +21,12 @@ from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, dag, get_current_context, task
 
 from synap_backfill.airflow.dag_factory import DEFAULT_POOL
-from synap_backfill.undo_config import LIMITS, UndoConfig
-
-_CONN_ID = r"^[A-Za-z0-9_.\-]{1,250}$"
-_IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
+from synap_backfill.undo_config import UndoConfig
 
 
 def undo_params() -> dict[str, Param]:
-    """The trigger form; its defaults are ``UndoConfig``'s."""
-    d = UndoConfig()
-    low, high = LIMITS["extraction_wait"]
-    return {
-        "dag_id": Param(d.dag_id, type="string", pattern=_CONN_ID, title="DAG",
-                        description="The backfill DAG whose run to undo: synap_backfill, or a"
-                                    " region replay (synap_replay_<region>)."),
-        "run_id": Param(type="string", minLength=1, title="Run id",
-                        description="The run to undo, as its page in the Airflow UI names it."),
-        "dry_run": Param(d.dry_run, type="boolean", title="Dry run",
-                         description="Count what would be deleted (documents, memories, time) and"
-                                     " delete nothing. On by default."),
-        "require_approval": Param(d.require_approval, type="boolean", title="Require approval",
-                                  description="Show the dry run's figures under Required Actions and"
-                                              " delete only once someone approves."),
-        "delete_conversations": Param(d.delete_conversations, type="boolean",
-                                      title="Delete conversations",
-                                      description="Also delete the raw turns of the run's"
-                                                  " conversations (data.delete, scope"
-                                                  " conversation); counted by the dry run first."),
-        "extraction_wait": Param(d.extraction_wait, type="integer", minimum=low, maximum=high,
-                                 title="Extraction wait (s)",
-                                 description="How long a document still being extracted is waited"
-                                             " for before its memories are read; one still"
-                                             " extracting then is reported, not deleted."),
-        "ledger_conn_id": Param(d.ledger_conn_id, type="string", pattern=_CONN_ID,
-                                title="Ledger connection",
-                                description="Where the run was recorded: the backfill's ledger"
-                                            " (its ledger_conn_id, else its postgres_conn_id)."),
-        "ledger_schema": Param(d.ledger_schema, type="string", pattern=_IDENTIFIER,
-                               title="Ledger schema"),
-    }
+    """The trigger form, from ``UndoConfig``."""
+    return UndoConfig.form()
 
 
 class UndoApprovalOperator(ApprovalOperator):

@@ -10,17 +10,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from contextlib import AsyncExitStack, closing
-from dataclasses import replace
 from typing import Any, Awaitable, Callable, Iterable, Mapping, Sequence
 
 from ..config import ParamError
 from ..inventory import Inventory
 from ..ledger import ensure_tables
-from ..pacing import Pacer, SharedPacer, Unpaced, pacing_target
 from ..partition import describe_error
-from ..preflight import PreflightError, check_synap, unknown_keys
-from ..sending import RetryPolicy
+from ..preflight import PreflightError, check_synap, check_synap_settings, unknown_keys
 from ..source import quote_identifier
+from ..target import SynapTarget
 from ..undo import (UndoClient, UndoPartition, UndoReport, describe_duration, estimate_seconds,
                    undo_partition)
 from ..undo_config import UndoConfig, undo_config_from_params
@@ -39,7 +37,6 @@ def resolve_undo(params: Mapping[str, Any], *, conf: Mapping[str, Any] | None = 
     a run that is still running, a connection that now opens another instance.
     """
     from airflow.providers.postgres.hooks.postgres import PostgresHook
-    from synap_provider.hooks import SynapHook
 
     from .tasks import _fail_before_planning
 
@@ -61,7 +58,7 @@ def resolve_undo(params: Mapping[str, Any], *, conf: Mapping[str, Any] | None = 
         if state in RUNNING:
             raise PreflightError(f"param 'run_id': {config.describe_run} is still {state}: let it"
                                  " end (or mark it failed), then undo it; nothing was deleted")
-        instance = check_synap(SynapHook(synap_conn_id=record.synap_conn_id), record.synap_conn_id)
+        instance = check_synap(check_synap_settings(record.synap_conn_id).hook, record.synap_conn_id)
         if instance != record.target:
             raise PreflightError(
                 f"connection {record.synap_conn_id!r} now opens Synap instance {instance}, not"
@@ -73,11 +70,12 @@ def resolve_undo(params: Mapping[str, Any], *, conf: Mapping[str, Any] | None = 
         if ti is not None:
             ti.xcom_push(key="failure", value=describe_error(exc))
         raise
-    config = replace(config, target_run=record.id, holding=record.holding, target=record.target,
-                     synap_conn_id=record.synap_conn_id, source=record.source,
-                     postgres_conn_id=str(record.plan.get("postgres_conn_id") or ""),
-                     source_table=str(record.plan.get("source_table") or ""),
-                     columns=dict(record.settings.get("columns") or {}))
+    config = config.model_copy(update={
+        "target_run": record.id, "holding": record.holding, "target": record.target,
+        "synap_conn_id": record.synap_conn_id, "source": record.source,
+        "postgres_conn_id": str(record.plan.get("postgres_conn_id") or ""),
+        "source_table": str(record.plan.get("source_table") or ""),
+        "columns": dict(record.settings.get("columns") or {})})
     log.info("undo of %s: it wrote to Synap instance %s through connection %s (%s)%s",
              config.describe_run, config.target, config.synap_conn_id, config.source,
              "; a dry run: nothing is deleted" if config.dry_run else "")
@@ -137,16 +135,13 @@ def undo(config_dict: Mapping[str, Any], partition_dict: Mapping[str, Any], *,
 def _run(config: UndoConfig, partition: UndoPartition, *, dry_run: bool,
          undo_run: str = "") -> dict[str, Any]:
     from airflow.providers.postgres.hooks.postgres import PostgresHook
-    from synap_provider.hooks import SynapHook
 
     ledger_hook = PostgresHook(postgres_conn_id=config.ledger_conn_id)
-    synap = SynapHook(synap_conn_id=config.synap_conn_id)
+    synap = SynapTarget.connect(config.synap_conn_id)
     report = UndoReport(partition.label, partition.key, dry_run=dry_run)
 
     async def run() -> None:
-        s = synap.settings
-        policy = RetryPolicy(max_attempts=s["max_attempts"], backoff_max=s["backoff_max"],
-                             max_wait=s["max_wait"])
+        policy = synap.retry
         with closing(ledger_hook.get_conn()) as conn:
             docs, without_id = documents(conn, config.ledger_schema, config.dag_id, config.run_id,
                                          partition.key)
@@ -156,16 +151,14 @@ def _run(config: UndoConfig, partition: UndoPartition, *, dry_run: bool,
                     raise RuntimeError(f"connection {config.synap_conn_id!r} now opens Synap instance"
                                        f" {instance or '?'}, not {config.target}: nothing more is"
                                        " deleted")
-                pacer: Pacer = Unpaced()
-                if s["requests_per_minute"] > 0:
-                    pacing = stack.enter_context(closing(ledger_hook.get_conn()))
-                    pacer = SharedPacer(pacing, config.ledger_schema, pacing_target(s["base_url"], instance),
-                                        s["requests_per_minute"], label=f"undo {partition.label}")
+                pacing = stack.enter_context(closing(ledger_hook.get_conn())) if synap.paced else None
+                pacer = synap.pacer(pacing, config.ledger_schema, instance,
+                                    label=f"undo {partition.label}")
                 client = UndoClient(sdk, pacer, policy, f"undo {partition.label}")
                 ledger = None if dry_run else PartitionUndoLedger(
                     conn, config.ledger_schema, config.target_run, partition.key, partition.label,
                     holding=config.holding, dag_id=config.dag_id, run_id=undo_run)
-                conversations = (_conversations(config, client, SynapHook.user_context_isolation(sdk),
+                conversations = (_conversations(config, client, synap.isolation(sdk),
                                                 dry_run=dry_run)
                                  if config.delete_conversations else None)
                 await undo_partition(docs, without_id, client, report, ledger, dry_run=dry_run,
@@ -220,7 +213,6 @@ def summarize_undo(config_dict: Mapping[str, Any] | None, planned: Sequence[Mapp
     """Add up the partitions; fail when a deletion failed or a partition did not finish."""
     from airflow.providers.postgres.hooks.postgres import PostgresHook
     from airflow.sdk.exceptions import AirflowFailException
-    from synap_provider.hooks import SynapHook
 
     if config_dict is None or planned is None:
         reason = next((b for b in before or () if b), "see the first task's log")
@@ -231,7 +223,7 @@ def summarize_undo(config_dict: Mapping[str, Any] | None, planned: Sequence[Mapp
     seen = {r.key for r in reports}
     missing = [p["label"] for p in planned if p["key"] not in seen]
     total = _total(reports)
-    rate = float(SynapHook(synap_conn_id=config.synap_conn_id).settings["requests_per_minute"])
+    rate = SynapTarget.connect(config.synap_conn_id).rate
     problems = [f"partition {label} did not finish (failed or upstream failed)" for label in missing]
     if total.failed_total:
         problems.append(f"{total.failed_total} memories could not be deleted: "
@@ -313,11 +305,10 @@ def render_undo(config: UndoConfig, planned: list[Mapping[str, Any]], reports: l
 
 def approval_body(config: UndoConfig, surveys: list[Mapping[str, Any]]) -> str:
     """The undo approval's body (Markdown): the dry run's figures and what deleting will cost."""
-    from synap_provider.hooks import SynapHook
 
     reports = [UndoReport.from_xcom(r) for r in surveys if r]
     total = _total(reports)
-    rate = float(SynapHook(synap_conn_id=config.synap_conn_id).settings["requests_per_minute"])
+    rate = SynapTarget.connect(config.synap_conn_id).rate
     requests = total.documents + total.memories + total.conversations
     parts = len(reports)
     lines = [f"**Delete {total.memories:,} memories** made from **{total.documents:,} documents**"

@@ -51,14 +51,12 @@ async def verify_run(config: BackfillConfig, dag_id: str, run_id: str, *, deadli
                      poll_every: float = POLL_EVERY) -> dict[str, Any]:
     """The report of a run's sample (``deadline``: wall-clock epoch seconds)."""
     from airflow.providers.postgres.hooks.postgres import PostgresHook
-    from synap_provider.hooks import SynapHook
 
     from ..ledger import sample_ingestions
-    from ..pacing import Pacer, SharedPacer, Unpaced, pacing_target
+    from ..target import SynapTarget
     from ..verify import check_extraction, fit_to_pace
 
     ledger = PostgresHook(postgres_conn_id=config.ledger_conn_id or config.postgres_conn_id)
-    synap = SynapHook(synap_conn_id=config.synap_conn_id)
 
     def load() -> dict[str, list[str]]:
         with closing(ledger.get_conn()) as conn:
@@ -67,20 +65,16 @@ async def verify_run(config: BackfillConfig, dag_id: str, run_id: str, *, deadli
 
     # Connections are read in a thread: the triggerer's event loop must not block.
     sample = await asyncio.to_thread(load)
-    settings = await asyncio.to_thread(lambda: synap.settings)
-    ids, cut = fit_to_pace(sample, settings["requests_per_minute"], max(0.0, deadline - time.time()))
+    synap = await asyncio.to_thread(SynapTarget.connect, config.synap_conn_id)
+    ids, cut = fit_to_pace(sample, synap.rate, max(0.0, deadline - time.time()))
     async with synap.session() as sdk:
-        pacer: Pacer = Unpaced()
-        conn = None
-        if settings["requests_per_minute"] > 0:
-            conn = await asyncio.to_thread(ledger.get_conn)
-            pacer = SharedPacer(conn, config.ledger_schema,
-                                pacing_target(settings["base_url"], getattr(sdk, "instance_id", None)),
-                                settings["requests_per_minute"], label="verify")
+        conn = await asyncio.to_thread(ledger.get_conn) if synap.paced else None
+        pacer = synap.pacer(conn, config.ledger_schema, getattr(sdk, "instance_id", None),
+                            label="verify")
         try:
             report = await check_extraction(
                 ids, lambda i: sdk.memories.status(UUID(i)), pacer, poll_every=poll_every,
-                max_wait=float(settings["max_wait"]), label="verify",
+                max_wait=float(synap.settings.max_wait), label="verify",
                 deadline=time.monotonic() + max(0.0, deadline - time.time()))
         finally:
             if conn is not None:
