@@ -57,15 +57,20 @@ def main(argv: list[str] | None = None) -> int:
                    {"conn_type": "synap", "host": synap.url, "password": DEFAULT_API_KEY}),
                "AIRFLOW_CONN_POSTGRES_DEFAULT": pg.airflow_connection()}
         print(f"running DAG synap_backfill with dag.test() (full log: {log_path.relative_to(REPO_ROOT)})")
-        code = _run_dag(env, args.conf, log_path)
+        code, summary = _run_dag(env, args.conf, log_path)
         after = sum(synap.get("/_local/stats")["stored"].values())
-    print(f"\nSynap store: {after} documents ({after - before} new in this run); "
-          f"source table: {rows} rows")
+    store = f"Synap store: {after} documents ({after - before} new in this run); source table: {rows} rows"
+    print("\n" + store)
+    summary_path = STATE / "summary.txt"  # the figures the docs cite, from this run
+    summary_path.write_text(summary + "\n\n" + store + "\n")
+    print(f"(written to {summary_path.relative_to(REPO_ROOT)})")
     return code
 
 
-def _run_dag(env: dict[str, str], conf: str, log_path: Path) -> int:
-    """Run the DAG in a child process; show progress lines, keep the rest in the log."""
+def _run_dag(env: dict[str, str], conf: str, log_path: Path) -> tuple[int, str]:
+    """Run the DAG in a child process; show progress lines, keep the rest in the log.
+
+    Returns its exit code and the summary it printed."""
     with log_path.open("w") as log:
         child = subprocess.Popen(
             [sys.executable, "-m", "include.local_airflow", "run", "synap_backfill", "--conf", conf],
@@ -79,8 +84,9 @@ def _run_dag(env: dict[str, str], conf: str, log_path: Path) -> int:
             elif (match := _PROGRESS.search(line)) and " sent; " not in line:
                 print("  " + match.group(1).strip(), flush=True)
         code = child.wait()
-    print("\n" + "".join(summary).rstrip())
-    return code
+    text = "".join(summary).rstrip()
+    print("\n" + text)
+    return code, text
 
 
 if __name__ == "__main__":

@@ -148,28 +148,34 @@ def main(argv: list[str] | None = None) -> int:
             table = f"bench_rejected_{REJECTED_ROWS[-1]}"
             _ensure_rejected_table(pg, table, REJECTED_ROWS[-1])
             rejected = [_measure_window(pg, table, rows) for rows in REJECTED_ROWS]
+    report: list[str] = []  # what it prints, also written to results.txt for the docs
     if results:
-        print(render(results))
+        report.append(render(results))
     if memory:
-        print("\n" + render_memory(memory))
+        report.append("\n" + render_memory(memory))
     if rerun:
-        print("\n" + render_rerun(rerun))
+        report.append("\n" + render_rerun(rerun))
     if planning:
-        print("\n" + render_planning(planning))
+        report.append("\n" + render_planning(planning))
     if hostile:
         plain, huge = hostile
-        print(f"\none {HOSTILE_CELL_MB} MB text cell in a {HOSTILE_ROWS:,}-row partition (rejected as"
-              f" too long, measured in SQL): peak memory {huge['peak_rss_mb']:.1f} MB against"
-              f" {plain['peak_rss_mb']:.1f} MB without it ({huge['peak_rss_mb'] - plain['peak_rss_mb']:+.1f}"
-              f" MB; rejected {huge['rejected']} vs {plain['rejected']})")
+        report.append(f"\none {HOSTILE_CELL_MB} MB text cell in a {HOSTILE_ROWS:,}-row partition (rejected"
+                      f" as too long, measured in SQL): peak memory {huge['peak_rss_mb']:.1f} MB against"
+                      f" {plain['peak_rss_mb']:.1f} MB without it"
+                      f" ({huge['peak_rss_mb'] - plain['peak_rss_mb']:+.1f} MB;"
+                      f" rejected {huge['rejected']} vs {plain['rejected']})")
     if rejected:
-        print("\nevery row rejected (conversation_id is not a UUID):\n" + render_memory(rejected))
+        report.append("\nevery row rejected (conversation_id is not a UUID):\n" + render_memory(rejected))
+    text = "\n".join(report)
+    print(text)
+    command = " ".join(argv if argv is not None else sys.argv[1:])
+    (STATE / "results.txt").write_text(f'make bench ARGS="{command}"\n\n{text}\n')
     out = STATE / "results.json"
     out.write_text(json.dumps({"throughput": [asdict(r) for r in results], "memory": memory,
                                "rejected_memory": rejected, "planning": planning,
                                "hostile_cell": hostile,
                                "rerun": rerun}, indent=2))
-    print(f"\nwritten to {out.relative_to(REPO_ROOT)}")
+    print(f"\nwritten to {out.relative_to(REPO_ROOT)} and results.txt next to it")
     return 0
 
 
