@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt constraints.txt pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install demo demo-fresh ui cluster test test-unit test-e2e lint bench synap-api lock clean
+.PHONY: install demo demo-fresh ui cluster test test-unit test-e2e lint bench synap-api docs lock clean
 
 $(STAMP): requirements.txt constraints.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version' 
@@ -47,6 +47,9 @@ bench: $(STAMP)  ## the vendor recipe vs this backfill, measured (ARGS="--profil
 
 synap-api: $(STAMP)  ## serve the local Synap API on 127.0.0.1:8765 (store .local/synap.sqlite3)
 	$(PY) -m include.synap_local serve --port 8765
+
+docs: $(STAMP)  ## regenerate docs/reference.md from the models that declare every param and extra
+	$(PY) -m include.reference_docs
 
 lock:  ## re-resolve requirements.txt into constraints.txt in a scratch venv
 	rm -rf .local/lock-venv && $(PYTHON) -m venv .local/lock-venv
