@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any, Literal, Mapping
 
 from pydantic import model_validator
+from synap_provider.connection_fields import DEFAULT_CONN_ID
 
 from .checks import (ParamError, boolean, bounded_int, identifier, non_empty,  # noqa: F401 (re-exported)
                      optional_identifier, share, timestamp, window_duration, zone)
@@ -155,7 +156,7 @@ class BackfillConfig(ParamsModel):
                     "this run had sent before still count as its own when they come back as "
                     "duplicates.")
     synap_conn_id: str = param(
-        "synap_default", title="Synap connection", section="Connections", check="non_empty",
+        DEFAULT_CONN_ID, title="Synap connection", section="Connections", check="non_empty",
         pattern=CONN_ID, description="The Synap connection (type synap) to send to.")
     postgres_conn_id: str = param(
         "postgres_default", title="Postgres connection", section="Connections", check="non_empty",

@@ -58,6 +58,7 @@ from .planning import BucketCount
 from .results import DEFAULT_DUPLICATE_PATTERN, SERVER_PREFIX, classify_batch, first_line
 from .sending import Delivery, GaveUp, RetryPolicy, deliver, is_plan_stop, wait_logged
 from .source import Position, SourceRow
+from .time_limit import LOCK_WAIT
 
 log = logging.getLogger("synap_backfill")
 
@@ -100,7 +101,7 @@ class PartitionSettings:
     pacer: Pacer = field(default_factory=Unpaced)
     expected_rows: int | None = None  # the planner's estimate, for progress lines
     progress_every: float = 30.0  # seconds between progress lines
-    lock_wait: float = 600.0  # seconds to wait for another attempt of the partition to end
+    lock_wait: float = LOCK_WAIT  # seconds to wait for another attempt of the partition to end
     # Whether the partition reads every row of a bucket, so may hold it in the inventory
     # (PlannedPartition.reads_whole); None: hold nothing (a dry run, no ledger).
     holds: Callable[[int], bool] | None = None

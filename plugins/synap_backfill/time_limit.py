@@ -22,7 +22,7 @@ log = logging.getLogger("synap_backfill")
 
 MARGIN = 3.0  # times the planned sending time
 UNPACED_RATE = 600.0  # batches a minute assumed when pacing is off
-LOCK_WAIT = 600.0  # PartitionSettings.lock_wait: an earlier attempt's lock
+LOCK_WAIT = 600.0  # seconds a partition waits for an earlier attempt's lock (PartitionSettings.lock_wait)
 READING = 600.0  # seconds for reading and checkpoints beyond the sending
 TARGET_KEY = "synap_target"  # the context key pre_execute leaves the task's SynapTarget under
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from .config import CONN_ID, IDENTIFIER
+from .config import CONN_ID, IDENTIFIER, BackfillConfig
 from .params import ParamsModel, param
 
 
@@ -43,7 +43,8 @@ class UndoConfig(ParamsModel):
         description="Where the run was recorded: the backfill's ledger (its ledger_conn_id, else "
                     "its postgres_conn_id).")
     ledger_schema: str = param(
-        "synap_backfill", title="Ledger schema", check="identifier", pattern=IDENTIFIER,
+        BackfillConfig.model_fields["ledger_schema"].default, title="Ledger schema",
+        check="identifier", pattern=IDENTIFIER,
         description="The backfill's ledger_schema.")
 
     # Resolved from the ledger by the first task, not params.

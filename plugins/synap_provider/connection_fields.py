@@ -18,6 +18,7 @@ from typing import Any, Mapping
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.fields import FieldInfo
 
+DEFAULT_CONN_ID = "synap_default"  # SynapHook.default_conn_name, and the params' default
 _KIND_NAMES = {int: "a whole number", float: "a number", str: "text"}
 
 

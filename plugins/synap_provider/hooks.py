@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator
 
 from airflow.sdk import BaseHook
 
-from synap_provider.connection_fields import InvalidExtra, SynapExtras, SynapSettings
+from synap_provider.connection_fields import DEFAULT_CONN_ID, InvalidExtra, SynapExtras, SynapSettings
 
 if TYPE_CHECKING:
     from maximem_synap import MaximemSynapSDK
@@ -47,7 +47,7 @@ class SynapHook(BaseHook):
     """
 
     conn_name_attr = "synap_conn_id"
-    default_conn_name = "synap_default"
+    default_conn_name = DEFAULT_CONN_ID
     conn_type = "synap"
     hook_name = "Synap"
 
