@@ -1,1 +1,5 @@
-"""The backfill engine and its local stand-ins, importable without a scheduler."""
+"""Local tooling, never packaged: the local Synap API, the demo, the bench, the local stacks.
+
+Run from a checkout (``python -m include.<tool>``); the product is the
+``synap-backfill`` wheel built from ``plugins/``.
+"""
