@@ -39,7 +39,8 @@ class UndoConfig(ParamsModel):
         description="How long a document still being extracted is waited for before its memories "
                     "are read; one still extracting then is reported, not deleted.")
     ledger_conn_id: str = param(
-        "postgres_default", title="Ledger connection", check="non_empty", pattern=CONN_ID,
+        BackfillConfig.model_fields["postgres_conn_id"].default, title="Ledger connection",
+        check="non_empty", pattern=CONN_ID,
         description="Where the run was recorded: the backfill's ledger (its ledger_conn_id, else "
                     "its postgres_conn_id).")
     ledger_schema: str = param(

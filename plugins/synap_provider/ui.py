@@ -232,7 +232,11 @@ def _rate(run: tuple[str, str], done: int) -> float | None:
 
 
 def _ledger(config: dict[str, Any]) -> Any:
-    return _connect(config.get("ledger_conn_id") or config.get("postgres_conn_id") or "postgres_default")
+    """The run's ledger: its ledger connection, else its source connection (the params' rule)."""
+    from synap_backfill.config import BackfillConfig
+
+    default = BackfillConfig.model_fields["postgres_conn_id"].default
+    return _connect(config.get("ledger_conn_id") or config.get("postgres_conn_id") or default)
 
 
 def _connect(conn_id: str) -> Any:
