@@ -19,8 +19,7 @@ from typing import Any, Literal, Mapping
 from pydantic import model_validator
 from synap_provider.connection_fields import DEFAULT_CONN_ID
 
-from .checks import (ParamError, boolean, bounded_int, identifier, non_empty,  # noqa: F401 (re-exported)
-                     optional_identifier, share, timestamp, window_duration, zone)
+from .checks import ParamError
 from .params import ParamsModel, param
 
 MAX_BATCH_SIZE = 100  # what batch_create accepts per call

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import ParamError, timestamp
+from .checks import ParamError, timestamp
 
 AFTER_PRIMARY = "after_primary"
 _NAME = re.compile(r"^[a-z0-9_]{1,40}$")

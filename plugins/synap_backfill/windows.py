@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo
 import pendulum
 
 from .buckets import BUCKET_SECONDS, bucket_start, snap_up
-from .config import window_duration
+from .checks import window_duration
 
 EPOCH_MONDAY = date(2000, 1, 3)  # day- and week-sized windows count from a Monday
 LAST_LOCAL = datetime(9999, 12, 31)  # no window ends later (what Python can hold, less a day)

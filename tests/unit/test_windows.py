@@ -3,7 +3,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from synap_backfill.buckets import bucket_of, bucket_start
-from synap_backfill.config import ParamError, timestamp
+from synap_backfill.checks import ParamError, timestamp
 from synap_backfill.planning import BucketCount, Difference, lay_out
 from synap_backfill.windows import Grid
 
