@@ -8,7 +8,8 @@ Tables in the ledger schema (created by ``ledger.ensure_tables``):
   its range, the plan's figures and, once summarized, the run's.
 * ``holdings``: one row per (target, source relation): the inventory's key.
 * ``inventory``: per holding and 15-minute bucket, the rows last fully
-  accounted for, the fingerprint of their keys and the run that did it.
+  accounted for, the fingerprints of their keys and of their content (NULL in
+  a bucket held before content fingerprints) and the run that did it.
   Written in the same transaction as the checkpoint that completes the bucket
   (``Ledger.save``), never before. A few dozen bytes a bucket, whatever its rows.
 * ``plan_buckets``: per run and partition, the counts and fingerprints the
@@ -52,13 +53,16 @@ def create_tables(cur: Any, s: str) -> None:
 
 def write_held(cur: Any, s: str, holding: int, run: int, buckets: Iterable[BucketCount]) -> None:
     """Hold buckets for ``run`` (inside the caller's transaction); a bucket of 0 rows is let go."""
-    rows = [(holding, b.bucket, b.rows, fingerprint(b.fingerprint), run) for b in buckets if b.rows]
+    buckets = list(buckets)
+    rows = [(holding, b.bucket, b.rows, fingerprint(b.fingerprint),
+             None if b.content is None else fingerprint(b.content), run) for b in buckets if b.rows]
     empty = [b.bucket for b in buckets if not b.rows]
     if rows:
         cur.executemany(
-            f"INSERT INTO {s}.inventory (holding, bucket, row_count, fingerprint, run)"
-            " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (holding, bucket) DO UPDATE SET"
-            " row_count = EXCLUDED.row_count, fingerprint = EXCLUDED.fingerprint, run = EXCLUDED.run",
+            f"INSERT INTO {s}.inventory (holding, bucket, row_count, fingerprint, content, run)"
+            " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (holding, bucket) DO UPDATE SET"
+            " row_count = EXCLUDED.row_count, fingerprint = EXCLUDED.fingerprint,"
+            " content = EXCLUDED.content, run = EXCLUDED.run",
             rows)
     if empty:
         cur.execute(f"DELETE FROM {s}.inventory WHERE holding = %s AND bucket = ANY(%s)",
@@ -111,14 +115,26 @@ class Inventory:
     def held(self, holding: int) -> dict[int, HeldBucket]:
         """Every bucket the holding holds, with the run that accounted for it."""
         rows = self._all(
-            f"SELECT i.bucket, i.row_count, i.fingerprint, r.dag_id, r.run_id, r.digest, r.id"
+            f"SELECT i.bucket, i.row_count, i.fingerprint, i.content, r.dag_id, r.run_id, r.digest, r.id"
             f" FROM {self.s}.inventory i JOIN {self.s}.runs r ON r.id = i.run"
             " WHERE i.holding = %s", (holding,))
         settings = {run: _json(raw) for run, raw in self._all(
             f"SELECT id, settings FROM {self.s}.runs WHERE id IN"
             f" (SELECT DISTINCT run FROM {self.s}.inventory WHERE holding = %s)", (holding,))}
-        return {bucket: HeldBucket(bucket, n, fp, Holder(dag_id, run_id, digest, settings.get(run, {})))
-                for bucket, n, fp, dag_id, run_id, digest, run in rows}
+        return {bucket: HeldBucket(bucket, n, fp, Holder(dag_id, run_id, digest, settings.get(run, {})),
+                                   content)
+                for bucket, n, fp, content, dag_id, run_id, digest, run in rows}
+
+    def adopt_content(self, holding: int, buckets: Iterable[BucketCount]) -> None:
+        """Buckets held before content fingerprints, their keys unchanged: their content as
+        counted now is what later runs compare with (an edit made before is not seen)."""
+        rows = [(fingerprint(b.content), holding, b.bucket) for b in buckets if b.content is not None]
+        if not rows:
+            return
+        with self.conn.cursor() as cur:
+            cur.executemany(f"UPDATE {self.s}.inventory SET content = %s WHERE holding = %s"
+                            " AND bucket = %s AND content IS NULL", rows)
+        self.conn.commit()
 
     def covered(self, holding: int) -> list[tuple[datetime | None, datetime | None]]:
         """The ranges earlier real runs planned on this holding (None: unbounded)."""
@@ -152,24 +168,26 @@ class Inventory:
             cur.execute(f"DELETE FROM {self.s}.plan_buckets WHERE run = %s", (run,))
             cur.executemany(
                 f"INSERT INTO {self.s}.plan_buckets (run, window_key, buckets, row_counts,"
-                " fingerprints) VALUES (%s, %s, %s, %s, %s)",
+                " fingerprints, contents) VALUES (%s, %s, %s, %s, %s, %s)",
                 [(run, key, [c.bucket for c in counts], [c.rows for c in counts],
-                  [fingerprint(c.fingerprint) for c in counts])
+                  [fingerprint(c.fingerprint) for c in counts],
+                  [None if c.content is None else fingerprint(c.content) for c in counts])
                  for key, counts in buckets.items()])
         self.conn.commit()
 
     def planned(self, run: int, key: str | None = None) -> dict[str, list[BucketCount]]:
         """The planned buckets of the run's partitions (of one, with ``key``)."""
         where, args = ("AND window_key = %s", (run, key)) if key else ("", (run,))
-        return {window: [BucketCount(b, n, fp) for b, n, fp in zip(buckets, counts, fps)]
-                for window, buckets, counts, fps in self._all(
-                    f"SELECT window_key, buckets, row_counts, fingerprints FROM {self.s}.plan_buckets"
-                    f" WHERE run = %s {where}", args)}
+        return {window: [BucketCount(b, n, fp, c)
+                         for b, n, fp, c in zip(buckets, counts, fps, contents or [None] * len(buckets))]
+                for window, buckets, counts, fps, contents in self._all(
+                    f"SELECT window_key, buckets, row_counts, fingerprints, contents"
+                    f" FROM {self.s}.plan_buckets WHERE run = %s {where}", args)}
 
     def held_by(self, holding: int, run: int) -> dict[int, BucketCount]:
         """The buckets of the holding that ``run`` accounted for last."""
-        return {b: BucketCount(b, n, fp) for b, n, fp in self._all(
-            f"SELECT bucket, row_count, fingerprint FROM {self.s}.inventory"
+        return {b: BucketCount(b, n, fp, c) for b, n, fp, c in self._all(
+            f"SELECT bucket, row_count, fingerprint, content FROM {self.s}.inventory"
             " WHERE holding = %s AND run = %s", (holding, run))}
 
     def release(self, holding: int, buckets: Iterable[int], run: int | None = None) -> None:

@@ -72,11 +72,11 @@ class Checkpoint:
     report: dict[str, Any]
     finished: bool
     sent_through: int  # rows of the window, in read order, put on the wire by this run
-    open_buckets: dict[int, list[int]]  # bucket -> [rows, hash sum] read so far, not yet complete
+    open_buckets: dict[int, list[int]]  # bucket -> [rows, key hash sum, content hash sum] read so far
 
 
 # Bump when the DDL of ensure_tables changes: the next run's preflight applies it, once.
-LEDGER_VERSION = 2
+LEDGER_VERSION = 3
 DDL_LOCK_TIMEOUT = "10s"  # the longest the ledger's DDL waits for a lock before it gives up
 # The longest one ledger or pacing statement waits for a lock (a session idle in a
 # transaction that holds one): then the partition fails, naming the ledger, and its retry
@@ -184,6 +184,9 @@ def _create_tables(cur: Any, schema: str, s: str) -> None:
     cur.execute(f"CREATE TABLE IF NOT EXISTS {s}.pacing ("
                 " target text PRIMARY KEY, next_at timestamptz NOT NULL)")
     create_inventory_tables(cur, s)
+    # Version 3: content fingerprints (NULL in what an older version held: compared by keys).
+    _add_column(cur, schema, "inventory", "content", "bigint")
+    _add_column(cur, schema, "plan_buckets", "contents", "bigint[]")
     create_undo_tables(cur, s)
     cur.execute(f"CREATE TABLE IF NOT EXISTS {s}.ledger_version (version integer PRIMARY KEY,"
                 " applied_at timestamptz NOT NULL DEFAULT now())")

@@ -219,7 +219,8 @@ class _State:
     position: Position | None = None
     sent_before: int = 0  # rows of the window an earlier attempt of this run had sent
     refused: Counter[str] = field(default_factory=Counter)  # server refusals, this attempt
-    # Buckets read into and not yet held: bucket -> [rows, sum of row hashes]. Saved with
+    # Buckets read into and not yet held: bucket -> [rows, sum of key hashes, sum of content
+    # hashes]. Saved with
     # each checkpoint, so a resumed attempt goes on counting where the last one stopped.
     open: dict[int, list[int]] = field(default_factory=dict)
     held: set[int] = field(default_factory=set)  # buckets this attempt held in the inventory
@@ -252,7 +253,7 @@ class _Cut:
     rejects: list[RejectRow]
     position: Position | None
     rows_through: int  # ordinal of the last row read into this cut
-    tallies: dict[int, list[int]] = field(default_factory=dict)  # bucket -> [rows, hash sum]
+    tallies: dict[int, list[int]] = field(default_factory=dict)  # bucket -> [rows, key, content]
     last_at: datetime | None = None  # the instant of the cut's last row
     naive: bool = False  # the timestamp column has no zone: its order is wall-clock time
     finished: bool = False
@@ -291,9 +292,10 @@ class _Pipeline:
                     ordinal += 1
                     position, group, last = row.position, row.group, row
                     tally = tallies.setdefault(
-                        UNTIMED if row.created_at is None else bucket_of(row.created_at), [0, 0])
+                        UNTIMED if row.created_at is None else bucket_of(row.created_at), [0, 0, 0])
                     tally[0] += 1
                     tally[1] += row.row_hash
+                    tally[2] += row.content_hash
                     document = build_document(row, settings.mode, max_chars=settings.max_chars,
                                               isolation=settings.isolation, copies=settings.copies)
                     if isinstance(document, Rejected):
@@ -417,10 +419,10 @@ class _Pipeline:
     def _complete(self, cut: _Cut) -> list[BucketCount]:
         """Add the cut's rows to their buckets; the buckets the read has now passed, to hold."""
         state = self.state
-        for bucket, (rows, hashes) in cut.tallies.items():
-            tally = state.open.setdefault(bucket, [0, 0])
-            tally[0] += rows
-            tally[1] += hashes
+        for bucket, counted in cut.tallies.items():
+            tally = state.open.setdefault(bucket, [0, 0, 0])
+            for i, n in enumerate(counted[:len(tally)]):  # an older attempt's: no content sum
+                tally[i] += n
         if cut.finished:
             done = sorted(state.open)
         elif cut.last_at is not None:
@@ -429,8 +431,10 @@ class _Pipeline:
         else:
             done = []
         holds = self.settings.holds
-        completed = [BucketCount(b, rows, fingerprint(hashes))
-                     for b in done for rows, hashes in [state.open.pop(b)]]
+        # A bucket opened by an attempt from before content fingerprints has no content sum.
+        completed = [BucketCount(b, tally[0], fingerprint(tally[1]),
+                                 fingerprint(tally[2]) if len(tally) > 2 else None)
+                     for b in done for tally in [state.open.pop(b)]]
         held = [c for c in completed if holds is not None and holds(c.bucket)]
         state.held.update(c.bucket for c in held)
         return held

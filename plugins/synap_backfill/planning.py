@@ -48,12 +48,17 @@ Range = tuple[datetime, datetime]
 
 @dataclass(frozen=True)
 class BucketCount:
-    """A bucket's rows and the fingerprint of their keys (``buckets.fingerprint``: a signed
-    64-bit number), as counted or as read."""
+    """A bucket's rows, the fingerprint of their keys and that of their content
+    (``buckets.fingerprint``: signed 64-bit numbers), as counted or as read.
+
+    ``content``: None where it is not known: a bucket held by a run from before content
+    fingerprints (its keys are compared, and its content is taken as the baseline).
+    """
 
     bucket: int
     rows: int
     fingerprint: int
+    content: int | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,7 @@ class HeldBucket:
     rows: int
     fingerprint: int
     holder: Holder
+    content: int | None = None  # None: held before content fingerprints
 
 
 @dataclass(frozen=True)
@@ -159,6 +165,10 @@ class Difference:
     changed_rows: int = 0
     deletions: list[Deletion] = field(default_factory=list)
     conflicts: list[HeldBucket] = field(default_factory=list)
+    # Held by keys only (before content fingerprints), keys unchanged: unchanged, and their
+    # content as counted now becomes what the inventory compares the next run with.
+    adopt: list[BucketCount] = field(default_factory=list)
+    edited: list[int] = field(default_factory=list)  # held buckets whose keys stayed, content not
 
     @property
     def unchanged_rows(self) -> int:
@@ -198,7 +208,9 @@ def difference(counted: Iterable[BucketCount], held: Mapping[int, HeldBucket], *
             continue
         mine = held.get(b)
         history = timed and lookback_before is not None and bucket_end(b) <= lookback_before
-        same = mine is not None and (mine.rows, mine.fingerprint) == (count.rows, count.fingerprint)
+        same_keys = mine is not None and (mine.rows, mine.fingerprint) == (count.rows, count.fingerprint)
+        # A bucket held before content fingerprints is compared by its keys alone.
+        same = same_keys and (mine is None or mine.content is None or mine.content == count.content)
         if mine is None:
             if history and not _inside(b, covered):
                 diff.outside.append(b)
@@ -208,6 +220,8 @@ def difference(counted: Iterable[BucketCount], held: Mapping[int, HeldBucket], *
             continue
         if same and not resend and mine.holder.digest == digest:
             diff.unchanged.append(count)
+            if mine.content is None and count.content is not None:
+                diff.adopt.append(count)
             continue
         if mine.holder.digest != digest and not resend:
             if history and same:
@@ -217,6 +231,8 @@ def difference(counted: Iterable[BucketCount], held: Mapping[int, HeldBucket], *
             continue
         if not same:
             diff.changed_rows += count.rows
+            if same_keys:
+                diff.edited.append(b)
             if mine.rows > count.rows:
                 diff.deletions.append(Deletion(b, mine.rows, count.rows, mine.holder))
         diff.planned.append(count)

@@ -88,7 +88,10 @@ def reconcile(conn: Any, config: BackfillConfig, inventory: Inventory, record: R
 
 
 def _same(a: BucketCount, b: BucketCount) -> bool:
-    return a.rows == b.rows and fingerprint(a.fingerprint) == fingerprint(b.fingerprint)
+    """Same rows and keys, and the same content where both sides know it."""
+    return (a.rows == b.rows and fingerprint(a.fingerprint) == fingerprint(b.fingerprint)
+            and (a.content is None or b.content is None
+                 or fingerprint(a.content) == fingerprint(b.content)))
 
 
 def _merged(ranges: list[Any]) -> list[Any]:

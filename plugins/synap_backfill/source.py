@@ -86,7 +86,8 @@ class SourceRow:
     unrepresentable_time: bool = False  # created_at is ±infinity or outside the years 1-9999
     index_not_whole: bool = False  # message_index holds a fraction (1.5), NaN or infinity
     sort_key: Position = (None, "", NULL_INDEX, "")  # the read's order key, as sorted
-    row_hash: int = 0  # the row's share of its bucket's fingerprint (``buckets.ROW_HASH_SQL``)
+    row_hash: int = 0  # the row's share of its bucket's fingerprint (``row_hash_sql``)
+    content_hash: int = 0  # the row's share of its bucket's content fingerprint (``content_hash_sql``)
     index_text: str = ""  # message_index as stored, for the row key of one that is not whole
     # Its document would be longer than max_document_chars, measured in SQL: its texts were
     # never fetched (a 1 GB cell costs the worker nothing), and it is rejected as too long.
@@ -136,6 +137,23 @@ def row_hash_sql(config: BackfillConfig) -> str:
             f" # COALESCE(timestamptz_hash_extended({q(c.created_at)}::timestamptz, 3), 0))")
 
 
+def content_hash_sql(config: BackfillConfig) -> str:
+    """SQL: one row's share of its bucket's content fingerprint, a ``bigint``: a hash of what
+    shapes its document beyond its key: both texts, the user and customer ids and the instant.
+
+    Each text goes with its length (or ``n`` for NULL), so NULL, empty and a text that holds
+    the separator never hash alike. Computed by PostgreSQL, from the stored values: a text
+    the worker could not decode still hashes. Also a turn's content, compared turn by turn
+    where a bucket changed (``changes.py``).
+    """
+    c = config.columns
+    q = quote_identifier
+    parts = [c.user_text, c.assistant_text, c.user_id] + ([c.customer_id] if c.customer_id else [])
+    fields = ", ".join(f"COALESCE(length({q(p)}::text)::text, 'n'), {q(p)}::text" for p in parts)
+    return (f"(hashtextextended(concat_ws('|', {fields}), 4)"
+            f" # COALESCE(timestamptz_hash_extended({q(c.created_at)}::timestamptz, 5), 0))")
+
+
 def _select(config: BackfillConfig, timed: bool) -> str:
     """The row's fields, its flags and the order key (``k0``..``k3``), before the resume filter."""
     c = config.columns
@@ -159,7 +177,8 @@ def _select(config: BackfillConfig, timed: bool) -> str:
         f" {q(c.created_at) + '::timestamptz' if timed else 'NULL::timestamptz'},"
         f" {repeats} AS repeats_earlier,"
         f" {'false' if timed else q(c.created_at) + ' IS NOT NULL'} AS unrepresentable_time,"
-        f" {row_hash_sql(config)} AS row_hash, {too_long} AS too_long,"
+        f" {row_hash_sql(config)} AS row_hash, {content_hash_sql(config)} AS content_hash,"
+        f" {too_long} AS too_long,"
         f" {', '.join(f'{k} AS {n}' for k, n in zip(key, names))}"
         f" FROM {quoted_table(config)}")
 
@@ -175,7 +194,7 @@ def _order_key(config: BackfillConfig, timed: bool) -> list[str]:
 
 
 _FIELDS = ("conversation_id, message_index, user_id, customer_id, user_text, assistant_text,"
-           " created_at, repeats_earlier, unrepresentable_time, row_hash, too_long")
+           " created_at, repeats_earlier, unrepresentable_time, row_hash, content_hash, too_long")
 _COLUMNS = _FIELDS.replace(",", "").split()
 
 
@@ -261,7 +280,7 @@ def bucket_counts(conn: Any, config: BackfillConfig, *, start: datetime | None =
                   end: datetime | None = None,
                   ranges: Sequence[tuple[datetime, datetime]] | None = None,
                   untimed: bool | None = None) -> list[BucketCount]:
-    """Rows per inventory bucket, with the fingerprint of their keys, in one pass.
+    """Rows per inventory bucket, with the fingerprints of their keys and content, in one pass.
 
     Without bounds: the whole relation, rows without a usable timestamp in the bucket
     ``UNTIMED``. With ``start`` and/or ``end``, or ``ranges``: only rows in them (and the
@@ -285,12 +304,14 @@ def bucket_counts(conn: Any, config: BackfillConfig, *, start: datetime | None =
     with conn.cursor() as cur:
         cur.execute(f"SELECT CASE WHEN {representable(config)} THEN date_bin('{BUCKET_SECONDS} seconds',"
                     f" {col}::timestamptz, timestamptz '1970-01-01 00:00:00+00') END, count(*),"
-                    f" sum({row_hash_sql(config)}) FROM {quoted_table(config)}"
+                    f" sum({row_hash_sql(config)}), sum({content_hash_sql(config)})"
+                    f" FROM {quoted_table(config)}"
                     f"{' WHERE ' + where if where else ''} GROUP BY 1", args)
         rows = cur.fetchall()
     conn.commit()
     counts = (BucketCount(UNTIMED if at is None else bucket_of(at), int(n),
-                          fingerprint(int(hashes or 0))) for at, n, hashes in rows)
+                          fingerprint(int(hashes or 0)), fingerprint(int(contents or 0)))
+              for at, n, hashes, contents in rows)
     return sorted(counts, key=lambda c: c.bucket)
 
 
@@ -348,7 +369,7 @@ def read_window(conn: Any, config: BackfillConfig,
             if not chunk:
                 break
             for (conv, index, user, customer, user_raw, assistant_raw, created, repeats,
-                 unrepresentable, row_hash, too_long, k0, k1, k2, k3) in chunk:
+                 unrepresentable, row_hash, content_hash, too_long, k0, k1, k2, k3) in chunk:
                 user_text, user_ok = _text(user_raw)
                 assistant_text, assistant_ok = _text(assistant_raw)
                 whole, not_whole = whole_index(index)
@@ -357,7 +378,7 @@ def read_window(conn: Any, config: BackfillConfig,
                                 not (user_ok and assistant_ok), bool(repeats),
                                 bool(unrepresentable), not_whole,
                                 (k0, as_text(k1), k2, as_text(k3)), int(row_hash),
-                                str(index) if not_whole else "", bool(too_long))
+                                int(content_hash), str(index) if not_whole else "", bool(too_long))
     conn.commit()
 
 

@@ -104,3 +104,17 @@ def test_a_planned_partition_survives_the_round_trip_through_xcom():
                            rows=3, unchanged=40, sample_of={"rows": 9})
     for partition in (one, two):
         assert PlannedPartition.from_dict(partition.to_dict()) == partition
+
+
+def test_an_edit_that_keeps_every_key_changes_the_content_fingerprint_and_the_bucket_is_planned():
+    diff = difference([BucketCount(at(1), 5, 7, content=11)],
+                      {at(1): HeldBucket(at(1), 5, 7, EARLIER, content=10)}, digest="digest-a")
+    assert [c.bucket for c in diff.planned] == [at(1)] and not diff.unchanged
+    assert (diff.edited, diff.changed_rows, diff.deletions) == ([at(1)], 5, [])
+
+
+def test_a_bucket_held_before_content_fingerprints_is_compared_by_keys_and_adopts_the_content():
+    now = BucketCount(at(1), 5, 7, content=11)
+    diff = difference([now], {at(1): HeldBucket(at(1), 5, 7, EARLIER, content=None)},
+                      digest="digest-a")
+    assert diff.unchanged == [now] and diff.adopt == [now] and not diff.planned

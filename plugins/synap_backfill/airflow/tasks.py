@@ -214,6 +214,8 @@ def _plan(config: BackfillConfig, dag_id: str, run_id: str) -> list[dict[str, An
                   "credits_estimate": credits.estimate if credits else None,
                   "credits_metric": credits.metric if credits else None})
         inventory.save_plan(run, plan.buckets)
+        if holding is not None and diff.adopt and not config.dry_run:
+            inventory.adopt_content(holding, diff.adopt)
         gone = [d.bucket for d in diff.deletions if d.now == 0]
         if holding is not None and gone and not config.dry_run:
             inventory.release(holding, gone)  # nothing left there to hold
