@@ -41,6 +41,13 @@ class PartitionReport:
     rows_planned: int | None = None
     rate_limited: int = 0  # batch requests Synap answered 429
     paced_seconds: float = 0.0  # seconds its requests waited for slots of the shared schedule
+    # Of ``duplicates``: turns of a changed bucket not sent, as the ledger knows the target
+    # holds them (held_turns.py).
+    known_held: int = 0
+    # From the plan: turns in its span the target holds that the source has edited or deleted
+    # since (``changes.py``); whether they were applied is the run's ``source_changes``.
+    edited: int = 0
+    deleted: int = 0
 
     @property
     def key(self) -> str:
@@ -78,6 +85,7 @@ class PartitionReport:
             "started_at": self.started_at, "finished_at": self.finished_at,
             "unchanged": self.unchanged, "rows_planned": self.rows_planned,
             "rate_limited": self.rate_limited, "paced_seconds": round(self.paced_seconds, 1),
+            "known_held": self.known_held, "edited": self.edited, "deleted": self.deleted,
         }
 
     @classmethod
@@ -93,7 +101,9 @@ class PartitionReport:
                      finished_at=raw.get("finished_at"), unchanged=raw.get("unchanged", 0),
                      rows_planned=raw.get("rows_planned"),
                      rate_limited=raw.get("rate_limited", 0),
-                     paced_seconds=raw.get("paced_seconds", 0.0))
+                     paced_seconds=raw.get("paced_seconds", 0.0),
+                     known_held=raw.get("known_held", 0), edited=raw.get("edited", 0),
+                     deleted=raw.get("deleted", 0))
         if report.rejected_total != raw.get("rejected", report.rejected_total):
             # Trust the total over the breakdown if they ever disagree.
             report.rejected["unexplained"] += raw["rejected"] - report.rejected_total
@@ -146,6 +156,9 @@ class RunSummary:
             total.unchanged += p.unchanged
             total.rate_limited += p.rate_limited
             total.paced_seconds += p.paced_seconds
+            total.known_held += p.known_held
+            total.edited += p.edited
+            total.deleted += p.deleted
         total.unchanged += self.unchanged_outside
         return total
 
@@ -168,7 +181,7 @@ class RunSummary:
         total = self.total.to_xcom()
         return {**{k: total[k] for k in ("rows_read", "ingested", "duplicates", "rejected",
                                           "rejected_by_reason", "not_sent", "ingested_on_resend",
-                                          "batches", "unchanged")},
+                                          "batches", "unchanged", "known_held")},
                 "rows_planned": self.rows_planned,
                 "partitions": len(self.partitions) + len(self.missing),
                 "partitions_failed": len(self.missing), "problems": self.problems,
@@ -273,6 +286,9 @@ def counts_label(report: Mapping[str, Any]) -> str:
         counts = f"{report['not_sent']} not sent (dry run), {report['rejected']} rejected"
     if report.get("unchanged"):
         counts += f", {report['unchanged']} unchanged"
+    for name in ("edited", "deleted"):
+        if report.get(name):
+            counts += f", {report[name]} {name} in the source"
     return f"{report['label']} · {counts}"
 
 

@@ -149,6 +149,22 @@ class BackfillConfig(ParamsModel):
         description="Send every row of the range, also what the Synap instance already holds "
                     "unchanged (or holds under other document settings): for an instance that "
                     "was wiped. Held rows come back as duplicates.")
+    apply_source_changes: Literal["report", "apply"] = param(
+        "report", title="Source changes", section="Sending", check="choice",
+        values_display={"report": "report (count edited and deleted turns; change nothing)",
+                        "apply": "apply (replace edited turns, forget deleted ones)"},
+        description="What to do with turns the Synap instance holds that were edited or deleted "
+                    "in the source since they were sent. report: count them, per bucket, and "
+                    "leave Synap as it is. apply: delete the memories of each one's held document; "
+                    "an edited turn is then sent again, with its current text, under a new "
+                    "document id. Found only inside buckets that changed.")
+    max_source_deletion_share: float = param(
+        0.05, title="Max source deletion share", section="Sending", check="share", minimum=0,
+        maximum=1,
+        description="With apply_source_changes apply, the run stops before deleting anything when "
+                    "more than this share of the turns the instance holds of the source are gone "
+                    "from it (a truncated table must not wipe an instance). Edited turns do not "
+                    "count. 0.05: 5%; 1: never.")
     restart_partitions: bool = param(
         False, title="Restart partitions", section="Sending", check="boolean",
         description="Ignore checkpoints and start every partition from its first row. Documents "

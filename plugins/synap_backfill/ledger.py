@@ -25,6 +25,11 @@ if missing:
 * ``runs``, ``holdings``, ``inventory``, ``plan_buckets``: what each Synap
   target holds of each source (``inventory.py``). A checkpoint that completes
   a bucket holds it in the inventory in the same transaction.
+* ``source_changes``: per run, the held turns its plan found edited or deleted
+  in the source (``changes.py``).
+* ``held_turns``: the same, turn by turn: which document, which content, which
+  ingestion id (``held_turns.py``), written with the checkpoint that accounts
+  for the turn.
 * ``undo_checkpoints``, ``undo_unreached``, ``undone``, ``undos``: what
   undoing runs did and could not do (``undo_ledger.py``).
 
@@ -50,6 +55,9 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, TypeVar
 
 from .db_errors import LOCK_NOT_AVAILABLE, is_database_error, sql_error, sqlstate
+from .held_turns import HeldTurn, TurnWrite, held_turns, write_turns
+from .changes import create_tables as create_change_tables
+from .held_turns import create_tables as create_held_turn_tables
 from .inventory import create_tables as create_inventory_tables
 from .inventory import write_held
 from .planning import BucketCount
@@ -187,6 +195,8 @@ def _create_tables(cur: Any, schema: str, s: str) -> None:
     # Version 3: content fingerprints (NULL in what an older version held: compared by keys).
     _add_column(cur, schema, "inventory", "content", "bigint")
     _add_column(cur, schema, "plan_buckets", "contents", "bigint[]")
+    create_held_turn_tables(cur, s)
+    create_change_tables(cur, s)
     create_undo_tables(cur, s)
     cur.execute(f"CREATE TABLE IF NOT EXISTS {s}.ledger_version (version integer PRIMARY KEY,"
                 " applied_at timestamptz NOT NULL DEFAULT now())")
@@ -336,17 +346,23 @@ class Ledger:
              rejects: Iterable[tuple[int, str, str]], *, finished: bool = False,
              ingestions: tuple[int, list[str], list[str]] | None = None,
              held: Iterable[BucketCount] = (),
-             open_buckets: dict[int, list[int]] | None = None) -> None:
+             open_buckets: dict[int, list[int]] | None = None,
+             turns: Iterable[TurnWrite] = ()) -> None:
         """Record an acknowledged position, the counts up to it, its rejected rows, the
         ingestion ids accepted since the last one (``(last row number, ids, document ids
         counted as this run's from a duplicate answer)``), the buckets
-        it completes (``held``, into the inventory) and those still open, atomically."""
+        it completes (``held``, into the inventory) and those still open, and what the
+        target holds of each turn accounted for (``turns``), atomically."""
         rejects = list(rejects)
         held = list(held)
+        turns = list(turns)
         with self._io, self.conn.cursor() as cur:
             self._check_fence(cur)
-            if held and self.holding is not None and self.run is not None:
-                write_held(cur, self.schema, self.holding, self.run, held)
+            if self.holding is not None and self.run is not None:
+                if held:
+                    write_held(cur, self.schema, self.holding, self.run, held)
+                if turns:
+                    write_turns(cur, self.schema, self.holding, self.run, turns)
             if ingestions and (ingestions[1] or ingestions[2]):
                 cur.execute(
                     f"INSERT INTO {self.schema}.ingestions (dag_id, run_id, window_key, through, ids,"
@@ -377,6 +393,14 @@ class Ledger:
             return {}
         with self._io:
             return generations(self.conn, self.schema_name, self.holding, document_ids)
+
+    @_ledger_call
+    def held_turns(self, turns: list[str]) -> dict[str, HeldTurn]:
+        """Of these turns, those the target holds, with the document and content it holds."""
+        if self.holding is None:
+            return {}
+        with self._io:
+            return held_turns(self.conn, self.schema, self.holding, turns)
 
     @_ledger_call
     def mark_sent(self, rows_through: int) -> None:

@@ -52,6 +52,7 @@ from .accounting import PartitionReport
 from .buckets import UNTIMED, bucket_of, fingerprint
 from .documents import Rejected, build_document, id_of, text_of
 from .db_errors import is_database_error, sql_error
+from .held_turns import HeldTurn, TurnWrite
 from .ledger import Ledger, PartitionBusy
 from .pacing import Pacer, Unpaced
 from .planning import BucketCount
@@ -108,6 +109,11 @@ class PartitionSettings:
     # Of a batch's document ids, those an undo deleted on this target: id → the generation
     # to send them under (undo.py); None: the target has none.
     regenerate: Callable[[list[str]], dict[str, int]] | None = None
+    # Of a batch's turns, those the target holds (held_turns.py); None: the partition reads
+    # no bucket the target holds, or resends everything (resend_unchanged).
+    held: Callable[[list[str]], dict[str, HeldTurn]] | None = None
+    # A user id's keyed hash, recorded with each turn for an erasure (persons.py); None: none.
+    person: Callable[[str | None], str | None] | None = None
 
 
 async def run_partition_rows(read: Read, submit: Submit | None, report: PartitionReport,
@@ -232,7 +238,8 @@ class _State:
         self.position = position
         restored = PartitionReport.from_xcom(counts)
         for name in ("rows_read", "ingested", "duplicates", "rejected", "not_sent",
-                     "ingested_on_resend", "batches", "finished_at", "rate_limited", "paced_seconds"):
+                     "ingested_on_resend", "batches", "finished_at", "rate_limited", "paced_seconds",
+                     "known_held"):
             setattr(self.report, name, getattr(restored, name))
         self.report.started_at = restored.started_at or self.report.started_at
         self.base_seconds = restored.seconds
@@ -258,6 +265,7 @@ class _Cut:
     naive: bool = False  # the timestamp column has no zone: its order is wall-clock time
     finished: bool = False
     sending: asyncio.Task[Delivery] | None = None
+    known_held: int = 0  # documents not sent: the target holds their turn as a version of it
 
 
 class _Pipeline:
@@ -336,11 +344,27 @@ class _Pipeline:
                                 or self.pending[0].sending is None or self.pending[0].sending.done()):
             await self._apply(self.pending.popleft())
         if cut.documents and self.submit is not None:
+            if self.settings.held is not None:
+                await self._skip_held(cut)
+        if cut.documents and self.submit is not None:
             if self.settings.regenerate is not None:
                 await self._regenerate(cut)
             cut.sending = asyncio.create_task(self._deliver(cut))
         self.pending.append(cut)
         await asyncio.sleep(0)  # let the new batch start on the wire before reading on
+
+    async def _skip_held(self, cut: _Cut) -> None:
+        """Turns of a changed bucket that the target holds are not sent again: sending cannot
+        change what Synap keeps under a document id, and could bill a re-extraction. A turn
+        held with its current content is a duplicate; one held with other content (edited)
+        stays as held unless ``apply_source_changes`` replaced it first; one whose held
+        version is unknown (sent before the ledger kept turns) is sent and answers for itself."""
+        assert self.settings.held is not None
+        found = await asyncio.to_thread(self.settings.held, [row.key for _, row, _ in cut.documents])
+        keep = [(d, row, n) for d, row, n in cut.documents
+                if row.key not in found or found[row.key].content is None]
+        cut.known_held = len(cut.documents) - len(keep)
+        cut.documents = keep
 
     async def _regenerate(self, cut: _Cut) -> None:
         """Documents an undo deleted go out under their next generation's id (``...:u<n>``), so
@@ -371,6 +395,7 @@ class _Pipeline:
         rejects = list(cut.rejects)
         ingestion_ids: list[str] = []
         recovered: list[str] = []
+        turns: list[TurnWrite] = []
         delivery = None
         if cut.sending is not None:
             try:
@@ -385,12 +410,14 @@ class _Pipeline:
                                       f"{describe_error(exc)}",
                                       permanent=isinstance(exc, SynapPermanentError)) from exc
         report.rows_read += cut.rows_read
+        report.duplicates += cut.known_held
+        report.known_held += cut.known_held
         for _, _, reason in cut.rejects:
             report.reject(reason)
         if cut.documents and delivery is None:
             report.not_sent += len(cut.documents)
         elif delivery is not None:
-            counted, ingestion_ids, recovered = self._count(cut, delivery)
+            counted, ingestion_ids, recovered, turns = self._count(cut, delivery)
             rejects += counted
             report.batches += 1
             report.rate_limited += delivery.rate_limited
@@ -400,14 +427,15 @@ class _Pipeline:
             report.finished_at = time.time()
         state.position = cut.position
         held = self._complete(cut)
-        if self.ledger is not None and (cut.documents or rejects or cut.finished or held):
+        if self.ledger is not None and (cut.documents or rejects or cut.finished or held
+                                        or cut.known_held):
             # In a thread: the commit waits for the ledger's disk, and the batches
             # in flight must not wait with it. Saves stay in order: one at a time.
             through = max((ordinal for _, _, ordinal in cut.documents), default=0)
             await asyncio.to_thread(self.ledger.save, cut.position, report.to_xcom(), rejects,
                                     finished=cut.finished,
                                     ingestions=(through, ingestion_ids, recovered),
-                                    held=held, open_buckets=dict(state.open))
+                                    held=held, open_buckets=dict(state.open), turns=turns)
         if cut.documents:
             log.debug("partition %s: batch %d done; so far read %d, ingested %d, duplicates %d,"
                       " rejected %d", report.label, report.batches, report.rows_read,
@@ -440,9 +468,10 @@ class _Pipeline:
         return held
 
     def _count(self, cut: _Cut, delivery: Delivery
-               ) -> tuple[list[RejectRow], list[str], list[str]]:
-        """The cut's rows counted into the report; its rejected rows, accepted ingestion ids, and
-        the document ids counted as this run's from a duplicate answer (no ingestion id)."""
+               ) -> tuple[list[RejectRow], list[str], list[str], list[TurnWrite]]:
+        """The cut's rows counted into the report; its rejected rows, accepted ingestion ids,
+        the document ids counted as this run's from a duplicate answer (no ingestion id), and
+        what the target now holds of each turn (held_turns.py)."""
         state, report, settings = self.state, self.state.report, self.settings
         rows_by_id: dict[str, list[tuple[SourceRow, int]]] = defaultdict(list)
         sent_before: set[str] = set()  # sent by an attempt of this run that stopped
@@ -453,6 +482,7 @@ class _Pipeline:
         rejects: list[RejectRow] = []
         ingestion_ids: list[str] = []
         recovered: list[str] = []
+        turns: list[TurnWrite] = []
         for sent in delivery.sent:
             ids = [id_of(d) for d in sent.documents]
             outcome = classify_batch(ids, sent.response.results, settings.duplicate_pattern,
@@ -464,6 +494,10 @@ class _Pipeline:
             state.refused.update({r: n for r, n in outcome.rejected.items()
                                   if r.startswith(SERVER_PREFIX)})
             rejects += [_reject_row(rows_by_id, doc_id, reason) for doc_id, reason in outcome.rejected_ids]
+            turns += [self._turn(rows_by_id[doc_id][0][0], doc_id, ingestion_id)
+                      for doc_id, ingestion_id in outcome.accepted]
+            turns += [self._turn(rows_by_id[doc_id][0][0], doc_id, None, earlier=True)
+                      for doc_id in outcome.duplicate_ids]
         for document, reason in delivery.refused:
             report.reject(reason)
             state.refused[reason] += 1
@@ -471,7 +505,14 @@ class _Pipeline:
         if recovered:
             log.info("partition %s: %d documents sent again had been stored by this run's earlier"
                      " send; counted as ingested by this run", report.label, len(recovered))
-        return rejects, ingestion_ids, recovered
+        return rejects, ingestion_ids, recovered, turns
+
+    def _turn(self, row: SourceRow, document_id: str, ingestion_id: str | None, *,
+              earlier: bool = False) -> TurnWrite:
+        assert row.created_at is not None  # only rows with a timestamp make documents
+        person = self.settings.person(row.user_id) if self.settings.person is not None else None
+        return TurnWrite(row.key, bucket_of(row.created_at), row.content_hash, document_id,
+                         ingestion_id, person, earlier)
 
     async def _stop_if_refused_wholesale(self) -> None:
         """Synap refused every document so far for one reason: sending the rest would not help."""

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Iterable, Mapping
 
@@ -99,6 +99,12 @@ class PlannedPartition:
     rows: int = 0
     unchanged: int = 0
     sample_of: Mapping[str, Any] | None = None
+    # It reads buckets the target holds (changed since): their turns are looked up in the
+    # ledger's held_turns before sending.
+    reads_held: bool = False
+    # Turns the target holds in its span that the source edited or deleted (changes.py).
+    edited: int = 0
+    deleted: int = 0
 
     @property
     def key(self) -> str:
@@ -117,6 +123,11 @@ class PlannedPartition:
             out["ranges"] = [[s.isoformat(), e.isoformat()] for s, e in self.ranges]
         if self.sample_of:
             out["sample_of"] = dict(self.sample_of)
+        if self.reads_held:
+            out["reads_held"] = True
+        for name in ("edited", "deleted"):
+            if getattr(self, name):
+                out[name] = getattr(self, name)
         return out
 
     @classmethod
@@ -129,11 +140,11 @@ class PlannedPartition:
         else:
             ranges = ((start, end),) if start is not None and end is not None else ()
         return cls(raw["label"], start, end, ranges, int(raw.get("rows") or 0),
-                   int(raw.get("unchanged") or 0), raw.get("sample_of"))
+                   int(raw.get("unchanged") or 0), raw.get("sample_of"), bool(raw.get("reads_held")),
+                   int(raw.get("edited") or 0), int(raw.get("deleted") or 0))
 
     def with_sample(self, whole: Mapping[str, Any]) -> "PlannedPartition":
-        return PlannedPartition(self.label, self.start, self.end, self.ranges, self.rows,
-                                self.unchanged, dict(whole))
+        return replace(self, sample_of=dict(whole))
 
     def reads_whole(self, bucket: int) -> bool:
         """Whether this partition reads every row of ``bucket`` (so may hold it in the inventory)."""
@@ -169,6 +180,10 @@ class Difference:
     # content as counted now becomes what the inventory compares the next run with.
     adopt: list[BucketCount] = field(default_factory=list)
     edited: list[int] = field(default_factory=list)  # held buckets whose keys stayed, content not
+    held_planned: set[int] = field(default_factory=set)  # planned buckets the target holds
+    # Held buckets whose rows, keys or content differ now (deleted ones included), whole:
+    # where a turn-by-turn comparison looks for edited and deleted turns (changes.py).
+    changed: set[int] = field(default_factory=set)
 
     @property
     def unchanged_rows(self) -> int:
@@ -205,12 +220,15 @@ def difference(counted: Iterable[BucketCount], held: Mapping[int, HeldBucket], *
                       or (end is not None and bucket_end(b) > end)):
             diff.partial.add(b)
             diff.planned.append(count)
+            if b in held:
+                diff.held_planned.add(b)
             continue
         mine = held.get(b)
         history = timed and lookback_before is not None and bucket_end(b) <= lookback_before
         same_keys = mine is not None and (mine.rows, mine.fingerprint) == (count.rows, count.fingerprint)
         # A bucket held before content fingerprints is compared by its keys alone.
-        same = same_keys and (mine is None or mine.content is None or mine.content == count.content)
+        same = same_keys and (mine is None or mine.content is None or count.content is None
+                              or mine.content == count.content)
         if mine is None:
             if history and not _inside(b, covered):
                 diff.outside.append(b)
@@ -229,8 +247,10 @@ def difference(counted: Iterable[BucketCount], held: Mapping[int, HeldBucket], *
             else:
                 diff.conflicts.append(mine)
             continue
+        diff.held_planned.add(b)
         if not same:
             diff.changed_rows += count.rows
+            diff.changed.add(b)
             if same_keys:
                 diff.edited.append(b)
             if mine.rows > count.rows:
@@ -246,6 +266,7 @@ def difference(counted: Iterable[BucketCount], held: Mapping[int, HeldBucket], *
         inside = ((start is None or bucket_start(b) >= start) and (end is None or bucket_end(b) <= end))
         if inside:
             diff.deletions.append(Deletion(b, mine.rows, 0, mine.holder))
+            diff.changed.add(b)
     diff.deletions.sort(key=lambda d: d.bucket)
     return diff
 
@@ -341,7 +362,8 @@ def lay_out(diff: Difference, grid: Grid, *, start: datetime | None, end: dateti
         attributed += held
         window = window_between(piece.lo, piece.hi, grid.tz)
         partition = PlannedPartition(window.label, window.start, window.end,
-                                     _ranges(piece, skip, mine), sum(c.rows for c in mine), held)
+                                     _ranges(piece, skip, mine), sum(c.rows for c in mine), held,
+                                     reads_held=any(c.bucket in diff.held_planned for c in mine))
         partitions.append(partition)
         planned_by_key[partition.key] = mine
     untimed = [c for c in diff.planned if c.bucket == UNTIMED]

@@ -54,8 +54,13 @@ class Reconciliation:
 
 
 def reconcile(conn: Any, config: BackfillConfig, inventory: Inventory, record: RunRecord,
-              finished: Iterable[PlannedPartition]) -> Reconciliation:
-    """Recount the buckets the ``finished`` partitions planned, compare, let go what differs."""
+              finished: Iterable[PlannedPartition], unheld: Iterable[int] = ()) -> Reconciliation:
+    """Recount the buckets the ``finished`` partitions planned, compare, let go what differs.
+
+    ``unheld``: buckets the partitions read but did not hold on purpose (source changes
+    reported, not applied: the next run reads them again), not checked here.
+    """
+    unheld = set(unheld)
     result = Reconciliation()
     finished = list(finished)
     if record.holding is None or not finished:
@@ -64,7 +69,7 @@ def reconcile(conn: Any, config: BackfillConfig, inventory: Inventory, record: R
     planned: dict[int, tuple[BucketCount, PlannedPartition]] = {}
     for partition in finished:
         for count in planned_by_key.get(partition.key, []):
-            if partition.reads_whole(count.bucket):
+            if partition.reads_whole(count.bucket) and count.bucket not in unheld:
                 planned[count.bucket] = (count, partition)
     if not planned:
         return result

@@ -48,6 +48,10 @@ class BatchOutcome:
     # Of each document this answer accepted: its ingestion_id, to check extraction later.
     # (A document recovered from an earlier send has none: that send's answer was lost.)
     ingestion_ids: list[str] = field(default_factory=list)
+    # Each document this run stored, with its ingestion id (None: recovered, no id of its own),
+    # and each duplicate of earlier work: what the target holds, for the ledger (held_turns.py).
+    accepted: list[tuple[str, str | None]] = field(default_factory=list)
+    duplicate_ids: list[str] = field(default_factory=list)
 
     @property
     def rejected_total(self) -> int:
@@ -82,8 +86,10 @@ def classify_batch(document_ids: Iterable[str], results: Iterable[Any],
             reason = MISSING_RESULT
         elif status in ACCEPTED_STATUSES:
             outcome.ingested += 1
-            if getattr(result, "ingestion_id", None):
-                outcome.ingestion_ids.append(str(result.ingestion_id))
+            ingestion_id = getattr(result, "ingestion_id", None)
+            if ingestion_id:
+                outcome.ingestion_ids.append(str(ingestion_id))
+            outcome.accepted.append((doc_id, str(ingestion_id) if ingestion_id else None))
         elif duplicate.search(result.error_message or ""):
             if copy_in_batch:  # this request itself carried it twice
                 reason = DUPLICATED_IN_SOURCE
@@ -91,8 +97,10 @@ def classify_batch(document_ids: Iterable[str], results: Iterable[Any],
                 outcome.ingested += 1
                 outcome.recovered += 1
                 outcome.recovered_ids.append(doc_id)
+                outcome.accepted.append((doc_id, None))
             else:
                 outcome.duplicates += 1
+                outcome.duplicate_ids.append(doc_id)
         else:
             reason = server_reason(result.error_message, texts.get(doc_id, ""))
         if reason:

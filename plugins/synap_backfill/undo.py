@@ -280,9 +280,12 @@ async def undo_partition(documents: list[Document], without_id: list[str], clien
         if status is not None:
             conversation_ids.add(_conversation_of(str(status.document_id)))
         report.memories += len(memory_ids)
-        if not dry_run and memory_ids and ledger is not None:
+        # A document whose extraction made no memory (it failed) is undone too: nothing of it
+        # is left to delete, and its next send must not be refused as its duplicate.
+        if not dry_run and status is not None and ledger is not None:
             touched_before = doc.ordinal <= progress.sent_through
-            await asyncio.to_thread(ledger.mark, doc.ordinal)
+            if memory_ids:
+                await asyncio.to_thread(ledger.mark, doc.ordinal)
             failed_here = False
             for memory_id in memory_ids:
                 if touched_before and not await client.exists(memory_id):

@@ -171,6 +171,11 @@ class PartitionUndoLedger:
                                 " reason) VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
                                 [(self.target, self.key, doc, reason) for doc, reason in unreached])
             if undone and self.holding is not None:
+                # The target no longer holds these documents: the turn is sent anew, as new.
+                cur.execute(f"DELETE FROM {self.s}.held_turns h USING unnest(%s::text[]) AS d(id)"
+                            " WHERE h.holding = %s AND h.document_id = d.id",
+                            ([doc if gen == 1 else f"{doc}:u{gen - 1}" for doc, gen in undone],
+                             self.holding))
                 cur.executemany(f"INSERT INTO {self.s}.undone (holding, document_id, generation,"
                                 " target) VALUES (%s, %s, %s, %s) ON CONFLICT (holding, document_id)"
                                 " DO UPDATE SET generation = greatest(undone.generation,"

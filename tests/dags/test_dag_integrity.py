@@ -45,21 +45,26 @@ def test_the_dags_parse_without_errors_network_database_or_heavy_imports(scratch
     assert report["heavy_imports"] == []
 
 
-def test_the_backfill_dag_is_wired_plan_then_mapped_partitions_then_summary_then_verify():
+def test_the_backfill_dag_is_wired_plan_then_source_changes_then_mapped_partitions_then_summary_then_verify():
     dag = load_dag("synap_backfill")
     assert type(dag.timetable).__name__ == "NullTimetable"  # schedule=None: manual only
     assert set(dag.task_dict) == {"resolve_config", "plan_partitions", "backfill_partition", "summarize",
-                                  "approve_plan", "verify_extraction", "announce_complete"}
+                                  "approve_plan", "apply_source_changes", "verify_extraction",
+                                  "announce_complete"}
     partition = dag.task_dict["backfill_partition"]
     # The window from the mapped argument before the task runs; its counts once it ends.
     assert partition.map_index_template == "{{ window_label | default(task.op_kwargs.window.label) }}"
-    assert partition.upstream_task_ids == {"resolve_config", "plan_partitions", "approve_plan"}
+    assert partition.upstream_task_ids == {"resolve_config", "plan_partitions", "apply_source_changes"}
+    # Edits and deletions are applied (or counted) after the approval, before anything is sent.
+    assert dag.task_dict["apply_source_changes"].upstream_task_ids == {
+        "resolve_config", "plan_partitions", "approve_plan"}
     # Its execution_timeout is set as it starts, from its planned rows (time_limit.py).
     assert partition.partial_kwargs["pre_execute"].__name__ == "_set_partition_time_limit"
     assert type(dag.task_dict["approve_plan"]).__name__ == "PlanApprovalOperator"
     summary = dag.task_dict["summarize"]
     assert summary.trigger_rule == "all_done"
-    assert summary.upstream_task_ids == {"resolve_config", "plan_partitions", "backfill_partition"}
+    assert summary.upstream_task_ids == {"resolve_config", "plan_partitions", "backfill_partition",
+                                         "apply_source_changes"}
     verify = dag.task_dict["verify_extraction"]
     assert verify.upstream_task_ids == {"resolve_config", "summarize"}
     assert type(verify).__name__ == "VerifyExtractionOperator" and verify.trigger_rule == "all_success"

@@ -48,7 +48,8 @@ def build_backfill_dag(dag_id: str, *, doc_md: str | None = None, schedule: Any 
                        params: dict[str, Any] | None = None, pool: str = DEFAULT_POOL,
                        outlets: Iterable[Asset] = (), tags: Iterable[str] = (),
                        parity_with: str | None = None) -> Any:
-    """The backfill DAG: resolve_config → plan_partitions → backfill_partition[n] → summarize.
+    """The backfill DAG: resolve_config → plan_partitions → approve_plan → apply_source_changes →
+    backfill_partition[n] → summarize → verify_extraction.
 
     With ``outlets``, an ``announce_complete`` task after the summary emits them
     when the whole table went to Synap (not after a dry run or a sample).
@@ -110,8 +111,18 @@ def build_backfill_dag(dag_id: str, *, doc_md: str | None = None, schedule: Any 
             context["window_label"] = counts_label(report)
             return report
 
+        # Before any partition sends: the memories of held turns the source edited or deleted
+        # are deleted (apply_source_changes: apply), or only counted (report).
+        @task(pool=pool, retries=2, retry_delay=timedelta(seconds=20), multiple_outputs=False)
+        def apply_source_changes(config: dict, windows: list[dict]) -> dict:
+            from synap_backfill.airflow.source_changes import apply_source_changes as apply
+
+            run = get_current_context()["dag_run"]
+            return apply(config, windows, dag_id=run.dag_id, run_id=run.run_id)
+
         @task(trigger_rule="all_done", multiple_outputs=False)
-        def summarize(config: dict | None, windows: list[dict] | None, reports: list[dict] | None) -> dict:
+        def summarize(config: dict | None, windows: list[dict] | None, reports: list[dict] | None,
+                      changes: dict | None) -> dict:
             from synap_backfill.airflow.tasks import summarize_run
 
             context = get_current_context()
@@ -119,14 +130,15 @@ def build_backfill_dag(dag_id: str, *, doc_md: str | None = None, schedule: Any 
                                              key="failure") if windows is None else None
             run = context["dag_run"]
             return summarize_run(windows, reports, config, run.run_id, before, dag_id=run.dag_id,
-                                 parity_with=parity_with, ti=context["ti"])
+                                 parity_with=parity_with, ti=context["ti"], changes=changes)
 
         config = resolve_config()
         windows = plan_partitions(config)
         approve = PlanApprovalOperator(task_id="approve_plan", config=config, plan=windows)
+        changes = apply_source_changes(config, windows)
         reports = backfill_partition.partial(config=config).expand(window=windows)
-        approve >> reports
-        summary = summarize(config, windows, reports)
+        approve >> changes >> reports
+        summary = summarize(config, windows, reports, changes)
         # Retries: a trigger that fails on a transient error (the triggerer lost its
         # connection, Synap was briefly unreachable) waits again from the start.
         verify = VerifyExtractionOperator(task_id="verify_extraction", config=config, retries=2,

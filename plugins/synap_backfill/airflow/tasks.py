@@ -11,14 +11,18 @@ import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, closing
+from dataclasses import replace
 from datetime import datetime
-from typing import Any, Iterable, Iterator, Mapping, NoReturn, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, NoReturn, Sequence
 
 from ..accounting import PartitionReport, summarize
 from ..buckets import UNTIMED, bucket_label
+from ..changes import SourceChanges, find_changes, pending_buckets, save_changes
+from ..changes import describe as describe_changes
 from ..config import BackfillConfig, ParamError, config_from_params
 from ..credits import credits_for
 from ..documents import B2B_ISOLATION, B2C_ISOLATION
+from ..held_turns import held_turn_count
 from ..inventory import Inventory
 from ..ledger import Ledger, save_copies
 from ..undo_ledger import any_undone
@@ -185,6 +189,16 @@ def _plan(config: BackfillConfig, dag_id: str, run_id: str) -> list[dict[str, An
         plan = lay_out(diff, grid, start=start, end=config.end,
                        max_rows=config.max_rows_per_partition, min_rows=config.min_rows_per_partition,
                        max_partitions=cap)
+        # Turn by turn inside the changed buckets; not where the texts could not be read.
+        readable = all(c.content is not None for c in counted)
+        changes = (find_changes(conn, ledger_conn, config, holding, diff.changed - {UNTIMED})
+                   if holding is not None and diff.changed and readable else SourceChanges())
+        _check_changes(config, changes, lambda: held_turn_count(ledger_conn, config.ledger_schema,
+                                                                holding))
+        if changes.changes:
+            plan.partitions = [replace(p, edited=changes.count_in("edited", p.start, p.end),
+                                       deleted=changes.count_in("deleted", p.start, p.end))
+                               if p.timed else p for p in plan.partitions]
         timed = [p for p in plan.partitions if p.timed]
         copies = []
         if timed and unique:
@@ -209,14 +223,19 @@ def _plan(config: BackfillConfig, dag_id: str, run_id: str) -> list[dict[str, An
                   "unchanged_outside": plan.unchanged_outside, "new": diff.new_rows,
                   "changed": diff.changed_rows, "partitions": len(plan.partitions),
                   "deleted_rows": diff.deleted_rows,
+                  "source_changes": {**describe_changes(changes), "by_bucket": changes.by_bucket(),
+                                     "apply": config.apply_source_changes},
                   "deletions": [[d.bucket, d.held, d.now, d.holder.run_id]
                                 for d in diff.deletions[:DELETIONS_KEPT]],
                   "credits_estimate": credits.estimate if credits else None,
                   "credits_metric": credits.metric if credits else None})
         inventory.save_plan(run, plan.buckets)
+        save_changes(ledger_conn, config.ledger_schema, run, changes)
         if holding is not None and diff.adopt and not config.dry_run:
             inventory.adopt_content(holding, diff.adopt)
-        gone = [d.bucket for d in diff.deletions if d.now == 0]
+        # A bucket the source emptied stays held while the target still holds turns of it:
+        # until they are applied (apply_changes.py lets it go then), every run reports them.
+        gone = [d.bucket for d in diff.deletions if d.now == 0 and d.bucket not in changes.buckets]
         if holding is not None and gone and not config.dry_run:
             inventory.release(holding, gone)  # nothing left there to hold
     if copies:
@@ -251,6 +270,40 @@ def _plan(config: BackfillConfig, dag_id: str, run_id: str) -> list[dict[str, An
 
 
 DELETIONS_KEPT = 100  # buckets with deleted rows, kept with the run for its summary
+
+
+def _check_changes(config: BackfillConfig, changes: SourceChanges,
+                   held_turns: Callable[[], int]) -> None:
+    """Say what the source changed in what the target holds; refuse, before anything is deleted,
+    to apply deletions of more than ``max_source_deletion_share`` of what it holds."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    if not changes.changes and not changes.unknown:
+        return
+    edited, deleted = len(changes.edited), len(changes.deleted)
+    applying = config.apply_source_changes == "apply"
+    log.info("source changes in what instance %s holds of %s: %d edited and %d deleted turns"
+             " (of %d held turns compared in the buckets that changed%s)%s%s", config.target,
+             config.source, edited, deleted, changes.compared,
+             f"; {changes.unknown} held by runs from before turns' content was kept: edits to"
+             " them cannot be told" if changes.unknown else "",
+             f"; by bucket: {changes.by_bucket()}" if changes.changes else "",
+             "; apply_source_changes is apply: their memories are deleted, and edited turns sent"
+             " again" if applying else "; apply_source_changes is report: Synap is left as it is")
+    if not (applying and deleted):
+        return
+    held_rows = held_turns()
+    share = deleted / held_rows if held_rows else 1.0
+    if share > config.max_source_deletion_share:
+        message = (f"{deleted:,} of the {held_rows:,} turns Synap instance {config.target} holds of"
+                   f" {config.source} are gone from the source ({share:.1%}), more than"
+                   f" max_source_deletion_share {config.max_source_deletion_share:.1%}: nothing was"
+                   " deleted or sent. If the table was emptied by mistake, restore it; if the"
+                   " deletions are real, raise max_source_deletion_share for this run")
+        if config.dry_run:
+            log.warning("a real run would stop here: %s", message)
+        else:
+            raise AirflowFailException(message)
 
 
 def _check_unusable(config: BackfillConfig, plan: Any) -> None:
@@ -316,7 +369,8 @@ def run_partition(config_dict: Mapping[str, Any], window_dict: Mapping[str, Any]
     config = BackfillConfig.from_dict(config_dict)
     partition = PlannedPartition.from_dict(window_dict)
     report = PartitionReport(partition.label, window_dict.get("start"), window_dict.get("end"),
-                             unchanged=partition.unchanged, rows_planned=partition.rows)
+                             unchanged=partition.unchanged, rows_planned=partition.rows,
+                             edited=partition.edited, deleted=partition.deleted)
     source = PostgresHook(postgres_conn_id=config.postgres_conn_id)
     target = synap or SynapTarget.connect(config.synap_conn_id)
     ranges = partition.ranges if partition.timed else None
@@ -352,6 +406,14 @@ def run_partition(config_dict: Mapping[str, Any], window_dict: Mapping[str, Any]
             settings.holds = partition.reads_whole
             if any_undone(ledger.conn, config.ledger_schema, record.holding):
                 settings.regenerate = ledger.generations
+            if partition.reads_held and not config.resend_unchanged:
+                settings.held = ledger.held_turns
+            if partition.reads_held and config.apply_source_changes == "report":
+                # A bucket with changes reported, not applied, is not held as read: the next
+                # run finds them again (and applies them, when asked to).
+                pending = pending_buckets(ledger.conn, config.ledger_schema, record.id)
+                if pending:
+                    settings.holds = lambda b: partition.reads_whole(b) and b not in pending
 
     async def run(ledger: Ledger, pacing_conn: Any) -> None:
         if config.dry_run:
@@ -457,7 +519,7 @@ def summarize_run(windows: Iterable[Mapping[str, Any]] | None,
                   config_dict: Mapping[str, Any] | None = None, run_id: str | None = None,
                   before_planning: Sequence[str | None] | None = None, *,
                   dag_id: str = "synap_backfill", parity_with: str | None = None,
-                  ti: Any = None) -> dict[str, Any]:
+                  ti: Any = None, changes: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Add up every partition, check the reads against the source, print the table, and fail
     when anything is unaccounted for.
 
@@ -465,6 +527,7 @@ def summarize_run(windows: Iterable[Mapping[str, Any]] | None,
     plan_partitions, to say in one line why a run stopped before any partition.
     ``parity_with``: the primary backfill's DAG id, for a region replay: how much of what
     the primary's instance holds this region's instance holds too.
+    ``changes``: what ``apply_source_changes`` did (None: it did not run, or failed).
     """
     from airflow.sdk.exceptions import AirflowFailException
 
@@ -497,6 +560,8 @@ def summarize_run(windows: Iterable[Mapping[str, Any]] | None,
     # Where the rejected rows are, in the run's XCom: readable in the UI without a log.
     result: dict[str, Any] = {**summary.to_xcom(), "rejects_at": rejects_at, "notes": summary.notes}
     result.update({k: facts[k] for k in ("deleted_rows", "changed_during_run", "parity") if k in facts})
+    if "source_changes" in facts:
+        result["source_changes"] = {**facts["source_changes"], **(changes or {})}
     if config is not None and facts.get("record") is not None:
         from airflow.providers.postgres.hooks.postgres import PostgresHook
 
@@ -527,6 +592,10 @@ def _check_against_source(config: BackfillConfig, dag_id: str, run_id: str,
         if record is None:
             return facts
         facts.update(record=record, unchanged_outside=int(record.plan.get("unchanged_outside") or 0))
+        found = record.plan.get("source_changes") or {}
+        if found.get("edited") or found.get("deleted") or found.get("unknown"):
+            facts["source_changes"] = {k: found.get(k, 0) for k in ("edited", "deleted", "unknown")}
+            facts["notes"].append(_changes_note(found, config))
         deleted = int(record.plan.get("deleted_rows") or 0)
         if deleted:
             shown = record.plan.get("deletions") or []
@@ -541,7 +610,9 @@ def _check_against_source(config: BackfillConfig, dag_id: str, run_id: str,
         if not config.dry_run and record.holding is not None:
             try:
                 with closing(PostgresHook(postgres_conn_id=config.postgres_conn_id).get_conn()) as conn:
-                    checked = reconcile(conn, config, inventory, record, finished)
+                    unheld = (pending_buckets(ledger_conn, config.ledger_schema, record.id)
+                              if config.apply_source_changes == "report" else set())
+                    checked = reconcile(conn, config, inventory, record, finished, unheld)
             except Exception as exc:  # the summary must still be given
                 facts["problems"].append(f"the reads could not be checked against the source:"
                                          f" {describe_error(exc)}")
@@ -565,6 +636,23 @@ def _check_against_source(config: BackfillConfig, dag_id: str, run_id: str,
                     f"parity with the primary: the primary's instance {primary.target} holds"
                     f" nothing of {config.source} yet")
     return facts
+
+
+def _changes_note(found: Mapping[str, Any], config: BackfillConfig) -> str:
+    """One line: what the source changed in what the target holds, and what became of it."""
+    edited, deleted, unknown = (int(found.get(k) or 0) for k in ("edited", "deleted", "unknown"))
+    line = (f"source changes: {edited} edited and {deleted} deleted turns that instance"
+            f" {config.target} holds" + (f" ({found['by_bucket']})" if found.get("by_bucket") else ""))
+    if config.apply_source_changes == "apply" and not config.dry_run:
+        line += ("; applied: the memories of their held documents were deleted, and the edited"
+                 " turns sent again with their current text")
+    else:
+        line += ("; reported only: Synap still holds them as they were sent (apply_source_changes"
+                 " apply follows them)")
+    if unknown:
+        line += (f"; {unknown} held turns were sent before the ledger kept each turn's content:"
+                 " their edits cannot be told")
+    return line
 
 
 class DatabaseError(RuntimeError):
