@@ -48,6 +48,8 @@ class PartitionReport:
     # since (``changes.py``); whether they were applied is the run's ``source_changes``.
     edited: int = 0
     deleted: int = 0
+    # Read and not sent: the turn's person was erased (synap_erase); counted, never lost.
+    suppressed: int = 0
 
     @property
     def key(self) -> str:
@@ -59,7 +61,7 @@ class PartitionReport:
 
     @property
     def accounted(self) -> int:
-        return self.ingested + self.duplicates + self.rejected_total + self.not_sent
+        return self.ingested + self.duplicates + self.rejected_total + self.not_sent + self.suppressed
 
     @property
     def balanced(self) -> bool:
@@ -86,6 +88,7 @@ class PartitionReport:
             "unchanged": self.unchanged, "rows_planned": self.rows_planned,
             "rate_limited": self.rate_limited, "paced_seconds": round(self.paced_seconds, 1),
             "known_held": self.known_held, "edited": self.edited, "deleted": self.deleted,
+            "suppressed": self.suppressed,
         }
 
     @classmethod
@@ -103,7 +106,7 @@ class PartitionReport:
                      rate_limited=raw.get("rate_limited", 0),
                      paced_seconds=raw.get("paced_seconds", 0.0),
                      known_held=raw.get("known_held", 0), edited=raw.get("edited", 0),
-                     deleted=raw.get("deleted", 0))
+                     deleted=raw.get("deleted", 0), suppressed=raw.get("suppressed", 0))
         if report.rejected_total != raw.get("rejected", report.rejected_total):
             # Trust the total over the breakdown if they ever disagree.
             report.rejected["unexplained"] += raw["rejected"] - report.rejected_total
@@ -159,6 +162,7 @@ class RunSummary:
             total.known_held += p.known_held
             total.edited += p.edited
             total.deleted += p.deleted
+            total.suppressed += p.suppressed
         total.unchanged += self.unchanged_outside
         return total
 
@@ -181,7 +185,7 @@ class RunSummary:
         total = self.total.to_xcom()
         return {**{k: total[k] for k in ("rows_read", "ingested", "duplicates", "rejected",
                                           "rejected_by_reason", "not_sent", "ingested_on_resend",
-                                          "batches", "unchanged", "known_held")},
+                                          "batches", "unchanged", "known_held", "suppressed")},
                 "rows_planned": self.rows_planned,
                 "partitions": len(self.partitions) + len(self.missing),
                 "partitions_failed": len(self.missing), "problems": self.problems,
@@ -232,6 +236,9 @@ class RunSummary:
             out += [f"  {n:>8}  {reason}" for reason, n in self.total.rejected.most_common()]
             if rejects_at:
                 out.append(f"each one is recorded (row key, reason; no text): {rejects_at}")
+        if self.total.suppressed:
+            out.append(f"{self.total.suppressed} rows were held back: their person was erased"
+                       " (synap_erase); they stay in the source and are never sent")
         if self.total.ingested_on_resend:
             out.append(f"{self.total.ingested_on_resend} of the ingested documents were already"
                        " stored when sent again after a lost answer or a stopped attempt: counted"
@@ -259,7 +266,8 @@ class RunSummary:
         elif not self.partitions:
             out.append("nothing to send: the target holds every row of the range unchanged")
         else:
-            out.append("every row accounted for: read = ingested + duplicates + rejected")
+            out.append("every row accounted for: read = ingested + duplicates + rejected"
+                       + (" + suppressed" if self.total.suppressed else ""))
         return "\n".join(out)
 
 
@@ -282,6 +290,8 @@ def counts_label(report: Mapping[str, Any]) -> str:
     """A finished partition's label with its counts: ``2024-03-01 → 2024-03-02 · 812 ingested, ...``."""
     counts = (f"{report['ingested']} ingested, {report['duplicates']} duplicates,"
               f" {report['rejected']} rejected")
+    if report.get("suppressed"):
+        counts += f", {report['suppressed']} suppressed (erased)"
     if report.get("not_sent"):
         counts = f"{report['not_sent']} not sent (dry run), {report['rejected']} rejected"
     if report.get("unchanged"):

@@ -27,6 +27,7 @@ MAX_BATCH_SIZE = 100  # what batch_create accepts per call
 # partition and for an operator who lowers max_map_length a little.
 MAX_PARTITIONS = 1000
 DOCUMENT_ID_FORMAT = "backfill:{conversation_id}:{message_index}"
+DEFAULT_KEY_CONN_ID = "synap_person_key"  # the person key's connection (persons.py)
 
 # The form's patterns: the API server refuses a run whose conf breaks one (HTTP 400).
 # ISO-8601 date-time: date, optional time (with optional fraction) and offset.
@@ -181,6 +182,13 @@ class BackfillConfig(ParamsModel):
         pattern=CONN_ID,
         description="Postgres for checkpoints, sent marks, source copies, rejected rows, "
                     "ingestion ids and the inventory; empty: the source connection.")
+    person_key_conn_id: str = param(
+        DEFAULT_KEY_CONN_ID, title="Person key connection", section="Connections",
+        check="non_empty", pattern=CONN_ID,
+        description="Airflow connection whose password is the secret key that names a person in "
+                    "the ledger by a keyed hash, never their id: what synap_erase finds a person's "
+                    "documents by, and what holds an erased person's turns back. Without it no "
+                    "person is recorded; once anyone was erased, backfills need it.")
     ledger_schema: str = param(
         "synap_backfill", title="Ledger schema", section="Connections", check="identifier",
         pattern=IDENTIFIER, description="Schema of the checkpoints, rejected_rows and pacing "

@@ -110,6 +110,9 @@ class Inventory:
             " ON CONFLICT (target, source) DO NOTHING RETURNING id)"
             f" SELECT id FROM made UNION ALL SELECT id FROM {self.s}.holdings"
             " WHERE target = %s AND source = %s", (target, source, target, source))
+        # Its fence (persons.py): what a batch's write-ahead mark and an erasure both lock.
+        self._all(f"INSERT INTO {self.s}.fences (holding) VALUES (%s) ON CONFLICT DO NOTHING",
+                  (int(rows[0][0]),))
         return int(rows[0][0])
 
     def held(self, holding: int) -> dict[int, HeldBucket]:

@@ -27,6 +27,8 @@ if missing:
   a bucket holds it in the inventory in the same transaction.
 * ``source_changes``: per run, the held turns its plan found edited or deleted
   in the source (``changes.py``).
+* ``suppressions``, ``fences``, ``erasures``: persons erased (by a keyed hash,
+  never their id), each target's fence, each erasure run (``persons.py``).
 * ``held_turns``: the same, turn by turn: which document, which content, which
   ingestion id (``held_turns.py``), written with the checkpoint that accounts
   for the turn.
@@ -57,6 +59,8 @@ from typing import Any, Callable, Iterable, TypeVar
 from .db_errors import LOCK_NOT_AVAILABLE, is_database_error, sql_error, sqlstate
 from .held_turns import HeldTurn, TurnWrite, held_turns, write_turns
 from .changes import create_tables as create_change_tables
+from .persons import create_tables as create_person_tables
+from .persons import suppressed_in
 from .held_turns import create_tables as create_held_turn_tables
 from .inventory import create_tables as create_inventory_tables
 from .inventory import write_held
@@ -197,6 +201,7 @@ def _create_tables(cur: Any, schema: str, s: str) -> None:
     _add_column(cur, schema, "plan_buckets", "contents", "bigint[]")
     create_held_turn_tables(cur, s)
     create_change_tables(cur, s)
+    create_person_tables(cur, s)
     create_undo_tables(cur, s)
     cur.execute(f"CREATE TABLE IF NOT EXISTS {s}.ledger_version (version integer PRIMARY KEY,"
                 " applied_at timestamptz NOT NULL DEFAULT now())")
@@ -403,14 +408,20 @@ class Ledger:
             return held_turns(self.conn, self.schema, self.holding, turns)
 
     @_ledger_call
-    def mark_sent(self, rows_through: int) -> None:
-        """Before a batch goes on the wire: this run has sent the window's rows up to that one."""
+    def mark_sent(self, rows_through: int, persons: Iterable[str | None] = ()) -> set[str]:
+        """Before a batch goes on the wire: this run has sent the window's rows up to that one.
+
+        In the same transaction, under the target's fence (``persons.py``): which of the
+        batch's ``persons`` are suppressed (erased): their turns must not go.
+        """
         with self._io, self.conn.cursor() as cur:
             self._check_fence(cur)
+            suppressed = suppressed_in(cur, self.schema, self.holding, persons)
             cur.execute(f"UPDATE {self.schema}.checkpoints SET sent_through = greatest(sent_through, %s)"
                         " WHERE dag_id = %s AND run_id = %s AND window_key = %s",
                         (rows_through, *self.key))
             self.conn.commit()
+        return suppressed
 
     @_ledger_call
     def reset(self, release: Iterable[int] = ()) -> None:

@@ -239,7 +239,7 @@ class _State:
         restored = PartitionReport.from_xcom(counts)
         for name in ("rows_read", "ingested", "duplicates", "rejected", "not_sent",
                      "ingested_on_resend", "batches", "finished_at", "rate_limited", "paced_seconds",
-                     "known_held"):
+                     "known_held", "suppressed"):
             setattr(self.report, name, getattr(restored, name))
         self.report.started_at = restored.started_at or self.report.started_at
         self.base_seconds = restored.seconds
@@ -266,6 +266,7 @@ class _Cut:
     finished: bool = False
     sending: asyncio.Task[Delivery] | None = None
     known_held: int = 0  # documents not sent: the target holds their turn as a version of it
+    suppressed: int = 0  # documents not sent: their person was erased (persons.py)
 
 
 class _Pipeline:
@@ -384,7 +385,16 @@ class _Pipeline:
     async def _deliver(self, cut: _Cut) -> Delivery:
         assert self.submit is not None
         if self.ledger is not None:  # write-ahead: recorded as sent before it can land
-            await asyncio.to_thread(self.ledger.mark_sent, cut.rows_through)
+            person = self.settings.person
+            persons = {row.key: person(row.user_id) for _, row, _ in cut.documents} if person else {}
+            erased = await asyncio.to_thread(self.ledger.mark_sent, cut.rows_through,
+                                             persons.values())
+            if erased:  # an erased person's turns are held back, never sent (persons.py)
+                keep = [(d, row, n) for d, row, n in cut.documents if persons[row.key] not in erased]
+                cut.suppressed = len(cut.documents) - len(keep)
+                cut.documents = keep
+                if not keep:
+                    return Delivery()
         return await deliver([d for d, _, _ in cut.documents], self.submit, self.settings.retry,
                              label=self.state.report.label)
 
@@ -412,6 +422,7 @@ class _Pipeline:
         report.rows_read += cut.rows_read
         report.duplicates += cut.known_held
         report.known_held += cut.known_held
+        report.suppressed += cut.suppressed
         for _, _, reason in cut.rejects:
             report.reject(reason)
         if cut.documents and delivery is None:
@@ -419,7 +430,7 @@ class _Pipeline:
         elif delivery is not None:
             counted, ingestion_ids, recovered, turns = self._count(cut, delivery)
             rejects += counted
-            report.batches += 1
+            report.batches += 1 if delivery.sent or delivery.refused else 0
             report.rate_limited += delivery.rate_limited
         report.seconds = state.elapsed()
         report.paced_seconds = state.base_paced + self.settings.pacer.waited

@@ -170,6 +170,12 @@ class UndoClient:
 
         await self._call(lambda: self.sdk.memories.delete(UUID(memory_id)))
 
+    async def delete_user(self, user_id: str, customer_id: str | None, *, dry_run: bool) -> Any:
+        """Everything the instance holds about one user (``data.delete``, scope user)."""
+        return await self._call(lambda: self.sdk.data.delete(
+            scope="user", user_id=user_id, customer_id=customer_id, dry_run=dry_run,
+            confirm=None if dry_run else user_id))
+
     async def delete_conversation(self, conversation_id: str, user_id: str | None,
                                   customer_id: str | None, *, dry_run: bool) -> int:
         """Turns of one conversation deleted (or counted, ``dry_run``)."""

@@ -93,7 +93,8 @@ def test_two_regions_in_the_config_give_two_replay_dags_from_the_same_code(tmp_p
 
     bag = DagBag(dag_folder=str(REPO_ROOT / "dags"))
     assert bag.import_errors == {}
-    assert set(bag.dag_ids) == {"synap_backfill", "synap_replay_eu", "synap_replay_apac", "synap_undo"}
+    assert set(bag.dag_ids) == {"synap_backfill", "synap_replay_eu", "synap_replay_apac", "synap_undo",
+                                "synap_erase"}
     primary, eu, apac = (bag.dags[d] for d in ("synap_backfill", "synap_replay_eu", "synap_replay_apac"))
     for replay in (eu, apac):
         # The same tasks; only the primary announces its completion.
@@ -143,3 +144,17 @@ def test_the_undo_dag_surveys_then_asks_then_deletes_in_mapped_partitions_then_s
     assert dag.task_dict["summarize_undo"].trigger_rule == "all_done"
     params = dag.params
     assert params["dry_run"] is True and params["dag_id"] == "synap_backfill"
+
+
+def test_the_erase_dag_suppresses_before_it_deletes_target_by_target_and_sums_up():
+    dag = load_dag("synap_erase")
+    assert type(dag.timetable).__name__ == "NullTimetable"
+    assert set(dag.task_dict) == {"resolve_erase", "plan_erase", "approve_erase", "suppress_person",
+                                  "erase_target", "summarize_erase"}
+    assert dag.task_dict["suppress_person"].upstream_task_ids == {"resolve_erase", "approve_erase"}
+    assert "suppress_person" in dag.task_dict["erase_target"].upstream_task_ids
+    assert dag.task_dict["erase_target"].map_index_template == "{{ erase_label }}"
+    assert dag.task_dict["summarize_erase"].trigger_rule == "all_done"
+    params = dag.params
+    assert params["dry_run"] is True and params["include_live_memories"] is False
+    assert dag.doc_md and "Synap erase" in dag.doc_md

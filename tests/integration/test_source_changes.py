@@ -23,10 +23,8 @@ import pytest
 from include import local_airflow
 from synap_backfill.accounting import counts_label
 from include.demo_data import load_demo_table
-from include.synap_local.faults import Controls
-from include.synap_local.server import extraction_status
-from include.synap_local.store import DocumentStore
 from tests.conftest import read_store
+from tests.integration.synap_memories import live_documents, memories
 
 pytestmark = pytest.mark.integration
 FAST = {"requests_per_minute": 0}  # unpaced: this is about what is deleted, not how fast
@@ -43,22 +41,6 @@ def deletes(synap: Any) -> dict[str, int]:
 
 def received(synap: Any) -> int:
     return synap.get("/_local/stats")["documents"].get(f"{synap.instance_id} received", 0)
-
-
-def memories(doc: dict) -> set[str]:
-    class Stored:  # what extraction_status reads of a stored document
-        ingestion_id, document_id, queued_at = doc["ingestion_id"], doc["document_id"], doc["queued_at"]
-    return set(extraction_status(Stored, Controls())["memory_ids"])
-
-
-def live_documents(synap: Any) -> dict[str, list[dict]]:
-    """Per turn (``conversation:index``), the stored documents that still have a live memory."""
-    deleted = DocumentStore(synap.db_path).deleted_memories()
-    out: dict[str, list[dict]] = {}
-    for doc in read_store(synap.db_path):
-        if memories(doc) - deleted:
-            out.setdefault(":".join(doc["document_id"].split(":")[1:3]), []).append(doc)
-    return out
 
 
 def source_turns(pg: Any, table: str) -> dict[str, str]:

@@ -24,6 +24,7 @@ from ..credits import credits_for
 from ..documents import B2B_ISOLATION, B2C_ISOLATION
 from ..held_turns import held_turn_count
 from ..inventory import Inventory
+from ..persons import PersonKeyMissing, any_suppressions, load_key, require_key
 from ..ledger import Ledger, save_copies
 from ..undo_ledger import any_undone
 from ..partition import PartitionFailed, PartitionSettings, describe_error, run_partition_rows
@@ -76,6 +77,12 @@ def resolve_config(params: Mapping[str, Any], *, conf: Mapping[str, Any] | None 
         ledger = config.ledger_conn_id or config.postgres_conn_id
         with closing(PostgresHook(postgres_conn_id=ledger).get_conn()) as conn:
             check_ledger(conn, config)
+            if any_suppressions(conn, config.ledger_schema) and not config.dry_run:
+                try:
+                    require_key(config.person_key_conn_id)
+                except PersonKeyMissing as exc:  # erased persons could not be told: stop
+                    raise PreflightError(f"{exc}; persons were erased from Synap, and without"
+                                         " the key their turns cannot be held back") from None
         synap = check_synap_settings(config.synap_conn_id)
         if config.dry_run:
             try:
@@ -408,6 +415,9 @@ def run_partition(config_dict: Mapping[str, Any], window_dict: Mapping[str, Any]
                 settings.regenerate = ledger.generations
             if partition.reads_held and not config.resend_unchanged:
                 settings.held = ledger.held_turns
+            key = load_key(config.person_key_conn_id)
+            if key is not None:
+                settings.person = key.of
             if partition.reads_held and config.apply_source_changes == "report":
                 # A bucket with changes reported, not applied, is not held as read: the next
                 # run finds them again (and applies them, when asked to).
