@@ -25,8 +25,14 @@ unchanged 1,000,000-row table into one instance (batch requests, wall time,
 against one sorted full read of the table), the inventory's size per million
 rows, and the planner with its fingerprints at 2,000,000 rows (``--plan``).
 
+With ``--source-changes`` (issue 25): a first run of a 1,000,000-row table, then 1% of
+its turns edited and 1% deleted, and a run with ``apply_source_changes: apply``: batch,
+status and delete requests and wall time of each, and ``--plan`` (the planner with its
+content fingerprints).
+
     python -m include.bench [--profile cloud-like|unthrottled|all] [--turns N] [--large]
-                            [--memory] [--rejected] [--plan] [--inventory] [--workers N]
+                            [--memory] [--rejected] [--plan] [--inventory] [--source-changes]
+                            [--workers N]
 
 Prints tables and writes the same as JSON to .local/bench/results.json.
 Nothing here asserts a time: the machines are shared and noisy.
@@ -101,12 +107,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inventory", action="store_true",
                         help=f"a first run and a re-run of an unchanged {LARGE:,}-row table, the"
                              " inventory's size per million rows, and --plan")
+    parser.add_argument("--source-changes", action="store_true",
+                        help=f"a {LARGE:,}-row table, then 1%% of its turns edited and 1%% deleted,"
+                             " applied: requests and wall time against the first run; and --plan")
     parser.add_argument("--hostile-cell", action="store_true",
                         help=f"peak memory of a {HOSTILE_ROWS:,}-row partition with one"
                              f" {HOSTILE_CELL_MB} MB text cell, against the same without it")
     parser.add_argument("--workers", type=int, default=4, help="partitions at a time (pool slots)")
     args = parser.parse_args(argv)
-    args.plan = args.plan or args.inventory
+    args.plan = args.plan or args.inventory or args.source_changes
     STATE.mkdir(parents=True, exist_ok=True)
     results: list[Result] = []
     memory: list[dict] = []
@@ -133,6 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.inventory:
             _ensure_table(pg, f"bench_{LARGE}", LARGE)
             rerun = _measure_rerun(pg, f"bench_{LARGE}", args.workers)
+        changes: dict = {}
+        if args.source_changes:
+            _ensure_table(pg, f"bench_{LARGE}", LARGE)
+            changes = _measure_changes(pg, f"bench_{LARGE}", args.workers)
         planning: list[dict] = []
         if args.plan:
             planning = _measure_planning(pg, f"bench_plan_{PLAN_ROWS}", PLAN_ROWS)
@@ -155,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         report.append("\n" + render_memory(memory))
     if rerun:
         report.append("\n" + render_rerun(rerun))
+    if changes:
+        report.append("\n" + render_changes(changes))
     if planning:
         report.append("\n" + render_planning(planning))
     if hostile:
@@ -173,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     out = STATE / "results.json"
     out.write_text(json.dumps({"throughput": [asdict(r) for r in results], "memory": memory,
                                "rejected_memory": rejected, "planning": planning,
-                               "hostile_cell": hostile,
+                               "hostile_cell": hostile, "source_changes": changes,
                                "rerun": rerun}, indent=2))
     print(f"\nwritten to {out.relative_to(REPO_ROOT)} and results.txt next to it")
     return 0
@@ -278,6 +293,61 @@ def _measure_rerun(pg: LocalPostgres, table: str, workers: int) -> dict:
             "sorted_read_seconds": round(sorted_read, 2), "inventory_buckets": int(buckets),
             "inventory_bytes": int(size),
             "inventory_bytes_per_million_rows": round(size / int(rows) * 1_000_000)}
+
+
+def _measure_changes(pg: LocalPostgres, base: str, workers: int) -> dict:
+    """A first run of a copy of ``base``; 1% of its turns edited and 1% deleted; the run that
+    applies them, into the same instance."""
+    table = "bench_changes"
+    profile = PROFILES["unthrottled"]
+    with pg.connect(autocommit=True) as conn:
+        conn.execute(f"DROP TABLE IF EXISTS {table}")
+        conn.execute(f"CREATE TABLE {table} AS SELECT * FROM {base}")
+        conn.execute(f"CREATE INDEX ON {table} (created_at)")
+        conn.execute(f"VACUUM ANALYZE {table}")
+
+    def cmd(**params: object) -> list[str]:
+        return ["include.bench.backfill", "run", json.dumps({"source_table": table, **params}),
+                "--workers", str(workers)]
+    print(f"source changes: a first run of {table}...", flush=True)
+    first = _run_child("changes", cmd(), pg, profile)
+    with pg.connect(autocommit=True) as conn:
+        edited = conn.execute(f"UPDATE {table} SET user_text = user_text || ' (corrected)'"
+                              " WHERE id % 100 = 0").rowcount
+        deleted = conn.execute(f"DELETE FROM {table} WHERE id % 100 = 1").rowcount
+    print(f"source changes: {edited} turns edited, {deleted} deleted; applying them...", flush=True)
+    applied = _run_child("changes", cmd(apply_source_changes="apply"), pg, profile, fresh=False)
+
+    with pg.connect() as conn:  # the ledger's per-turn record, with its indexes
+        turns, size = conn.execute("SELECT count(*), pg_total_relation_size('synap_backfill.held_turns')"
+                                   " FROM synap_backfill.held_turns").fetchone()
+
+    def requests(run: _ChildRun, prefix: str) -> int:
+        return sum(v for k, v in run.stats["requests"].items() if k.startswith(prefix))
+    return {"rows": LARGE, "edited": edited, "deleted": deleted,
+            "first_seconds": round(first.seconds, 1),
+            "first_batches": requests(first, "POST /api/v1/memories/batch"),
+            "apply_seconds": round(applied.seconds, 1),
+            "apply_batches": requests(applied, "POST /api/v1/memories/batch"),
+            "apply_status": requests(applied, "GET /api/v1/memories/status"),
+            "apply_deletes": sum(applied.stats["memory_deletes"].values()),
+            "found": applied.done.get("source_changes") or {},
+            "held_turn_bytes": round(int(size) / int(turns)) if turns else None,
+            "ingested": applied.done.get("ingested")}
+
+
+def render_changes(r: dict) -> str:
+    found = r["found"]
+    return "\n".join([
+        f"source changes in a {r['rows']:,}-row table: {r['edited']:,} turns edited, {r['deleted']:,}"
+        " deleted, then apply_source_changes: apply:",
+        f"  first run: {r['first_batches']:>6} batch requests  {r['first_seconds']:7.1f} s",
+        f"  apply run: {r['apply_batches']:>6} batch requests, {r['apply_status']:,} status and"
+        f" {r['apply_deletes']:,} delete requests  {r['apply_seconds']:7.1f} s"
+        f"  (x{r['apply_seconds'] / r['first_seconds']:.2f} of the first run)",
+        f"  found {found.get('edited', 0):,} edited and {found.get('deleted', 0):,} deleted turns;"
+        f" {r['ingested']:,} turns sent again",
+        f"  the ledger's held_turns: {r['held_turn_bytes']} bytes a turn, with its indexes"])
 
 
 def render_rerun(r: dict) -> str:

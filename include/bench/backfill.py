@@ -24,6 +24,7 @@ import resource
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from synap_backfill.airflow.source_changes import apply_source_changes
 from synap_backfill.airflow.tasks import plan_partitions, resolve_config, run_partition
 
 _RUN: dict[str, Any] = {}
@@ -39,12 +40,14 @@ def run(params: dict[str, Any], workers: int) -> dict[str, Any]:
     _RUN.update(config=resolve_config(params), started=started,
                 run_id=f"bench-{started.strftime('%Y%m%dT%H%M%S%f')}")
     windows = plan_partitions(_RUN["config"], dag_id="synap_bench", run_id=_RUN["run_id"])
+    changes = apply_source_changes(_RUN["config"], windows, dag_id="synap_bench",
+                                   run_id=_RUN["run_id"])
     # A fresh process per partition, forked after the imports, like a task runner.
     with multiprocessing.get_context("fork").Pool(workers, maxtasksperchild=1) as pool:
         reports = pool.map(_partition, windows, chunksize=1)
     totals = {key: sum(r[key] for r in reports)
               for key in ("rows_read", "ingested", "duplicates", "rejected", "batches")}
-    return {**totals, "partitions": len(reports),
+    return {**totals, "partitions": len(reports), "source_changes": changes,
             "worker_peak_rss_kb": max((r["peak_rss_kb"] for r in reports), default=0)}
 
 

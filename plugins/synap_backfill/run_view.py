@@ -33,6 +33,7 @@ class PartitionProgress:
     paced_seconds: float = 0.0
     finished: bool = False
     updated_at: float | None = None
+    suppressed: int = 0  # rows held back: their person was erased
 
 
 def partitions(conn: Any, schema: str, dag_id: str, run_id: str) -> dict[str, PartitionProgress]:
@@ -47,7 +48,8 @@ def partitions(conn: Any, schema: str, dag_id: str, run_id: str) -> dict[str, Pa
             key, label, int(r.get("rows_read") or 0), int(r.get("ingested") or 0),
             int(r.get("duplicates") or 0), int(r.get("rejected") or 0), int(r.get("unchanged") or 0),
             r.get("rows_planned"), int(r.get("rate_limited") or 0),
-            float(r.get("paced_seconds") or 0.0), bool(finished), float(updated) if updated else None)
+            float(r.get("paced_seconds") or 0.0), bool(finished), float(updated) if updated else None,
+            int(r.get("suppressed") or 0))
     return out
 
 
@@ -114,6 +116,8 @@ class TargetView:
     target: str
     holdings: list[dict[str, Any]] = field(default_factory=list)
     runs: list[dict[str, Any]] = field(default_factory=list)
+    # Persons erased (their keyed hash and the date, never an id): held back from every target.
+    suppressions: list[dict[str, Any]] = field(default_factory=list)
 
 
 def targets(conn: Any, schema: str, dag_ids: Iterable[str] | None = None,
@@ -150,6 +154,11 @@ def targets(conn: Any, schema: str, dag_ids: Iterable[str] | None = None,
                           "finished_at": float(finished) if finished else None,
                           "ingested": done.get("ingested"), "rows_planned": done.get("rows_planned"),
                           "parity": done.get("parity"), "undo_started": bool(undone)})
+    erased = [{"person": person, "recorded_at": float(at)} for person, at in _all(
+        conn, f"SELECT person, extract(epoch FROM recorded_at) FROM {s}.suppressions"
+              " ORDER BY recorded_at DESC LIMIT 200")]
+    for view in views.values():
+        view.suppressions = erased
     return sorted(views.values(), key=lambda v: v.target)
 
 

@@ -32,7 +32,7 @@ from fastapi.responses import HTMLResponse
 
 PAGES = Path(__file__).resolve().parent / "ui_static"
 RUN_READ = [Depends(requires_access_dag("GET", DagAccessEntity.RUN))]
-TASK_IDS = {"resolve_config": "backfill", "resolve_undo": "undo"}
+TASK_IDS = {"resolve_config": "backfill", "resolve_undo": "undo", "resolve_erase": "erase"}
 
 app = FastAPI(title="Synap operator's view", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -92,7 +92,7 @@ def targets_view(user: GetUserDep) -> dict[str, Any]:
             out.append({"ledger": f"{schema} on {conn_id}", "error": type(exc).__name__})
             continue
         out += [{"ledger": f"{schema} on {conn_id}", "target": t.target, "holdings": t.holdings,
-                 "runs": t.runs} for t in found]
+                 "runs": t.runs, "suppressions": t.suppressions} for t in found]
     return {"targets": out}
 
 
@@ -121,14 +121,37 @@ def _run_view(dag_id: str, run_id: str) -> dict[str, Any]:
                                              xcoms.get(("summarize_undo", -1, "problems")) or [])}
     if kind == "none":
         return view
-    config = xcoms.get(("resolve_config" if kind == "backfill" else "resolve_undo", -1, "return_value"))
+    first = {"backfill": "resolve_config", "undo": "resolve_undo", "erase": "resolve_erase"}[kind]
+    config = xcoms.get((first, -1, "return_value"))
     states = {(t, i): str(getattr(s, "value", s) or "none") for t, i, s, _ in tis}
     labels = {(t, i): label for t, i, _, label in tis}
     if kind == "backfill":
         view.update(_backfill_view(dag_id, run_id, config, xcoms, states, labels))
-    else:
+    elif kind == "undo":
         view.update(_undo_view(config, xcoms, states, labels))
+    else:
+        view.update(_erase_view(config, xcoms, states))
+    view["problems"] = view["problems"] or list(xcoms.get(("summarize_erase", -1, "problems")) or [])
     return view
+
+
+def _erase_view(config: Any, xcoms: dict, states: dict) -> dict[str, Any]:
+    """An erasure: its person's hash (never the id), per target what was found and deleted."""
+    targets = xcoms.get(("plan_erase", -1, "return_value"))
+    if not isinstance(config, dict) or targets is None:
+        return {"partitions": [], "totals": None}
+    rows = []
+    for index, target in enumerate(targets):
+        done = xcoms.get(("erase_target", index, "return_value")) or {}
+        rows.append({"index": index, "label": f"{target['target']} ({target['source']})",
+                     "state": states.get(("erase_target", index), "none"),
+                     "documents": target["documents"], "without_id": target["without_id"],
+                     "memories": done.get("memories"), "deleted": done.get("deleted", 0),
+                     "already_gone": done.get("already_gone", 0),
+                     "failed": sum((done.get("failed") or {}).values()),
+                     "failure": xcoms.get(("erase_target", index, "failure"))})
+    return {"person": config.get("person"), "dry_run": config.get("dry_run"), "partitions": rows,
+            "summary": xcoms.get(("summarize_erase", -1, "return_value"))}
 
 
 def _backfill_view(dag_id: str, run_id: str, config: Any, xcoms: dict, states: dict,
@@ -160,12 +183,15 @@ def _backfill_view(dag_id: str, run_id: str, config: Any, xcoms: dict, states: d
     ingested = sum(r["ingested"] for r in rows)
     estimate = plan.get("credits_estimate")
     planned_rows = int(plan.get("rows") or 0)
+    changes = {**(plan.get("source_changes") or {}),
+               **(xcoms.get(("apply_source_changes", -1, "return_value")) or {})}
     return {
         "target": plan.get("target") or config.get("target"), "source": plan.get("source") or
-        config.get("source"), "partitions": rows,
+        config.get("source"), "partitions": rows, "source_changes": changes or None,
         "totals": {"planned": total, "done": done, "read": read, "unchanged": unchanged,
                    "ingested": ingested, "duplicates": sum(r["duplicates"] for r in rows),
-                   "rejected": sum(r["rejected"] for r in rows), "rows_per_s": rate,
+                   "rejected": sum(r["rejected"] for r in rows),
+                   "suppressed": sum(p.suppressed for p in progress.values()), "rows_per_s": rate,
                    "seconds_left": left,
                    "rate_limited": sum(p.rate_limited for p in progress.values()),
                    "paced_seconds": round(sum(p.paced_seconds for p in progress.values()), 1),

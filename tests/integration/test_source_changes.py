@@ -182,7 +182,9 @@ apply_source_changes(args["config"], args["windows"], dag_id="synap_backfill", r
 
 def test_a_worker_killed_mid_apply_is_retried_without_deleting_a_memory_twice_or_losing_a_turn(
         local_pg, run_backfill, synap, use_connections, airflow_db):
+    from synap_backfill.airflow.approval import describe_plan
     from synap_backfill.airflow.dag_factory import backfill_params
+    from synap_backfill.config import BackfillConfig
     from synap_backfill.airflow.source_changes import apply_source_changes
     from synap_backfill.airflow.tasks import (plan_partitions, resolve_config, run_partition,
                                               summarize_run)
@@ -198,6 +200,9 @@ def test_a_worker_killed_mid_apply_is_retried_without_deleting_a_memory_twice_or
     params = {"source_table": "chg_killed", "verify_sample": 0, "apply_source_changes": "apply"}
     config = resolve_config({**declared, **params}, conf=params, known=declared)
     windows = plan_partitions(config, dag_id="synap_backfill", run_id="apply-killed")
+    body = describe_plan(BackfillConfig.from_dict(config), windows, dag_id="synap_backfill",
+                         run_id="apply-killed")  # what require_approval would ask
+    assert "**120 edited turns replaced**" in body and "**0 deleted turns forgotten**" in body
     worker = subprocess.Popen([sys.executable, "-c", _APPLY,
                                json.dumps({"config": config, "windows": windows})],
                               env=os.environ.copy(), stdout=subprocess.DEVNULL,

@@ -37,7 +37,9 @@ class PlanApprovalOperator(ApprovalOperator):
         if not config.require_approval:
             self.log.info("require_approval is off: the plan goes ahead without asking")
             return None
-        if not any(int(w.get("rows") or 0) for w in self.plan or []):
+        changes = any(int(w.get("edited") or 0) or int(w.get("deleted") or 0) for w in self.plan or [])
+        if not any(int(w.get("rows") or 0) for w in self.plan or []) and not (
+                changes and config.apply_source_changes == "apply"):
             self.log.info("nothing to send (the instance holds every row unchanged): nothing to approve")
             return None
         run = context["dag_run"]
@@ -62,12 +64,14 @@ def describe_plan(config: BackfillConfig, windows: list[dict[str, Any]], *, dag_
 
     rows = sum(int(w.get("rows") or 0) for w in windows)
     unchanged = sum(int(w.get("unchanged") or 0) for w in windows)
+    found: dict[str, Any] = {}
     if run_id:  # the plan's own figure, with the windows held whole
         ledger = PostgresHook(postgres_conn_id=config.ledger_conn_id or config.postgres_conn_id)
         with closing(ledger.get_conn()) as conn:
             record = Inventory(conn, config.ledger_schema).run(dag_id, run_id)
         if record is not None:
             unchanged = int(record.plan.get("unchanged") or unchanged)
+            found = dict(record.plan.get("source_changes") or {})
     timed = [w for w in windows if w.get("start")]
     span = (f"{timed[0]['label'].split(' → ')[0]} → {timed[-1]['label'].split(' → ')[-1]}"
             if timed else "no timed rows")
@@ -87,8 +91,21 @@ def describe_plan(config: BackfillConfig, windows: list[dict[str, Any]], *, dag_
             f" **{len(windows)} partition{_s(len(windows))}**{sample}, {span}, into Synap connection"
             f" `{config.synap_conn_id}`{instance} in `{config.mode}` mode, batches of"
             f" {config.batch_size}.{held}\n\n"
-            f"- time: {least}\n- credits: {credits}\n\n"
+            f"- time: {least}\n- credits: {credits}\n{_changes_line(config, found)}\n"
             "Approve: the partitions run. Reject: nothing is sent.")
+
+
+def _changes_line(config: BackfillConfig, found: dict[str, Any]) -> str:
+    """What the source changed in what the instance holds, and what approving does about it."""
+    edited, deleted = int(found.get("edited") or 0), int(found.get("deleted") or 0)
+    if not (edited or deleted):
+        return ""
+    if config.apply_source_changes == "apply":
+        return (f"- source changes: **{edited:,} edited turn{_s(edited)} replaced** (their held"
+                f" documents' memories deleted, their current text sent) and **{deleted:,} deleted"
+                f" turn{_s(deleted)} forgotten** (their memories deleted, permanently)\n")
+    return (f"- source changes: {edited:,} edited and {deleted:,} deleted turn{_s(deleted)} found;"
+            " reported only (apply_source_changes is report): Synap is left as it is\n")
 
 
 def _s(n: int) -> str:
