@@ -192,17 +192,17 @@ def test_a_worker_killed_mid_apply_is_retried_without_deleting_a_memory_twice_or
     with local_pg.connect() as conn:
         load_demo_table(conn, "chg_killed", turns=400, days=2, seed=83)
     run_backfill(source_table="chg_killed", synap_extra=FAST)
-    with local_pg.connect() as conn:  # 120 turns edited: about 360 requests to make
-        conn.execute("UPDATE chg_killed SET assistant_text = assistant_text || ' (edited)'"
-                     " WHERE id % 10 < 3")
-    use_connections(synap_extra={"requests_per_minute": 1200})  # 20 calls a second: killable
+    with local_pg.connect() as conn:  # 80 turns edited: about 240 requests to make
+        edited = conn.execute("UPDATE chg_killed SET assistant_text = assistant_text || ' (edited)'"
+                              " WHERE id % 5 = 0").rowcount
+    use_connections(synap_extra={"requests_per_minute": 2400})  # 40 calls a second: killable
     declared = {name: p.value for name, p in backfill_params().items()}
     params = {"source_table": "chg_killed", "verify_sample": 0, "apply_source_changes": "apply"}
     config = resolve_config({**declared, **params}, conf=params, known=declared)
     windows = plan_partitions(config, dag_id="synap_backfill", run_id="apply-killed")
     body = describe_plan(BackfillConfig.from_dict(config), windows, dag_id="synap_backfill",
                          run_id="apply-killed")  # what require_approval would ask
-    assert "**120 edited turns replaced**" in body and "**0 deleted turns forgotten**" in body
+    assert f"**{edited} edited turns replaced**" in body and "**0 deleted turns forgotten**" in body
     worker = subprocess.Popen([sys.executable, "-c", _APPLY,
                                json.dumps({"config": config, "windows": windows})],
                               env=os.environ.copy(), stdout=subprocess.DEVNULL,
@@ -222,8 +222,8 @@ def test_a_worker_killed_mid_apply_is_retried_without_deleting_a_memory_twice_or
                             changes=changes)
 
     assert max(deletes(synap).values()) == 1, "a memory got a second delete request"
-    assert (changes["documents"], changes["failed"]) == (120, {})
-    assert summary["ingested"] == 120 and summary["problems"] == []
+    assert (changes["documents"], changes["failed"]) == (edited, {})
+    assert summary["ingested"] == edited and summary["problems"] == []
     live = live_documents(synap)
     now = source_turns(local_pg, "chg_killed")
     assert set(live) == set(now)
