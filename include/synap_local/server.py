@@ -40,7 +40,10 @@ source it follows:
 * ``POST /v1/data/delete`` (``data.delete``) with ``scope="conversation"``:
   the conversation's raw turns (here: the text of the documents whose metadata
   names it) are removed and its memories kept; ``dry_run`` counts and changes
-  nothing; ``confirm`` must equal the conversation id. Other scopes: 400.
+  nothing; ``confirm`` must equal the conversation id. With ``scope="user"``: every
+  memory of the user's documents deleted and their text removed ("everything held
+  about a user"; this store holds only what was sent to it); ``confirm`` must equal
+  the user id. Other scopes: 400.
 * While the instance is being built (``instance_not_ready_for_seconds``, a
   control): memory writes get ``409 {"error": "instance_not_ready"}`` with
   ``Retry-After`` (the SDK's ``InstanceNotReadyError`` and
@@ -474,8 +477,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _data_delete(self) -> None:
         tenant = self._tenant()
         body = self._body()
+        if isinstance(body, dict) and body.get("scope") == "user":
+            self._delete_user(tenant, body)
+            return
         if not isinstance(body, dict) or body.get("scope") != "conversation":
-            raise _Answer(400, {"detail": "the local API deletes scope 'conversation' only"})
+            raise _Answer(400, {"detail": "the local API deletes scopes 'conversation' and 'user' only"})
         conversation = body.get("conversation_id")
         if not isinstance(conversation, str) or not conversation:
             raise _Answer(400, {"detail": "conversation_id is required for scope 'conversation'"})
@@ -489,6 +495,41 @@ class _Handler(BaseHTTPRequestHandler):
                          "status": "dry_run" if dry_run else "complete", "scope": "conversation",
                          "dry_run": dry_run, "found": bool(found), "counts": {"turns": len(found)},
                          "fully_removed": not dry_run, "memories_kept": True, "continue": False})
+
+    def _delete_user(self, tenant: Tenant, body: dict[str, Any]) -> None:
+        """Scope user: everything held about the user (here: their documents' memories, made
+        or to be made, and their text); ``confirm`` must be the user id unless ``dry_run``."""
+        user = body.get("user_id")
+        if not isinstance(user, str) or not user:
+            raise _Answer(400, {"detail": "user_id is required for scope 'user'"})
+        customer = body.get("customer_id")
+        if tenant.kind == "b2b" and not customer:
+            raise _Answer(400, {"detail": "customer_id is required on a B2B instance"})
+        if tenant.kind == "b2c" and customer:
+            raise _Answer(400, {"detail": "customer_id is not accepted on a B2C instance"})
+        dry_run = bool(body.get("dry_run"))
+        if not dry_run and body.get("confirm") != user:
+            raise _Answer(400, {"detail": "confirm must equal the user_id being deleted"})
+        store, controls = self.server.store, self.server.settings.controls
+        docs = [d for d in store.iter_documents(tenant.instance_id) if d.user_id == user
+                and customer in (None, d.customer_id)]
+        memories = 0
+        at = controls.server_now().isoformat()
+        for doc in docs:
+            ids = extraction_status(doc, controls)["memory_ids"]
+            if not dry_run:
+                store.made_memories(tenant.instance_id, doc.ingestion_id, ids, at)
+                memories += sum(store.delete_memory(tenant.instance_id, m, at) for m in ids)
+            else:  # a memory not deleted, made yet or not
+                found = [store.memory(tenant.instance_id, m) for m in ids]
+                memories += sum(1 for f in found if f is None or f[2] is None)
+        if not dry_run:
+            store.delete_turns(tenant.instance_id, [d.document_id for d in docs])
+        self._send(200, {"deletion_id": None if dry_run else str(uuid.uuid4()),
+                         "status": "dry_run" if dry_run else "complete", "scope": "user",
+                         "dry_run": dry_run, "found": bool(docs),
+                         "counts": {"documents": len(docs), "memories": memories},
+                         "fully_removed": not dry_run, "continue": False})
 
     def _local_stats(self) -> None:
         self._send(200, {**self.server.stats.snapshot(), "stored": self.server.store.counts(),

@@ -39,6 +39,7 @@ class EraseTarget:
     synap_conn_id: str  # the connection its last run used
     documents: int  # with an ingestion id: their memories can be found
     without_id: int  # their answer was lost: listed, not deletable
+    live: bool = False  # include_live_memories: this one asks its instance (one per instance)
 
     @property
     def label(self) -> str:

@@ -105,15 +105,6 @@ def generations(conn: Any, schema: str, holding: int, document_ids: Iterable[str
     return found
 
 
-def any_undone(conn: Any, schema: str, holding: int) -> bool:
-    s = quote_identifier(schema)
-    with conn.cursor() as cur:
-        cur.execute(f"SELECT EXISTS (SELECT 1 FROM {s}.undone WHERE holding = %s)", (holding,))
-        (found,) = cur.fetchone()
-    conn.commit()
-    return bool(found)
-
-
 class PartitionUndoLedger:
     """The checkpoint, write-ahead mark and lock of undoing one partition of one run."""
 

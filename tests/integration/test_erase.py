@@ -101,6 +101,17 @@ def test_a_person_is_erased_from_every_instance_once_and_never_sent_again(
         assert sum(deletes(synap).values()) + sum(deletes(region).values()) == sum(
             len(m) for m in theirs.values())
 
+        # include_live_memories asks each instance about the user as a whole (data.delete,
+        # scope user, here a dry run): their documents are still held, no memory of them is left.
+        with local_pg.connect() as conn:
+            (customer,) = conn.execute("SELECT customer_id FROM erase_src WHERE user_id = %s"
+                                       " LIMIT 1", (user,)).fetchone()
+        live = local_airflow.run_dag("synap_erase", {"user_id": user, "customer_id": customer,
+                                                     "include_live_memories": True, **STORY})
+        assert str(live.state) == "success"
+        assert [r["counts"] for r in result(live, "summarize_erase")["live"]] == [
+            {"documents": rows, "memories": 0}] * 2
+
         # Their rows are still in the source: a resend of everything, and a replay, hold them back.
         sent = (received(synap), received(region))
         resend = result(run_backfill(source_table="erase_src", synap_extra=FAST,

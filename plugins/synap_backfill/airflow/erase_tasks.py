@@ -94,13 +94,18 @@ def plan_erase(plan_dict: Mapping[str, Any], params: Mapping[str, Any]) -> list[
 
     plan = ErasePlan.from_dict(plan_dict)
     found = []
+    asked: set[str] = set()  # instances whose user scope is asked for (include_live_memories)
     with closing(PostgresHook(postgres_conn_id=plan.ledger_conn_id).get_conn()) as conn:
         for holding, target, source, conn_id, pg_conn, table, settings in holdings(conn, plan.ledger_schema):
             turns = _source_turns(params, pg_conn, table, settings)
             docs = documents_of(conn, plan.ledger_schema, holding, plan.person, turns)
-            if docs:
+            live = plan.include_live_memories and target not in asked
+            if docs or live:
+                if live:
+                    asked.add(target)
                 found.append(EraseTarget(holding, target, source, conn_id,
-                                         sum(1 for d in docs if d[2]), sum(1 for d in docs if not d[2])))
+                                         sum(1 for d in docs if d[2]), sum(1 for d in docs if not d[2]),
+                                         live))
     log.info("%s: %d documents in %d Synap instances (%s)", plan.who,
              sum(t.documents + t.without_id for t in found), len(found),
              ", ".join(f"{t.label}: {t.documents + t.without_id}" for t in found) or "none")
@@ -166,7 +171,7 @@ def erase_target(plan_dict: Mapping[str, Any], target_dict: Mapping[str, Any],
                 await undo_partition([Document(n, d[2]) for n, d in enumerate(with_id, start=1)
                                       if d[2]], [d[1] for d in docs if not d[2]], client, report,
                                      ledger, dry_run=plan.dry_run, wait_seconds=plan.extraction_wait)
-                if plan.include_live_memories:
+                if target.live:
                     live.update(await _delete_user(client, sdk, synap, params, plan.dry_run))
 
     asyncio.run(run())
@@ -188,8 +193,14 @@ async def _delete_user(client: UndoClient, sdk: Any, synap: SynapTarget, params:
     (``data.delete``, scope user); its counts, as Synap reports them."""
     from maximem_synap.scoping import B2C_ISOLATION
 
+    from ..documents import B2B_ISOLATION
+
     config = EraseConfig.from_params(params)
-    customer = None if synap.isolation(sdk) == B2C_ISOLATION else (config.customer_id or None)
+    isolation = synap.isolation(sdk)
+    customer = None if isolation == B2C_ISOLATION else (config.customer_id or None)
+    if isolation == B2B_ISOLATION and not customer:
+        raise ValueError("param 'customer_id': include_live_memories on a B2B instance deletes"
+                         " within one customer; give the user's customer_id")
     result = await client.delete_user(config.user_id, customer, dry_run=dry_run)
     return {"status": str(getattr(result.status, "value", result.status)),
             "counts": {k: v for k, v in (result.counts or {}).items() if isinstance(v, (int, float))}}

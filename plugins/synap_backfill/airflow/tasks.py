@@ -26,7 +26,6 @@ from ..held_turns import held_turn_count
 from ..inventory import Inventory
 from ..persons import PersonKeyMissing, any_suppressions, load_key, require_key
 from ..ledger import Ledger, save_copies
-from ..undo_ledger import any_undone
 from ..partition import PartitionFailed, PartitionSettings, describe_error, run_partition_rows
 from ..preflight import (PreflightError, check_ledger, check_source, check_synap, check_synap_settings,
                         unknown_keys)
@@ -411,8 +410,9 @@ def run_partition(config_dict: Mapping[str, Any], window_dict: Mapping[str, Any]
         if record is not None and record.holding is not None:
             ledger.holding, ledger.run = record.holding, record.id
             settings.holds = partition.reads_whole
-            if any_undone(ledger.conn, config.ledger_schema, record.holding):
-                settings.regenerate = ledger.generations
+            # Every batch: an apply or an undo of another run may record a generation while
+            # this one sends; both then send the same next id, and Synap keeps one document.
+            settings.regenerate = ledger.generations
             if partition.reads_held and not config.resend_unchanged:
                 settings.held = ledger.held_turns
             key = load_key(config.person_key_conn_id)
