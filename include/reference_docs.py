@@ -78,6 +78,7 @@ def _extras_table() -> list[str]:
 def render() -> str:
     """The whole of docs/reference.md."""
     from synap_backfill.config import BackfillConfig
+    from synap_backfill.erase_config import EraseConfig
     from synap_backfill.undo_config import UndoConfig
 
     parts = [
@@ -102,6 +103,13 @@ def render() -> str:
         "Declared once in `synap_backfill.undo_config.UndoConfig`.",
         "",
         *_params_table(UndoConfig),
+        "",
+        "## Erase params (`synap_erase`)",
+        "",
+        "Declared once in `synap_backfill.erase_config.EraseConfig`. The user id goes into the"
+        " run's conf and nowhere else: the tasks pass the person's keyed hash.",
+        "",
+        *_params_table(EraseConfig),
         "",
         "## Synap connection extras (connection type `synap`)",
         "",

@@ -228,3 +228,37 @@ def test_a_worker_killed_mid_apply_is_retried_without_deleting_a_memory_twice_or
     now = source_turns(local_pg, "chg_killed")
     assert set(live) == set(now)
     assert all(len(docs) == 1 and docs[0]["document"] == now[key] for key, docs in live.items())
+
+
+def test_an_inventory_from_before_content_fingerprints_re_plans_and_resends_nothing(
+        local_pg, run_backfill, synap):
+    with local_pg.connect() as conn:
+        total = load_demo_table(conn, "chg_upgrade", turns=300, days=3, seed=84)
+    run_backfill(source_table="chg_upgrade", synap_extra=FAST)
+    with local_pg.connect() as conn:  # what a version-2 ledger holds: keys only, no turns
+        conn.execute("UPDATE synap_backfill.inventory SET content = NULL WHERE holding ="
+                     " (SELECT id FROM synap_backfill.holdings WHERE source LIKE '%.chg_upgrade')")
+        conn.execute("DELETE FROM synap_backfill.held_turns WHERE holding ="
+                     " (SELECT id FROM synap_backfill.holdings WHERE source LIKE '%.chg_upgrade')")
+    sent = received(synap)
+
+    upgraded = summary_of(run_backfill(source_table="chg_upgrade", synap_extra=FAST))
+
+    assert (upgraded["rows_read"], upgraded["unchanged"]) == (0, total)
+    assert received(synap) == sent
+    with local_pg.connect() as conn:  # the content as counted now is the baseline
+        (unknown,) = conn.execute(
+            "SELECT count(*) FROM synap_backfill.inventory WHERE content IS NULL AND holding ="
+            " (SELECT id FROM synap_backfill.holdings WHERE source LIKE '%.chg_upgrade')").fetchone()
+        assert unknown == 0
+        conn.execute("UPDATE chg_upgrade SET user_text = 'corrected' WHERE id = 7")
+    edited = summary_of(run_backfill(source_table="chg_upgrade", synap_extra=FAST))
+    # The edit changed its bucket, which is read again; the target holds its turns in a version
+    # the ledger does not know: they are sent, come back as duplicates, and are known from now on.
+    assert edited["problems"] == [] and edited["ingested"] == 0
+    assert edited["duplicates"] == edited["rows_read"] > 0
+    with local_pg.connect() as conn:
+        (unknown,) = conn.execute(
+            "SELECT count(*) FROM synap_backfill.held_turns WHERE content IS NULL AND holding ="
+            " (SELECT id FROM synap_backfill.holdings WHERE source LIKE '%.chg_upgrade')").fetchone()
+    assert unknown == edited["rows_read"]
