@@ -226,8 +226,8 @@ class _State:
     sent_before: int = 0  # rows of the window an earlier attempt of this run had sent
     refused: Counter[str] = field(default_factory=Counter)  # server refusals, this attempt
     # Buckets read into and not yet held: bucket -> [rows, sum of key hashes, sum of content
-    # hashes]. Saved with
-    # each checkpoint, so a resumed attempt goes on counting where the last one stopped.
+    # hashes]. Saved with each checkpoint, so a resumed attempt goes on counting where the
+    # last one stopped.
     open: dict[int, list[int]] = field(default_factory=dict)
     held: set[int] = field(default_factory=set)  # buckets this attempt held in the inventory
     started: float = field(default_factory=time.monotonic)
@@ -344,9 +344,8 @@ class _Pipeline:
         while self.pending and (len(self.pending) >= self.settings.max_in_flight
                                 or self.pending[0].sending is None or self.pending[0].sending.done()):
             await self._apply(self.pending.popleft())
-        if cut.documents and self.submit is not None:
-            if self.settings.held is not None:
-                await self._skip_held(cut)
+        if cut.documents and self.submit is not None and self.settings.held is not None:
+            await self._skip_held(cut)  # may leave nothing to send
         if cut.documents and self.submit is not None:
             if self.settings.regenerate is not None:
                 await self._regenerate(cut)

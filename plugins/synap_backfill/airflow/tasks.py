@@ -240,7 +240,8 @@ def _plan(config: BackfillConfig, dag_id: str, run_id: str) -> list[dict[str, An
         if holding is not None and diff.adopt and not config.dry_run:
             inventory.adopt_content(holding, diff.adopt)
         # A bucket the source emptied stays held while the target still holds turns of it:
-        # until they are applied (apply_changes.py lets it go then), every run reports them.
+        # until they are applied (airflow/source_changes.py lets it go then), every run
+        # reports them.
         gone = [d.bucket for d in diff.deletions if d.now == 0 and d.bucket not in changes.buckets]
         if holding is not None and gone and not config.dry_run:
             inventory.release(holding, gone)  # nothing left there to hold
