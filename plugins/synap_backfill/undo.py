@@ -45,6 +45,7 @@ log = logging.getLogger("synap_backfill")
 T = TypeVar("T")
 TERMINAL = frozenset({"completed", "failed", "partial_success"})
 POLL_EVERY = 10.0  # seconds between status calls for a document still being extracted
+PROGRESS_EVERY = 30.0  # seconds between progress lines (counts only)
 _GENERATION = re.compile(r"^(?P<base>.+?)(?::u(?P<n>\d+))?$")
 
 
@@ -260,6 +261,7 @@ async def undo_partition(documents: list[Document], without_id: list[str], clien
     else:
         unreached_first = []
     conversation_ids: set[str] = set()
+    last_progress = clock()
     for doc in documents:
         if doc.ordinal <= progress.position:
             continue
@@ -313,6 +315,11 @@ async def undo_partition(documents: list[Document], without_id: list[str], clien
                 undone.append(next_generation(str(status.document_id)))
         report.requests = base_requests + client.requests
         report.seconds = base_seconds + clock() - started
+        if clock() - last_progress >= PROGRESS_EVERY:
+            last_progress = clock()
+            log.info("%s: %d of %d documents, %d memories %s, %d requests, %.0f s", report.label,
+                     doc.ordinal, len(documents), report.memories if dry_run else report.deleted,
+                     "found" if dry_run else "deleted", report.requests, report.seconds)
         if ledger is not None and not dry_run:
             progress.position = progress.sent_through = doc.ordinal
             progress.report = report.to_xcom()
