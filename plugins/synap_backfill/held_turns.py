@@ -124,3 +124,9 @@ def held_turn_count(conn: Any, schema: str, holding: int | None) -> int:
         (n,) = cur.fetchone()
     conn.commit()
     return int(n)
+
+
+def turn_of(document_id: str) -> str:
+    """``backfill:<conversation>:<index>[:u<n>]`` → ``<conversation>:<index>``, the turn's key."""
+    parts = document_id.split(":")
+    return f"{parts[1]}:{parts[2]}" if len(parts) >= 3 else document_id

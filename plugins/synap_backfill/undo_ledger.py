@@ -20,6 +20,7 @@ import time
 from typing import Any, Iterable, Mapping
 
 from .source import quote_identifier
+from .held_turns import turn_of
 from .undo import Document, Progress
 
 
@@ -163,10 +164,12 @@ class PartitionUndoLedger:
                                 [(self.target, self.key, doc, reason) for doc, reason in unreached])
             if undone and self.holding is not None:
                 # The target no longer holds these documents: the turn is sent anew, as new.
-                cur.execute(f"DELETE FROM {self.s}.held_turns h USING unnest(%s::text[]) AS d(id)"
-                            " WHERE h.holding = %s AND h.document_id = d.id",
-                            ([doc if gen == 1 else f"{doc}:u{gen - 1}" for doc, gen in undone],
-                             self.holding))
+                # By the turn (the key of held_turns), and only its document that was undone.
+                deleted = [doc if gen == 1 else f"{doc}:u{gen - 1}" for doc, gen in undone]
+                cur.execute(f"DELETE FROM {self.s}.held_turns h USING unnest(%s::text[],"
+                            " %s::text[]) AS d(turn, id) WHERE h.holding = %s AND h.turn = d.turn"
+                            " AND h.document_id = d.id",
+                            ([turn_of(doc) for doc in deleted], deleted, self.holding))
                 cur.executemany(f"INSERT INTO {self.s}.undone (holding, document_id, generation,"
                                 " target) VALUES (%s, %s, %s, %s) ON CONFLICT (holding, document_id)"
                                 " DO UPDATE SET generation = greatest(undone.generation,"
