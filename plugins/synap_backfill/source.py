@@ -146,17 +146,18 @@ def content_hash_sql(config: BackfillConfig) -> str:
     """SQL: one row's share of its bucket's content fingerprint, a ``bigint``: a hash of what
     shapes its document beyond its key: both texts, the user and customer ids and the instant.
 
-    Each text goes with its length (or ``n`` for NULL), so NULL, empty and a text that holds
-    the separator never hash alike. Computed by PostgreSQL, from the stored values: a text
-    the worker could not decode still hashes. Also a turn's content, compared turn by turn
-    where a bucket changed (``changes.py``).
+    Each field is hashed with a seed of its own and the hashes XORed, so a value moved to
+    another field, or NULL against empty, never hashes alike, and no row is copied into a
+    concatenated string. Computed by PostgreSQL, from the stored values: a text the worker
+    could not decode still hashes. Also a turn's content, compared turn by turn where a
+    bucket changed (``changes.py``).
     """
     c = config.columns
     q = quote_identifier
     parts = [c.user_text, c.assistant_text, c.user_id] + ([c.customer_id] if c.customer_id else [])
-    fields = ", ".join(f"COALESCE(length({q(p)}::text)::text, 'n'), {q(p)}::text" for p in parts)
-    return (f"(hashtextextended(concat_ws('|', {fields}), 4)"
-            f" # COALESCE(timestamptz_hash_extended({q(c.created_at)}::timestamptz, 5), 0))")
+    hashes = " # ".join(f"COALESCE(hashtextextended({q(p)}::text, {11 + i}), {i + 1})"
+                        for i, p in enumerate(parts))
+    return f"({hashes} # COALESCE(timestamptz_hash_extended({q(c.created_at)}::timestamptz, 5), 0))"
 
 
 def _select(config: BackfillConfig, timed: bool) -> str:
