@@ -6,8 +6,6 @@ What crosses XCom is ``ErasePlan``: the person as a keyed hash, never the id.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
-
 from .config import CONN_ID, DEFAULT_KEY_CONN_ID, IDENTIFIER, BackfillConfig
 from .params import ParamsModel, param
 
@@ -16,7 +14,6 @@ class EraseConfig(ParamsModel):
     """The erasure's params. ``user_id`` is read from the params by the tasks that need it, and
     never written to XCom, a log or the ledger."""
 
-    dag_label = "DAG"
     user_id: str = param(
         "", title="User id", check="non_empty", required=True, minLength=1,
         description="The person to erase, as the source's user id column holds it. Every "
@@ -69,8 +66,3 @@ class ErasePlan(ParamsModel):
     def who(self) -> str:
         """How logs name the person: a prefix of the hash."""
         return f"person {self.person[:12]}…"
-
-
-def erase_config_from_params(params: Mapping[str, Any]) -> EraseConfig:
-    config: EraseConfig = EraseConfig.from_params(params)
-    return config

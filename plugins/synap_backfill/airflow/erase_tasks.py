@@ -16,7 +16,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from ..erase import (EraseTarget, documents_of, forget, holdings, record_erasure,
                      wait_for_batches)
-from ..erase_config import EraseConfig, ErasePlan, erase_config_from_params
+from ..erase_config import EraseConfig, ErasePlan
 from ..ledger import ensure_tables
 from ..partition import describe_error
 from ..persons import PersonKeyMissing, require_key, suppress
@@ -39,7 +39,7 @@ def resolve_erase(params: Mapping[str, Any], *, conf: Mapping[str, Any] | None =
     try:
         if conf is not None:
             unknown_keys(conf, known)
-        config = erase_config_from_params(params)
+        config: EraseConfig = EraseConfig.from_params(params)
         key = require_key(config.person_key_conn_id)
         with closing(PostgresHook(postgres_conn_id=config.ledger_conn_id).get_conn()) as conn:
             ensure_tables(conn, config.ledger_schema)
