@@ -46,6 +46,8 @@ def _params_table(model: Any) -> list[str]:
         kind = " or ".join(reversed(kind)) if isinstance(kind, list) else kind
         if "enum" in schema:
             allowed = ", ".join(f"`{v}`" for v in schema["enum"])
+        elif "examples" in schema:
+            allowed = "some of " + ", ".join(f"`{v}`" for v in schema["examples"])
         elif meta.get("minimum") is not None:
             allowed = f"{_number(meta['minimum'])} to {_number(meta['maximum'])}"
         else:

@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from .results import BatchOutcome
+from .turns import Reason as TurnReason
+
+DROPPED_BY_TRANSFORM = TurnReason.DROPPED
 
 
 @dataclass
@@ -50,6 +53,10 @@ class PartitionReport:
     deleted: int = 0
     # Read and not sent: the turn's person was erased (synap_erase); counted, never lost.
     suppressed: int = 0
+    # redact_pii: values replaced in the documents built, by kind, and the turns holding them.
+    # Not a fate: a redacted turn is ingested, a duplicate or rejected like any other.
+    redacted: Counter[str] = field(default_factory=Counter)
+    turns_redacted: int = 0
 
     @property
     def key(self) -> str:
@@ -89,6 +96,7 @@ class PartitionReport:
             "rate_limited": self.rate_limited, "paced_seconds": round(self.paced_seconds, 1),
             "known_held": self.known_held, "edited": self.edited, "deleted": self.deleted,
             "suppressed": self.suppressed,
+            "redacted_by_kind": dict(self.redacted), "turns_redacted": self.turns_redacted,
         }
 
     @classmethod
@@ -106,7 +114,9 @@ class PartitionReport:
                      rate_limited=raw.get("rate_limited", 0),
                      paced_seconds=raw.get("paced_seconds", 0.0),
                      known_held=raw.get("known_held", 0), edited=raw.get("edited", 0),
-                     deleted=raw.get("deleted", 0), suppressed=raw.get("suppressed", 0))
+                     deleted=raw.get("deleted", 0), suppressed=raw.get("suppressed", 0),
+                     redacted=Counter(raw.get("redacted_by_kind") or {}),
+                     turns_redacted=raw.get("turns_redacted", 0))
         if report.rejected_total != raw.get("rejected", report.rejected_total):
             # Trust the total over the breakdown if they ever disagree.
             report.rejected["unexplained"] += raw["rejected"] - report.rejected_total
@@ -163,6 +173,8 @@ class RunSummary:
             total.edited += p.edited
             total.deleted += p.deleted
             total.suppressed += p.suppressed
+            total.redacted.update(p.redacted)
+            total.turns_redacted += p.turns_redacted
         total.unchanged += self.unchanged_outside
         return total
 
@@ -173,19 +185,25 @@ class RunSummary:
         out += [f"partition {p.label}: read {p.rows_read} but accounted for {p.accounted}"
                 for p in self.partitions if not p.balanced]
         total = self.total
-        if total.rows_read and total.rejected_total > self.max_rejected_share * total.rows_read:
-            reason, n = total.rejected.most_common(1)[0]
-            out.append(f"{total.rejected_total} of {total.rows_read} rows rejected"
-                       f" ({total.rejected_total / total.rows_read:.1%}), more than"
+        # Turns the operator's document_transform left out are a choice, not dirty data.
+        refused = Counter({r: n for r, n in total.rejected.items() if r != DROPPED_BY_TRANSFORM})
+        n_refused = sum(refused.values())
+        if total.rows_read and n_refused > self.max_rejected_share * total.rows_read:
+            reason, n = refused.most_common(1)[0]
+            out.append(f"{n_refused} of {total.rows_read} rows rejected"
+                       f" ({n_refused / total.rows_read:.1%}), more than"
                        f" max_rejected_share {self.max_rejected_share:.1%}; most often:"
-                       f" {reason} ({n})")
+                       f" {reason} ({n})"
+                       + (" (turns dropped by document_transform not counted)"
+                          if n_refused != total.rejected_total else ""))
         return out + self.found
 
     def to_xcom(self) -> dict[str, Any]:
         total = self.total.to_xcom()
         return {**{k: total[k] for k in ("rows_read", "ingested", "duplicates", "rejected",
                                           "rejected_by_reason", "not_sent", "ingested_on_resend",
-                                          "batches", "unchanged", "known_held", "suppressed")},
+                                          "batches", "unchanged", "known_held", "suppressed",
+                                          "redacted_by_kind", "turns_redacted")},
                 "rows_planned": self.rows_planned,
                 "partitions": len(self.partitions) + len(self.missing),
                 "partitions_failed": len(self.missing), "problems": self.problems,
@@ -236,6 +254,11 @@ class RunSummary:
             out += [f"  {n:>8}  {reason}" for reason, n in self.total.rejected.most_common()]
             if rejects_at:
                 out.append(f"each one is recorded (row key, reason; no text): {rejects_at}")
+        if self.total.turns_redacted:
+            kinds = ", ".join(f"{kind} {n}" for kind, n in self.total.redacted.most_common())
+            out.append(f"personal data redacted: {sum(self.total.redacted.values())} values in"
+                       f" {self.total.turns_redacted} turns ({kinds}); those turns were sent"
+                       " redacted, and are counted as any other")
         if self.total.suppressed:
             out.append(f"{self.total.suppressed} rows were held back: their person was erased"
                        " (synap_erase); they stay in the source and are never sent")
@@ -296,6 +319,8 @@ def counts_label(report: Mapping[str, Any]) -> str:
         counts = f"{report['not_sent']} not sent (dry run), {report['rejected']} rejected"
     if report.get("unchanged"):
         counts += f", {report['unchanged']} unchanged"
+    if report.get("turns_redacted"):
+        counts += f", {report['turns_redacted']} redacted"
     for name in ("edited", "deleted"):
         if report.get(name):
             counts += f", {report[name]} {name} in the source"

@@ -157,7 +157,54 @@ CHECKS: dict[str, Callable[[str, Any, Mapping[str, Any]], Any]] = {
     "optional_text": lambda p, v, m: str(v or "").strip(),
     "choice": lambda p, v, m: one_of(p, v, tuple(m["enum"])),
     "run_id": lambda p, v, m: run_id(p, v),
+    "choices": lambda p, v, m: choices(p, v, tuple(m["form"]["examples"])),
+    "phone_regions": lambda p, v, m: phone_regions(p, v),
+    "dotted_path": lambda p, v, m: dotted_path(p, v),
 }
+
+
+def _items(param: str, value: Any) -> list[str]:
+    """A list param's items: a JSON list, or one string of items split by commas or spaces."""
+    if isinstance(value, str):
+        value = [part for part in re.split(r"[,\s]+", value) if part]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ParamError(param, "must be a list of names")
+    return [v.strip() for v in value if v.strip()]
+
+
+def choices(param: str, value: Any, allowed: tuple[str, ...]) -> list[str]:
+    """Some of ``allowed``, in their declared order, each once."""
+    items = _items(param, value)
+    unknown = [v for v in items if v not in allowed]
+    if unknown:
+        raise ParamError(param, f"{unknown[0][:30]!r} is not one of {', '.join(allowed)}")
+    if not items:
+        raise ParamError(param, f"name at least one of {', '.join(allowed)}")
+    return [v for v in allowed if v in items]
+
+
+def phone_regions(param: str, value: Any) -> list[str]:
+    """ISO 3166 region codes libphonenumber knows, upper-cased, each once."""
+    from .pii import phone_region_problem
+
+    items = [v.upper() for v in _items(param, value)]
+    for region in items:
+        problem = phone_region_problem(region)
+        if problem:
+            raise ParamError(param, problem)
+    return list(dict.fromkeys(items))
+
+
+_DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*([.:][A-Za-z_][A-Za-z0-9_]*)$")
+
+
+def dotted_path(param: str, value: Any) -> str:
+    """``package.module.callable`` (or ``package.module:callable``), or empty for none."""
+    text = str(value or "").strip()
+    if text and not _DOTTED.match(text):
+        raise ParamError(param, f"{text[:60]!r} is not a dotted path to a callable"
+                                " (my_project.transforms.clean_turn)")
+    return text
 
 
 def duration(param: str, value: Any) -> str:

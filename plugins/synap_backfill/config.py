@@ -28,6 +28,8 @@ MAX_BATCH_SIZE = 100  # what batch_create accepts per call
 MAX_PARTITIONS = 1000
 DOCUMENT_ID_FORMAT = "backfill:{conversation_id}:{message_index}"
 DEFAULT_KEY_CONN_ID = "synap_person_key"  # the person key's connection (persons.py)
+DEFAULT_TOKEN_KEY_CONN_ID = "synap_pii_token_key"  # pii_replacement token's key (redaction.py)
+PII_KINDS = ("email", "phone", "payment_card", "iban", "national_id", "ip_address")
 
 # The form's patterns: the API server refuses a run whose conf breaks one (HTTP 400).
 # ISO-8601 date-time: date, optional time (with optional fraction) and offset.
@@ -166,6 +168,41 @@ class BackfillConfig(ParamsModel):
                     "more than this share of the turns the instance holds of the source are gone "
                     "from it (a truncated table must not wipe an instance). Edited turns do not "
                     "count. 0.05: 5%; 1: never.")
+    redact_pii: bool = param(
+        False, title="Redact personal data", section="Personal data", check="boolean",
+        description="Replace each email address, phone number, payment card, IBAN, national id "
+                    "and IP address found in a turn's texts (pii_entities) by a placeholder "
+                    "(<EMAIL>, <PHONE>) before it is sent. Counted by kind; a redacted turn is "
+                    "still sent. What each kind catches and misses: docs/operating.md.")
+    pii_entities: list[str] = param(
+        list(PII_KINDS), title="Personal data kinds", section="Personal data", check="choices",
+        examples=list(PII_KINDS),
+        description="What redact_pii looks for: email, phone (libphonenumber), payment_card "
+                    "(Luhn), iban (mod 97), national_id (US SSN, CA SIN, BR CPF, ES DNI/NIE, "
+                    "FR NIR, IT codice fiscale, DE IdNr, IN Aadhaar, UK NINO), ip_address.")
+    pii_replacement: Literal["placeholder", "token"] = param(
+        "placeholder", title="Replacement", section="Personal data", check="choice",
+        values_display={"placeholder": "placeholder (<EMAIL>: every value looks the same)",
+                        "token": "token (<EMAIL_3f2a9c41d07e>: one per value, keyed)"},
+        description="token: the placeholder carries a keyed hash of the value, the same for the "
+                    "same value in every turn and run of one Synap instance, so Synap can tell "
+                    "two addresses apart without seeing either. Its key is the password of "
+                    "pii_token_key_conn_id.")
+    pii_phone_regions: list[str] = param(
+        ["US"], title="Phone regions", section="Personal data", check="phone_regions",
+        description="ISO 3166 regions whose national phone formats are looked for (a number "
+                    "written with its +country code is found whatever its region). One per line.")
+    pii_token_key_conn_id: str = param(
+        DEFAULT_TOKEN_KEY_CONN_ID, title="Token key connection", section="Connections",
+        check="non_empty", pattern=CONN_ID,
+        description="Airflow connection whose password keys the tokens of pii_replacement "
+                    "token. No default key: the run stops in preflight without it.")
+    document_transform: str | None = param(
+        None, title="Document transform", section="Personal data", check="dotted_path",
+        description="Dotted path of a callable of your project (my_project.transforms.clean), "
+                    "called with each turn (synap_backfill.turns.Turn) after redaction; it "
+                    "returns the turn, changed, or None to leave it out (rejected: dropped by "
+                    "document_transform). Imported in preflight.")
     restart_partitions: bool = param(
         False, title="Restart partitions", section="Sending", check="boolean",
         description="Ignore checkpoints and start every partition from its first row. Documents "
@@ -228,6 +265,8 @@ class BackfillConfig(ParamsModel):
     target: str = ""
     source: str = ""
     lookback: bool = False
+    # pii_replacement token: the key's id (pii.key_id), never the key: other keys, other tokens.
+    pii_key_id: str = ""
 
     @model_validator(mode="after")
     def _range(self) -> "BackfillConfig":
@@ -244,10 +283,23 @@ class BackfillConfig(ParamsModel):
         return SourceColumns(**{name: getattr(self, f"{name}_column") or "" for name in COLUMN_NAMES})
 
     def document_settings(self) -> dict[str, Any]:
-        """Everything that shapes a document: a bucket held under other settings is not unchanged."""
-        return {"id_format": DOCUMENT_ID_FORMAT, "mode": self.mode,
-                "columns": asdict(self.columns), "tiebreak_column": self.tiebreak_column,
-                "source_timezone": self.source_timezone}
+        """Everything that shapes a document: a bucket held under other settings is not unchanged.
+
+        Redaction and the transform join only when set, so instances held before they
+        existed keep their digest.
+        """
+        settings: dict[str, Any] = {
+            "id_format": DOCUMENT_ID_FORMAT, "mode": self.mode, "columns": asdict(self.columns),
+            "tiebreak_column": self.tiebreak_column, "source_timezone": self.source_timezone}
+        if self.redact_pii:
+            settings.update(redact_pii=True, pii_entities=self.pii_entities,
+                            pii_replacement=self.pii_replacement,
+                            pii_phone_regions=self.pii_phone_regions)
+            if self.pii_replacement == "token":
+                settings["pii_token_key"] = self.pii_key_id
+        if self.document_transform:
+            settings["document_transform"] = self.document_transform
+        return settings
 
     @property
     def settings_digest(self) -> str:

@@ -30,6 +30,7 @@ from maximem_synap.scoping import B2C_ISOLATION
 
 from . import results
 from .source import SourceRow
+from .turns import Redactions, Turn, TurnShaper
 
 DOCUMENT_TYPE = DocumentType.CONVERSATION  # "ai-chat-conversation"
 # The SDK exports only B2C_ISOLATION; its docstrings call B2B instances this.
@@ -78,13 +79,16 @@ def text_of(document: CreateMemoryRequest) -> str:
 
 
 def build_document(row: SourceRow, mode: str = "long-range", *, max_chars: int | None = None,
-                   isolation: str | None = None, copies: Mapping[str, datetime] = {}
+                   isolation: str | None = None, copies: Mapping[str, datetime] = {},
+                   shaper: TurnShaper | None = None, redacted: Redactions | None = None
                    ) -> CreateMemoryRequest | Rejected:
     """The recipe's document for ``row``, or why there cannot be one.
 
     ``isolation``: the instance's ``user_context_isolation`` (None: not reported).
     ``copies``: turns the source holds at several timestamps, by document id,
     with the earliest one's timestamp: only that copy is sent.
+    ``shaper``: redaction and ``document_transform`` (turns.py), their counts into
+    ``redacted``.
     """
     reason = _problem(row)
     if reason:
@@ -96,8 +100,22 @@ def build_document(row: SourceRow, mode: str = "long-range", *, max_chars: int |
     first_copy = copies.get(doc_id)
     if row.repeats_earlier or (first_copy is not None and row.created_at > first_copy):
         return Rejected(row.key, RejectReason.DUPLICATED_IN_SOURCE)
-    text = f"User: {row.user_text or ''}\nAssistant: {row.assistant_text or ''}"
-    if row.too_long or (max_chars is not None and len(text) > max_chars):
+    if row.too_long:
+        return Rejected(row.key, RejectReason.TOO_LONG)
+    user_text, assistant_text = row.user_text or "", row.assistant_text or ""
+    found = Redactions()  # counted only if the document is built
+    if shaper is not None:
+        shaped = shaper.shape(Turn(row.conversation_id, row.message_index, row.created_at,
+                                   row.user_id, row.customer_id, user_text, assistant_text), found)
+        if isinstance(shaped, str):
+            return Rejected(row.key, shaped)
+        user_text, assistant_text = shaped.user_text, shaped.assistant_text
+        if not user_text.strip() and not assistant_text.strip():
+            return Rejected(row.key, RejectReason.EMPTY_TURN)
+        if "\x00" in user_text or "\x00" in assistant_text:
+            return Rejected(row.key, RejectReason.NUL_CHARACTER)
+    text = f"User: {user_text}\nAssistant: {assistant_text}"
+    if max_chars is not None and len(text) > max_chars:
         return Rejected(row.key, RejectReason.TOO_LONG)
     customer_id = row.customer_id
     if isolation == B2C_ISOLATION:
@@ -106,6 +124,8 @@ def build_document(row: SourceRow, mode: str = "long-range", *, max_chars: int |
         customer_id = None
     elif isolation == B2B_ISOLATION and row.user_id and not customer_id:
         return Rejected(row.key, RejectReason.B2B_SCOPE)
+    if redacted is not None:
+        redacted.add(found)
     return CreateMemoryRequest(
         document=text,
         document_type=DOCUMENT_TYPE,

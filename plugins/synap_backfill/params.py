@@ -124,6 +124,8 @@ def json_type(annotation: Any) -> str | list[str]:
         return ["null", json_type(member)]  # type: ignore[list-item]
     if origin is Literal:
         return "string"
+    if origin is list:
+        return "array"
     return names[annotation]
 
 
@@ -140,6 +142,8 @@ def form_schema(info: FieldInfo) -> dict[str, Any]:
         schema["section"] = meta["section"]
     if get_origin(info.annotation) is Literal:
         schema["enum"] = list(get_args(info.annotation))
+    if get_origin(info.annotation) is list:
+        schema["items"] = {"type": "string"}  # Airflow's form: a multi-select with ``examples``
     for key in ("minimum", "maximum"):
         if meta.get(key) is not None:
             schema[key] = meta[key]

@@ -60,6 +60,7 @@ from .results import DEFAULT_DUPLICATE_PATTERN, SERVER_PREFIX, classify_batch, f
 from .sending import Delivery, GaveUp, RetryPolicy, deliver, is_plan_stop, wait_logged
 from .source import Position, SourceRow
 from .time_limit import LOCK_WAIT
+from .turns import Redactions, TurnShaper
 
 log = logging.getLogger("synap_backfill")
 
@@ -114,6 +115,8 @@ class PartitionSettings:
     held: Callable[[list[str]], dict[str, HeldTurn]] | None = None
     # A user id's keyed hash, recorded with each turn for an erasure (persons.py); None: none.
     person: Callable[[str | None], str | None] | None = None
+    # Redaction and document_transform, between the read and the document (turns.py).
+    shaper: TurnShaper | None = None
 
 
 async def run_partition_rows(read: Read, submit: Submit | None, report: PartitionReport,
@@ -239,7 +242,7 @@ class _State:
         restored = PartitionReport.from_xcom(counts)
         for name in ("rows_read", "ingested", "duplicates", "rejected", "not_sent",
                      "ingested_on_resend", "batches", "finished_at", "rate_limited", "paced_seconds",
-                     "known_held", "suppressed"):
+                     "known_held", "suppressed", "redacted", "turns_redacted"):
             setattr(self.report, name, getattr(restored, name))
         self.report.started_at = restored.started_at or self.report.started_at
         self.base_seconds = restored.seconds
@@ -267,6 +270,7 @@ class _Cut:
     sending: asyncio.Task[Delivery] | None = None
     known_held: int = 0  # documents not sent: the target holds their turn as a version of it
     suppressed: int = 0  # documents not sent: their person was erased (persons.py)
+    redactions: Redactions = field(default_factory=Redactions)  # in the cut's documents
 
 
 class _Pipeline:
@@ -284,6 +288,7 @@ class _Pipeline:
         batch: list[tuple[CreateMemoryRequest, SourceRow, int]] = []
         rejects: list[RejectRow] = []
         tallies: dict[int, list[int]] = {}
+        redactions = Redactions()
         last: SourceRow | None = None
         rows = 0
         ordinal = state.report.rows_read  # rows of the window before this pass, in read order
@@ -295,8 +300,10 @@ class _Pipeline:
                 async for row in _off_the_loop(read(state.position)):
                     # Never between copies of one turn: a resume starts after a whole turn.
                     if due and row.group != group:
-                        await self._cut(_cut(batch, rows, rejects, position, ordinal, tallies, last))
+                        await self._cut(_cut(batch, rows, rejects, position, ordinal, tallies, last,
+                                             redactions))
                         batch, rejects, tallies, rows, due = [], [], {}, 0, False
+                        redactions = Redactions()
                     rows += 1
                     ordinal += 1
                     position, group, last = row.position, row.group, row
@@ -306,7 +313,8 @@ class _Pipeline:
                     tally[1] += row.row_hash
                     tally[2] += row.content_hash
                     document = build_document(row, settings.mode, max_chars=settings.max_chars,
-                                              isolation=settings.isolation, copies=settings.copies)
+                                              isolation=settings.isolation, copies=settings.copies,
+                                              shaper=settings.shaper, redacted=redactions)
                     if isinstance(document, Rejected):
                         rejects.append((ordinal, row.key, document.reason))
                     else:
@@ -332,7 +340,7 @@ class _Pipeline:
                     " them. If the relation fails on that row every time, fix the relation (or"
                     " leave the row out of it)") from None
             await self._cut(_cut(batch, rows, rejects, position, ordinal, tallies, last,
-                                 finished=True))
+                                 redactions, finished=True))
             await self._drain()
         finally:
             for cut in self.pending:  # only after a failure: stop what is still on the wire
@@ -422,6 +430,8 @@ class _Pipeline:
         report.duplicates += cut.known_held
         report.known_held += cut.known_held
         report.suppressed += cut.suppressed
+        report.redacted.update(cut.redactions.by_kind)
+        report.turns_redacted += cut.redactions.turns
         for _, _, reason in cut.rejects:
             report.reject(reason)
         if cut.documents and delivery is None:
@@ -560,11 +570,12 @@ class _Pipeline:
 
 def _cut(documents: list[tuple[CreateMemoryRequest, SourceRow, int]], rows: int,
          rejects: list[RejectRow], position: Position | None, rows_through: int,
-         tallies: dict[int, list[int]], last: SourceRow | None, *, finished: bool = False) -> _Cut:
+         tallies: dict[int, list[int]], last: SourceRow | None, redactions: Redactions, *,
+         finished: bool = False) -> _Cut:
     at = last.sort_key[0] if last is not None else None
     return _Cut(documents, rows, rejects, position, rows_through, tallies,
                 last.created_at if last is not None else None,
-                isinstance(at, datetime) and at.tzinfo is None, finished)
+                isinstance(at, datetime) and at.tzinfo is None, finished, redactions=redactions)
 
 
 def _reject_row(rows_by_id: dict[str, list[tuple[SourceRow, int]]], document_id: str,

@@ -61,14 +61,10 @@ class PersonKey:
 
 def load_key(conn_id: str) -> PersonKey | None:
     """The key from its Airflow connection; None when there is none."""
-    from airflow.sdk import BaseHook
+    from .connection_secret import password_of
 
-    try:
-        conn = BaseHook.get_connection(conn_id)
-    except Exception:  # AirflowNotFoundException, whatever the Airflow version calls it
-        return None
-    password = conn.password or ""
-    return PersonKey(password.encode("utf-8")) if password else None
+    secret = password_of(conn_id)
+    return PersonKey(secret) if secret else None
 
 
 def require_key(conn_id: str) -> PersonKey:

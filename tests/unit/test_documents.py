@@ -55,3 +55,57 @@ def test_a_row_that_cannot_make_a_document_is_rejected_with_a_reason(changes, re
 
 def test_a_conversation_id_in_another_uuid_spelling_is_accepted():
     assert not isinstance(build_document(row(conversation_id="{" + CONV.upper() + "}")), Rejected)
+
+
+# Redaction and document_transform (turns.py), between the row and its document.
+
+def _shaper(transform=None, kinds=("email", "payment_card")):
+    from synap_backfill.pii import RedactionSettings, Redactor
+    from synap_backfill.turns import TurnShaper
+
+    return TurnShaper(Redactor(RedactionSettings(kinds=frozenset(kinds))), transform)
+
+
+def test_a_redacted_turn_is_built_and_its_redactions_counted():
+    from synap_backfill.turns import Redactions
+
+    counted = Redactions()
+    doc = build_document(row(user_text="My details: maria.lopez@example.com, card 4111 1111 1111 1111"),
+                         shaper=_shaper(), redacted=counted)
+    assert doc.document == "User: My details: <EMAIL>, card <CARD>\nAssistant: Noted!"
+    assert (dict(counted.by_kind), counted.turns) == ({"email": 1, "payment_card": 1}, 1)
+
+
+def test_a_turn_the_transform_drops_is_rejected_and_its_redactions_not_counted():
+    from synap_backfill.turns import Reason, Redactions
+
+    counted = Redactions()
+    rejected = build_document(row(user_text="/system a@example.com"), redacted=counted,
+                              shaper=_shaper(lambda t: None if t.user_text.startswith("/system") else t))
+    assert rejected == Rejected(f"{CONV}:3", Reason.DROPPED)
+    assert counted.turns == 0 and not counted.by_kind
+
+
+def test_a_transform_that_raises_rejects_the_turn_by_the_exceptions_type_only():
+    def boom(turn):
+        raise ValueError(f"cannot parse {turn.user_text}")
+
+    rejected = build_document(row(user_text="secret words"), shaper=_shaper(boom))
+    assert rejected.reason == "document_transform raised ValueError"
+    assert "secret" not in rejected.reason
+
+
+def test_a_transform_may_change_texts_only():
+    from dataclasses import replace
+
+    from synap_backfill.turns import Reason
+
+    strip = _shaper(lambda t: replace(t, assistant_text=t.assistant_text.split("\n--\n")[0]))
+    doc = build_document(row(assistant_text="Noted!\n--\nAcme Support, 1 Main St"), shaper=strip)
+    assert doc.document.endswith("Assistant: Noted!")
+    moved = build_document(row(), shaper=_shaper(lambda t: replace(t, user_id="someone-else")))
+    assert moved.reason == Reason.KEYS_CHANGED
+    wrong = build_document(row(), shaper=_shaper(lambda t: {"user_text": "x"}))
+    assert wrong.reason == Reason.NOT_A_TURN
+    emptied = build_document(row(), shaper=_shaper(lambda t: replace(t, user_text="", assistant_text=" ")))
+    assert emptied.reason == RejectReason.EMPTY_TURN

@@ -27,6 +27,8 @@ from ..inventory import Inventory
 from ..persons import PersonKeyMissing, any_suppressions, load_key, require_key
 from ..ledger import Ledger, save_copies
 from ..partition import PartitionFailed, PartitionSettings, describe_error, run_partition_rows
+from ..redaction import ShapingNotReady, shaper_for
+from ..redaction import check as check_shaping
 from ..preflight import (PreflightError, check_ledger, check_source, check_synap, check_synap_settings,
                         unknown_keys)
 from ..target import SynapTarget
@@ -71,6 +73,10 @@ def resolve_config(params: Mapping[str, Any], *, conf: Mapping[str, Any] | None 
                      " it that this target holds and that changed since", params["start"],
                      params["end"])
         config = config_from_params(params)
+        try:  # the transform imports, the token key exists: before anything is read
+            pii_key_id = check_shaping(config)
+        except ValueError as exc:
+            raise PreflightError(str(exc)) from None
         with closing(PostgresHook(postgres_conn_id=config.postgres_conn_id).get_conn()) as conn:
             source = check_source(conn, config)
         ledger = config.ledger_conn_id or config.postgres_conn_id
@@ -92,7 +98,8 @@ def resolve_config(params: Mapping[str, Any], *, conf: Mapping[str, Any] | None 
                             " holds, so every row counts as new", exc)
         else:
             instance = check_synap(synap.hook, config.synap_conn_id)
-        config = config.model_copy(update={"target": instance, "source": source, "lookback": lookback})
+        config = config.model_copy(update={"target": instance, "source": source, "lookback": lookback,
+                                           "pii_key_id": pii_key_id})
     except (ParamError, PreflightError) as exc:
         _fail_before_planning(ti, str(exc))
     except Exception as exc:  # unforeseen: still say which task stopped the run, and why
@@ -103,6 +110,13 @@ def resolve_config(params: Mapping[str, Any], *, conf: Mapping[str, Any] | None 
     log.info("backfill of %s into Synap connection %s%s, batches of %d, mode %s; preflight passed",
              source, config.synap_conn_id, f" (instance {instance})" if instance else "",
              config.batch_size, config.mode)
+    if config.redact_pii:
+        log.info("personal data is redacted before sending: %s, as %ss%s",
+                 ", ".join(config.pii_entities), config.pii_replacement,
+                 f"; phone numbers in the national formats of {', '.join(config.pii_phone_regions)}"
+                 if "phone" in config.pii_entities else "")
+    if config.document_transform:
+        log.info("each turn then goes through document_transform %s", config.document_transform)
     return config.to_dict()
 
 
@@ -392,6 +406,12 @@ def run_partition(config_dict: Mapping[str, Any], window_dict: Mapping[str, Any]
         duplicate_pattern=target.duplicate_pattern, retry=target.retry,
         max_chars=config.max_document_chars, read_errors=_connection_errors(),
         expected_rows=partition.rows)
+    try:
+        settings.shaper = shaper_for(config)
+    except ShapingNotReady as exc:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        raise AirflowFailException(f"partition {partition.label}: {exc}") from None
 
     ledger_hook = PostgresHook(postgres_conn_id=config.ledger_conn_id or config.postgres_conn_id)
 
@@ -477,6 +497,9 @@ def run_partition(config_dict: Mapping[str, Any], window_dict: Mapping[str, Any]
              report.seconds, report.rows_read / report.seconds if report.seconds else 0.0,
              f"; a request waited {pacer.waited / slots:.2f} s on average for its pacing slot"
              if slots else "")
+    if report.turns_redacted:
+        log.info("partition %s: personal data redacted in %d turns: %s", report.label,
+                 report.turns_redacted, ", ".join(f"{k} {n}" for k, n in report.redacted.most_common()))
     return report.to_xcom()
 
 
