@@ -32,6 +32,8 @@ report, so its label adds up with what it read.
 
 from __future__ import annotations
 
+import json
+
 import math
 from bisect import bisect_left
 from dataclasses import dataclass, field, replace
@@ -419,10 +421,23 @@ def conflict_message(conflicts: list[HeldBucket], settings: Mapping[str, Any], *
     named = sorted(holders.items(), key=lambda item: -item[1])
     runs = "; ".join(f"{h.describe()} ({n} rows{_changes(h.settings, settings)})"
                      for h, n in named[:3]) + (f"; and {len(named) - 3} more runs" if len(named) > 3 else "")
+    private = any(_private_settings(h.settings) != _private_settings(settings) for h in holders)
     return (f"{len(conflicts)} buckets ({sum(holders.values())} rows) of {source} are held by Synap"
             f" instance {target} under other document settings, written by {runs}. Sending them"
             " again does not change what Synap holds under their document ids: undo that run"
-            " (DAG synap_undo) and run again, or set resend_unchanged to send them anyway")
+            " (DAG synap_undo) and run again"
+            + (". Synap keeps those turns as that run sent them, with the personal data it did not"
+               " redact: only an undo takes them out" if private else
+               ", or set resend_unchanged to send them anyway"))
+
+
+PRIVATE_SETTINGS = ("redact_pii", "pii_entities", "pii_replacement", "pii_phone_regions",
+                    "pii_token_key", "document_transform")
+
+
+def _private_settings(settings: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What redaction and the transform made of the texts (config.document_settings)."""
+    return tuple(json.dumps(settings.get(k), sort_keys=True) for k in PRIVATE_SETTINGS)
 
 
 def _changes(then: Mapping[str, Any], now: Mapping[str, Any]) -> str:
