@@ -25,6 +25,12 @@ unchanged 1,000,000-row table into one instance (batch requests, wall time,
 against one sorted full read of the table), the inventory's size per million
 rows, and the planner with its fingerprints at 2,000,000 rows (``--plan``).
 
+With ``--redact`` (issue 26), for each profile: the same table with a tenth of its turns
+carrying personal values (include/pii_samples.py), sent without and then with
+``redact_pii``: the send phase's turns/s side by side; and redaction alone, in this
+process, in turns/s per core (CPU time) on that table and on the labelled corpus, where
+every turn holds a value.
+
 With ``--source-changes`` (issue 25): a first run of a 1,000,000-row table, then 1% of
 its turns edited and 1% deleted, and a run with ``apply_source_changes: apply``: batch,
 status and delete requests and wall time of each, and ``--plan`` (the planner with its
@@ -32,6 +38,7 @@ content fingerprints).
 
     python -m include.bench [--profile cloud-like|unthrottled|all] [--turns N] [--large]
                             [--memory] [--rejected] [--plan] [--inventory] [--source-changes]
+                            [--redact]
                             [--workers N]
 
 Prints tables and writes the same as JSON to .local/bench/results.json.
@@ -113,12 +120,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hostile-cell", action="store_true",
                         help=f"peak memory of a {HOSTILE_ROWS:,}-row partition with one"
                              f" {HOSTILE_CELL_MB} MB text cell, against the same without it")
+    parser.add_argument("--redact", action="store_true",
+                        help="per profile, the send phase with and without redact_pii on a table"
+                             " where a tenth of the turns hold personal values; redaction's own"
+                             " turns/s per core")
     parser.add_argument("--workers", type=int, default=4, help="partitions at a time (pool slots)")
     args = parser.parse_args(argv)
     args.plan = args.plan or args.inventory or args.source_changes
     STATE.mkdir(parents=True, exist_ok=True)
     results: list[Result] = []
     memory: list[dict] = []
+    redaction: list[dict] = []
     with LocalPostgres(STATE / "postgres") as pg:
         for name in ([] if args.profile == "none" else
                      PROFILES if args.profile == "all" else [args.profile]):
@@ -126,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
             turns = args.turns or (LARGE if args.large and name == "unthrottled" else profile["turns"])
             table = f"bench_{turns}"
             _ensure_table(pg, table, turns)
+            if args.redact:
+                redaction.append(_measure_redaction(pg, name, table, turns, profile, args.workers))
+                continue
             recipe = _measure(name, "vendor recipe", pg, table, turns, profile, args.workers)
             ours = _measure(name, "this backfill", pg, table, turns, profile, args.workers)
             ours.ratio_to_recipe = round(ours.turns_per_s / recipe.turns_per_s, 2)
@@ -164,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     report: list[str] = []  # what it prints, also written to results.txt for the docs
     if results:
         report.append(render(results))
+    for r in redaction:
+        report.append(("\n" if report else "") + render_redaction(r))
     if memory:
         report.append("\n" + render_memory(memory))
     if rerun:
@@ -189,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps({"throughput": [asdict(r) for r in results], "memory": memory,
                                "rejected_memory": rejected, "planning": planning,
                                "hostile_cell": hostile, "source_changes": changes,
-                               "rerun": rerun}, indent=2))
+                               "rerun": rerun, "redaction": redaction}, indent=2))
     print(f"\nwritten to {out.relative_to(REPO_ROOT)} and results.txt next to it")
     return 0
 
@@ -293,6 +310,91 @@ def _measure_rerun(pg: LocalPostgres, table: str, workers: int) -> dict:
             "sorted_read_seconds": round(sorted_read, 2), "inventory_buckets": int(buckets),
             "inventory_bytes": int(size),
             "inventory_bytes_per_million_rows": round(size / int(rows) * 1_000_000)}
+
+
+PII_SHARE = 10  # one turn in this many carries a personal value in the --redact table
+
+
+def _measure_redaction(pg: LocalPostgres, profile_name: str, base: str, turns: int, profile: dict,
+                       workers: int) -> dict:
+    """The send phase without and with redact_pii on one table; redaction alone per core."""
+    from include.pii_samples import TOLD_REGIONS, corpus
+
+    table = f"{base}_pii"
+    samples = [s for s in corpus() if s.values]
+    with pg.connect(autocommit=True) as conn:
+        if not conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()[0]:
+            print(f"building {table}: {base} with one turn in {PII_SHARE} holding a personal"
+                  " value...", flush=True)
+            conn.execute(f"CREATE TABLE {table} AS SELECT * FROM {base}")
+            conn.execute("CREATE TEMP TABLE pii_texts (n int, text text)")
+            with conn.cursor() as cur:
+                cur.executemany("INSERT INTO pii_texts VALUES (%s, %s)",
+                                [(n, s.user_text) for n, s in enumerate(samples)])
+            conn.execute(f"UPDATE {table} t SET user_text = p.text FROM pii_texts p"
+                         f" WHERE t.id % {PII_SHARE} = 0 AND p.n = (t.id / {PII_SHARE}) % {len(samples)}")
+            conn.execute(f"CREATE INDEX ON {table} (created_at)")
+            conn.execute(f"VACUUM ANALYZE {table}")
+    runs = {}
+    for label, params in (("without", {}), ("with", {"redact_pii": True,
+                                                      "pii_phone_regions": list(TOLD_REGIONS)})):
+        print(f"{profile_name}: this backfill {label} redact_pii on {turns} turns...", flush=True)
+        run = _run_child(f"{profile_name}-redact-{label}", [
+            "include.bench.backfill", "run", json.dumps({"source_table": table, **params}),
+            "--workers", str(workers)], pg, profile)
+        if run.stored != turns:
+            raise RuntimeError(f"{label} redact_pii stored {run.stored} of {turns}; see {run.log}")
+        send = run.done["send_seconds"]
+        runs[label] = {"seconds": round(run.seconds, 1), "send_seconds": send,
+                       "send_turns_per_s": round(turns / send, 1),
+                       "cpu_s_per_1000_turns": round((run.usage.ru_utime + run.usage.ru_stime)
+                                                     / turns * 1000, 3),
+                       "turns_redacted": run.done.get("turns_redacted", 0)}
+    with pg.connect() as conn:
+        texts = conn.execute(f"SELECT user_text, assistant_text FROM {table}").fetchall()
+    return {"profile": profile_name, "turns": turns, "pii_share": 1 / PII_SHARE, **{
+        f"{label}_{k}": v for label, run in runs.items() for k, v in run.items()},
+        "ratio": round(runs["with"]["send_turns_per_s"] / runs["without"]["send_turns_per_s"], 3),
+        "ceiling_turns_per_s": (profile["ceiling_calls_per_s"] or 0) * 100 or None,
+        "redactor_turns_per_core_s_table": _redactor_speed(texts, TOLD_REGIONS),
+        "redactor_turns_per_core_s_corpus": _redactor_speed(
+            [(s.user_text, s.assistant_text) for s in samples], TOLD_REGIONS)}
+
+
+def _redactor_speed(texts: list[tuple[str, str]], regions: tuple[str, ...]) -> float:
+    """Turns a second of one core's CPU time, both texts of each turn redacted."""
+    from collections import Counter
+
+    from synap_backfill.pii import KINDS, RedactionSettings, Redactor
+
+    redactor = Redactor(RedactionSettings(kinds=frozenset(KINDS), phone_regions=regions))
+    counts: Counter[str] = Counter()
+    started = time.process_time()
+    for user, assistant in texts:
+        redactor.redact(user or "", counts)
+        redactor.redact(assistant or "", counts)
+    return round(len(texts) / (time.process_time() - started), 1)
+
+
+def render_redaction(r: dict) -> str:
+    ceiling = r["ceiling_turns_per_s"]
+
+    def of_ceiling(rate: float) -> str:
+        return f", {rate / ceiling:.1%} of the {ceiling:.0f} turns/s ceiling" if ceiling else ""
+    return "\n".join([
+        f"redact_pii, {r['profile']} profile: {r['turns']:,} turns, {r['pii_share']:.0%} of them holding"
+        " a personal value; the send phase (partitions only) side by side:",
+        f"  without redaction: {r['without_send_turns_per_s']:8.1f} turns/s"
+        f"{of_ceiling(r['without_send_turns_per_s'])}"
+        f"  ({r['without_send_seconds']} s; CPU {r['without_cpu_s_per_1000_turns']} s/1k turns)",
+        f"  with redaction:    {r['with_send_turns_per_s']:8.1f} turns/s"
+        f"{of_ceiling(r['with_send_turns_per_s'])}"
+        f"  ({r['with_send_seconds']} s; CPU {r['with_cpu_s_per_1000_turns']} s/1k turns;"
+        f" {r['with_turns_redacted']:,} turns redacted)",
+        f"  with / without: {r['ratio']:.1%}",
+        f"  redaction alone, one core: {r['redactor_turns_per_core_s_table']:,.0f} turns/s on this table,"
+        f" {r['redactor_turns_per_core_s_corpus']:,.0f} turns/s on the labelled corpus (a value in"
+        " every turn)"])
 
 
 def _measure_changes(pg: LocalPostgres, base: str, workers: int) -> dict:

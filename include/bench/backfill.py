@@ -21,6 +21,7 @@ import argparse
 import json
 import multiprocessing
 import resource
+import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -43,11 +44,15 @@ def run(params: dict[str, Any], workers: int) -> dict[str, Any]:
     changes = apply_source_changes(_RUN["config"], windows, dag_id="synap_bench",
                                    run_id=_RUN["run_id"])
     # A fresh process per partition, forked after the imports, like a task runner.
+    sending = time.monotonic()
     with multiprocessing.get_context("fork").Pool(workers, maxtasksperchild=1) as pool:
         reports = pool.map(_partition, windows, chunksize=1)
+    send_seconds = time.monotonic() - sending
     totals = {key: sum(r[key] for r in reports)
               for key in ("rows_read", "ingested", "duplicates", "rejected", "batches")}
     return {**totals, "partitions": len(reports), "source_changes": changes,
+            "send_seconds": round(send_seconds, 2),
+            "turns_redacted": sum(r.get("turns_redacted", 0) for r in reports),
             "worker_peak_rss_kb": max((r["peak_rss_kb"] for r in reports), default=0)}
 
 

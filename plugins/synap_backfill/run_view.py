@@ -34,6 +34,8 @@ class PartitionProgress:
     finished: bool = False
     updated_at: float | None = None
     suppressed: int = 0  # rows held back: their person was erased
+    redacted: dict[str, int] = field(default_factory=dict)  # values replaced, by kind (redact_pii)
+    turns_redacted: int = 0
 
 
 def partitions(conn: Any, schema: str, dag_id: str, run_id: str) -> dict[str, PartitionProgress]:
@@ -49,7 +51,8 @@ def partitions(conn: Any, schema: str, dag_id: str, run_id: str) -> dict[str, Pa
             int(r.get("duplicates") or 0), int(r.get("rejected") or 0), int(r.get("unchanged") or 0),
             r.get("rows_planned"), int(r.get("rate_limited") or 0),
             float(r.get("paced_seconds") or 0.0), bool(finished), float(updated) if updated else None,
-            int(r.get("suppressed") or 0))
+            int(r.get("suppressed") or 0), dict(r.get("redacted_by_kind") or {}),
+            int(r.get("turns_redacted") or 0))
     return out
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -173,6 +173,7 @@ def _backfill_view(dag_id: str, run_id: str, config: Any, xcoms: dict, states: d
                      "planned": window.get("rows"), "unchanged": window.get("unchanged") or 0,
                      "read": p.rows_read if p else 0, "ingested": p.ingested if p else 0,
                      "duplicates": p.duplicates if p else 0, "rejected": p.rejected if p else 0,
+                     "redacted": p.turns_redacted if p else 0,
                      "failure": xcoms.get(("backfill_partition", index, "failure"))})
     read = sum(r["read"] for r in rows)
     unchanged = int(plan.get("unchanged") or 0)
@@ -192,6 +193,9 @@ def _backfill_view(dag_id: str, run_id: str, config: Any, xcoms: dict, states: d
                    "ingested": ingested, "duplicates": sum(r["duplicates"] for r in rows),
                    "rejected": sum(r["rejected"] for r in rows),
                    "suppressed": sum(p.suppressed for p in progress.values()), "rows_per_s": rate,
+                   "turns_redacted": sum(p.turns_redacted for p in progress.values()),
+                   "redacted_by_kind": dict(sum((Counter(p.redacted) for p in progress.values()),
+                                                Counter())),
                    "seconds_left": left,
                    "rate_limited": sum(p.rate_limited for p in progress.values()),
                    "paced_seconds": round(sum(p.paced_seconds for p in progress.values()), 1),
