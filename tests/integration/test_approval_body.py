@@ -40,6 +40,12 @@ def test_the_body_states_one_partition_and_the_time_at_the_connections_rate_in_s
             " (200 batch requests)") in body
     assert "credits: about 2,000 credits (documents) for 2,000 documents" in body
     assert "already holds" not in body
+    assert "- personal data: sent as written (redact_pii is off)\n" in body
+    redacting = BackfillConfig.from_dict({**config.to_dict(), "redact_pii": True,
+                                          "pii_entities": ["email", "phone"],
+                                          "document_transform": "my_project.clean"})
+    assert ("- personal data: **redacted** before sending (email, phone), as placeholders; then each"
+            " turn goes through `my_project.clean`\n") in describe_plan(redacting, windows)
 
 
 def test_what_the_instance_already_holds_is_neither_counted_to_send_nor_charged(

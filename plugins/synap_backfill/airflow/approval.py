@@ -91,8 +91,21 @@ def describe_plan(config: BackfillConfig, windows: list[dict[str, Any]], *, dag_
             f" **{len(windows)} partition{_s(len(windows))}**{sample}, {span}, into Synap connection"
             f" `{config.synap_conn_id}`{instance} in `{config.mode}` mode, batches of"
             f" {config.batch_size}.{held}\n\n"
-            f"- time: {least}\n- credits: {credits}\n{_changes_line(config, found)}\n"
+            f"- time: {least}\n- credits: {credits}\n- personal data: {_private_line(config)}\n"
+            f"{_changes_line(config, found)}\n"
             "Approve: the partitions run. Reject: nothing is sent.")
+
+
+def _private_line(config: BackfillConfig) -> str:
+    """Whether the turns go as written, or what is taken out of them first."""
+    if config.redact_pii:
+        line = (f"**redacted** before sending ({', '.join(config.pii_entities)}), as"
+                f" {config.pii_replacement}s")
+    else:
+        line = "sent as written (redact_pii is off)"
+    if config.document_transform:
+        line += f"; then each turn goes through `{config.document_transform}`"
+    return line
 
 
 def _changes_line(config: BackfillConfig, found: dict[str, Any]) -> str:
