@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from .config import BackfillConfig
 from .pii import RedactionSettings, Redactor, key_id
-from .turns import TurnShaper, load_transform
+from .turns import TransformNotUsable, TurnShaper, load_transform
 
 
 class ShapingNotReady(ValueError):
@@ -52,7 +52,10 @@ def shaper_for(config: BackfillConfig) -> TurnShaper | None:
         redactor = Redactor(RedactionSettings(
             kinds=frozenset(config.pii_entities), replacement=config.pii_replacement,
             phone_regions=tuple(config.pii_phone_regions), token_key=key, scope=config.target))
-    transform = load_transform(config.document_transform) if config.document_transform else None
+    try:  # it imported in preflight; a worker without the module fails here, in one line
+        transform = load_transform(config.document_transform) if config.document_transform else None
+    except TransformNotUsable as exc:
+        raise ShapingNotReady(f"{exc} on this worker") from None
     if redactor is None and transform is None:
         return None
     return TurnShaper(redactor, transform)
