@@ -38,7 +38,7 @@ def test_verify_waits_deferred_without_a_worker_slot_and_its_calls_share_the_rat
         load_demo_table(conn, "verify_second", turns=800, days=2, seed=22)
     before = json.loads(airflow.ok("GET", "/api/v2/connections/synap_default")["extra"] or "{}")
     set_rate(airflow, {**before, "requests_per_minute": RATE})
-    set_local_api(stack.synap, extraction_seconds=35)
+    set_local_api(stack.synap, extraction_seconds=20)
     started = time.time()
     try:
         assert airflow.trigger(DAG, "verify_first", {"source_table": "verify_first",
