@@ -69,6 +69,10 @@ Read = Callable[[Position | None], Iterable[SourceRow]]
 RejectRow = tuple[int, str, str]  # row number in the window's read order, row key, reason
 WHOLESALE_REFUSAL = 100  # documents refused for one reason, none accepted: stop the partition
 HELD_REJECTS = 1000  # rejected rows held before they are checkpointed without a batch
+# Rows read into one cut while turns the target holds are skipped (a changed bucket, an apply):
+# batches are filled with turns to send, and checkpoints stay at most this many rows apart
+# (rows are not kept: a cut holds its documents, its rejects and per-bucket tallies).
+MAX_CUT_ROWS = 10_000
 # A naive timestamp column is read in wall-clock order; in a spring-forward gap a later
 # row can read as an earlier instant, by at most the shift (two hours anywhere, ever).
 NAIVE_LAG = timedelta(hours=3)
@@ -289,6 +293,10 @@ class _Pipeline:
         rejects: list[RejectRow] = []
         tallies: dict[int, list[int]] = {}
         redactions = Redactions()
+        # Built and not yet looked up among the turns the target holds (settings.held).
+        unchecked: list[tuple[CreateMemoryRequest, SourceRow, int]] = []
+        skipping = settings.held is not None and self.submit is not None
+        known_held = 0
         last: SourceRow | None = None
         rows = 0
         ordinal = state.report.rows_read  # rows of the window before this pass, in read order
@@ -300,10 +308,11 @@ class _Pipeline:
                 async for row in _off_the_loop(read(state.position)):
                     # Never between copies of one turn: a resume starts after a whole turn.
                     if due and row.group != group:
+                        known_held += await self._keep_unheld(unchecked, batch)
                         await self._cut(_cut(batch, rows, rejects, position, ordinal, tallies, last,
-                                             redactions))
+                                             redactions, known_held=known_held))
                         batch, rejects, tallies, rows, due = [], [], {}, 0, False
-                        redactions = Redactions()
+                        redactions, unchecked, known_held = Redactions(), [], 0
                     rows += 1
                     ordinal += 1
                     position, group, last = row.position, row.group, row
@@ -317,11 +326,17 @@ class _Pipeline:
                                               shaper=settings.shaper, redacted=redactions)
                     if isinstance(document, Rejected):
                         rejects.append((ordinal, row.key, document.reason))
+                    elif skipping:
+                        unchecked.append((document, row, ordinal))
+                        if len(batch) + len(unchecked) >= settings.batch_size:
+                            known_held += await self._keep_unheld(unchecked, batch)
+                            unchecked = []
                     else:
                         batch.append((document, row, ordinal))
                     # Rejected rows alone are checkpointed too: memory stays flat even
                     # when every row is rejected.
-                    due = len(batch) >= settings.batch_size or len(rejects) >= HELD_REJECTS
+                    due = (len(batch) >= settings.batch_size or len(rejects) >= HELD_REJECTS
+                           or (skipping and rows >= MAX_CUT_ROWS))
             except settings.read_errors:
                 # What was sent before the connection went is still applied, so the
                 # next pass starts after it.
@@ -339,8 +354,9 @@ class _Pipeline:
                     " before the last checkpoint are accounted for and a retry resumes after"
                     " them. If the relation fails on that row every time, fix the relation (or"
                     " leave the row out of it)") from None
+            known_held += await self._keep_unheld(unchecked, batch)
             await self._cut(_cut(batch, rows, rejects, position, ordinal, tallies, last,
-                                 redactions, finished=True))
+                                 redactions, known_held=known_held, finished=True))
             await self._drain()
         finally:
             for cut in self.pending:  # only after a failure: stop what is still on the wire
@@ -352,8 +368,6 @@ class _Pipeline:
         while self.pending and (len(self.pending) >= self.settings.max_in_flight
                                 or self.pending[0].sending is None or self.pending[0].sending.done()):
             await self._apply(self.pending.popleft())
-        if cut.documents and self.submit is not None and self.settings.held is not None:
-            await self._skip_held(cut)  # may leave nothing to send
         if cut.documents and self.submit is not None:
             if self.settings.regenerate is not None:
                 await self._regenerate(cut)
@@ -361,18 +375,24 @@ class _Pipeline:
         self.pending.append(cut)
         await asyncio.sleep(0)  # let the new batch start on the wire before reading on
 
-    async def _skip_held(self, cut: _Cut) -> None:
-        """Turns of a changed bucket that the target holds are not sent again: sending cannot
+    async def _keep_unheld(self, documents: list[tuple[CreateMemoryRequest, SourceRow, int]],
+                           batch: list[tuple[CreateMemoryRequest, SourceRow, int]]) -> int:
+        """Add to ``batch`` the documents whose turn the target does not hold; how many it holds.
+
+        Turns of a changed bucket that the target holds are not sent again: sending cannot
         change what Synap keeps under a document id, and could bill a re-extraction. A turn
         held with its current content is a duplicate; one held with other content (edited)
         stays as held unless ``apply_source_changes`` replaced it first; one whose held
-        version is unknown (sent before the ledger kept turns) is sent and answers for itself."""
+        version is unknown (sent before the ledger kept turns) is sent and answers for itself.
+        Looked up while the batch fills, so a batch carries turns to send, not gaps."""
+        if not documents:
+            return 0
         assert self.settings.held is not None
-        found = await asyncio.to_thread(self.settings.held, [row.key for _, row, _ in cut.documents])
-        keep = [(d, row, n) for d, row, n in cut.documents
+        found = await asyncio.to_thread(self.settings.held, [row.key for _, row, _ in documents])
+        keep = [(d, row, n) for d, row, n in documents
                 if row.key not in found or found[row.key].content is None]
-        cut.known_held = len(cut.documents) - len(keep)
-        cut.documents = keep
+        batch.extend(keep)
+        return len(documents) - len(keep)
 
     async def _regenerate(self, cut: _Cut) -> None:
         """Documents an undo deleted go out under their next generation's id (``...:u<n>``), so
@@ -571,11 +591,12 @@ class _Pipeline:
 def _cut(documents: list[tuple[CreateMemoryRequest, SourceRow, int]], rows: int,
          rejects: list[RejectRow], position: Position | None, rows_through: int,
          tallies: dict[int, list[int]], last: SourceRow | None, redactions: Redactions, *,
-         finished: bool = False) -> _Cut:
+         known_held: int = 0, finished: bool = False) -> _Cut:
     at = last.sort_key[0] if last is not None else None
     return _Cut(documents, rows, rejects, position, rows_through, tallies,
                 last.created_at if last is not None else None,
-                isinstance(at, datetime) and at.tzinfo is None, finished, redactions=redactions)
+                isinstance(at, datetime) and at.tzinfo is None, finished, known_held=known_held,
+                redactions=redactions)
 
 
 def _reject_row(rows_by_id: dict[str, list[tuple[SourceRow, int]]], document_id: str,
