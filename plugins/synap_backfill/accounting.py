@@ -16,8 +16,6 @@ from typing import Any, Iterable, Mapping
 from .results import BatchOutcome
 from .turns import Reason as TurnReason
 
-DROPPED_BY_TRANSFORM = TurnReason.DROPPED
-
 
 @dataclass
 class PartitionReport:
@@ -186,7 +184,7 @@ class RunSummary:
                 for p in self.partitions if not p.balanced]
         total = self.total
         # Turns the operator's document_transform left out are a choice, not dirty data.
-        refused = Counter({r: n for r, n in total.rejected.items() if r != DROPPED_BY_TRANSFORM})
+        refused = Counter({r: n for r, n in total.rejected.items() if r != TurnReason.DROPPED})
         n_refused = sum(refused.values())
         if total.rows_read and n_refused > self.max_rejected_share * total.rows_read:
             reason, n = refused.most_common(1)[0]

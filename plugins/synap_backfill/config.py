@@ -30,6 +30,9 @@ DOCUMENT_ID_FORMAT = "backfill:{conversation_id}:{message_index}"
 DEFAULT_KEY_CONN_ID = "synap_person_key"  # the person key's connection (persons.py)
 DEFAULT_TOKEN_KEY_CONN_ID = "synap_pii_token_key"  # pii_replacement token's key (redaction.py)
 PII_KINDS = ("email", "phone", "payment_card", "iban", "national_id", "ip_address")
+# The document settings that say what redaction and the transform made of the texts.
+PRIVATE_SETTINGS = ("redact_pii", "pii_entities", "pii_replacement", "pii_phone_regions",
+                    "pii_token_key", "document_transform")
 
 # The form's patterns: the API server refuses a run whose conf breaks one (HTTP 400).
 # ISO-8601 date-time: date, optional time (with optional fraction) and offset.

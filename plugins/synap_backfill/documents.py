@@ -110,10 +110,9 @@ def build_document(row: SourceRow, mode: str = "long-range", *, max_chars: int |
         if isinstance(shaped, str):
             return Rejected(row.key, shaped)
         user_text, assistant_text = shaped.user_text, shaped.assistant_text
-        if not user_text.strip() and not assistant_text.strip():
-            return Rejected(row.key, RejectReason.EMPTY_TURN)
-        if "\x00" in user_text or "\x00" in assistant_text:
-            return Rejected(row.key, RejectReason.NUL_CHARACTER)
+        reason = _text_problem(user_text, assistant_text)
+        if reason:
+            return Rejected(row.key, reason)
     text = f"User: {user_text}\nAssistant: {assistant_text}"
     if max_chars is not None and len(text) > max_chars:
         return Rejected(row.key, RejectReason.TOO_LONG)
@@ -158,8 +157,13 @@ def _problem(row: SourceRow) -> str | None:
         return RejectReason.INVALID_UTF8
     if row.too_long:
         return None  # its texts were not fetched: build_document rejects it as too long
-    if not (row.user_text or "").strip() and not (row.assistant_text or "").strip():
+    return _text_problem(row.user_text or "", row.assistant_text or "")
+
+
+def _text_problem(user_text: str, assistant_text: str) -> str | None:
+    """As read, and again as redaction and document_transform left them."""
+    if not user_text.strip() and not assistant_text.strip():
         return RejectReason.EMPTY_TURN
-    if "\x00" in (row.user_text or "") or "\x00" in (row.assistant_text or ""):
+    if "\x00" in user_text or "\x00" in assistant_text:
         return RejectReason.NUL_CHARACTER
     return None

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import importlib
 import ipaddress
 import re
 from collections import Counter
@@ -89,21 +90,11 @@ class Redactor:
 
     def __init__(self, settings: RedactionSettings) -> None:
         self.settings = settings
-        self._finders: list[Callable[[str], Iterator[Found]]] = []
-        kinds = settings.kinds
-        if "email" in kinds:
-            self._finders.append(_emails)
-        if "iban" in kinds:
-            self._finders.append(_ibans)
-        if "payment_card" in kinds:
-            self._finders.append(_cards)
-        if "national_id" in kinds:
-            self._finders.append(_national_ids)
-        if "ip_address" in kinds:
-            self._finders.append(_ip_addresses)
-        if "phone" in kinds:
-            regions = settings.phone_regions or ("US",)
-            self._finders.append(lambda text: _phones(text, regions))
+        finders: dict[str, Callable[[str], Iterator[Found]]] = {
+            "email": _emails, "iban": _ibans, "payment_card": _cards, "national_id": _national_ids,
+            "ip_address": _ip_addresses,
+            "phone": lambda text: _phones(text, settings.phone_regions or ("US",))}
+        self._finders = [finders[kind] for kind in KINDS if kind in settings.kinds]
 
     def find(self, text: str) -> list[Found]:
         """The values to replace, in text order, overlaps resolved."""
@@ -213,15 +204,7 @@ def _ibans(text: str) -> Iterator[Found]:
 
 def _stdnum(module: str) -> Callable[[str], bool]:
     """``stdnum.<module>.is_valid``, imported when first used (not when this module is)."""
-    validator: list[Callable[[str], bool]] = []
-
-    def valid(value: str) -> bool:
-        if not validator:
-            import importlib
-
-            validator.append(importlib.import_module(f"stdnum.{module}").is_valid)
-        return bool(validator[0](value))
-    return valid
+    return lambda value: bool(importlib.import_module(f"stdnum.{module}").is_valid(value))
 
 
 # A national id's written form, and the python-stdnum validator behind it.

@@ -41,6 +41,7 @@ from datetime import datetime
 from typing import Any, Iterable, Mapping
 
 from .accounting import window_key
+from .config import PRIVATE_SETTINGS
 from .buckets import UNTIMED, bucket_end, bucket_label, bucket_of, bucket_start
 from .windows import Grid, window_between
 
@@ -429,10 +430,6 @@ def conflict_message(conflicts: list[HeldBucket], settings: Mapping[str, Any], *
             + (". Synap keeps those turns as that run sent them, with the personal data it did not"
                " redact: only an undo takes them out" if private else
                ", or set resend_unchanged to send them anyway"))
-
-
-PRIVATE_SETTINGS = ("redact_pii", "pii_entities", "pii_replacement", "pii_phone_regions",
-                    "pii_token_key", "document_transform")
 
 
 def _private_settings(settings: Mapping[str, Any]) -> tuple[Any, ...]:

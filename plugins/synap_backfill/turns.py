@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import importlib
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Callable
 
@@ -112,9 +112,8 @@ class TurnShaper:
         found: Counter[str] = Counter()
         if self.redactor is not None:
             try:
-                turn = Turn(turn.conversation_id, turn.message_index, turn.created_at, turn.user_id,
-                            turn.customer_id, self.redactor.redact(turn.user_text, found),
-                            self.redactor.redact(turn.assistant_text, found))
+                turn = replace(turn, user_text=self.redactor.redact(turn.user_text, found),
+                               assistant_text=self.redactor.redact(turn.assistant_text, found))
             except Exception as exc:  # never sent unredacted
                 return Reason.redaction_failed(exc)
         if self.transform is not None:
