@@ -133,6 +133,9 @@ class RunSummary:
     unchanged_outside: int = 0  # held unchanged, in no partition's span (windows not read at all)
     notes: list[str] = field(default_factory=list)  # what the run found, one line each
     found: list[str] = field(default_factory=list)  # problems found by checking the reads
+    # Held turns the plan found emptied in the source (a deletion, changes.py): their empty
+    # rows are rejected, and are not dirty data.
+    emptied_in_source: int = 0
 
     @property
     def wall_seconds(self) -> float | None:
@@ -183,8 +186,14 @@ class RunSummary:
         out += [f"partition {p.label}: read {p.rows_read} but accounted for {p.accounted}"
                 for p in self.partitions if not p.balanced]
         total = self.total
-        # Turns the operator's document_transform left out are a choice, not dirty data.
+        # Turns the operator's document_transform left out are a choice, not dirty data; so
+        # are turns a user emptied (a deletion the plan found).
         refused = Counter({r: n for r, n in total.rejected.items() if r != TurnReason.DROPPED})
+        from .documents import RejectReason
+
+        if self.emptied_in_source and refused[RejectReason.EMPTY_TURN]:
+            refused[RejectReason.EMPTY_TURN] -= min(refused[RejectReason.EMPTY_TURN], self.emptied_in_source)
+            refused = +refused
         n_refused = sum(refused.values())
         if total.rows_read and n_refused > self.max_rejected_share * total.rows_read:
             reason, n = refused.most_common(1)[0]
@@ -192,8 +201,8 @@ class RunSummary:
                        f" ({n_refused / total.rows_read:.1%}), more than"
                        f" max_rejected_share {self.max_rejected_share:.1%}; most often:"
                        f" {reason} ({n})"
-                       + (" (turns dropped by document_transform not counted)"
-                          if n_refused != total.rejected_total else ""))
+                       + (" (turns dropped by document_transform, or emptied in the source,"
+                          " not counted)" if n_refused != total.rejected_total else ""))
         return out + self.found
 
     def to_xcom(self) -> dict[str, Any]:

@@ -7,16 +7,20 @@ the content hash sent) with what the source holds now, in one streamed merge
 of two reads ordered by the turn's key, so memory stays flat however many
 turns changed:
 
-* **edited**: the source still holds the turn (in any changed bucket: a turn
-  whose timestamp moved changes both buckets), none of its rows with the
-  content that was sent;
-* **deleted**: no row of the turn is left in the changed buckets;
+* **edited**: the source still holds the turn (in any changed bucket, or in a
+  bucket never held before: a turn whose timestamp moved is an edit, wherever
+  it moved to), none of its rows with the content that was sent;
+* **deleted**: no row of the turn is left; or every row of it is now empty
+  (**emptied**: both texts blank), which the backfill rejects, so its memories
+  are deleted as a deletion's are;
 * **unknown**: held by a run from before the ledger kept turns' content, so an
   edit cannot be told; counted, never acted on.
 
 What to do with them is ``apply_source_changes``: report them (the default),
-or apply them (``apply_changes.py``: the held document's memories deleted; an
-edited turn sent again under its next generation's id).
+or apply them (``airflow/source_changes.py``: the held document's memories
+deleted; an edited turn sent again under its next generation's id). A change
+stays pending (its buckets are not held as read, so the next run finds it
+again) until it is applied.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Any, Iterable, Iterator, Literal
 
 from .buckets import BUCKET_SECONDS, bucket_label, bucket_of, bucket_start
 from .config import BackfillConfig
+from .ddl import add_column
 from .source import (as_text, content_hash_sql, quote_identifier, quoted_table, representable,
                      set_session_timezone)
 
@@ -43,9 +48,10 @@ class TurnChange:
     turn: str  # conversation_id:message_index
     kind: Kind
     held_bucket: int  # where the target holds it
-    source_bucket: int | None  # where the source holds it now (an edit); None: deleted
+    source_bucket: int | None  # where the source holds it now (an edit, emptied); None: deleted
     document_id: str
     ingestion_id: str | None  # None: its memories cannot be looked up (its answer was lost)
+    emptied: bool = False  # a deletion: the source still holds it, with both texts blank
 
 
 @dataclass
@@ -62,7 +68,12 @@ class SourceChanges:
 
     @property
     def deleted(self) -> list[TurnChange]:
+        """Deleted turns, the emptied ones included."""
         return [c for c in self.changes if c.kind == "deleted"]
+
+    @property
+    def emptied(self) -> list[TurnChange]:
+        return [c for c in self.changes if c.emptied]
 
     @property
     def buckets(self) -> set[int]:
@@ -91,8 +102,13 @@ def _within(bucket: int, start: datetime | None, end: datetime | None) -> bool:
 
 
 def find_changes(source_conn: Any, ledger_conn: Any, config: BackfillConfig, holding: int,
-                 buckets: Iterable[int]) -> SourceChanges:
-    """Compare, turn by turn, what the target holds in ``buckets`` with what the source holds."""
+                 buckets: Iterable[int], new_buckets: Iterable[int] = ()) -> SourceChanges:
+    """Compare, turn by turn, what the target holds in ``buckets`` with what the source holds.
+
+    ``new_buckets``: buckets the target never held, where a turn that left ``buckets`` may
+    have moved (its timestamp changed): looked up there only for turns not found, in one
+    more read of those buckets, and then an edit, not a deletion.
+    """
     buckets = sorted(set(buckets))
     found = SourceChanges()
     if not buckets:
@@ -102,20 +118,42 @@ def find_changes(source_conn: Any, ledger_conn: Any, config: BackfillConfig, hol
     source = ((turn, list(rows)) for turn, rows in
               groupby(_source(source_conn, config, buckets), key=lambda row: row[0]))
     current = next(source, None)
+    gone: list[TurnChange] = []
     for turn, bucket, content, document_id, ingestion_id in held:  # one row per turn
         found.compared += 1
         while current is not None and current[0] < turn:
             current = next(source, None)
         if current is None or current[0] != turn:
-            found.changes.append(TurnChange(turn, "deleted", bucket, None, document_id, ingestion_id))
+            gone.append(TurnChange(turn, "deleted", bucket, None, document_id, ingestion_id))
             continue
         rows = current[1]
         if content is None:
             found.unknown += 1
-        elif all(hash_ != content for _, _, hash_ in rows):
-            found.changes.append(TurnChange(turn, "edited", bucket, rows[0][1], document_id,
-                                            ingestion_id))
+        elif all(hash_ != content for _, _, hash_, _ in rows):
+            change = _changed(turn, bucket, rows, document_id, ingestion_id)
+            found.changes.append(change)
+    new_buckets = sorted(set(new_buckets) - set(buckets))
+    moved: dict[str, list[tuple[str, int, int, bool]]] = {}
+    if gone and new_buckets:
+        wanted = {c.turn for c in gone}
+        for turn, group in groupby(_source(source_conn, config, new_buckets), key=lambda r: r[0]):
+            if turn in wanted:
+                moved[turn] = list(group)
+    for change in gone:
+        now = moved.get(change.turn)
+        found.changes.append(change if now is None else _changed(
+            change.turn, change.held_bucket, now, change.document_id, change.ingestion_id))
     return found
+
+
+def _changed(turn: str, bucket: int, rows: list[tuple[str, int, int, bool]], document_id: str,
+             ingestion_id: str | None) -> TurnChange:
+    """A held turn the source holds with other content: edited, or emptied (a deletion)."""
+    if all(empty for _, _, _, empty in rows):
+        return TurnChange(turn, "deleted", bucket, rows[0][1], document_id, ingestion_id,
+                          emptied=True)
+    first = next(row for row in rows if not row[3])
+    return TurnChange(turn, "edited", bucket, first[1], document_id, ingestion_id)
 
 
 def _held(conn: Any, schema: str, holding: int, buckets: list[int]
@@ -134,9 +172,9 @@ def _held(conn: Any, schema: str, holding: int, buckets: list[int]
 
 
 def _source(conn: Any, config: BackfillConfig, buckets: list[int]
-            ) -> Iterator[tuple[str, int, int]]:
-    """(turn, bucket, content hash) of every row of ``buckets`` that can make a document's key,
-    ordered by the turn's key as ``held_turns`` is (byte order)."""
+            ) -> Iterator[tuple[str, int, int, bool]]:
+    """(turn, bucket, content hash, both texts blank) of every row of ``buckets`` that can make
+    a document's key, ordered by the turn's key as ``held_turns`` is (byte order)."""
     set_session_timezone(conn, config.source_timezone)
     c = config.columns
     q = quote_identifier
@@ -153,9 +191,12 @@ def _source(conn: Any, config: BackfillConfig, buckets: list[int]
         args["at"] = [bucket_start(b) for b in buckets]
     index = q(c.message_index)
     turn = f"{q(c.conversation_id)}::text || ':' || trunc({index}::numeric)::text"
+    # As documents.build_document rejects a turn: both texts NULL or only white space.
+    blank = " AND ".join(f"COALESCE({q(t)}::text, '') ~ '^[[:space:]]*$'"
+                         for t in (c.user_text, c.assistant_text))
     with conn.cursor(name="synap_backfill_source_turns") as cur:
         cur.execute(
-            f"SELECT {turn}, {col}::timestamptz, {content_hash_sql(config)} FROM"
+            f"SELECT {turn}, {col}::timestamptz, {content_hash_sql(config)}, ({blank}) FROM"
             f" {quoted_table(config)} WHERE ({where}) AND {representable(config)}"
             f" AND {q(c.conversation_id)} IS NOT NULL AND {index} IS NOT NULL"
             f" AND {index}::numeric = trunc({index}::numeric)"
@@ -164,8 +205,8 @@ def _source(conn: Any, config: BackfillConfig, buckets: list[int]
             chunk = cur.fetchmany(FETCH)
             if not chunk:
                 break
-            for key, at, content in chunk:
-                yield as_text(key), bucket_of(at), int(content)
+            for key, at, content, empty in chunk:
+                yield as_text(key), bucket_of(at), int(content), bool(empty)
     conn.commit()
 
 
@@ -187,6 +228,10 @@ def create_tables(cur: Any, s: str) -> None:
         run int NOT NULL, turn text NOT NULL, kind text NOT NULL, held_bucket int NOT NULL,
         source_bucket int, document_id text NOT NULL, ingestion_id uuid,
         PRIMARY KEY (run, turn))""")
+    # Version 4: emptied turns (a deletion), and which changes an apply carried out.
+    for column, kind in (("emptied", "boolean NOT NULL DEFAULT false"),
+                         ("applied", "boolean NOT NULL DEFAULT false")):
+        add_column(cur, s, "source_changes", column, kind)
 
 
 def save_changes(conn: Any, schema: str, run: int, found: SourceChanges) -> None:
@@ -198,37 +243,55 @@ def save_changes(conn: Any, schema: str, run: int, found: SourceChanges) -> None
         if rows:
             cur.execute(
                 f"INSERT INTO {s}.source_changes (run, turn, kind, held_bucket, source_bucket,"
-                " document_id, ingestion_id) SELECT %s, * FROM unnest(%s::text[], %s::text[],"
-                " %s::int[], %s::int[], %s::text[], %s::uuid[])",
+                " document_id, ingestion_id, emptied) SELECT %s, * FROM unnest(%s::text[],"
+                " %s::text[], %s::int[], %s::int[], %s::text[], %s::uuid[], %s::boolean[])",
                 (run, [c.turn for c in rows], [c.kind for c in rows],
                  [c.held_bucket for c in rows], [c.source_bucket for c in rows],
-                 [c.document_id for c in rows], [c.ingestion_id for c in rows]))
+                 [c.document_id for c in rows], [c.ingestion_id for c in rows],
+                 [c.emptied for c in rows]))
     conn.commit()
 
 
 def load_changes(conn: Any, schema: str, run: int) -> SourceChanges:
     s = quote_identifier(schema)
     with conn.cursor() as cur:
-        cur.execute(f"SELECT turn, kind, held_bucket, source_bucket, document_id, ingestion_id::text"
-                    f" FROM {s}.source_changes WHERE run = %s ORDER BY held_bucket, turn", (run,))
+        cur.execute(f"SELECT turn, kind, held_bucket, source_bucket, document_id, ingestion_id::text,"
+                    f" emptied FROM {s}.source_changes WHERE run = %s ORDER BY held_bucket, turn",
+                    (run,))
         found = SourceChanges([TurnChange(*row) for row in cur.fetchall()])
     conn.commit()
     return found
 
 
 def pending_buckets(conn: Any, schema: str, run: int) -> set[int]:
-    """Buckets of the run's plan with a change pending (held and source sides)."""
+    """Buckets of the run's plan with a change not applied (held and source sides): not held as
+    read, so the next run finds the change again (report mode: every change)."""
     s = quote_identifier(schema)
     with conn.cursor() as cur:
-        cur.execute(f"SELECT held_bucket FROM {s}.source_changes WHERE run = %s UNION"
-                    f" SELECT source_bucket FROM {s}.source_changes WHERE run = %s"
-                    " AND source_bucket IS NOT NULL", (run, run))
+        cur.execute(f"SELECT held_bucket FROM {s}.source_changes WHERE run = %s AND NOT applied"
+                    f" UNION SELECT source_bucket FROM {s}.source_changes WHERE run = %s"
+                    " AND NOT applied AND source_bucket IS NOT NULL", (run, run))
         found = {int(b) for (b,) in cur.fetchall()}
     conn.commit()
     return found
 
 
+def mark_applied(conn: Any, schema: str, run: int, holding: int) -> int:
+    """Mark the run's changes whose held document is no longer held (its memories were deleted:
+    ``undo_ledger.PartitionUndoLedger.save`` forgot it) as applied; how many are left pending."""
+    s = quote_identifier(schema)
+    with conn.cursor() as cur:
+        cur.execute(f"UPDATE {s}.source_changes c SET applied = true WHERE c.run = %s AND NOT"
+                    f" EXISTS (SELECT 1 FROM {s}.held_turns h WHERE h.holding = %s AND h.turn ="
+                    " c.turn AND h.document_id = c.document_id)", (run, holding))
+        cur.execute(f"SELECT count(*) FROM {s}.source_changes WHERE run = %s AND NOT applied",
+                    (run,))
+        (left,) = cur.fetchone()
+    conn.commit()
+    return int(left)
+
+
 def describe(found: SourceChanges) -> dict[str, int]:
     """The counts, for the plan's record and XCom."""
-    return {"edited": len(found.edited), "deleted": len(found.deleted), "unknown": found.unknown,
-            "compared": found.compared}
+    return {"edited": len(found.edited), "deleted": len(found.deleted),
+            "emptied": len(found.emptied), "unknown": found.unknown, "compared": found.compared}

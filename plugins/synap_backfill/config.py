@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from typing import Any, Literal, Mapping
@@ -22,6 +23,7 @@ from synap_provider.connection_fields import DEFAULT_CONN_ID
 from .checks import ParamError
 from .params import ParamsModel, param
 
+log = logging.getLogger("synap_backfill")
 MAX_BATCH_SIZE = 100  # what batch_create accepts per call
 # Well below Airflow's default max_map_length (1024): room for the untimed
 # partition and for an operator who lowers max_map_length a little.
@@ -29,6 +31,8 @@ MAX_PARTITIONS = 1000
 DOCUMENT_ID_FORMAT = "backfill:{conversation_id}:{message_index}"
 DEFAULT_KEY_CONN_ID = "synap_person_key"  # the person key's connection (persons.py)
 DEFAULT_TOKEN_KEY_CONN_ID = "synap_pii_token_key"  # pii_replacement token's key (redaction.py)
+# Params renamed: the old name, in a run's conf, still sets the new one (and says so).
+RENAMED_PARAMS = {"max_source_deletion_share": "max_source_change_share"}
 PII_KINDS = ("email", "phone", "payment_card", "iban", "national_id", "ip_address")
 # The document settings that say what redaction and the transform made of the texts.
 PRIVATE_SETTINGS = ("redact_pii", "pii_entities", "pii_replacement", "pii_phone_regions",
@@ -164,13 +168,27 @@ class BackfillConfig(ParamsModel):
                     "leave Synap as it is. apply: delete the memories of each one's held document; "
                     "an edited turn is then sent again, with its current text, under a new "
                     "document id. Found only inside buckets that changed.")
-    max_source_deletion_share: float = param(
-        0.05, title="Max source deletion share", section="Sending", check="share", minimum=0,
+    max_source_change_share: float = param(
+        0.05, title="Max source change share", section="Sending", check="share", minimum=0,
         maximum=1,
         description="With apply_source_changes apply, the run stops before deleting anything when "
-                    "more than this share of the turns the instance holds of the source are gone "
-                    "from it (a truncated table must not wipe an instance). Edited turns do not "
-                    "count. 0.05: 5%; 1: never.")
+                    "the held turns whose memories it would delete (edited, deleted, or emptied "
+                    "in the source) are more than this share of the turns the instance holds of "
+                    "the source: a truncated table, a blanked column or a back-filled id must not "
+                    "wipe an instance. 0.05: 5%; 1: never. Its old name, max_source_deletion_share, "
+                    "still works.")
+    accept_lost_ranges: bool = param(
+        False, title="Accept lost ranges", section="Sending", check="boolean",
+        description="With apply_source_changes apply, the run stops, naming the range, when more "
+                    "than a day of buckets the instance holds is entirely gone from the source (a "
+                    "detached partition, a view's new WHERE). Set this for the one run that "
+                    "applies such a removal on purpose.")
+    extraction_wait: int = param(
+        600, title="Extraction wait (s)", section="Sending", check="whole", minimum=0,
+        maximum=86_400,
+        description="How long apply_source_changes waits for a held document still being "
+                    "extracted before it reads its memories. One not done by then stays pending: "
+                    "its bucket is not held as read, and the next run applies it.")
     redact_pii: bool = param(
         False, title="Redact personal data", section="Personal data", check="boolean",
         description="Replace each email address, phone number, payment card, IBAN, national id "
@@ -270,6 +288,8 @@ class BackfillConfig(ParamsModel):
     lookback: bool = False
     # pii_replacement token: the key's id (pii.key_id), never the key: other keys, other tokens.
     pii_key_id: str = ""
+    # The instance's user_context_isolation as whoami reported it (None: not reported).
+    isolation: str | None = None
 
     @model_validator(mode="after")
     def _range(self) -> "BackfillConfig":
@@ -313,7 +333,14 @@ class BackfillConfig(ParamsModel):
 def config_from_params(params: Mapping[str, Any]) -> BackfillConfig:
     """Validate the DAG's params; raise ParamError naming the first bad one.
 
-    A missing param takes its declared default, the same one the form shows.
+    A missing param takes its declared default, the same one the form shows. A renamed
+    param's old name (``RENAMED_PARAMS``) sets its new one.
     """
+    params = dict(params)
+    for old, new in RENAMED_PARAMS.items():
+        if params.get(old) is not None:
+            log.warning("param %r is now called %r; using the value given under its old name", old,
+                        new)
+            params[new] = params.pop(old)
     config: BackfillConfig = BackfillConfig.from_params(params)
     return config

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Iterable, Mapping
 
-from .buckets import fingerprint
+from .buckets import bucket_of, bucket_start, fingerprint
 from .planning import BucketCount, HeldBucket, Holder
 from .source import quote_identifier
 
@@ -127,6 +127,15 @@ class Inventory:
         return {bucket: HeldBucket(bucket, n, fp, Holder(dag_id, run_id, digest, settings.get(run, {})),
                                    content)
                 for bucket, n, fp, content, dag_id, run_id, digest, run in rows}
+
+    def held_within(self, holding: int, ranges: Iterable[tuple[datetime, datetime]]) -> set[int]:
+        """The buckets the holding holds inside ``ranges`` (half-open, UTC)."""
+        found: set[int] = set()
+        for lo, hi in ranges:
+            found |= {int(b) for (b,) in self._all(
+                f"SELECT bucket FROM {self.s}.inventory WHERE holding = %s AND bucket >= %s"
+                " AND bucket < %s", (holding, bucket_of(lo), _first_at_or_after(hi)))}
+        return found
 
     def adopt_content(self, holding: int, buckets: Iterable[BucketCount]) -> None:
         """Buckets held before content fingerprints, their keys unchanged: their content as
@@ -240,6 +249,11 @@ class Inventory:
         rows = self._all(f"SELECT id FROM {self.s}.holdings WHERE target = %s AND source = %s",
                          (target, source))
         return int(rows[0][0]) if rows else None
+
+
+def _first_at_or_after(instant: datetime) -> int:
+    bucket = bucket_of(instant)
+    return bucket if bucket_start(bucket) == instant else bucket + 1
 
 
 def _json(value: Any) -> Any:

@@ -56,6 +56,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, TypeVar
 
+from .ddl import add_column
 from .db_errors import LOCK_NOT_AVAILABLE, is_database_error, sql_error, sqlstate
 from .held_turns import HeldTurn, TurnWrite, held_turns, write_turns
 from .changes import create_tables as create_change_tables
@@ -88,7 +89,7 @@ class Checkpoint:
 
 
 # Bump when the DDL of ensure_tables changes: the next run's preflight applies it, once.
-LEDGER_VERSION = 3
+LEDGER_VERSION = 4
 DDL_LOCK_TIMEOUT = "10s"  # the longest the ledger's DDL waits for a lock before it gives up
 # The longest one ledger or pacing statement waits for a lock (a session idle in a
 # transaction that holds one): then the partition fails, naming the ledger, and its retry
@@ -210,11 +211,7 @@ def _create_tables(cur: Any, schema: str, s: str) -> None:
 
 
 def _add_column(cur: Any, schema: str, table: str, column: str, kind: str) -> None:
-    """ALTER only when missing: even ``ADD COLUMN IF NOT EXISTS`` takes an exclusive lock."""
-    cur.execute("SELECT 1 FROM information_schema.columns WHERE table_schema = %s"
-                " AND table_name = %s AND column_name = %s", (schema, table, column))
-    if not cur.fetchone():
-        cur.execute(f"ALTER TABLE {quote_identifier(schema)}.{table} ADD COLUMN {column} {kind}")
+    add_column(cur, quote_identifier(schema), table, column, kind)
 
 
 def save_copies(conn: Any, schema: str, dag_id: str, run_id: str,

@@ -37,7 +37,7 @@ import json
 import math
 from bisect import bisect_left
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Iterable, Mapping
 
 from .accounting import window_key
@@ -204,10 +204,14 @@ class Difference:
 def difference(counted: Iterable[BucketCount], held: Mapping[int, HeldBucket], *, digest: str,
                resend: bool = False, start: datetime | None = None, end: datetime | None = None,
                lookback_before: datetime | None = None,
-               covered: Iterable[tuple[datetime | None, datetime | None]] = ()) -> Difference:
+               covered: Iterable[tuple[datetime | None, datetime | None]] = (),
+               settings: Mapping[str, Any] | None = None) -> Difference:
     """Classify every counted bucket, and every held bucket now empty, against the inventory.
 
     ``start``/``end``: the range that was counted (buckets they cut are partial).
+    ``settings``: the run's document settings. ``resend`` overrides a conflict of settings,
+    never one of redaction or the transform (``PRIVATE_SETTINGS``): Synap keeps a document
+    id's first version, so resending cannot take out what was sent unredacted.
     ``lookback_before``: a scheduled run's interval start (counted from the first row, so
     ``start`` is None); earlier buckets are planned only when held and changed, or new
     inside a range an earlier run ``covered``.
@@ -244,7 +248,9 @@ def difference(counted: Iterable[BucketCount], held: Mapping[int, HeldBucket], *
             if mine.content is None and count.content is not None:
                 diff.adopt.append(count)
             continue
-        if mine.holder.digest != digest and not resend:
+        private_conflict = (resend and mine.holder.digest != digest and settings is not None
+                            and _private_settings(mine.holder.settings) != _private_settings(settings))
+        if (mine.holder.digest != digest and not resend) or private_conflict:
             if history and same:
                 diff.outside.append(b)  # someone else's, unchanged: not this run's history
             else:
@@ -272,6 +278,35 @@ def difference(counted: Iterable[BucketCount], held: Mapping[int, HeldBucket], *
             diff.changed.add(b)
     diff.deletions.sort(key=lambda d: d.bucket)
     return diff
+
+
+LOST_RANGE = timedelta(days=1)  # held buckets gone together over longer than this: an accident?
+
+
+def lost_ranges(diff: Difference, counted: Iterable[BucketCount], *,
+                longer_than: timedelta = LOST_RANGE) -> list[tuple[int, int]]:
+    """Runs of held buckets the source now holds nothing of, with no row in between, spanning
+    more than ``longer_than`` (first bucket, last bucket): a detached partition or a view's new
+    WHERE looks like this; users deleting what they wrote does not."""
+    gone = {d.bucket for d in diff.deletions if d.now == 0 and d.bucket != UNTIMED}
+    if not gone:
+        return []
+    present = {c.bucket for c in counted if c.rows and c.bucket != UNTIMED}
+    runs: list[list[int]] = []
+    previous_gone = False
+    for b in sorted(gone | present):
+        if b in gone:
+            if previous_gone:
+                runs[-1][1] = b
+            else:
+                runs.append([b, b])
+        previous_gone = b in gone
+    return [(lo, hi) for lo, hi in runs if bucket_end(hi) - bucket_start(lo) > longer_than]
+
+
+def describe_range(first: int, last: int) -> str:
+    """``2024-03-01 00:00 → 2024-03-31 23:45 UTC`` (bucket starts and the last one's end)."""
+    return f"{bucket_start(first):%Y-%m-%d %H:%M} → {bucket_end(last):%Y-%m-%d %H:%M} UTC"
 
 
 def _inside(bucket: int, covered: list[tuple[datetime | None, datetime | None]]) -> bool:
@@ -400,6 +435,12 @@ def _ranges(piece: _Piece, skip: list[Range], planned: list[BucketCount]) -> tup
         ranges.append((cursor, piece.hi))
     starts = [max(bucket_start(c.bucket), piece.lo) for c in planned]
     return tuple((lo, hi) for lo, hi in ranges if any(lo <= s < hi for s in starts))
+
+
+def in_plan(bucket: int, planned: Iterable[PlannedPartition]) -> bool:
+    """Whether one of ``planned`` reads ``bucket`` whole."""
+    lo, hi = bucket_start(bucket), bucket_end(bucket)
+    return any(s <= lo and hi <= e for p in planned for s, e in p.ranges)
 
 
 def describe_buckets(buckets: Iterable[int], limit: int = 3) -> str:

@@ -144,6 +144,11 @@ def check_synap_settings(conn_id: str) -> "SynapTarget":
 
 def check_synap(hook: Any, conn_id: str) -> str:
     """``whoami`` answers with this key: the instance it opens."""
+    return str(who_is(hook, conn_id).get("instance_id") or "")
+
+
+def who_is(hook: Any, conn_id: str) -> dict[str, Any]:
+    """``whoami``'s answer for this key (instance, isolation); a refusal in one line."""
     import asyncio
 
     from maximem_synap import AuthenticationError
@@ -157,6 +162,6 @@ def check_synap(hook: Any, conn_id: str) -> str:
         raise PreflightError(f"connection {conn_id!r}: Synap did not answer whoami"
                              f" ({type(exc).__name__}); check its host and that the service is"
                              " up") from None
-    return str(who.get("instance_id") or "")
+    return dict(who)
 
 

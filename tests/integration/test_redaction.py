@@ -121,6 +121,16 @@ def test_without_redaction_values_arrive_as_written_and_turning_it_on_over_them_
                             " an undo takes them out")
     assert wire(synap) == sent, "nothing was sent"
 
+    # resend_unchanged cannot take out what was sent unredacted: refused the same way, and
+    # the buckets are not recorded as redacted (the refusal shows again next time).
+    for _ in range(2):
+        resent = run_backfill(source_table="pii_plain", synap_extra=FAST, resend_unchanged=True,
+                              **REDACT)
+        assert str(resent.state) == "failed"
+        (again,) = local_airflow.task_xcom(resent, "plan_partitions", "failure")
+        assert again.endswith("only an undo takes them out") and plain.run_id in again
+        assert wire(synap) == sent, "a turn went again, unredacted in Synap whatever was sent"
+
 
 def test_a_token_is_the_same_for_one_value_across_turns_and_runs_and_needs_its_key(
         local_pg, run_backfill, synap, monkeypatch):

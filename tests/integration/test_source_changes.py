@@ -159,10 +159,10 @@ def test_a_table_emptied_by_mistake_is_refused_in_one_line_before_any_delete(
     gone = total - left
     assert failure == (
         f"{gone:,} of the {total:,} turns Synap instance {synap.instance_id} holds of"
-        f" postgres.public.chg_truncated are gone from the source ({gone / total:.1%}), more than"
-        " max_source_deletion_share 5.0%: nothing was deleted or sent. If the table was emptied"
-        " by mistake, restore it; if the deletions are real, raise max_source_deletion_share for"
-        " this run")
+        f" postgres.public.chg_truncated would lose their memories ({gone / total:.1%}: 0 edited,"
+        f" {gone:,} deleted, 0 emptied in the source), more than max_source_change_share 5.0%:"
+        " nothing was deleted or sent. If the table was emptied, blanked or rewritten by mistake,"
+        " restore it; if the changes are real, raise max_source_change_share for this run")
     assert deletes(synap) == {} and received(synap) == sent
 
 
@@ -191,7 +191,8 @@ def test_a_worker_killed_mid_apply_is_retried_without_deleting_a_memory_twice_or
                               " WHERE id % 5 = 0").rowcount
     use_connections(synap_extra={"requests_per_minute": 2400})  # 40 calls a second: killable
     declared = {name: p.value for name, p in backfill_params().items()}
-    params = {"source_table": "chg_killed", "verify_sample": 0, "apply_source_changes": "apply"}
+    params = {"source_table": "chg_killed", "verify_sample": 0, "apply_source_changes": "apply",
+              "max_source_change_share": 0.25}
     config = resolve_config({**declared, **params}, conf=params, known=declared)
     windows = plan_partitions(config, dag_id="synap_backfill", run_id="apply-killed")
     body = describe_plan(BackfillConfig.from_dict(config), windows, dag_id="synap_backfill",

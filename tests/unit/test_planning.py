@@ -4,7 +4,7 @@ from datetime import datetime, timezone
 
 from synap_backfill.buckets import UNTIMED, bucket_of
 from synap_backfill.planning import (BucketCount, HeldBucket, Holder, PlannedPartition,
-                                       conflict_message, difference)
+                                       conflict_message, difference, lost_ranges)
 
 UTC = timezone.utc
 EARLIER = Holder("synap_backfill", "manual__1", "digest-a",
@@ -63,6 +63,30 @@ def test_resend_unchanged_plans_every_bucket_whatever_is_held():
                       digest="digest-a", resend=True)
     assert [c.bucket for c in diff.planned] == [at(1), at(2)]
     assert not diff.unchanged and not diff.conflicts
+
+
+def test_resend_unchanged_never_overrides_other_redaction_settings():
+    redacting = {"mode": "long-range", "columns": {"user_id": "user_id"}, "redact_pii": True}
+    diff = difference([count(at(1), 5)], {at(1): held(at(1), 5)}, digest="digest-b", resend=True,
+                      settings=redacting)
+    assert [c.bucket for c in diff.conflicts] == [at(1)] and not diff.planned
+
+
+def test_only_a_range_of_more_than_a_day_with_nothing_left_in_it_is_a_lost_range():
+    buckets = [at(d, h) for d in range(1, 8) for h in (9, 15)]  # two a day, a week
+    inventory = {b: held(b, 3) for b in buckets}
+    kept = [count(b, 3) for b in buckets if not at(2, 9) <= b <= at(4, 15)]
+    diff = difference(kept, inventory, digest="digest-a")
+    assert lost_ranges(diff, kept) == [(at(2, 9), at(4, 15))]
+    # Users deleting turns here and there: no range, however many.
+    scattered = [count(b, 3) for i, b in enumerate(buckets) if i % 2]
+    diff = difference(scattered, inventory, digest="digest-a")
+    assert lost_ranges(diff, scattered) == []
+    # Rows left in the middle: two short runs, neither over a day.
+    kept = [count(b, 3) for b in buckets if not at(2, 9) <= b <= at(4, 15) or b in (at(3, 9),
+                                                                                     at(3, 15))]
+    diff = difference(kept, inventory, digest="digest-a")
+    assert lost_ranges(diff, kept) == []
 
 
 def test_buckets_cut_by_an_explicit_range_are_always_planned_and_marked_partial():

@@ -111,12 +111,15 @@ def _private_line(config: BackfillConfig) -> str:
 def _changes_line(config: BackfillConfig, found: dict[str, Any]) -> str:
     """What the source changed in what the instance holds, and what approving does about it."""
     edited, deleted = int(found.get("edited") or 0), int(found.get("deleted") or 0)
+    emptied = int(found.get("emptied") or 0)
     if not (edited or deleted):
         return ""
     if config.apply_source_changes == "apply":
         return (f"- source changes: **{edited:,} edited turn{_s(edited)} replaced** (their held"
                 f" documents' memories deleted, their current text sent) and **{deleted:,} deleted"
-                f" turn{_s(deleted)} forgotten** (their memories deleted, permanently)\n")
+                f" turn{_s(deleted)} forgotten**"
+                + (f" ({emptied:,} of them emptied: both texts blank)" if emptied else "")
+                + " (their memories deleted, permanently)\n")
     return (f"- source changes: {edited:,} edited and {deleted:,} deleted turn{_s(deleted)} found;"
             " reported only (apply_source_changes is report): Synap is left as it is\n")
 

@@ -23,18 +23,16 @@ from contextlib import AsyncExitStack, closing
 from typing import Any, Iterable, Mapping
 
 from ..accounting import window_key
-from ..buckets import bucket_end, bucket_start
-from ..changes import SourceChanges, TurnChange, load_changes
+from ..changes import SourceChanges, TurnChange, load_changes, mark_applied, pending_buckets
 from ..config import BackfillConfig
 from ..inventory import Inventory
-from ..planning import PlannedPartition
+from ..planning import PlannedPartition, in_plan
 from ..target import SynapTarget
 from ..undo import Document, UndoClient, UndoReport, undo_partition
 from ..undo_ledger import PartitionUndoLedger
 
 log = logging.getLogger("synap_backfill")
 CHANGES_KEY = "source-changes"  # the undo ledger's partition key for a run's source changes
-EXTRACTION_WAIT = 600.0  # seconds to wait for a held document still being extracted
 
 
 def apply_source_changes(config_dict: Mapping[str, Any], windows: Iterable[Mapping[str, Any]] | None,
@@ -64,17 +62,23 @@ def apply_source_changes(config_dict: Mapping[str, Any], windows: Iterable[Mappi
     report = _delete(config, record.id, record.holding, changes, run_id)
     with closing(ledger_hook.get_conn()) as conn:
         inventory = Inventory(conn, config.ledger_schema)
+        # A change is applied once its held document is forgotten (its memories deleted);
+        # the others stay pending, and their buckets are not held as read by this run.
+        pending = (mark_applied(conn, config.ledger_schema, record.id, record.holding)
+                   if record.holding is not None else len(found.changes))
+        unheld = pending_buckets(conn, config.ledger_schema, record.id)
         # Buckets the source emptied, their turns now forgotten: nothing is left there to hold.
         gone = sorted({c.held_bucket for c in changes if c.kind == "deleted"}
-                      - {c.source_bucket for c in found.changes if c.source_bucket is not None})
+                      - {c.source_bucket for c in found.changes if c.source_bucket is not None}
+                      - unheld)
         held_now = inventory.held(record.holding) if record.holding is not None else {}
-        empty = [b for b in gone if b in held_now and not _in_plan(b, planned)]
-        if record.holding is not None and empty and not report.failed_total:
+        empty = [b for b in gone if b in held_now and not in_plan(b, planned)]
+        if record.holding is not None and empty:
             inventory.release(record.holding, empty)
     result.update(applied=True, documents=report.documents, memories_deleted=report.deleted,
                   already_gone=report.already_gone, failed=dict(report.failed),
                   without_id=report.without_id, not_reached=dict(report.not_reached),
-                  requests=report.requests, seconds=round(report.seconds, 1))
+                  pending=pending, requests=report.requests, seconds=round(report.seconds, 1))
     log.info("source changes applied: the memories of %d documents (%d edited, %d deleted turns):"
              " %d deleted, %d already gone, %d failed, %d without an ingestion id, %d not reached;"
              " %d requests, %.1f s (listed in %s.undo_unreached)", report.documents,
@@ -82,6 +86,10 @@ def apply_source_changes(config_dict: Mapping[str, Any], windows: Iterable[Mappi
              sum(1 for c in changes if c.kind == "deleted"), report.deleted, report.already_gone,
              report.failed_total, report.without_id, sum(report.not_reached.values()),
              report.requests, report.seconds, config.ledger_schema)
+    if pending:
+        log.warning("%d source changes are not applied yet (not reached, or without an ingestion"
+                    " id): Synap still holds their old version, their buckets are not held as read,"
+                    " and the next run finds and applies them", pending)
     if report.failed:
         from airflow.sdk.exceptions import AirflowFailException
 
@@ -96,12 +104,7 @@ def _sent_by(change: TurnChange, planned: list[PlannedPartition]) -> bool:
     """A deletion always applies; an edit only where a partition of this run sends the turn again
     (a sample run sends some partitions: the others' edits wait, held, for a run that does)."""
     return change.kind == "deleted" or (change.source_bucket is not None
-                                        and _in_plan(change.source_bucket, planned))
-
-
-def _in_plan(bucket: int, planned: list[PlannedPartition]) -> bool:
-    lo, hi = bucket_start(bucket), bucket_end(bucket)
-    return any(s <= lo and hi <= e for p in planned for s, e in p.ranges)
+                                        and in_plan(change.source_bucket, planned))
 
 
 def _delete(config: BackfillConfig, run: int, holding: int | None, changes: list[TurnChange],
@@ -129,7 +132,7 @@ def _delete(config: BackfillConfig, run: int, holding: int | None, changes: list
                                              "source changes", holding=holding,
                                              dag_id="", run_id=run_id)
                 await undo_partition(documents, without_id, client, report, ledger, dry_run=False,
-                                     wait_seconds=EXTRACTION_WAIT)
+                                     wait_seconds=config.extraction_wait)
 
     asyncio.run(run_it())
     return report

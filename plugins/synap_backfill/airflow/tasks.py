@@ -19,7 +19,7 @@ from ..accounting import PartitionReport, summarize
 from ..buckets import UNTIMED, bucket_label
 from ..changes import SourceChanges, find_changes, pending_buckets, save_changes
 from ..changes import describe as describe_changes
-from ..config import BackfillConfig, ParamError, config_from_params
+from ..config import RENAMED_PARAMS, BackfillConfig, ParamError, config_from_params
 from ..credits import credits_for
 from ..documents import B2B_ISOLATION, B2C_ISOLATION
 from ..held_turns import held_turn_count
@@ -29,10 +29,11 @@ from ..ledger import Ledger, save_copies
 from ..partition import PartitionFailed, PartitionSettings, describe_error, run_partition_rows
 from ..redaction import ShapingNotReady, shaper_for
 from ..redaction import check as check_shaping
-from ..preflight import (PreflightError, check_ledger, check_source, check_synap, check_synap_settings,
-                        unknown_keys)
+from ..preflight import (PreflightError, check_ledger, check_source, check_synap_settings,
+                        unknown_keys, who_is)
 from ..target import SynapTarget
-from ..planning import Difference, PlannedPartition, conflict_message, difference, lay_out
+from ..planning import (Difference, PlannedPartition, conflict_message, describe_range, difference,
+                        in_plan, lay_out, lost_ranges)
 from ..source import (bucket_counts, copies_at_different_times, quote_identifier, quoted_table,
                      read_window, timestamp_index, turns_are_unique)
 from ..windows import Grid
@@ -64,7 +65,8 @@ def resolve_config(params: Mapping[str, Any], *, conf: Mapping[str, Any] | None 
 
     try:
         if conf is not None:
-            unknown_keys(conf, known)
+            unknown_keys(conf, [*known, *RENAMED_PARAMS])
+            params = {**params, **{k: v for k, v in conf.items() if k in RENAMED_PARAMS}}
         lookback = interval is not None and not (params.get("start") or params.get("end"))
         if lookback:
             assert interval is not None
@@ -89,17 +91,19 @@ def resolve_config(params: Mapping[str, Any], *, conf: Mapping[str, Any] | None 
                     raise PreflightError(f"{exc}; persons were erased from Synap, and without"
                                          " the key their turns cannot be held back") from None
         synap = check_synap_settings(config.synap_conn_id)
+        who: dict[str, Any] = {}
         if config.dry_run:
             try:
-                instance = check_synap(synap.hook, config.synap_conn_id)
+                who = who_is(synap.hook, config.synap_conn_id)
             except PreflightError as exc:
-                instance = ""
                 log.warning("a dry run without Synap (%s): the plan cannot tell what the instance"
                             " holds, so every row counts as new", exc)
         else:
-            instance = check_synap(synap.hook, config.synap_conn_id)
-        config = config.model_copy(update={"target": instance, "source": source, "lookback": lookback,
-                                           "pii_key_id": pii_key_id})
+            who = who_is(synap.hook, config.synap_conn_id)
+        instance = str(who.get("instance_id") or "")
+        config = config.model_copy(update={
+            "target": instance, "source": source, "lookback": lookback, "pii_key_id": pii_key_id,
+            "isolation": who.get("user_context_isolation") or None})
     except (ParamError, PreflightError) as exc:
         _fail_before_planning(ti, str(exc))
     except Exception as exc:  # unforeseen: still say which task stopped the run, and why
@@ -190,7 +194,8 @@ def _plan(config: BackfillConfig, dag_id: str, run_id: str) -> list[dict[str, An
         diff = difference(counted, held, digest=config.settings_digest,
                           resend=config.resend_unchanged, start=start, end=config.end,
                           lookback_before=config.start if config.lookback else None,
-                          covered=inventory.covered(holding) if config.lookback and holding else ())
+                          covered=inventory.covered(holding) if config.lookback and holding else (),
+                          settings=config.document_settings())
         if diff.conflicts:
             from airflow.sdk.exceptions import AirflowFailException
 
@@ -209,12 +214,13 @@ def _plan(config: BackfillConfig, dag_id: str, run_id: str) -> list[dict[str, An
         plan = lay_out(diff, grid, start=start, end=config.end,
                        max_rows=config.max_rows_per_partition, min_rows=config.min_rows_per_partition,
                        max_partitions=cap)
-        # Turn by turn inside the changed buckets; not where the texts could not be read.
+        # Turn by turn inside the changed buckets; not where the texts could not be read. A
+        # turn that left them may have moved to a bucket never held: an edit, not a deletion.
         readable = all(c.content is not None for c in counted)
-        changes = (find_changes(conn, ledger_conn, config, holding, diff.changed - {UNTIMED})
+        changes = (find_changes(conn, ledger_conn, config, holding, diff.changed - {UNTIMED},
+                                new_buckets=[c.bucket for c in diff.planned
+                                             if c.bucket not in held and c.bucket != UNTIMED])
                    if holding is not None and diff.changed and readable else SourceChanges())
-        _check_changes(config, changes, lambda: held_turn_count(ledger_conn, config.ledger_schema,
-                                                                holding))
         if changes.changes:
             plan.partitions = [replace(p, edited=changes.count_in("edited", p.start, p.end),
                                        deleted=changes.count_in("deleted", p.start, p.end))
@@ -230,6 +236,15 @@ def _plan(config: BackfillConfig, dag_id: str, run_id: str) -> list[dict[str, An
         elif timed:
             copies = copies_at_different_times(conn, config, min(p.ranges[0][0] for p in timed),
                                                max(p.ranges[-1][1] for p in timed))
+        planned = plan.partitions
+        sampling = bool(config.sample_partitions and config.sample_partitions < len(planned))
+        if sampling:
+            planned = _spread(timed, min(config.sample_partitions, len(timed)))
+        # Before anything is deleted or the inventory changes: what the run would delete.
+        lost = lost_ranges(diff, counted)
+        frozen = _guard_deletes(config, changes, diff, lost, planned,
+                                lambda: held_turn_count(ledger_conn, config.ledger_schema, holding),
+                                lambda: sum(b.rows for b in held.values()))
         save_copies(ledger_conn, config.ledger_schema, dag_id, run_id, copies)
         credits = (credits_for(config, plan.rows) if plan.partitions and not config.dry_run
                    else None)
@@ -247,6 +262,8 @@ def _plan(config: BackfillConfig, dag_id: str, run_id: str) -> list[dict[str, An
                                      "apply": config.apply_source_changes},
                   "deletions": [[d.bucket, d.held, d.now, d.holder.run_id]
                                 for d in diff.deletions[:DELETIONS_KEPT]],
+                  "lost_ranges": [describe_range(lo, hi) for lo, hi in lost[:DELETIONS_KEPT]],
+                  "frozen": frozen, "isolation": config.isolation,
                   "credits_estimate": credits.estimate if credits else None,
                   "credits_metric": credits.metric if credits else None})
         inventory.save_plan(run, plan.buckets)
@@ -255,17 +272,16 @@ def _plan(config: BackfillConfig, dag_id: str, run_id: str) -> list[dict[str, An
             inventory.adopt_content(holding, diff.adopt)
         # A bucket the source emptied stays held while the target still holds turns of it:
         # until they are applied (airflow/source_changes.py lets it go then), every run
-        # reports them.
+        # reports them. One without held turns (held before the ledger kept turns) is let
+        # go, unless the source looks emptied by accident (frozen).
         gone = [d.bucket for d in diff.deletions if d.now == 0 and d.bucket not in changes.buckets]
-        if holding is not None and gone and not config.dry_run:
+        if holding is not None and gone and not config.dry_run and not frozen:
             inventory.release(holding, gone)  # nothing left there to hold
     if copies:
         log.info("%d turns (conversation_id, message_index) are held by several rows at different"
                  " times: the earliest row of each is sent, the others are rejected as copies",
                  len(copies))
     _check_unusable(config, plan)
-    planned = plan.partitions
-    sampling = bool(config.sample_partitions and config.sample_partitions < len(planned))
     if credits is not None:
         log.info("Synap credits for the whole plan: %s", credits.describe())
         if credits.short and not sampling:
@@ -275,14 +291,12 @@ def _plan(config: BackfillConfig, dag_id: str, run_id: str) -> list[dict[str, An
                 f"not enough Synap credits: the plan needs {credits.describe()}; nothing was sent"
                 " (add credits, or send less: start/end, sample_partitions)")
     if sampling:
-        whole = {"partitions": len(planned), "rows": plan.rows,
+        whole = {"partitions": len(plan.partitions), "rows": plan.rows,
                  "credits": credits.describe() if credits else None,
                  "credits_estimate": credits.estimate if credits else None}
-        sample = [p.with_sample(whole) for p in _spread(timed, min(config.sample_partitions,
-                                                                     len(timed)))]
-        log.info("sample run: %d of %d partitions, about %d of %d rows", len(sample),
-                 len(planned), sum(p.rows for p in sample), plan.rows)
-        planned = sample
+        planned = [p.with_sample(whole) for p in planned]
+        log.info("sample run: %d of %d partitions, about %d of %d rows", len(planned),
+                 len(plan.partitions), sum(p.rows for p in planned), plan.rows)
     log.info("planned %d partition%s for about %d rows%s", len(planned),
              "" if len(planned) == 1 else "s", sum(p.rows for p in planned),
              f": {planned[0].label}" if len(planned) == 1 else
@@ -293,38 +307,74 @@ def _plan(config: BackfillConfig, dag_id: str, run_id: str) -> list[dict[str, An
 DELETIONS_KEPT = 100  # buckets with deleted rows, kept with the run for its summary
 
 
-def _check_changes(config: BackfillConfig, changes: SourceChanges,
-                   held_turns: Callable[[], int]) -> None:
-    """Say what the source changed in what the target holds; refuse, before anything is deleted,
-    to apply deletions of more than ``max_source_deletion_share`` of what it holds."""
+def _guard_deletes(config: BackfillConfig, changes: SourceChanges, diff: Difference,
+                   lost: list[tuple[int, int]], planned: list[PlannedPartition],
+                   held_turns: Callable[[], int], held_rows: Callable[[], int]) -> bool:
+    """Say what the source changed in what the target holds, and refuse, before anything is
+    deleted, what looks like an accident: more than ``max_source_change_share`` of the held
+    turns to lose their memories (edited, deleted, emptied), or a range of more than a day of
+    held buckets gone. In report mode nothing is deleted: such a source freezes the inventory
+    instead (True: no held bucket is let go or rewritten by this run)."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    if not changes.changes and not changes.unknown:
-        return
-    edited, deleted = len(changes.edited), len(changes.deleted)
     applying = config.apply_source_changes == "apply"
-    log.info("source changes in what instance %s holds of %s: %d edited and %d deleted turns"
-             " (of %d held turns compared in the buckets that changed%s)%s%s", config.target,
-             config.source, edited, deleted, changes.compared,
-             f"; {changes.unknown} held by runs from before turns' content was kept: edits to"
-             " them cannot be told" if changes.unknown else "",
-             f"; by bucket: {changes.by_bucket()}" if changes.changes else "",
-             "; apply_source_changes is apply: their memories are deleted, and edited turns sent"
-             " again" if applying else "; apply_source_changes is report: Synap is left as it is")
-    if not (applying and deleted):
-        return
-    held_rows = held_turns()
-    share = deleted / held_rows if held_rows else 1.0
-    if share > config.max_source_deletion_share:
-        message = (f"{deleted:,} of the {held_rows:,} turns Synap instance {config.target} holds of"
-                   f" {config.source} are gone from the source ({share:.1%}), more than"
-                   f" max_source_deletion_share {config.max_source_deletion_share:.1%}: nothing was"
-                   " deleted or sent. If the table was emptied by mistake, restore it; if the"
-                   " deletions are real, raise max_source_deletion_share for this run")
+    if changes.changes or changes.unknown:
+        edited, deleted = len(changes.edited), len(changes.deleted)
+        emptied = len(changes.emptied)
+        log.info("source changes in what instance %s holds of %s: %d edited and %d deleted turns"
+                 "%s (of %d held turns compared in the buckets that changed%s)%s%s", config.target,
+                 config.source, edited, deleted, f" ({emptied} of them emptied: both texts blank)"
+                 if emptied else "", changes.compared,
+                 f"; {changes.unknown} held by runs from before turns' content was kept: edits to"
+                 " them cannot be told" if changes.unknown else "",
+                 f"; by bucket: {changes.by_bucket()}" if changes.changes else "",
+                 "; apply_source_changes is apply: their memories are deleted, and edited turns"
+                 " sent again" if applying else "; apply_source_changes is report: Synap is left as"
+                 " it is")
+    ranges = ", ".join(describe_range(lo, hi) for lo, hi in lost[:3]) + (
+        f" and {len(lost) - 3} more" if len(lost) > 3 else "")
+    if not applying:
+        deleted_turns = len(changes.deleted)
+        lost_share = max(deleted_turns / held_turns() if deleted_turns else 0.0,
+                         diff.deleted_rows / held_rows() if diff.deleted_rows else 0.0)
+        if lost or lost_share > config.max_source_change_share:
+            log.warning("the source lost %s of what instance %s holds of it%s: apply_source_changes"
+                        " is report, so nothing is deleted, and this run lets go of no held bucket"
+                        " (the inventory is kept as it is, for when the rows come back)",
+                        f"{lost_share:.1%}", config.target, f", and all of {ranges}" if lost else "")
+            return True
+        return False
+    # What this run deletes: every deletion, and the edits of the turns its partitions send.
+    applies = [c for c in changes.changes if c.kind == "deleted"
+               or (c.source_bucket is not None and in_plan(c.source_bucket, planned))]
+    if applies:
+        held = held_turns()
+        share = len(applies) / held if held else 1.0
+        if share > config.max_source_change_share:
+            edited = sum(1 for c in applies if c.kind == "edited")
+            emptied = sum(1 for c in applies if c.emptied)
+            message = (f"{len(applies):,} of the {held:,} turns Synap instance {config.target} holds"
+                       f" of {config.source} would lose their memories ({share:.1%}: {edited:,}"
+                       f" edited, {len(applies) - edited - emptied:,} deleted, {emptied:,} emptied"
+                       f" in the source), more than max_source_change_share"
+                       f" {config.max_source_change_share:.1%}: nothing was deleted or sent. If the"
+                       " table was emptied, blanked or rewritten by mistake, restore it; if the"
+                       " changes are real, raise max_source_change_share for this run")
+            if config.dry_run:
+                log.warning("a real run would stop here: %s", message)
+            else:
+                raise AirflowFailException(message)
+    if lost and not config.accept_lost_ranges:
+        message = (f"every row of {ranges} that Synap instance {config.target} holds of"
+                   f" {config.source} is gone from the source ({len(lost)} range"
+                   f"{'' if len(lost) == 1 else 's'} of more than a day): nothing was deleted or"
+                   " sent. If a partition was detached or a view's filter changed, restore it; if"
+                   " the rows were removed on purpose, set accept_lost_ranges for this run")
         if config.dry_run:
             log.warning("a real run would stop here: %s", message)
         else:
             raise AirflowFailException(message)
+    return False
 
 
 def _check_unusable(config: BackfillConfig, plan: Any) -> None:
@@ -439,12 +489,17 @@ def run_partition(config_dict: Mapping[str, Any], window_dict: Mapping[str, Any]
             key = load_key(config.person_key_conn_id)
             if key is not None:
                 settings.person = key.of
-            if partition.reads_held and config.apply_source_changes == "report":
-                # A bucket with changes reported, not applied, is not held as read: the next
-                # run finds them again (and applies them, when asked to).
-                pending = pending_buckets(ledger.conn, config.ledger_schema, record.id)
-                if pending:
-                    settings.holds = lambda b: partition.reads_whole(b) and b not in pending
+            unheld: set[int] = set()
+            if partition.reads_held:
+                # A bucket with a change not applied (reported only, or not reached) is not
+                # held as read: the next run finds the change again, and applies it when asked.
+                unheld = pending_buckets(ledger.conn, config.ledger_schema, record.id)
+                if record.plan.get("frozen"):
+                    # The source looked emptied by accident: no held bucket is rewritten.
+                    unheld |= Inventory(ledger.conn, config.ledger_schema).held_within(
+                        record.holding, partition.ranges)
+            if unheld:
+                settings.holds = lambda b: partition.reads_whole(b) and b not in unheld
 
     async def run(ledger: Ledger, pacing_conn: Any) -> None:
         if config.dry_run:
@@ -579,9 +634,11 @@ def summarize_run(windows: Iterable[Mapping[str, Any]] | None,
     config = BackfillConfig.from_dict(config_dict) if config_dict else None
     facts: dict[str, Any] = {}
     if config and run_id:
-        facts = _check_against_source(config, dag_id, run_id, windows, reports, parity_with)
+        facts = _check_against_source(config, dag_id, run_id, windows, reports, parity_with,
+                                      changes)
     summary = summarize(windows, reports, config.max_rejected_share if config else 1.0,
                         facts.get("unchanged_outside", 0))
+    summary.emptied_in_source = facts.get("emptied", 0)
     summary.notes += facts.get("notes", [])
     summary.found += facts.get("problems", [])
     rejects_at = None
@@ -611,7 +668,8 @@ def summarize_run(windows: Iterable[Mapping[str, Any]] | None,
 
 def _check_against_source(config: BackfillConfig, dag_id: str, run_id: str,
                           windows: list[Mapping[str, Any]], reports: list[Mapping[str, Any]],
-                          parity_with: str | None) -> dict[str, Any]:
+                          parity_with: str | None, changes: Mapping[str, Any] | None = None
+                          ) -> dict[str, Any]:
     """What the ledger knows of the run (its plan's unchanged rows and deletions), the recount of
     what its partitions read (``reconcile.py``), and a region's parity with the primary."""
     from airflow.providers.postgres.hooks.postgres import PostgresHook
@@ -628,8 +686,22 @@ def _check_against_source(config: BackfillConfig, dag_id: str, run_id: str,
         facts.update(record=record, unchanged_outside=int(record.plan.get("unchanged_outside") or 0))
         found = record.plan.get("source_changes") or {}
         if found.get("edited") or found.get("deleted") or found.get("unknown"):
-            facts["source_changes"] = {k: found.get(k, 0) for k in ("edited", "deleted", "unknown")}
-            facts["notes"].append(_changes_note(found, config))
+            facts["source_changes"] = {k: found.get(k, 0)
+                                       for k in ("edited", "deleted", "emptied", "unknown")}
+            facts["notes"].append(_changes_note(found, config, changes))
+        facts["emptied"] = int(found.get("emptied") or 0)
+        lost = record.plan.get("lost_ranges") or []
+        if lost:
+            facts["notes"].append(
+                f"every row of {', '.join(lost[:3])}{' and more' if len(lost) > 3 else ''} that"
+                f" instance {config.target} holds is gone from the source"
+                + ("; accept_lost_ranges: applied as deletions" if config.accept_lost_ranges
+                   and config.apply_source_changes == "apply" else
+                   "; nothing was deleted for them, and the inventory keeps them held"))
+        elif record.plan.get("frozen"):
+            facts["notes"].append(
+                "the source lost more than max_source_change_share of what the instance holds:"
+                " apply_source_changes is report, so this run let go of no held bucket")
         deleted = int(record.plan.get("deleted_rows") or 0)
         if deleted:
             shown = record.plan.get("deletions") or []
@@ -644,8 +716,7 @@ def _check_against_source(config: BackfillConfig, dag_id: str, run_id: str,
         if not config.dry_run and record.holding is not None:
             try:
                 with closing(PostgresHook(postgres_conn_id=config.postgres_conn_id).get_conn()) as conn:
-                    unheld = (pending_buckets(ledger_conn, config.ledger_schema, record.id)
-                              if config.apply_source_changes == "report" else set())
+                    unheld = pending_buckets(ledger_conn, config.ledger_schema, record.id)
                     checked = reconcile(conn, config, inventory, record, finished, unheld)
             except Exception as exc:  # the summary must still be given
                 facts["problems"].append(f"the reads could not be checked against the source:"
@@ -672,14 +743,22 @@ def _check_against_source(config: BackfillConfig, dag_id: str, run_id: str,
     return facts
 
 
-def _changes_note(found: Mapping[str, Any], config: BackfillConfig) -> str:
+def _changes_note(found: Mapping[str, Any], config: BackfillConfig,
+                  applied: Mapping[str, Any] | None = None) -> str:
     """One line: what the source changed in what the target holds, and what became of it."""
-    edited, deleted, unknown = (int(found.get(k) or 0) for k in ("edited", "deleted", "unknown"))
-    line = (f"source changes: {edited} edited and {deleted} deleted turns that instance"
-            f" {config.target} holds" + (f" ({found['by_bucket']})" if found.get("by_bucket") else ""))
-    if config.apply_source_changes == "apply" and not config.dry_run:
+    edited, deleted, unknown, emptied = (int(found.get(k) or 0)
+                                         for k in ("edited", "deleted", "unknown", "emptied"))
+    line = (f"source changes: {edited} edited and {deleted} deleted turns"
+            + (f" ({emptied} of them emptied: both texts blank)" if emptied else "")
+            + f" that instance {config.target} holds"
+            + (f" ({found['by_bucket']})" if found.get("by_bucket") else ""))
+    pending = int((applied or {}).get("pending") or 0)
+    if config.apply_source_changes == "apply" and not config.dry_run and (applied or {}).get("applied"):
         line += ("; applied: the memories of their held documents were deleted, and the edited"
                  " turns sent again with their current text")
+        if pending:
+            line += (f"; {pending} not applied yet (not reached, or without an ingestion id):"
+                     " Synap still holds their old version, and the next run applies them")
     else:
         line += ("; reported only: Synap still holds them as they were sent (apply_source_changes"
                  " apply follows them)")
