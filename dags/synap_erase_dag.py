@@ -12,19 +12,26 @@ the ledger knows: the memories of every document of theirs that a backfill, a re
 replay or an undo's resend made, and never sends their turns again while they remain
 in the source.
 
-1. **resolve_erase** checks the params and names the person by a keyed hash of their
-   user id (the key: connection `person_key_conn_id`). The id itself goes to no log,
+1. **resolve_erase** checks the params and names the person by keyed hashes (the key:
+   connection `person_key_conn_id`). Give `user_id` (and, for a B2B instance,
+   `customer_id`), or `person` as the Synap page's "Erase a
+   user" form makes it, so no id in clear stays in this run's conf. The id goes to no log,
    XCom or ledger table.
-2. **plan_erase** counts their documents per instance (the ledger's record, and their
-   rows still in each source).
+2. **plan_erase** finds them in every instance as that instance names a person (a B2C
+   instance by the user id, a B2B one by customer and user): the ledger's record, and their
+   rows still in each source. Without `customer_id`, a B2B instance that holds the user id
+   is refused (naming under how many customers); a person found nowhere is said loudly.
 3. **approve_erase** (with `require_approval`) shows those counts under Required Actions.
-4. **suppress_person** records the suppression under every instance's fence and waits
-   for batches already on the wire: from then on no backfill sends their turns.
+4. **suppress_person** records the suppression under every instance's fence, waits for
+   every batch already on the wire, and reads the targets again: from then on no backfill
+   sends their turns.
 5. **erase_target** deletes their documents' memories in one instance, paced,
-   checkpointed, and forgets them; with `include_live_memories`, also everything the
-   instance holds about the user (`data.delete`, scope user).
-6. **summarize_erase** adds it up. A dry run (the default) counts and deletes nothing.
-   Run it again: it finds nothing, deletes nothing, and succeeds.
+   checkpointed, forgetting each document once its memories are gone; with
+   `include_live_memories`, also everything the instance holds about the user
+   (`data.delete`, scope user).
+6. **summarize_erase** adds it up, and fails while anything of theirs is left (a document
+   still being extracted: erase again later). A dry run (the default) counts and deletes
+   nothing. Run again after a complete erasure, it finds nothing and succeeds.
 """
 
 build_erase_dag("synap_erase", doc_md=DOC_MD)

@@ -81,6 +81,7 @@ def render() -> str:
     """The whole of docs/reference.md."""
     from synap_backfill.config import BackfillConfig
     from synap_backfill.erase_config import EraseConfig
+    from synap_backfill.rekey_config import RekeyConfig
     from synap_backfill.undo_config import UndoConfig
 
     parts = [
@@ -108,10 +109,20 @@ def render() -> str:
         "",
         "## Erase params (`synap_erase`)",
         "",
-        "Declared once in `synap_backfill.erase_config.EraseConfig`. The user id goes into the"
-        " run's conf and nowhere else: the tasks pass the person's keyed hash.",
+        "Declared once in `synap_backfill.erase_config.EraseConfig`. A `user_id` stays in the"
+        " run's conf (Airflow's metadata) and goes nowhere else: the tasks pass the person's"
+        " keyed hashes. The Synap page's \"Erase a user\" form triggers with `person` instead,"
+        " so no id in clear is kept at all.",
         "",
         *_params_table(EraseConfig),
+        "",
+        "## Rekey params (`synap_rekey`)",
+        "",
+        "Declared once in `synap_backfill.rekey_config.RekeyConfig`. The person key connection's"
+        " password is the current key; its `previous_passwords` extra (a list) holds the keys"
+        " before it, until this DAG retires them.",
+        "",
+        *_params_table(RekeyConfig),
         "",
         "## Synap connection extras (connection type `synap`)",
         "",

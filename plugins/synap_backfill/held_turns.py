@@ -14,8 +14,13 @@ ingestion id its memories can be found. One row per turn a target accepted:
   document sent by a run from before this table);
 * ``document_id`` (with its generation, ``...:u1``) and ``ingestion_id`` (NULL
   when its answer was lost: its memories cannot be looked up);
-* ``person``: a keyed hash of the user id (``persons.py``), never the id, so an
-  erasure finds a person's documents even after their rows left the source.
+* ``person``: a keyed hash of who the document's person is (``persons.py``:
+  the user id on a B2C instance, the customer and user ids on a B2B one),
+  never an id, so an erasure finds a person's documents even after their rows
+  left the source; ``user_hash``, for a pair, the user id's alone (how many
+  customers hold it); ``person_key``, the id of the key that made both (NULL:
+  recorded before ledger version 4, the user id alone, under the key
+  ``persons.person_keys`` marks legacy).
 
 Written in the transaction of the checkpoint that accounts for the turn
 (``Ledger.save``), so it never says more or less than the checkpoint.
@@ -26,6 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from .ddl import add_column
 from .source import quote_identifier
 
 
@@ -53,6 +59,8 @@ class TurnWrite:
     ingestion_id: str | None
     person: str | None = None
     earlier: bool = False
+    user_hash: str | None = None
+    person_key: str | None = None
 
 
 def create_tables(cur: Any, s: str) -> None:
@@ -64,11 +72,17 @@ def create_tables(cur: Any, s: str) -> None:
     cur.execute(f"CREATE INDEX IF NOT EXISTS held_turns_bucket ON {s}.held_turns (holding, bucket)")
     cur.execute(f"CREATE INDEX IF NOT EXISTS held_turns_person ON {s}.held_turns (person)"
                 " WHERE person IS NOT NULL")
+    # Version 4: who the person is follows the instance; the key that named them.
+    add_column(cur, s, "held_turns", "user_hash", "text")
+    add_column(cur, s, "held_turns", "person_key", "text")
+    cur.execute(f"CREATE INDEX IF NOT EXISTS held_turns_user ON {s}.held_turns (user_hash)"
+                " WHERE user_hash IS NOT NULL")
 
 
-_COLUMNS = "holding, turn, bucket, content, document_id, ingestion_id, person, run"
+_COLUMNS = ("holding, turn, bucket, content, document_id, ingestion_id, person, user_hash,"
+            " person_key, run")
 _UNNEST = ("SELECT %s::int, t.*, %s::int FROM unnest(%s::text[], %s::int[], %s::bigint[],"
-           " %s::text[], %s::uuid[], %s::text[]) AS t")
+           " %s::text[], %s::uuid[], %s::text[], %s::text[], %s::text[]) AS t")
 
 
 def write_turns(cur: Any, s: str, holding: int, run: int, turns: Iterable[TurnWrite]) -> None:
@@ -82,7 +96,11 @@ def write_turns(cur: Any, s: str, holding: int, run: int, turns: Iterable[TurnWr
                        " ingestion_id = CASE WHEN held_turns.document_id = EXCLUDED.document_id"
                        " THEN COALESCE(EXCLUDED.ingestion_id, held_turns.ingestion_id)"
                        " ELSE EXCLUDED.ingestion_id END,"
-                       " person = COALESCE(EXCLUDED.person, held_turns.person), run = EXCLUDED.run"),
+                       " person = COALESCE(EXCLUDED.person, held_turns.person),"
+                       " user_hash = CASE WHEN EXCLUDED.person IS NULL THEN held_turns.user_hash"
+                       " ELSE EXCLUDED.user_hash END,"
+                       " person_key = CASE WHEN EXCLUDED.person IS NULL THEN held_turns.person_key"
+                       " ELSE EXCLUDED.person_key END, run = EXCLUDED.run"),
             (earlier, " ON CONFLICT (holding, turn) DO NOTHING")):
         if not rows:
             continue
@@ -91,7 +109,8 @@ def write_turns(cur: Any, s: str, holding: int, run: int, turns: Iterable[TurnWr
             f"INSERT INTO {s}.held_turns ({_COLUMNS}) {_UNNEST}{conflict}",
             (holding, run, [t.turn for t in rows], [t.bucket for t in rows],
              [None if unknown else t.content for t in rows], [t.document_id for t in rows],
-             [t.ingestion_id for t in rows], [t.person for t in rows]))
+             [t.ingestion_id for t in rows], [t.person for t in rows],
+             [t.user_hash for t in rows], [t.person_key for t in rows]))
 
 
 def held_turns(conn: Any, schema_quoted: str, holding: int, turns: list[str]) -> dict[str, HeldTurn]:

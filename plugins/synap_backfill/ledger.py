@@ -27,8 +27,10 @@ if missing:
   a bucket holds it in the inventory in the same transaction.
 * ``source_changes``: per run, the held turns its plan found edited or deleted
   in the source (``changes.py``).
-* ``suppressions``, ``fences``, ``erasures``: persons erased (by a keyed hash,
-  never their id), each target's fence, each erasure run (``persons.py``).
+* ``suppressions``, ``fences``, ``erasures``, ``person_keys``: persons erased
+  (by a keyed hash, never their id), each target's fence, each erasure run, the
+  ids of the keys that named persons (``persons.py``); ``erase_documents``:
+  each erasure run's documents per target (``erase.py``).
 * ``held_turns``: the same, turn by turn: which document, which content, which
   ingestion id (``held_turns.py``), written with the checkpoint that accounts
   for the turn.
@@ -61,7 +63,7 @@ from .db_errors import LOCK_NOT_AVAILABLE, is_database_error, sql_error, sqlstat
 from .held_turns import HeldTurn, TurnWrite, held_turns, write_turns
 from .changes import create_tables as create_change_tables
 from .persons import create_tables as create_person_tables
-from .persons import suppressed_in
+from .erase import create_tables as create_erase_tables
 from .held_turns import create_tables as create_held_turn_tables
 from .inventory import create_tables as create_inventory_tables
 from .inventory import write_held
@@ -203,6 +205,7 @@ def _create_tables(cur: Any, schema: str, s: str) -> None:
     create_held_turn_tables(cur, s)
     create_change_tables(cur, s)
     create_person_tables(cur, s)
+    create_erase_tables(cur, s)
     create_undo_tables(cur, s)
     cur.execute(f"CREATE TABLE IF NOT EXISTS {s}.ledger_version (version integer PRIMARY KEY,"
                 " applied_at timestamptz NOT NULL DEFAULT now())")
@@ -405,17 +408,19 @@ class Ledger:
             return held_turns(self.conn, self.schema, self.holding, turns)
 
     @_ledger_call
-    def mark_sent(self, rows_through: int, persons: Iterable[str | None] = ()) -> set[str]:
+    def mark_sent(self, rows_through: int,
+                  held_back: Callable[[Any, str, int | None], set[str]] | None = None) -> set[str]:
         """Before a batch goes on the wire: this run has sent the window's rows up to that one.
 
-        In the same transaction, under the target's fence (``persons.py``): which of the
-        batch's ``persons`` are suppressed (erased): their turns must not go.
+        ``held_back``: run in the same transaction, under the target's fence
+        (``persons.HeldBack.check``): which of the batch's documents name a suppressed
+        (erased) person: their turns must not go.
         """
         with self._io, self.conn.cursor() as cur:
             self._check_fence(cur)
-            suppressed = suppressed_in(cur, self.schema, self.holding, persons)
-            cur.execute(f"UPDATE {self.schema}.checkpoints SET sent_through = greatest(sent_through, %s)"
-                        " WHERE dag_id = %s AND run_id = %s AND window_key = %s",
+            suppressed = held_back(cur, self.schema, self.holding) if held_back else set()
+            cur.execute(f"UPDATE {self.schema}.checkpoints SET sent_through = greatest(sent_through, %s),"
+                        " updated_at = now() WHERE dag_id = %s AND run_id = %s AND window_key = %s",
                         (rows_through, *self.key))
             self.conn.commit()
         return suppressed

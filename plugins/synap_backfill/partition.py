@@ -55,6 +55,7 @@ from .db_errors import is_database_error, sql_error
 from .held_turns import HeldTurn, TurnWrite
 from .ledger import Ledger, PartitionBusy
 from .pacing import Pacer, Unpaced
+from .persons import HeldBack
 from .planning import BucketCount
 from .results import DEFAULT_DUPLICATE_PATTERN, SERVER_PREFIX, classify_batch, first_line
 from .sending import Delivery, GaveUp, RetryPolicy, deliver, is_plan_stop, wait_logged
@@ -117,8 +118,9 @@ class PartitionSettings:
     # Of a batch's turns, those the target holds (held_turns.py); None: the partition reads
     # no bucket the target holds, or resends everything (resend_unchanged).
     held: Callable[[list[str]], dict[str, HeldTurn]] | None = None
-    # A user id's keyed hash, recorded with each turn for an erasure (persons.py); None: none.
-    person: Callable[[str | None], str | None] | None = None
+    # Names each document's person by keyed hashes, recorded with each turn for an erasure,
+    # and holds back the erased (persons.HeldBack); None: no ledger (a dry run).
+    persons: HeldBack | None = None
     # Redaction and document_transform, between the read and the document (turns.py).
     shaper: TurnShaper | None = None
 
@@ -412,12 +414,14 @@ class _Pipeline:
     async def _deliver(self, cut: _Cut) -> Delivery:
         assert self.submit is not None
         if self.ledger is not None:  # write-ahead: recorded as sent before it can land
-            person = self.settings.person
-            persons = {row.key: person(row.user_id) for _, row, _ in cut.documents} if person else {}
-            erased = await asyncio.to_thread(self.ledger.mark_sent, cut.rows_through,
-                                             persons.values())
+            persons = self.settings.persons
+            scopes = [(row.key, d.user_id, d.customer_id) for d, row, _ in cut.documents]
+            erased = await asyncio.to_thread(
+                self.ledger.mark_sent, cut.rows_through,
+                (lambda cur, s, holding: persons.check(cur, s, holding, scopes))
+                if persons is not None else None)
             if erased:  # an erased person's turns are held back, never sent (persons.py)
-                keep = [(d, row, n) for d, row, n in cut.documents if persons[row.key] not in erased]
+                keep = [(d, row, n) for d, row, n in cut.documents if row.key not in erased]
                 cut.suppressed = len(cut.documents) - len(keep)
                 cut.documents = keep
                 if not keep:
@@ -515,8 +519,10 @@ class _Pipeline:
         state, report, settings = self.state, self.state.report, self.settings
         rows_by_id: dict[str, list[tuple[SourceRow, int]]] = defaultdict(list)
         sent_before: set[str] = set()  # sent by an attempt of this run that stopped
+        scopes: dict[str, tuple[str | None, str | None]] = {}  # the ids each document carried
         for document, row, ordinal in cut.documents:
             rows_by_id[id_of(document)].append((row, ordinal))
+            scopes[id_of(document)] = (document.user_id, document.customer_id)
             if ordinal <= state.sent_before:
                 sent_before.add(id_of(document))
         rejects: list[RejectRow] = []
@@ -534,10 +540,10 @@ class _Pipeline:
             state.refused.update({r: n for r, n in outcome.rejected.items()
                                   if r.startswith(SERVER_PREFIX)})
             rejects += [_reject_row(rows_by_id, doc_id, reason) for doc_id, reason in outcome.rejected_ids]
-            turns += [self._turn(rows_by_id[doc_id][0][0], doc_id, ingestion_id)
+            turns += [self._turn(rows_by_id[doc_id][0][0], doc_id, ingestion_id, scopes[doc_id])
                       for doc_id, ingestion_id in outcome.accepted]
-            turns += [self._turn(rows_by_id[doc_id][0][0], doc_id, None, earlier=True)
-                      for doc_id in outcome.duplicate_ids]
+            turns += [self._turn(rows_by_id[doc_id][0][0], doc_id, None, scopes[doc_id],
+                                 earlier=True) for doc_id in outcome.duplicate_ids]
         for document, reason in delivery.refused:
             report.reject(reason)
             state.refused[reason] += 1
@@ -547,12 +553,16 @@ class _Pipeline:
                      " send; counted as ingested by this run", report.label, len(recovered))
         return rejects, ingestion_ids, recovered, turns
 
-    def _turn(self, row: SourceRow, document_id: str, ingestion_id: str | None, *,
-              earlier: bool = False) -> TurnWrite:
+    def _turn(self, row: SourceRow, document_id: str, ingestion_id: str | None,
+              scope: tuple[str | None, str | None], *, earlier: bool = False) -> TurnWrite:
+        """What a checkpoint records of a document: its person named as Synap scopes it, by
+        the ids it carried (``scope``: user, customer)."""
         assert row.created_at is not None  # only rows with a timestamp make documents
-        person = self.settings.person(row.user_id) if self.settings.person is not None else None
+        persons = self.settings.persons
+        named = persons.name(*scope) if persons is not None else None
         return TurnWrite(row.key, bucket_of(row.created_at), row.content_hash, document_id,
-                         ingestion_id, person, earlier)
+                         ingestion_id, named.person if named else None, earlier,
+                         named.user_hash if named else None, named.key if named else None)
 
     async def _stop_if_refused_wholesale(self) -> None:
         """Synap refused every document so far for one reason: sending the rest would not help."""

@@ -127,20 +127,24 @@ def targets(conn: Any, schema: str, dag_ids: Iterable[str] | None = None,
             runs_per_target: int = 50) -> list[TargetView]:
     """Every target the ledger knows, with its holdings and its latest runs.
 
-    ``dag_ids``: only runs of these DAGs are listed (what the user may read); None: all.
+    ``dag_ids``: what the user may read (None: all). Only runs of these DAGs are listed,
+    only holdings one of them wrote to, and only suppressions one of them recorded.
     """
     s = quote_identifier(schema)
+    allowed = None if dag_ids is None else list(dag_ids)
     views: dict[str, TargetView] = {}
     for target, source, rows, buckets, last in _all(
             conn, f"SELECT h.target, h.source, COALESCE(sum(i.row_count), 0), count(i.bucket),"
                   f" (SELECT r.run_id FROM {s}.runs r WHERE r.holding = h.id AND NOT r.dry_run"
                   f"  ORDER BY r.planned_at DESC LIMIT 1)"
                   f" FROM {s}.holdings h LEFT JOIN {s}.inventory i ON i.holding = h.id"
-                  " GROUP BY h.id, h.target, h.source ORDER BY h.target, h.source"):
+                  f" WHERE %s::text[] IS NULL OR EXISTS (SELECT 1 FROM {s}.runs r"
+                  "  WHERE r.holding = h.id AND r.dag_id = ANY(%s::text[]))"
+                  " GROUP BY h.id, h.target, h.source ORDER BY h.target, h.source",
+            (allowed, allowed)):
         view = views.setdefault(target, TargetView(target))
         view.holdings.append({"source": source, "rows": int(rows), "buckets": int(buckets),
                               "last_run": last})
-    allowed = None if dag_ids is None else list(dag_ids)
     for target, dag_id, run_id, source, dry, planned, finished, summary, undone in _all(
             conn, f"SELECT r.target, r.dag_id, r.run_id, r.source, r.dry_run,"
                   f" extract(epoch FROM r.planned_at), extract(epoch FROM r.finished_at), r.summary,"
@@ -159,7 +163,8 @@ def targets(conn: Any, schema: str, dag_ids: Iterable[str] | None = None,
                           "parity": done.get("parity"), "undo_started": bool(undone)})
     erased = [{"person": person, "recorded_at": float(at)} for person, at in _all(
         conn, f"SELECT person, extract(epoch FROM recorded_at) FROM {s}.suppressions"
-              " ORDER BY recorded_at DESC LIMIT 200")]
+              " WHERE %s::text[] IS NULL OR dag_id = ANY(%s::text[])"
+              " ORDER BY recorded_at DESC LIMIT 200", (allowed, allowed))]
     for view in views.values():
         view.suppressions = erased
     return sorted(views.values(), key=lambda v: v.target)

@@ -110,10 +110,13 @@ class PartitionUndoLedger:
     """The checkpoint, write-ahead mark and lock of undoing one partition of one run."""
 
     def __init__(self, conn: Any, schema: str, target: int, window_key: str, label: str, *,
-                 holding: int | None, dag_id: str, run_id: str) -> None:
+                 holding: int | None, dag_id: str, run_id: str, releases: bool = True) -> None:
+        """``holding``: where each undone document is forgotten as it is done (None: nowhere);
+        ``releases``: the partition's finish lets go of the undone run's buckets in it."""
         self.conn, self.s = conn, quote_identifier(schema)
         self.target, self.key, self.label = target, window_key, label
         self.holding, self.dag_id, self.run_id = holding, dag_id, run_id
+        self.releases = releases
         self._io = threading.Lock()
 
     def lock(self, wait_seconds: float) -> None:
@@ -175,7 +178,7 @@ class PartitionUndoLedger:
                                 " DO UPDATE SET generation = greatest(undone.generation,"
                                 " EXCLUDED.generation), target = EXCLUDED.target, undone_at = now()",
                                 [(self.holding, doc, gen, self.target) for doc, gen in undone])
-            if release and self.holding is not None:
+            if release and self.releases and self.holding is not None:
                 # The run's buckets of this partition: the next backfill reads them again.
                 cur.execute(f"DELETE FROM {self.s}.inventory WHERE holding = %s AND bucket = ANY("
                             f"SELECT unnest(buckets) FROM {self.s}.plan_buckets WHERE run = %s"

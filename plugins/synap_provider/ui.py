@@ -29,6 +29,7 @@ from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_da
 from airflow.plugins_manager import AirflowPlugin
 from fastapi import Depends, FastAPI, Query
 from fastapi.responses import HTMLResponse
+from pydantic import BaseModel, Field
 
 PAGES = Path(__file__).resolve().parent / "ui_static"
 RUN_READ = [Depends(requires_access_dag("GET", DagAccessEntity.RUN))]
@@ -75,9 +76,53 @@ def run_rejects(dag_id: str, run_id: str, after: str | None = Query(None, max_le
     return {"total": page.total, "by_reason": page.by_reason, "rows": page.rows, "next": page.next_after}
 
 
+class ErasePerson(BaseModel):
+    """Who to erase, as the "Erase a user" form sends it: in the request body, never a URL."""
+
+    user_id: str = Field(min_length=1, max_length=1000)
+    customer_id: str | None = Field(None, max_length=1000)
+
+
+@app.post("/api/erase/{dag_id}/person", dependencies=[
+    Depends(requires_access_dag("POST", DagAccessEntity.RUN))])
+def erase_person(dag_id: str, body: ErasePerson) -> dict[str, Any]:
+    """The person as keyed hashes (``erase.PersonRef``), made here in the API server, so the
+    page triggers the erase DAG with them and no id in clear reaches Airflow's metadata. Only
+    for a user who may trigger that DAG: the hashes of a guessed id would otherwise tell
+    whether it was erased."""
+    from fastapi import HTTPException
+
+    from synap_backfill.erase import PersonRef
+    from synap_backfill.persons import PersonKeyMissing, require_keyring
+
+    try:
+        keyring = require_keyring(_erase_param(dag_id, "person_key_conn_id"))
+    except PersonKeyMissing as exc:
+        raise HTTPException(409, str(exc)) from None
+    ref = PersonRef.of(keyring, body.user_id, body.customer_id)
+    return {"person": ref.token(), "key_id": keyring.current.id}
+
+
+def _erase_param(dag_id: str, name: str) -> str:
+    """A param's default as the erase DAG declares it (its serialized form), else the model's."""
+    from synap_backfill.erase_config import EraseConfig
+
+    default = str(EraseConfig.model_fields[name].default)
+    try:
+        from airflow.models.serialized_dag import SerializedDagModel
+
+        dag = SerializedDagModel.get_dag(dag_id)
+        value = dag.params.get(name) if dag is not None else None
+    except Exception:  # the model's default is the DAG file's unless the file changed it
+        return default
+    return str(value or default)
+
+
 @app.get("/api/targets")
 def targets_view(user: GetUserDep) -> dict[str, Any]:
-    """Every Synap instance the ledgers know: what each holds, and the runs (of DAGs the user may read)."""
+    """Every Synap instance the ledgers know, as far as the user may read its DAGs: what each
+    holds (sources a readable DAG wrote), its runs, and the erased persons (to readers of the
+    erasing DAG)."""
     from airflow.api_fastapi.app import get_auth_manager
 
     from synap_backfill.run_view import targets
@@ -137,7 +182,10 @@ def _run_view(dag_id: str, run_id: str) -> dict[str, Any]:
 
 def _erase_view(config: Any, xcoms: dict, states: dict) -> dict[str, Any]:
     """An erasure: its person's hash (never the id), per target what was found and deleted."""
-    targets = xcoms.get(("plan_erase", -1, "return_value"))
+    # erase_target maps over the targets suppress_person read again under the fence.
+    targets = xcoms.get(("suppress_person", -1, "return_value"))
+    if targets is None:
+        targets = xcoms.get(("plan_erase", -1, "return_value"))
     if not isinstance(config, dict) or targets is None:
         return {"partitions": [], "totals": None}
     rows = []
@@ -149,8 +197,11 @@ def _erase_view(config: Any, xcoms: dict, states: dict) -> dict[str, Any]:
                      "memories": done.get("memories"), "deleted": done.get("deleted", 0),
                      "already_gone": done.get("already_gone", 0),
                      "failed": sum((done.get("failed") or {}).values()),
+                     "pending": done.get("pending", 0),
                      "failure": xcoms.get(("erase_target", index, "failure"))})
-    return {"person": config.get("person"), "dry_run": config.get("dry_run"), "partitions": rows,
+    person = str(config.get("person") or "").split(";")[0].split(":")
+    shown = next((h for h in (person[2:3] + person[1:2]) if h and h != "-"), "")
+    return {"person": shown, "dry_run": config.get("dry_run"), "partitions": rows,
             "summary": xcoms.get(("summarize_erase", -1, "return_value"))}
 
 

@@ -94,7 +94,7 @@ def test_two_regions_in_the_config_give_two_replay_dags_from_the_same_code(tmp_p
     bag = DagBag(dag_folder=str(REPO_ROOT / "dags"))
     assert bag.import_errors == {}
     assert set(bag.dag_ids) == {"synap_backfill", "synap_replay_eu", "synap_replay_apac", "synap_undo",
-                                "synap_erase"}
+                                "synap_erase", "synap_rekey"}
     primary, eu, apac = (bag.dags[d] for d in ("synap_backfill", "synap_replay_eu", "synap_replay_apac"))
     for replay in (eu, apac):
         # The same tasks; only the primary announces its completion.
@@ -151,10 +151,20 @@ def test_the_erase_dag_suppresses_before_it_deletes_target_by_target_and_sums_up
     assert type(dag.timetable).__name__ == "NullTimetable"
     assert set(dag.task_dict) == {"resolve_erase", "plan_erase", "approve_erase", "suppress_person",
                                   "erase_target", "summarize_erase"}
-    assert dag.task_dict["suppress_person"].upstream_task_ids == {"resolve_erase", "approve_erase"}
-    assert "suppress_person" in dag.task_dict["erase_target"].upstream_task_ids
+    assert dag.task_dict["suppress_person"].upstream_task_ids == {"resolve_erase", "plan_erase",
+                                                                  "approve_erase"}
+    # It maps over the targets read again under the fence, after the suppression.
+    assert dag.task_dict["erase_target"].upstream_task_ids == {"resolve_erase", "suppress_person"}
     assert dag.task_dict["erase_target"].map_index_template == "{{ erase_label }}"
     assert dag.task_dict["summarize_erase"].trigger_rule == "all_done"
     params = dag.params
     assert params["dry_run"] is True and params["include_live_memories"] is False
     assert dag.doc_md and "Synap erase" in dag.doc_md
+    assert params["user_id"] is None and params["person"] is None
+
+
+def test_the_rekey_dag_plans_maps_per_holding_and_sums_up_and_changes_nothing_by_default():
+    dag = load_dag("synap_rekey")
+    assert set(dag.task_dict) == {"plan_rekey", "rekey_holding", "summarize_rekey"}
+    assert dag.task_dict["summarize_rekey"].upstream_task_ids == {"rekey_holding"}
+    assert dag.params["dry_run"] is True

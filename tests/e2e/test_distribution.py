@@ -119,8 +119,8 @@ def test_installed_with_the_constraints_it_parses_the_dags_in_a_project_with_its
     report = json.loads(result.stdout.strip().splitlines()[-1])
 
     assert report["errors"] == {}
-    assert set(report["dag_ids"]) == {"synap_backfill", "synap_undo", "synap_erase", "synap_replay_eu",
-                                     "my_backfill"}
+    assert set(report["dag_ids"]) == {"synap_backfill", "synap_undo", "synap_erase", "synap_rekey",
+                                     "synap_replay_eu", "my_backfill"}
     assert report["synap_hook"] == "synap_provider.hooks.SynapHook"
     assert report["own_include"] == "the project's own include"
     assert Path(report["engine_from"]).is_relative_to(venv)  # the wheel, not this checkout

@@ -10,12 +10,14 @@ import pytest
 from include.reference_docs import REFERENCE, render
 from synap_backfill.config import BackfillConfig
 from synap_backfill.erase_config import EraseConfig
+from synap_backfill.rekey_config import RekeyConfig
 from synap_backfill.undo_config import UndoConfig
 from synap_provider.connection_fields import SynapExtras
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = sorted((REPO / "docs").glob("*.md")) + [REPO / "README.md"]
-PARAMS = {**BackfillConfig.params(), **UndoConfig.params(), **EraseConfig.params()}
+PARAMS = {**BackfillConfig.params(), **UndoConfig.params(), **EraseConfig.params(),
+          **RekeyConfig.params()}
 EXTRAS = SynapExtras.model_fields
 
 # How the prose names a param or an extra, and states its default.
@@ -36,7 +38,8 @@ def test_the_reference_is_what_the_models_generate():
 
 def test_the_reference_lists_every_param_and_extra():
     text = REFERENCE.read_text()
-    for name in [*BackfillConfig.params(), *UndoConfig.params(), *EraseConfig.params(), *EXTRAS]:
+    for name in [*BackfillConfig.params(), *UndoConfig.params(), *EraseConfig.params(),
+                 *RekeyConfig.params(), *EXTRAS]:
         assert f"| `{name}` |" in text
 
 

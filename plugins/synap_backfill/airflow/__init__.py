@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["build_backfill_dag", "build_undo_dag"]
+__all__ = ["build_backfill_dag", "build_undo_dag", "build_erase_dag", "build_rekey_dag"]
 
 
 def __getattr__(name: str) -> Any:
@@ -27,4 +27,12 @@ def __getattr__(name: str) -> Any:
         from .undo_dag import build_undo_dag
 
         return build_undo_dag
+    if name == "build_erase_dag":
+        from .erase_dag import build_erase_dag
+
+        return build_erase_dag
+    if name == "build_rekey_dag":
+        from .rekey_dag import build_rekey_dag
+
+        return build_rekey_dag
     raise AttributeError(name)

@@ -4,6 +4,8 @@ Only ``airflow.sdk`` (and the standard provider's approval operator) is imported
 here: building the DAG touches no database, network or SDK.
 
     resolve_erase → plan_erase → approve_erase → suppress_person → erase_target[n] → summarize_erase
+
+``erase_target`` maps over the targets ``suppress_person`` reads again under the fence.
 """
 
 from __future__ import annotations
@@ -66,14 +68,16 @@ def build_erase_dag(dag_id: str = "synap_erase", *, doc_md: str | None = None) -
         def plan_erase(plan: dict) -> list[dict]:
             from synap_backfill.airflow.erase_tasks import plan_erase as find
 
-            return find(plan, get_current_context()["params"])
+            context = get_current_context()
+            return find(plan, context["params"], ti=context["ti"])
 
-        @task(multiple_outputs=False)
-        def suppress_person(plan: dict) -> dict:
+        @task
+        def suppress_person(plan: dict, targets: list[dict]) -> list[dict]:
             from synap_backfill.airflow.erase_tasks import suppress_person as suppress
 
-            run = get_current_context()["dag_run"]
-            return suppress(plan, dag_id=run.dag_id, run_id=run.run_id)
+            context = get_current_context()
+            run = context["dag_run"]
+            return suppress(plan, targets, dag_id=run.dag_id, run_id=run.run_id, ti=context["ti"])
 
         @task(map_index_template="{{ erase_label }}", pool=DEFAULT_POOL, multiple_outputs=False,
               retries=2, retry_delay=timedelta(seconds=20))
@@ -82,7 +86,8 @@ def build_erase_dag(dag_id: str = "synap_erase", *, doc_md: str | None = None) -
 
             context = get_current_context()
             context["erase_label"] = f"{target['target']} ({target['source']})"
-            return erase(plan, target, context["params"], run_id=context["dag_run"].run_id)
+            run = context["dag_run"]
+            return erase(plan, target, context["params"], run_id=run.run_id, dag_id=run.dag_id)
 
         @task(trigger_rule="all_done", multiple_outputs=False)
         def summarize_erase(plan: dict | None, targets: list[dict] | None,
@@ -91,18 +96,20 @@ def build_erase_dag(dag_id: str = "synap_erase", *, doc_md: str | None = None) -
 
             context = get_current_context()
             run = context["dag_run"]
-            before = context["ti"].xcom_pull(task_ids=["resolve_erase"], key="failure") \
-                if plan is None else None
+            before = context["ti"].xcom_pull(
+                task_ids=["resolve_erase", "plan_erase", "suppress_person"], key="failure") \
+                if plan is None or targets is None else None
             return summarize(plan, targets, erased[:] if erased else [], dag_id=run.dag_id,
-                             run_id=run.run_id, before=before)
+                             run_id=run.run_id, before=before, ti=context["ti"])
 
         plan = resolve_erase()
         targets = plan_erase(plan)
         approve = EraseApprovalOperator(task_id="approve_erase", plan=plan, targets=targets)
-        suppressed = suppress_person(plan)
-        approve >> suppressed
-        erased = erase_target.partial(plan=plan).expand(target=targets)
-        suppressed >> erased
-        summarize_erase(plan, targets, erased)
+        # The targets again, under the fence, after the suppression: a holding a replay made
+        # while the approval waited is erased too.
+        fenced = suppress_person(plan, targets)
+        approve >> fenced
+        erased = erase_target.partial(plan=plan).expand(target=fenced)
+        summarize_erase(plan, fenced, erased)
 
     return erase()

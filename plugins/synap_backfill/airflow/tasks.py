@@ -24,7 +24,7 @@ from ..credits import credits_for
 from ..documents import B2B_ISOLATION, B2C_ISOLATION
 from ..held_turns import held_turn_count
 from ..inventory import Inventory
-from ..persons import PersonKeyMissing, any_suppressions, load_key, require_key
+from ..persons import HeldBack, PersonKeyMismatch, PersonKeyMissing, check_keyring, load_keyring
 from ..ledger import Ledger, save_copies
 from ..partition import PartitionFailed, PartitionSettings, describe_error, run_partition_rows
 from ..redaction import ShapingNotReady, shaper_for
@@ -84,12 +84,12 @@ def resolve_config(params: Mapping[str, Any], *, conf: Mapping[str, Any] | None 
         ledger = config.ledger_conn_id or config.postgres_conn_id
         with closing(PostgresHook(postgres_conn_id=ledger).get_conn()) as conn:
             check_ledger(conn, config)
-            if any_suppressions(conn, config.ledger_schema) and not config.dry_run:
-                try:
-                    require_key(config.person_key_conn_id)
-                except PersonKeyMissing as exc:  # erased persons could not be told: stop
-                    raise PreflightError(f"{exc}; persons were erased from Synap, and without"
-                                         " the key their turns cannot be held back") from None
+            if not config.dry_run:
+                try:  # the key the ledger's persons were named with, or none if none was erased
+                    check_keyring(conn, config.ledger_schema,
+                                  load_keyring(config.person_key_conn_id), config.person_key_conn_id)
+                except (PersonKeyMissing, PersonKeyMismatch) as exc:
+                    raise PreflightError(str(exc)) from None
         synap = check_synap_settings(config.synap_conn_id)
         who: dict[str, Any] = {}
         if config.dry_run:
@@ -486,9 +486,7 @@ def run_partition(config_dict: Mapping[str, Any], window_dict: Mapping[str, Any]
             settings.regenerate = ledger.generations
             if partition.reads_held and not config.resend_unchanged:
                 settings.held = ledger.held_turns
-            key = load_key(config.person_key_conn_id)
-            if key is not None:
-                settings.person = key.of
+            settings.persons = HeldBack(config.person_key_conn_id)
             unheld: set[int] = set()
             if partition.reads_held:
                 # A bucket with a change not applied (reported only, or not reached) is not
