@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from synap_backfill.airflow.dag_factory import PRIMARY_BACKFILL_DONE, build_backfill_dag
+from synap_backfill.airflow.backfill.dag import PRIMARY_BACKFILL_DONE, build_backfill_dag
 
 DOC_MD = """
 ### Synap backfill

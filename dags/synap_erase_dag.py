@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from synap_backfill.airflow.erase_dag import build_erase_dag
+from synap_backfill.airflow.erase.dag import build_erase_dag
 
 DOC_MD = """
 ### Synap erase

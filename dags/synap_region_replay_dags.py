@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from synap_backfill.airflow.dag_factory import PRIMARY_BACKFILL_DONE, build_backfill_dag
-from synap_backfill.regions import AFTER_PRIMARY, load_regions
+from synap_backfill.airflow.backfill.dag import PRIMARY_BACKFILL_DONE, build_backfill_dag
+from synap_backfill.airflow.backfill.regions import AFTER_PRIMARY, load_regions
 
 DOC_MD = """
 ### Synap region replay: `{name}`

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from synap_backfill.airflow.rekey_dag import build_rekey_dag
+from synap_backfill.airflow.erase.rekey_dag import build_rekey_dag
 
 DOC_MD = """
 ### Synap rekey

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from synap_backfill.airflow.undo_dag import build_undo_dag
+from synap_backfill.airflow.undo.dag import build_undo_dag
 
 DOC_MD = """
 ### Synap undo

@@ -47,8 +47,8 @@ def migrate_db(pool_slots: int = 4) -> None:
 
 def synap_pools(slots: int = 4) -> dict[str, int]:
     """One pool per Synap target: the primary's and each replay region's."""
-    from synap_backfill.airflow.dag_factory import DEFAULT_POOL
-    from synap_backfill.regions import load_regions
+    from synap_backfill.airflow.shared import DEFAULT_POOL
+    from synap_backfill.airflow.backfill.regions import load_regions
 
     return {DEFAULT_POOL: slots, **{r.pool_name: slots for r in load_regions(REGIONS_FILE)}}
 
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def render_run(dag_run: Any) -> str:
     """The backfill summary of a finished run, rebuilt from its XComs."""
-    from synap_backfill.accounting import summarize
+    from synap_backfill.delivery.accounting import summarize
 
     windows = (task_results(dag_run, "plan_partitions") or [None])[0]
     if windows is None:
@@ -181,7 +181,7 @@ def render_run(dag_run: Any) -> str:
     text = f"run {dag_run.run_id}: {dag_run.state}\n\n{summary.render()}"
     verified = task_results(dag_run, "verify_extraction")
     if verified:
-        from synap_backfill.verify import VerifyReport
+        from synap_backfill.delivery.verify import VerifyReport
 
         text += "\n" + VerifyReport.from_xcom(verified[0]).render()
     failures = task_xcom(dag_run, "verify_extraction", "failure")

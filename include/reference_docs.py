@@ -33,7 +33,7 @@ def _number(value: float) -> str:
 
 
 def _params_table(model: Any) -> list[str]:
-    from synap_backfill.params import form_schema, param_meta
+    from synap_backfill.common.params import form_schema, param_meta
 
     fields = model.params()
     sectioned = any((param_meta(info) or {}).get("section") for info in fields.values())
@@ -79,10 +79,10 @@ def _extras_table() -> list[str]:
 
 def render() -> str:
     """The whole of docs/reference.md."""
-    from synap_backfill.config import BackfillConfig
-    from synap_backfill.erase_config import EraseConfig
-    from synap_backfill.rekey_config import RekeyConfig
-    from synap_backfill.undo_config import UndoConfig
+    from synap_backfill.common.config import BackfillConfig
+    from synap_backfill.deletion.erase_config import EraseConfig
+    from synap_backfill.identity.rekey_config import RekeyConfig
+    from synap_backfill.deletion.undo_config import UndoConfig
 
     parts = [
         "# Reference: params and connection extras",
@@ -93,7 +93,7 @@ def render() -> str:
         "",
         "## Backfill params (`synap_backfill`, `synap_replay_<region>`)",
         "",
-        "Declared once in `synap_backfill.config.BackfillConfig`: the trigger form (each field's"
+        "Declared once in `synap_backfill.common.config.BackfillConfig`: the trigger form (each field's"
         " JSON schema, checked by the API server when a run is triggered), the first task's"
         " validation (an error names the param, never its value), the defaults and the XCom"
         " that carries them. A region replay changes only the defaults its `regions.yaml` entry"
@@ -103,13 +103,13 @@ def render() -> str:
         "",
         "## Undo params (`synap_undo`)",
         "",
-        "Declared once in `synap_backfill.undo_config.UndoConfig`.",
+        "Declared once in `synap_backfill.deletion.undo_config.UndoConfig`.",
         "",
         *_params_table(UndoConfig),
         "",
         "## Erase params (`synap_erase`)",
         "",
-        "Declared once in `synap_backfill.erase_config.EraseConfig`. A `user_id` stays in the"
+        "Declared once in `synap_backfill.deletion.erase_config.EraseConfig`. A `user_id` stays in the"
         " run's conf (Airflow's metadata) and goes nowhere else: the tasks pass the person's"
         " keyed hashes. The Synap page's \"Erase a user\" form triggers with `person` instead,"
         " so no id in clear is kept at all.",
@@ -118,7 +118,7 @@ def render() -> str:
         "",
         "## Rekey params (`synap_rekey`)",
         "",
-        "Declared once in `synap_backfill.rekey_config.RekeyConfig`. The person key connection's"
+        "Declared once in `synap_backfill.identity.rekey_config.RekeyConfig`. The person key connection's"
         " password is the current key; its `previous_passwords` extra (a list) holds the keys"
         " before it, until this DAG retires them.",
         "",

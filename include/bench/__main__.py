@@ -365,7 +365,7 @@ def _redactor_speed(texts: list[tuple[str, str]], regions: tuple[str, ...]) -> f
     """Turns a second of one core's CPU time, both texts of each turn redacted."""
     from collections import Counter
 
-    from synap_backfill.pii import KINDS, RedactionSettings, Redactor
+    from synap_backfill.privacy.pii import KINDS, RedactionSettings, Redactor
 
     redactor = Redactor(RedactionSettings(kinds=frozenset(KINDS), phone_regions=regions))
     counts: Counter[str] = Counter()

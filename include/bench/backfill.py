@@ -25,8 +25,8 @@ import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from synap_backfill.airflow.source_changes import apply_source_changes
-from synap_backfill.airflow.tasks import plan_partitions, resolve_config, run_partition
+from synap_backfill.airflow.backfill.apply import apply_source_changes
+from synap_backfill.airflow.backfill.tasks import plan_partitions, resolve_config, run_partition
 
 _RUN: dict[str, Any] = {}
 

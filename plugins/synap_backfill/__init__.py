@@ -1,7 +1,113 @@
-"""The Synap backfill engine: planning, reading, documents, sending, accounting, undo.
+"""The Synap backfill engine, one package per concern, each importing only those below it.
 
-Plain Python, importable and testable without a scheduler. What Airflow runs
-(the DAG factories, the tasks, the deferrable trigger) is in
-``synap_backfill.airflow``; the Synap hook and connection type are in
-``synap_provider``, shipped in the same distribution.
+    common      the shared parts: params and their checks, the run's config, buckets and
+                windows, document ids, database helpers, error scrubbing
+    store       the ledger's shared store: each partition's checkpoint, sent mark, rejects
+    extract     reading and planning the source relation
+    privacy     what leaves a turn before it is sent: redaction, document_transform
+    delivery    the Synap target and what reaches it: documents, batches, pacing, results,
+                verification, credits, the counts
+    holdings    what each target holds: the inventory, held turns, source changes, the
+                deletion guard
+    identity    persons as keyed hashes, their keys, suppressions, rekeying
+    deletion    deleting what was written: the one memory-deletion path, undo, erasure
+    pipeline    one partition's work, stage by stage
+    (modules)   schema (every concern's tables, in order), preflight, run_view
+    airflow     what Airflow runs, one package per DAG
+
+Plain Python, importable and testable without a scheduler. The Synap hook and connection
+type are in ``synap_provider``, shipped in the same distribution. Each package's docstring
+says what it owns and what it may import; ``tests/unit/test_layout.py`` holds the code to it.
+
+Modules moved in this release keep their old import path for one more release, with a
+DeprecationWarning (``MOVED``): ``synap_backfill.turns`` is ``synap_backfill.privacy.turns``.
 """
+
+from __future__ import annotations
+
+import importlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import sys
+import warnings
+from types import ModuleType
+from typing import Any, Sequence
+
+# Old path (under synap_backfill) -> new path: deprecated, gone in the next release.
+MOVED = {
+    "params": "common.params",
+    "checks": "common.checks",
+    "config": "common.config",
+    "buckets": "common.buckets",
+    "windows": "common.windows",
+    "connection_secret": "common.secrets",
+    "db_errors": "common.errors",
+    "ddl": "common.db",
+    "ledger": "store.ledger",
+    "source": "extract.reader",
+    "planning": "extract.planning",
+    "pii": "privacy.pii",
+    "turns": "privacy.turns",
+    "redaction": "privacy.redaction",
+    "results": "delivery.results",
+    "sending": "delivery.sending",
+    "pacing": "delivery.pacing",
+    "target": "delivery.target",
+    "credits": "delivery.credits",
+    "verify": "delivery.verify",
+    "documents": "delivery.documents",
+    "accounting": "delivery.accounting",
+    "inventory": "holdings.inventory",
+    "held_turns": "holdings.held_turns",
+    "changes": "holdings.changes",
+    "reconcile": "holdings.reconcile",
+    "persons": "identity.keys",
+    "rekey": "identity.rekey",
+    "rekey_config": "identity.rekey_config",
+    "undo": "deletion.undo",
+    "undo_ledger": "deletion.undo_ledger",
+    "undo_config": "deletion.undo_config",
+    "erase": "deletion.erase",
+    "erase_config": "deletion.erase_config",
+    "partition": "pipeline.partition",
+    "time_limit": "pipeline.time_limit",
+    "airflow.dag_factory": "airflow.backfill.dag",
+    "airflow.tasks": "airflow.backfill.tasks",
+    "airflow.source_changes": "airflow.backfill.apply",
+    "regions": "airflow.backfill.regions",
+    "airflow.undo_dag": "airflow.undo.dag",
+    "airflow.undo_tasks": "airflow.undo.tasks",
+    "airflow.erase_dag": "airflow.erase.dag",
+    "airflow.erase_tasks": "airflow.erase.tasks",
+    "airflow.rekey_dag": "airflow.erase.rekey_dag",
+    "airflow.rekey_tasks": "airflow.erase.rekey_tasks",
+}
+
+
+class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Imports an old module path as its new module, once, with a DeprecationWarning."""
+
+    def find_spec(self, name: str, path: Sequence[str] | None, target: ModuleType | None = None
+                  ) -> importlib.machinery.ModuleSpec | None:
+        old = name.removeprefix(__name__ + ".")
+        return importlib.util.spec_from_loader(name, self) if old in MOVED else None
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType:
+        new = f"{__name__}.{MOVED[spec.name.removeprefix(__name__ + '.')]}"
+        warnings.warn(f"{spec.name} is now {new}: import it from there (the old path goes in the"
+                      " next release)", DeprecationWarning, stacklevel=2)
+        return importlib.import_module(new)
+
+    def exec_module(self, module: ModuleType) -> None:
+        return None  # the new module ran already
+
+
+if not any(isinstance(f, _MovedModules) for f in sys.meta_path):
+    sys.meta_path.append(_MovedModules())  # after the real finders: a real module always wins
+
+
+def __getattr__(name: str) -> Any:
+    if name in MOVED:  # synap_backfill.config as an attribute, not an import
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(name)

@@ -13,12 +13,13 @@ import difflib
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any, Iterable
 
-from .config import BackfillConfig, SourceColumns
-from .db_errors import sql_error
-from .source import as_text, quote_identifier, quoted_table
+from synap_backfill.common.config import BackfillConfig, SourceColumns
+from synap_backfill.common.errors import sql_error
+from synap_backfill.extract.reader import quoted_table
+from synap_backfill.common.db import as_text, quote_identifier
 
 if TYPE_CHECKING:
-    from .target import SynapTarget
+    from synap_backfill.delivery.target import SynapTarget
 
 # pg_type.typcategory: what each mapped column may be.
 TIMESTAMP_TYPES = {"D"}  # date, timestamp, timestamptz
@@ -114,7 +115,7 @@ def _closest_relation(cur: Any, name: str) -> str | None:
 
 def check_ledger(conn: Any, config: BackfillConfig) -> None:
     """The ledger's schema and tables exist or can be made (checkpoints must be writable)."""
-    from .ledger import LedgerBusy, ensure_tables
+    from synap_backfill.schema import LedgerBusy, ensure_tables
 
     try:
         ensure_tables(conn, config.ledger_schema)
@@ -134,7 +135,7 @@ def check_synap_settings(conn_id: str) -> "SynapTarget":
     a bad one fails the run in the line ``InvalidExtra`` words, naming connection and extra."""
     from synap_provider.connection_fields import InvalidExtra
 
-    from .target import SynapTarget
+    from synap_backfill.delivery.target import SynapTarget
 
     try:
         return SynapTarget.connect(conn_id)

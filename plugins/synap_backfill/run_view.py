@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-from .source import quote_identifier
+from synap_backfill.common.db import quote_identifier
 
 REJECTS_PAGE = 100
 
@@ -105,11 +105,11 @@ class UndoProgress:
     finished: bool = False
 
 
-def undo_partitions(conn: Any, schema: str, target_run: int) -> dict[str, UndoProgress]:
+def undo_partitions(conn: Any, schema: str, undone_run: int) -> dict[str, UndoProgress]:
     s = quote_identifier(schema)
     return {key: UndoProgress(key, _json(report), bool(finished)) for key, report, finished in _all(
         conn, f"SELECT window_key, report, finished FROM {s}.undo_checkpoints WHERE target = %s",
-        (target_run,))}
+        (undone_run,))}
 
 
 @dataclass

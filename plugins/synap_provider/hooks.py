@@ -27,7 +27,6 @@ Example, as an environment variable::
 from __future__ import annotations
 
 import asyncio
-import re
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
@@ -93,7 +92,7 @@ class SynapHook(BaseHook):
             cache_backend=None,  # a backfill reads nothing back; keep workers stateless
             history_search_model=None,
             timeouts=TimeoutConfig(read=s.timeout_seconds),
-            retry_policy=None,  # the backfill's own loop retries (synap_backfill.sending)
+            retry_policy=None,  # the backfill's own loop retries (synap_backfill.delivery.sending)
         )
         self.log.info("Synap client for connection %s at %s", self.synap_conn_id,
                       s.base_url or "the hosted default")
@@ -161,15 +160,12 @@ class SynapHook(BaseHook):
                       f"({who.get('user_context_isolation') or 'isolation not reported'})")
 
 
-_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
-
-
 def describe_failure(exc: BaseException) -> str:
-    """An error as the UI may show it: its kind and first line, quoted values taken out (a
-    server's or a database's message can echo what it was sent), 200 characters at most."""
-    lines = str(exc).strip().splitlines()
-    line = _QUOTED.sub("'…'", " ".join(lines[0].split())) if lines else ""
-    return (f"{type(exc).__name__}: {line}" if line else type(exc).__name__)[:200]
+    """An error as the UI may show it: the engine's one scrubber (its kind and first line,
+    quoted values taken out: a server's or a database's message can echo what it was sent)."""
+    from synap_backfill.common.errors import describe_error
+
+    return describe_error(exc, limit=180)
 
 
 async def _call(sdk: "MaximemSynapSDK", method: str, path: str, **kwargs: Any) -> dict[str, Any]:

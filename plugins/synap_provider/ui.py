@@ -92,8 +92,8 @@ def erase_person(dag_id: str, body: ErasePerson) -> dict[str, Any]:
     whether it was erased."""
     from fastapi import HTTPException
 
-    from synap_backfill.erase import PersonRef
-    from synap_backfill.persons import PersonKeyMissing, require_keyring
+    from synap_backfill.deletion.erase import PersonRef
+    from synap_backfill.identity.keys import PersonKeyMissing, require_keyring
 
     try:
         keyring = require_keyring(_erase_param(dag_id, "person_key_conn_id"))
@@ -105,7 +105,7 @@ def erase_person(dag_id: str, body: ErasePerson) -> dict[str, Any]:
 
 def _erase_param(dag_id: str, name: str) -> str:
     """A param's default as the erase DAG declares it (its serialized form), else the model's."""
-    from synap_backfill.erase_config import EraseConfig
+    from synap_backfill.deletion.erase_config import EraseConfig
 
     default = str(EraseConfig.model_fields[name].default)
     try:
@@ -266,7 +266,9 @@ def _undo_view(config: Any, xcoms: dict, states: dict, labels: dict) -> dict[str
     if not isinstance(config, dict) or planned is None:
         return {"partitions": [], "totals": None}
     with closing(_ledger(config)) as conn:
-        progress = undo_partitions(conn, config["ledger_schema"], int(config["target_run"]))
+        # (target_run: what an undo from before this release called the undone run)
+        undone = int(config.get("undone_run") or config.get("target_run") or 0)
+        progress = undo_partitions(conn, config["ledger_schema"], undone)
     rows = []
     for index, partition in enumerate(planned):
         found = progress.get(partition["key"])
@@ -314,7 +316,7 @@ def _rate(run: tuple[str, str], done: int) -> float | None:
 
 def _ledger(config: dict[str, Any]) -> Any:
     """The run's ledger: its ledger connection, else its source connection (the params' rule)."""
-    from synap_backfill.config import BackfillConfig
+    from synap_backfill.common.config import BackfillConfig
 
     default = BackfillConfig.model_fields["postgres_conn_id"].default
     return _connect(config.get("ledger_conn_id") or config.get("postgres_conn_id") or default)

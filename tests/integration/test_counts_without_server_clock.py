@@ -324,7 +324,7 @@ def test_two_attempts_of_one_partition_started_together_send_once(
         local_pg, synap, airflow_db, use_connections):
     make_table(local_pg, "c9_zombie", turns(200))
     use_connections()
-    from synap_backfill.airflow.tasks import plan_partitions, resolve_config, run_partition
+    from synap_backfill.airflow.backfill.tasks import plan_partitions, resolve_config, run_partition
 
     config = resolve_config({"source_table": "c9_zombie", "batch_size": 20})
     (window,) = plan_partitions(config, dag_id="zombie", run_id="run-1")

@@ -13,7 +13,7 @@ import pytest
 
 from include import local_airflow
 from include.demo_data import load_demo_table
-from synap_backfill.buckets import bucket_end, bucket_of, bucket_start
+from synap_backfill.common.buckets import bucket_end, bucket_of, bucket_start
 from tests.conftest import read_store
 from tests.integration.synap_memories import live_documents, memories
 

@@ -132,8 +132,9 @@ def test_a_person_is_erased_from_every_instance_once_and_never_sent_again(
 
 _BACKFILL = r"""
 import json, sys
-from synap_backfill.airflow.dag_factory import backfill_params
-from synap_backfill.airflow.tasks import plan_partitions, resolve_config, run_partition, summarize_run
+from synap_backfill.airflow.backfill.dag import backfill_params
+from synap_backfill.airflow.backfill.tasks import (plan_partitions, resolve_config, run_partition,
+                                                  summarize_run)
 declared = {name: p.value for name, p in backfill_params().items()}
 params = json.loads(sys.argv[1])
 config = resolve_config({**declared, **params}, conf=params, known=declared)
@@ -150,7 +151,7 @@ def test_an_erasure_while_another_dag_sends_into_the_instance_leaves_nothing_of_
     import sys
     import time
 
-    from synap_backfill.airflow.erase_tasks import (erase_target, plan_erase, resolve_erase,
+    from synap_backfill.airflow.erase.tasks import (erase_target, plan_erase, resolve_erase,
                                                     summarize_erase, suppress_person)
 
     with local_pg.connect() as conn:

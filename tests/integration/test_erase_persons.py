@@ -150,7 +150,7 @@ def test_on_a_b2b_instance_a_person_is_a_customers_user_and_only_they_are_erased
 
 def test_a_rotated_key_is_refused_until_the_old_one_is_kept_and_rekey_moves_everything_to_it(
         local_pg, run_backfill, synap, monkeypatch):
-    from synap_backfill.persons import PersonKey
+    from synap_backfill.identity.keys import PersonKey
 
     ledger = {"ledger_schema": "persons_keys"}
     use_key(monkeypatch, KEY_ONE)
@@ -238,8 +238,9 @@ def test_an_erasure_while_extraction_lags_ends_incomplete_and_its_rerun_finishes
 
 _BACKFILL = r"""
 import json, sys
-from synap_backfill.airflow.dag_factory import backfill_params
-from synap_backfill.airflow.tasks import plan_partitions, resolve_config, run_partition, summarize_run
+from synap_backfill.airflow.backfill.dag import backfill_params
+from synap_backfill.airflow.backfill.tasks import (plan_partitions, resolve_config, run_partition,
+                                                  summarize_run)
 declared = {name: p.value for name, p in backfill_params().items()}
 params = json.loads(sys.argv[1])
 config = resolve_config({**declared, **params}, conf=params, known=declared)
@@ -252,7 +253,7 @@ print("SUMMARY " + json.dumps(summary))
 
 def test_an_erasure_waits_for_a_batch_held_on_429s_however_old_its_checkpoint_looks(
         local_pg, run_backfill, synap, use_connections, monkeypatch, airflow_db):
-    from synap_backfill.airflow.erase_tasks import (erase_target, plan_erase, resolve_erase,
+    from synap_backfill.airflow.erase.tasks import (erase_target, plan_erase, resolve_erase,
                                                     summarize_erase, suppress_person)
 
     ledger = {"ledger_schema": "persons_held"}
@@ -299,8 +300,8 @@ def test_an_erasure_waits_for_a_batch_held_on_429s_however_old_its_checkpoint_lo
 
 
 def test_a_partition_picks_up_a_person_key_created_after_it_started(local_pg, monkeypatch):
-    from synap_backfill.ledger import ensure_tables
-    from synap_backfill.persons import HeldBack, PersonKey, Suppression, suppress
+    from synap_backfill.schema import ensure_tables
+    from synap_backfill.identity.keys import HeldBack, PersonKey, Suppression, suppress
 
     monkeypatch.delenv("AIRFLOW_CONN_SYNAP_PERSON_KEY", raising=False)
     with local_pg.connect() as conn:

@@ -40,7 +40,7 @@ def test_a_paced_partition_makes_no_database_call_on_its_event_loop(
         local_pg, synap, airflow_db, use_connections, monkeypatch):
     from airflow.providers.postgres.hooks.postgres import PostgresHook
 
-    from synap_backfill.airflow.tasks import plan_partitions, resolve_config, run_partition
+    from synap_backfill.airflow.backfill.tasks import plan_partitions, resolve_config, run_partition
 
     with local_pg.connect() as conn:
         load_demo_table(conn, "loop_free", turns=300, days=1, seed=71)

@@ -165,7 +165,7 @@ def test_the_source_connection_dropped_mid_read(local_pg, run_backfill, synap, r
 
 _PARTITION = r"""
 import json, sys
-from synap_backfill.airflow.tasks import run_partition
+from synap_backfill.airflow.backfill.tasks import run_partition
 args = json.loads(sys.argv[1])
 run_partition(args["config"], args["window"], dag_id="fault_kill", run_id="run-1")
 """
@@ -176,7 +176,7 @@ def test_a_worker_killed_mid_partition_resumes_without_resending_acknowledged_ba
     with local_pg.connect() as conn:
         load_demo_table(conn, "fault_kill", turns=200, days=1, seed=36)
     use_connections()
-    from synap_backfill.airflow.tasks import plan_partitions, resolve_config, run_partition
+    from synap_backfill.airflow.backfill.tasks import plan_partitions, resolve_config, run_partition
     from synap_provider.hooks import SynapHook
 
     config = resolve_config({"source_table": "fault_kill", "batch_size": 20})
@@ -219,7 +219,7 @@ def held_buckets(pg: Any, run_id: str) -> dict[int, int]:
 
 _HELD_PARTITION = r"""
 import json, sys
-from synap_backfill.airflow.tasks import run_partition
+from synap_backfill.airflow.backfill.tasks import run_partition
 args = json.loads(sys.argv[1])
 run_partition(args["config"], args["window"], dag_id="fault_held", run_id="held-1")
 """
@@ -230,9 +230,9 @@ def test_a_worker_killed_after_a_buckets_last_batch_but_before_its_checkpoint_le
     import uuid
     from datetime import datetime, timedelta, timezone
 
-    from synap_backfill.buckets import bucket_of
-    from synap_backfill.airflow.dag_factory import backfill_params
-    from synap_backfill.airflow.tasks import plan_partitions, resolve_config, run_partition
+    from synap_backfill.common.buckets import bucket_of
+    from synap_backfill.airflow.backfill.dag import backfill_params
+    from synap_backfill.airflow.backfill.tasks import plan_partitions, resolve_config, run_partition
     from tests.conftest import make_table
 
     conv = str(uuid.uuid4())
@@ -320,7 +320,7 @@ def test_a_session_idle_in_a_transaction_on_a_ledger_table_does_not_stall_a_run(
 def test_ledger_ddl_behind_a_held_lock_fails_the_first_task_in_one_line_within_its_lock_timeout(
         local_pg, run_backfill, synap):
     """When the ledger needs DDL (a new version), a lock held on it fails the run at once."""
-    from synap_backfill.ledger import DDL_LOCK_TIMEOUT, ensure_tables
+    from synap_backfill.schema import DDL_LOCK_TIMEOUT, ensure_tables
 
     with local_pg.connect() as conn:
         load_demo_table(conn, "fault_ddl", turns=40, days=1, seed=40)
@@ -393,8 +393,8 @@ def test_two_attempts_sharing_one_server_session_as_behind_a_pooler_only_one_sen
     """A transaction pooler can give two attempts one server session: the session's advisory
     lock then lets both in. The fencing token in every ledger write stops the stale one."""
 
-    from synap_backfill.ledger import Ledger, Superseded
-    from synap_backfill.airflow.tasks import plan_partitions, resolve_config, run_partition
+    from synap_backfill.store.ledger import Ledger, Superseded
+    from synap_backfill.airflow.backfill.tasks import plan_partitions, resolve_config, run_partition
 
     with local_pg.connect() as conn:
         load_demo_table(conn, "fault_pooled", turns=200, days=1, seed=42)

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from include import local_airflow
-from synap_backfill.documents import RejectReason
+from synap_backfill.delivery.documents import RejectReason
 
 pytestmark = pytest.mark.integration
 AT = datetime(2024, 5, 1, 10, tzinfo=timezone.utc)
@@ -127,8 +127,8 @@ def test_a_text_over_max_document_chars_is_measured_in_sql_and_never_fetched(
 
     from airflow.providers.postgres.hooks.postgres import PostgresHook
 
-    from synap_backfill.config import config_from_params
-    from synap_backfill.source import read_window
+    from synap_backfill.common.config import config_from_params
+    from synap_backfill.extract.reader import read_window
     from tests.conftest import make_table
 
     huge = "x" * 5_000_000  # 5 MB in one cell; the limit below is 1,000 characters

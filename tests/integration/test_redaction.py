@@ -201,8 +201,8 @@ def test_document_transform_drops_and_strips_and_a_turn_it_raises_on_is_rejected
     ("tests.integration.transforms:missing", ": module 'tests.integration.transforms' has no 'missing'"),
 ])
 def test_a_transform_that_is_not_a_callable_is_refused_in_preflight_naming_its_path(path, problem):
-    from synap_backfill.config import BackfillConfig
-    from synap_backfill.redaction import check
+    from synap_backfill.common.config import BackfillConfig
+    from synap_backfill.privacy.redaction import check
 
     with pytest.raises(ValueError) as refused:
         check(BackfillConfig.from_params({"document_transform": path}))

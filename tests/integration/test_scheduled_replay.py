@@ -9,8 +9,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from synap_backfill.airflow.dag_factory import SCHEDULED_RUN_TYPES, backfill_params
-from synap_backfill.airflow.tasks import plan_partitions, resolve_config, run_partition
+from synap_backfill.airflow.backfill.dag import SCHEDULED_RUN_TYPES, backfill_params
+from synap_backfill.airflow.backfill.tasks import plan_partitions, resolve_config, run_partition
 from tests.conftest import make_table, read_store
 
 pytestmark = pytest.mark.integration

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from include import local_airflow
-from synap_backfill.accounting import counts_label
+from synap_backfill.delivery.accounting import counts_label
 from include.demo_data import load_demo_table
 from tests.conftest import read_store
 from tests.integration.synap_memories import live_documents, memories
@@ -168,7 +168,7 @@ def test_a_table_emptied_by_mistake_is_refused_in_one_line_before_any_delete(
 
 _APPLY = r"""
 import json, sys
-from synap_backfill.airflow.source_changes import apply_source_changes
+from synap_backfill.airflow.backfill.apply import apply_source_changes
 args = json.loads(sys.argv[1])
 apply_source_changes(args["config"], args["windows"], dag_id="synap_backfill", run_id="apply-killed")
 """
@@ -177,10 +177,10 @@ apply_source_changes(args["config"], args["windows"], dag_id="synap_backfill", r
 def test_a_worker_killed_mid_apply_is_retried_without_deleting_a_memory_twice_or_losing_a_turn(
         local_pg, run_backfill, synap, use_connections, airflow_db):
     from synap_backfill.airflow.approval import describe_plan
-    from synap_backfill.airflow.dag_factory import backfill_params
-    from synap_backfill.config import BackfillConfig
-    from synap_backfill.airflow.source_changes import apply_source_changes
-    from synap_backfill.airflow.tasks import (plan_partitions, resolve_config, run_partition,
+    from synap_backfill.airflow.backfill.dag import backfill_params
+    from synap_backfill.common.config import BackfillConfig
+    from synap_backfill.airflow.backfill.apply import apply_source_changes
+    from synap_backfill.airflow.backfill.tasks import (plan_partitions, resolve_config, run_partition,
                                               summarize_run)
 
     with local_pg.connect() as conn:

@@ -116,7 +116,7 @@ def test_a_run_mapped_wrong_is_undone_exactly_and_the_corrected_backfill_makes_e
 
 _UNDO_PARTITION = r"""
 import json, sys
-from synap_backfill.airflow.undo_tasks import undo
+from synap_backfill.airflow.undo.tasks import undo
 args = json.loads(sys.argv[1])
 undo(args["config"], args["partition"], run_id="undo-killed")
 """
@@ -124,8 +124,8 @@ undo(args["config"], args["partition"], run_id="undo-killed")
 
 def test_an_undo_killed_mid_partition_resumes_without_deleting_any_memory_twice(
         local_pg, run_backfill, synap, use_connections, airflow_db):
-    from synap_backfill.airflow.dag_factory import backfill_params  # noqa: F401  (connections as the DAG has them)
-    from synap_backfill.airflow.undo_tasks import plan_undo, resolve_undo, summarize_undo, undo
+    from synap_backfill.airflow.backfill.dag import backfill_params  # noqa: F401  (the DAG's connections)
+    from synap_backfill.airflow.undo.tasks import plan_undo, resolve_undo, summarize_undo, undo
 
     with local_pg.connect() as conn:
         load_demo_table(conn, "undo_kill", turns=120, days=1, seed=73)

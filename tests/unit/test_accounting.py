@@ -1,6 +1,6 @@
 from collections import Counter
 
-from synap_backfill.accounting import PartitionReport, summarize
+from synap_backfill.delivery.accounting import PartitionReport, summarize
 
 
 def window(label):

@@ -1,6 +1,6 @@
 import pytest
 
-from synap_backfill.config import BackfillConfig, ParamError, config_from_params
+from synap_backfill.common.config import BackfillConfig, ParamError, config_from_params
 
 
 def test_defaults_follow_the_vendor_recipe_but_fill_each_call():

@@ -80,7 +80,7 @@ def test_the_init_creates_every_pool_and_connection_the_dags_use():
     created = set(re.findall(r"airflow pools set (\S+) ", script))
     assert created == set(synap_pools())
     connections = set(re.findall(r'Connection\(conn_id="(\w+)"', script))
-    from synap_backfill.regions import load_regions
+    from synap_backfill.airflow.backfill.regions import load_regions
 
     assert {"synap_default", "postgres_default",
             *(r.synap_conn_id for r in load_regions(REPO / "include" / "regions.yaml"))} <= connections

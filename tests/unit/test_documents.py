@@ -2,8 +2,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from synap_backfill.documents import RejectReason, Rejected, build_document
-from synap_backfill.source import SourceRow
+from synap_backfill.delivery.documents import RejectReason, Rejected, build_document
+from synap_backfill.extract.reader import SourceRow
 
 CONV = "3f2b8c1e-8f1a-4c3e-9d0a-0b6f5e2d7c11"
 AT = datetime(2024, 3, 1, 12, 30, 5, tzinfo=timezone.utc)
@@ -60,14 +60,14 @@ def test_a_conversation_id_in_another_uuid_spelling_is_accepted():
 # Redaction and document_transform (turns.py), between the row and its document.
 
 def _shaper(transform=None, kinds=("email", "payment_card")):
-    from synap_backfill.pii import RedactionSettings, Redactor
-    from synap_backfill.turns import TurnShaper
+    from synap_backfill.privacy.pii import RedactionSettings, Redactor
+    from synap_backfill.privacy.turns import TurnShaper
 
     return TurnShaper(Redactor(RedactionSettings(kinds=frozenset(kinds))), transform)
 
 
 def test_a_redacted_turn_is_built_and_its_redactions_counted():
-    from synap_backfill.turns import Redactions
+    from synap_backfill.privacy.turns import Redactions
 
     counted = Redactions()
     doc = build_document(row(user_text="My details: maria.lopez@example.com, card 4111 1111 1111 1111"),
@@ -77,7 +77,7 @@ def test_a_redacted_turn_is_built_and_its_redactions_counted():
 
 
 def test_a_turn_the_transform_drops_is_rejected_and_its_redactions_not_counted():
-    from synap_backfill.turns import Reason, Redactions
+    from synap_backfill.privacy.turns import Reason, Redactions
 
     counted = Redactions()
     rejected = build_document(row(user_text="/system a@example.com"), redacted=counted,
@@ -98,7 +98,7 @@ def test_a_transform_that_raises_rejects_the_turn_by_the_exceptions_type_only():
 def test_a_transform_may_change_texts_only():
     from dataclasses import replace
 
-    from synap_backfill.turns import Reason
+    from synap_backfill.privacy.turns import Reason
 
     strip = _shaper(lambda t: replace(t, assistant_text=t.assistant_text.split("\n--\n")[0]))
     doc = build_document(row(assistant_text="Noted!\n--\nAcme Support, 1 Main St"), shaper=strip)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from synap_backfill.verify import failure_code
+from synap_backfill.common.errors import reason_code as failure_code
 
 
 @pytest.mark.parametrize("message", [None, "", "   ", "\n\n"])
@@ -19,7 +19,7 @@ def test_a_failure_reason_keeps_its_first_line_without_quoted_input():
 
 
 def test_a_sample_is_cut_evenly_to_the_calls_that_fit_at_the_pace():
-    from synap_backfill.verify import fit_to_pace
+    from synap_backfill.delivery.verify import fit_to_pace
 
     sample = {"a": ["a1", "a2", "a3"], "b": ["b1", "b2"], "c": ["c1"]}
     assert fit_to_pace(sample, 0, 10) == (["a1", "a2", "a3", "b1", "b2", "c1"], 0)  # unpaced
@@ -30,7 +30,7 @@ def test_a_sample_is_cut_evenly_to_the_calls_that_fit_at_the_pace():
 
 
 def test_a_document_unknown_to_synap_counts_as_failed():
-    from synap_backfill.verify import VerifyReport
+    from synap_backfill.delivery.verify import VerifyReport
 
     report = VerifyReport(sampled=100, completed=98, not_found=2)
     assert report.failed_share == 0.02

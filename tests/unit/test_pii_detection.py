@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from include.pii_samples import TOLD_REGIONS, Sample, corpus, untold
-from synap_backfill.pii import KINDS, RedactionSettings, Redactor, key_id
+from synap_backfill.privacy.pii import KINDS, RedactionSettings, Redactor, key_id
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 REQUIRED = {"email": 1.0, "payment_card": 1.0, "iban": 1.0, "phone": 0.95, "national_id": 0.95,

@@ -2,8 +2,8 @@
 
 from datetime import datetime, timezone
 
-from synap_backfill.buckets import UNTIMED, bucket_of
-from synap_backfill.planning import (BucketCount, HeldBucket, Holder, PlannedPartition,
+from synap_backfill.common.buckets import UNTIMED, bucket_of
+from synap_backfill.extract.planning import (BucketCount, HeldBucket, Holder, PlannedPartition,
                                        conflict_message, difference, lost_ranges)
 
 UTC = timezone.utc

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from synap_backfill.regions import RegionConfigError, load_regions
+from synap_backfill.airflow.backfill.regions import RegionConfigError, load_regions
 
 SHIPPED = Path(__file__).resolve().parents[2] / "include" / "regions.yaml"
 

@@ -3,7 +3,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from synap_backfill.results import DUPLICATED_IN_SOURCE, MISSING_RESULT, classify_batch
+from synap_backfill.delivery.results import DUPLICATED_IN_SOURCE, MISSING_RESULT, classify_batch
 
 
 def result(document_id, status="queued", error_message=None):

@@ -9,7 +9,7 @@ import pytest
 from maximem_synap import (InstanceNotReadyError, NetworkTimeoutError, RateLimitError,
                            ServiceUnavailableError, SynapTransientError)
 
-from synap_backfill.sending import Delivery, GaveUp, RetryPolicy, _send, outcome_unknown
+from synap_backfill.delivery.sending import Delivery, GaveUp, RetryPolicy, _send, outcome_unknown
 
 ANSWER = object()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from synap_backfill.time_limit import partition_time_limit
+from synap_backfill.pipeline.time_limit import partition_time_limit
 
 SYNAP = {"requests_per_minute": 600.0, "max_wait": 600.0, "not_ready_max_wait": 1800.0}
 WAITS = 600 + 1800 + 600 + 600  # max_wait, not_ready_max_wait, an earlier attempt's lock, reading

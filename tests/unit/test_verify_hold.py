@@ -12,7 +12,7 @@ from typing import Any
 
 from maximem_synap import RateLimitError
 
-from synap_backfill.verify import check_extraction
+from synap_backfill.delivery.verify import check_extraction
 
 
 class RecordingPacer:

@@ -2,10 +2,10 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from synap_backfill.buckets import bucket_of, bucket_start
-from synap_backfill.checks import ParamError, timestamp
-from synap_backfill.planning import BucketCount, Difference, lay_out
-from synap_backfill.windows import Grid
+from synap_backfill.common.buckets import bucket_of, bucket_start
+from synap_backfill.common.checks import ParamError, timestamp
+from synap_backfill.extract.planning import BucketCount, Difference, lay_out
+from synap_backfill.common.windows import Grid
 
 UTC = timezone.utc
 

@@ -20,19 +20,19 @@ __all__ = ["build_backfill_dag", "build_undo_dag", "build_erase_dag", "build_rek
 
 def __getattr__(name: str) -> Any:
     if name == "build_backfill_dag":
-        from .dag_factory import build_backfill_dag
+        from synap_backfill.airflow.backfill.dag import build_backfill_dag
 
         return build_backfill_dag
     if name == "build_undo_dag":
-        from .undo_dag import build_undo_dag
+        from synap_backfill.airflow.undo.dag import build_undo_dag
 
         return build_undo_dag
     if name == "build_erase_dag":
-        from .erase_dag import build_erase_dag
+        from synap_backfill.airflow.erase.dag import build_erase_dag
 
         return build_erase_dag
     if name == "build_rekey_dag":
-        from .rekey_dag import build_rekey_dag
+        from synap_backfill.airflow.erase.rekey_dag import build_rekey_dag
 
         return build_rekey_dag
     raise AttributeError(name)

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 
-from ..config import BackfillConfig
+from synap_backfill.common.config import BackfillConfig
 
 
 class PlanApprovalOperator(ApprovalOperator):
@@ -56,11 +56,11 @@ def describe_plan(config: BackfillConfig, windows: list[dict[str, Any]], *, dag_
     from contextlib import closing
 
     from airflow.providers.postgres.hooks.postgres import PostgresHook
-    from ..target import SynapTarget
+    from synap_backfill.delivery.target import SynapTarget
 
-    from ..accounting import describe_duration
-    from ..credits import credits_for
-    from ..inventory import Inventory
+    from synap_backfill.delivery.accounting import describe_duration
+    from synap_backfill.delivery.credits import credits_for
+    from synap_backfill.holdings.inventory import Inventory
 
     rows = sum(int(w.get("rows") or 0) for w in windows)
     unchanged = sum(int(w.get("unchanged") or 0) for w in windows)

@@ -21,7 +21,7 @@ from uuid import UUID
 from airflow.sdk import BaseOperator
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from ..config import BackfillConfig
+from synap_backfill.common.config import BackfillConfig
 
 POLL_EVERY = 10.0  # seconds between rounds over the documents still being extracted
 
@@ -52,9 +52,9 @@ async def verify_run(config: BackfillConfig, dag_id: str, run_id: str, *, deadli
     """The report of a run's sample (``deadline``: wall-clock epoch seconds)."""
     from airflow.providers.postgres.hooks.postgres import PostgresHook
 
-    from ..ledger import sample_ingestions
-    from ..target import SynapTarget
-    from ..verify import check_extraction, fit_to_pace
+    from synap_backfill.store.ledger import sample_ingestions
+    from synap_backfill.delivery.target import SynapTarget
+    from synap_backfill.delivery.verify import check_extraction, fit_to_pace
 
     ledger = PostgresHook(postgres_conn_id=config.ledger_conn_id or config.postgres_conn_id)
 
@@ -111,7 +111,7 @@ class VerifyExtractionOperator(BaseOperator):
     def execute_complete(self, context: Any, event: Mapping[str, Any]) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowFailException
 
-        from ..verify import VerifyReport
+        from synap_backfill.delivery.verify import VerifyReport
 
         config = BackfillConfig.from_dict(self.config)
         report = VerifyReport.from_xcom(dict(event))

@@ -1,0 +1,142 @@
+"""The engine's layout holds: no import circle, no import upward between its concerns.
+
+The graph is read from the code (every import, at the top of a module or inside a
+function), and what a package may import from its own docstring's ``May import:`` line,
+so the layout the docstrings describe is the layout the code has.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import re
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+
+import synap_backfill
+
+PACKAGE = Path(synap_backfill.__file__).parent
+ENGINE = "synap_backfill"
+SIDE = {"backfill", "undo", "erase"}  # the Airflow side's packages, one per DAG
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = ".".join((ENGINE, *path.relative_to(PACKAGE).with_suffix("").parts))
+        out[name.removesuffix(".__init__")] = path
+    return out
+
+
+MODULES = {name: path for name, path in modules().items() if name != ENGINE}  # not the root
+
+
+def imports(name: str, path: Path) -> set[str]:
+    """The engine's modules ``name`` imports, anywhere in it."""
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([node.module] if node.module else []))
+            targets = [base] + [f"{base}.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        else:
+            continue
+        found |= {t for t in targets if t in MODULES and t != name and t != ENGINE}
+    return found
+
+
+GRAPH = {name: imports(name, path) for name, path in MODULES.items()}
+
+
+def concern(name: str) -> str:
+    """``synap_backfill.holdings.inventory`` → ``holdings``; a top-level module → ``(top)``."""
+    parts = name.split(".")
+    if len(parts) == 2:
+        return "(top)" if not (PACKAGE / parts[1]).is_dir() else parts[1]
+    return parts[1]
+
+
+def allowed(package: str) -> set[str] | None:
+    """What a concern's docstring says it may import (None: anything)."""
+    if package in ("(top)", "airflow"):
+        return None
+    doc = ast.get_docstring(ast.parse((PACKAGE / package / "__init__.py").read_text())) or ""
+    match = re.search(r"^May import: (.+)$", doc, re.MULTILINE)
+    assert match, f"synap_backfill.{package}'s docstring says nothing of what it may import"
+    names = match.group(1).strip()
+    return set() if names == "nothing" else {n.strip() for n in names.split(",")}
+
+
+CONCERNS = sorted({concern(m) for m in MODULES} - {"(top)", "airflow"})
+
+
+def test_every_concern_says_what_it_owns_and_may_import_and_names_real_concerns():
+    for package in CONCERNS:
+        doc = ast.get_docstring(ast.parse((PACKAGE / package / "__init__.py").read_text())) or ""
+        assert re.search(r"^Owns", doc, re.MULTILINE), f"{package}: say what it owns"
+        assert allowed(package) <= set(CONCERNS), f"{package} may import an unknown concern"
+
+
+def test_no_concern_imports_one_above_it_and_the_top_imports_no_airflow():
+    upward = []
+    for name, targets in GRAPH.items():
+        mine, may = concern(name), allowed(concern(name))
+        for target in targets:
+            theirs = concern(target)
+            if theirs == mine:
+                continue
+            if (may is not None and theirs not in may) or (mine == "(top)" and theirs == "airflow"):
+                upward.append(f"{name} -> {target}")
+    assert upward == []
+
+
+def side(name: str) -> str | None:
+    """``synap_backfill.airflow.undo.tasks`` → ``undo``; None outside a DAG's package."""
+    parts = name.split(".")
+    return parts[2] if len(parts) > 3 and parts[1] == "airflow" and parts[2] in SIDE else None
+
+
+def test_the_airflow_side_of_one_dag_does_not_load_another_dags():
+    crossing = [f"{name} -> {target}" for name, targets in GRAPH.items() for target in targets
+                if side(name) and side(target) and side(name) != side(target)]
+    assert crossing == []
+
+
+def test_the_module_graph_has_no_circle():
+    state: dict[str, int] = {}
+    path: list[str] = []
+
+    def visit(name: str) -> None:
+        state[name] = 1
+        path.append(name)
+        for target in sorted(GRAPH[name]):
+            if state.get(target) == 1:
+                cycle = path[path.index(target):] + [target]
+                pytest.fail("import circle: " + " -> ".join(c.removeprefix(ENGINE + ".")
+                                                          for c in cycle))
+            if target not in state:
+                visit(target)
+        path.pop()
+        state[name] = 2
+
+    for name in sorted(GRAPH):
+        if name not in state:
+            visit(name)
+
+
+@pytest.mark.parametrize("old, new", sorted(synap_backfill.MOVED.items()))
+def test_a_moved_module_is_still_importable_by_its_old_path_with_a_deprecation_warning(old, new):
+    sys.modules.pop(f"{ENGINE}.{old}", None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        module = importlib.import_module(f"{ENGINE}.{old}")
+    assert module is importlib.import_module(f"{ENGINE}.{new}")
+    assert any(issubclass(w.category, DeprecationWarning) and new in str(w.message) for w in caught)
