@@ -6,13 +6,22 @@ Light at the top: DAG files import it when they are parsed."""
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping, NoReturn
+from typing import Any, Mapping, NoReturn, Sequence
 
 from synap_backfill.common.errors import describe_error
 
 log = logging.getLogger("synap_backfill")
 
 DEFAULT_POOL = "synap_api"  # the primary's pool; a region's is synap_<region>
+
+
+def stopped_before(what: str, reasons: Sequence[str | None] | None) -> NoReturn:
+    """A summary's failure when its run stopped before the mapped tasks: the first reason an
+    earlier task left (its ``failure`` XCom), in one line."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    reason = next((r for r in reasons or () if r), "see the first task's log")
+    raise AirflowFailException(f"the {what}: {reason}")
 
 
 def fail_before_planning(ti: Any, message: str) -> NoReturn:

@@ -344,3 +344,19 @@ def config_from_params(params: Mapping[str, Any]) -> BackfillConfig:
             params[new] = params.pop(old)
     config: BackfillConfig = BackfillConfig.from_params(params)
     return config
+
+
+# The params of a DAG that works on the backfills' ledger (undo, erase, rekey): one declaration.
+def ledger_conn_param(description: str = "The backfills' ledger connection.") -> Any:
+    return param(BackfillConfig.model_fields["postgres_conn_id"].default, title="Ledger connection",
+                 check="non_empty", pattern=CONN_ID, description=description)
+
+
+def ledger_schema_param() -> Any:
+    return param(BackfillConfig.model_fields["ledger_schema"].default, title="Ledger schema",
+                 check="identifier", pattern=IDENTIFIER, description="The backfills' ledger_schema.")
+
+
+def person_key_param(description: str) -> Any:
+    return param(DEFAULT_KEY_CONN_ID, title="Person key connection", check="non_empty",
+                 pattern=CONN_ID, description=description)

@@ -8,7 +8,7 @@ SQLSTATE in ``pgcode``, 3 in ``sqlstate``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterator
 
 LOCK_NOT_AVAILABLE = "55P03"
 # The longest one ledger or pacing statement waits for a lock (a session idle in a
@@ -27,6 +27,22 @@ def as_text(value: Any) -> Any:
     if isinstance(value, (bytes, memoryview)):
         return bytes(value).decode("utf-8", "replace")
     return value
+
+
+STREAM_FETCH = 5000  # rows per round trip of a server-side cursor
+
+
+def stream(conn: Any, name: str, sql: str, args: Any = None) -> Iterator[tuple]:
+    """A query's rows through a named (server-side) cursor, ``STREAM_FETCH`` at a time: memory
+    stays flat however many rows it returns. Commits when the rows are all read."""
+    with conn.cursor(name=name) as cur:
+        cur.execute(sql, args)
+        while True:
+            chunk = cur.fetchmany(STREAM_FETCH)
+            if not chunk:
+                break
+            yield from chunk
+    conn.commit()
 
 
 def limit_lock_waits(conn: Any) -> None:

@@ -36,13 +36,14 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
+from synap_backfill.common.db import stream
+from synap_backfill.common.ids import turn_sql
 from synap_backfill.holdings.inventory import Holding
 from synap_backfill.identity.keys import Keyring, normalise
 from synap_backfill.common.db import as_text, quote_identifier
 
 log = logging.getLogger("synap_backfill")
 BATCH_WAIT = 600.0  # the longest an erasure waits for batches marked before its suppression
-FETCH = 5000
 
 
 class AmbiguousPerson(ValueError):
@@ -139,35 +140,22 @@ def find_in_source(conn: Any, table: str, columns: Mapping[str, str], ref: Perso
     keys = {h.key_id: h for h in ref.hashes}
     key = keyring.get(ref.hashes[0].key_id) or keyring.current
     mine = keys.get(key.id)
-    with conn.cursor(name="synap_backfill_erase_persons") as cur:
-        cur.execute(f"SELECT btrim({q(user_col)}::text), count(*) FROM {relation}"
-                    f" WHERE {q(user_col)} IS NOT NULL GROUP BY 1")
-        while True:
-            chunk = cur.fetchmany(FETCH)
-            if not chunk:
-                break
-            for user, n in chunk:
-                user = as_text(user)
-                if mine is not None and key.user(user) == mine.user:
-                    found.user_id = user
-                elif mine is not None and key.folded(user) == mine.folded:
-                    found.other_case += int(n)
-    conn.commit()
+    for user, n in stream(conn, "synap_backfill_erase_persons",
+                          f"SELECT btrim({q(user_col)}::text), count(*) FROM {relation}"
+                          f" WHERE {q(user_col)} IS NOT NULL GROUP BY 1"):
+        user = as_text(user)
+        if mine is not None and key.user(user) == mine.user:
+            found.user_id = user
+        elif mine is not None and key.folded(user) == mine.folded:
+            found.other_case += int(n)
     if found.user_id is None:
         return found
     conv, index = q(columns["conversation_id"]), q(columns["message_index"])
-    with conn.cursor(name="synap_backfill_erase_turns") as cur:
-        cur.execute(f"SELECT DISTINCT {conv}::text || ':' || trunc({index}::numeric)::text,"
-                    f" {customer} FROM {relation} WHERE btrim({q(user_col)}::text) = %s"
-                    f" AND {conv} IS NOT NULL AND {index} IS NOT NULL", (found.user_id,))
-        while True:
-            chunk = cur.fetchmany(FETCH)
-            if not chunk:
-                break
-            for turn, cust in chunk:
-                cust = as_text(cust) if cust else None
-                found.turns.setdefault(cust, []).append(as_text(turn))
-    conn.commit()
+    for turn, cust in stream(conn, "synap_backfill_erase_turns",
+                             f"SELECT DISTINCT {turn_sql(conv, index)}, {customer} FROM {relation}"
+                             f" WHERE btrim({q(user_col)}::text) = %s AND {conv} IS NOT NULL"
+                             f" AND {index} IS NOT NULL", (found.user_id,)):
+        found.turns.setdefault(as_text(cust) if cust else None, []).append(as_text(turn))
     return found
 
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from pydantic import model_validator
 
 from synap_backfill.common.checks import ParamError
-from synap_backfill.common.config import CONN_ID, DEFAULT_KEY_CONN_ID, IDENTIFIER, BackfillConfig
+from synap_backfill.common.config import ledger_conn_param, ledger_schema_param, person_key_param
 from synap_backfill.common.params import ParamsModel, param
 
 _KEY_HASHES = r"[0-9a-f]{12}:[0-9a-f]{32}:([0-9a-f]{32}|-):[0-9a-f]{32}"
@@ -62,16 +62,11 @@ class EraseConfig(ParamsModel):
         description="How long a document still being extracted is waited for before its memories "
                     "are read. One still being extracted then stays pending, and the erasure ends "
                     "incomplete: run it again later.")
-    ledger_conn_id: str = param(
-        BackfillConfig.model_fields["postgres_conn_id"].default, title="Ledger connection",
-        check="non_empty", pattern=CONN_ID, description="The backfills' ledger connection.")
-    ledger_schema: str = param(
-        BackfillConfig.model_fields["ledger_schema"].default, title="Ledger schema",
-        check="identifier", pattern=IDENTIFIER, description="The backfills' ledger_schema.")
-    person_key_conn_id: str = param(
-        DEFAULT_KEY_CONN_ID, title="Person key connection", check="non_empty", pattern=CONN_ID,
-        description="The connection whose password is the key the backfills name persons with "
-                    "(their person_key_conn_id).")
+    ledger_conn_id: str = ledger_conn_param()
+    ledger_schema: str = ledger_schema_param()
+    person_key_conn_id: str = person_key_param(
+        "The connection whose password is the key the backfills name persons with (their "
+        "person_key_conn_id).")
 
     @model_validator(mode="after")
     def _one_person(self) -> "EraseConfig":

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from synap_backfill.common.config import CONN_ID, IDENTIFIER, BackfillConfig
+from synap_backfill.common.config import CONN_ID, ledger_conn_param, ledger_schema_param
 from synap_backfill.common.params import ParamsModel, param
 
 
@@ -38,15 +38,10 @@ class UndoConfig(ParamsModel):
         600, title="Extraction wait (s)", check="whole", minimum=0, maximum=86_400,
         description="How long a document still being extracted is waited for before its memories "
                     "are read; one still extracting then is reported, not deleted.")
-    ledger_conn_id: str = param(
-        BackfillConfig.model_fields["postgres_conn_id"].default, title="Ledger connection",
-        check="non_empty", pattern=CONN_ID,
-        description="Where the run was recorded: the backfill's ledger (its ledger_conn_id, else "
-                    "its postgres_conn_id).")
-    ledger_schema: str = param(
-        BackfillConfig.model_fields["ledger_schema"].default, title="Ledger schema",
-        check="identifier", pattern=IDENTIFIER,
-        description="The backfill's ledger_schema.")
+    ledger_conn_id: str = ledger_conn_param(
+        "Where the run was recorded: the backfill's ledger (its ledger_conn_id, else its "
+        "postgres_conn_id).")
+    ledger_schema: str = ledger_schema_param()
 
     # Resolved from the ledger by the first task, not params.
     undone_run: int = 0  # the run's id in the ledger's ``runs``

@@ -30,6 +30,8 @@ from datetime import datetime, timedelta
 from itertools import groupby
 from typing import Any, Iterable, Iterator, Literal
 
+from synap_backfill.common.db import stream
+from synap_backfill.common.ids import turn_sql
 from synap_backfill.common.buckets import BUCKET_SECONDS, bucket_label, bucket_of, bucket_start
 from synap_backfill.common.config import BackfillConfig
 from synap_backfill.common.db import add_column
@@ -37,7 +39,6 @@ from synap_backfill.extract.reader import content_hash_sql, quoted_table, repres
 from synap_backfill.common.db import as_text, quote_identifier
 
 Kind = Literal["edited", "deleted"]
-FETCH = 5000  # rows per round trip of each side's cursor
 RANGES_FOR_INDEX = 200  # changed buckets read as ranges (an index helps) up to this many runs
 
 
@@ -159,16 +160,10 @@ def _changed(turn: str, bucket: int, rows: list[tuple[str, int, int, bool]], doc
 def _held(conn: Any, schema: str, holding: int, buckets: list[int]
           ) -> Iterator[tuple[str, int, int | None, str, str | None]]:
     s = quote_identifier(schema)
-    with conn.cursor(name="synap_backfill_held_turns") as cur:
-        cur.execute(f"SELECT turn, bucket, content, document_id, ingestion_id::text FROM"
-                    f" {s}.held_turns WHERE holding = %s AND bucket = ANY(%s)"
-                    ' ORDER BY turn COLLATE "C"', (holding, buckets))
-        while True:
-            chunk = cur.fetchmany(FETCH)
-            if not chunk:
-                break
-            yield from chunk
-    conn.commit()
+    yield from stream(conn, "synap_backfill_held_turns",
+                      f"SELECT turn, bucket, content, document_id, ingestion_id::text FROM"
+                      f" {s}.held_turns WHERE holding = %s AND bucket = ANY(%s)"
+                      ' ORDER BY turn COLLATE "C"', (holding, buckets))
 
 
 def _source(conn: Any, config: BackfillConfig, buckets: list[int]
@@ -190,24 +185,18 @@ def _source(conn: Any, config: BackfillConfig, buckets: list[int]
                  " '1970-01-01 00:00:00+00') = ANY(%(at)s)")
         args["at"] = [bucket_start(b) for b in buckets]
     index = q(c.message_index)
-    turn = f"{q(c.conversation_id)}::text || ':' || trunc({index}::numeric)::text"
+    turn = turn_sql(q(c.conversation_id), index)
     # As documents.build_document rejects a turn: both texts NULL or only white space.
     blank = " AND ".join(f"COALESCE({q(t)}::text, '') ~ '^[[:space:]]*$'"
                          for t in (c.user_text, c.assistant_text))
-    with conn.cursor(name="synap_backfill_source_turns") as cur:
-        cur.execute(
-            f"SELECT {turn}, {col}::timestamptz, {content_hash_sql(config)}, ({blank}) FROM"
-            f" {quoted_table(config)} WHERE ({where}) AND {representable(config)}"
-            f" AND {q(c.conversation_id)} IS NOT NULL AND {index} IS NOT NULL"
-            f" AND {index}::numeric = trunc({index}::numeric)"
-            f' ORDER BY ({turn}) COLLATE "C"', args)
-        while True:
-            chunk = cur.fetchmany(FETCH)
-            if not chunk:
-                break
-            for key, at, content, empty in chunk:
-                yield as_text(key), bucket_of(at), int(content), bool(empty)
-    conn.commit()
+    rows = stream(conn, "synap_backfill_source_turns",
+                  f"SELECT {turn}, {col}::timestamptz, {content_hash_sql(config)}, ({blank}) FROM"
+                  f" {quoted_table(config)} WHERE ({where}) AND {representable(config)}"
+                  f" AND {q(c.conversation_id)} IS NOT NULL AND {index} IS NOT NULL"
+                  f" AND {index}::numeric = trunc({index}::numeric)"
+                  f' ORDER BY ({turn}) COLLATE "C"', args)
+    for key, at, content, empty in rows:
+        yield as_text(key), bucket_of(at), int(content), bool(empty)
 
 
 def _runs(buckets: list[int]) -> list[tuple[datetime, datetime]]:

@@ -23,12 +23,13 @@ from dataclasses import asdict, dataclass, field
 from itertools import groupby
 from typing import Any, Iterator, Mapping
 
+from synap_backfill.common.db import stream
+from synap_backfill.common.ids import turn_sql
 from synap_backfill.holdings.inventory import Holding
 from synap_backfill.identity.keys import LEGACY, Keyring, suppressions_under
 from synap_backfill.common.db import as_text, quote_identifier
 
 log = logging.getLogger("synap_backfill")
-FETCH = 5000
 WRITE_EVERY = 5000  # held turns re-derived per ledger transaction
 
 
@@ -51,15 +52,10 @@ class RekeyReport:
 
 def _held(conn: Any, s: str, holding: int, current: str) -> Iterator[tuple[str, str | None]]:
     """(turn, key id) of the held turns not named under ``current``, in the turn's byte order."""
-    with conn.cursor(name="synap_backfill_rekey_held") as cur:
-        cur.execute(f"SELECT turn, person_key FROM {s}.held_turns WHERE holding = %s AND"
-                    ' person_key IS DISTINCT FROM %s ORDER BY turn COLLATE "C"', (holding, current))
-        while True:
-            chunk = cur.fetchmany(FETCH)
-            if not chunk:
-                break
-            yield from chunk
-    conn.commit()
+    yield from stream(conn, "synap_backfill_rekey_held",
+                      f"SELECT turn, person_key FROM {s}.held_turns WHERE holding = %s AND"
+                      ' person_key IS DISTINCT FROM %s ORDER BY turn COLLATE "C"',
+                      (holding, current))
 
 
 def _source(conn: Any, holding: Holding) -> Iterator[tuple[str, str | None, str | None]]:
@@ -70,19 +66,14 @@ def _source(conn: Any, holding: Holding) -> Iterator[tuple[str, str | None, str 
     relation = ".".join(q(part) for part in holding.table.split(".")[-2:])
     conv, index = q(c["conversation_id"]), q(c["message_index"])
     customer = f"btrim({q(c['customer_id'])}::text)" if c.get("customer_id") else "NULL::text"
-    turn = f"{conv}::text || ':' || trunc({index}::numeric)::text"
-    with conn.cursor(name="synap_backfill_rekey_source") as cur:
-        cur.execute(f"SELECT {turn}, btrim({q(c['user_id'])}::text), {customer} FROM {relation}"
-                    f" WHERE {conv} IS NOT NULL AND {index} IS NOT NULL"
-                    f" AND {index}::numeric = trunc({index}::numeric)"
-                    f' ORDER BY ({turn}) COLLATE "C"')
-        while True:
-            chunk = cur.fetchmany(FETCH)
-            if not chunk:
-                break
-            for key, user, cust in chunk:
-                yield as_text(key), as_text(user) if user else None, as_text(cust) if cust else None
-    conn.commit()
+    turn = turn_sql(conv, index)
+    rows = stream(conn, "synap_backfill_rekey_source",
+                  f"SELECT {turn}, btrim({q(c['user_id'])}::text), {customer} FROM {relation}"
+                  f" WHERE {conv} IS NOT NULL AND {index} IS NOT NULL"
+                  f" AND {index}::numeric = trunc({index}::numeric)"
+                  f' ORDER BY ({turn}) COLLATE "C"')
+    for key, user, cust in rows:
+        yield as_text(key), as_text(user) if user else None, as_text(cust) if cust else None
 
 
 def rekey_holding(ledger: Any, source: Any, schema: str, holding: Holding, keyring: Keyring, *,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from synap_backfill.common.config import CONN_ID, DEFAULT_KEY_CONN_ID, IDENTIFIER, BackfillConfig
+from synap_backfill.common.config import ledger_conn_param, ledger_schema_param, person_key_param
 from synap_backfill.common.params import ParamsModel, param
 
 
@@ -13,13 +13,8 @@ class RekeyConfig(ParamsModel):
         True, title="Dry run", check="boolean",
         description="Count what would be named anew under the current key, and change nothing. "
                     "On by default.")
-    ledger_conn_id: str = param(
-        BackfillConfig.model_fields["postgres_conn_id"].default, title="Ledger connection",
-        check="non_empty", pattern=CONN_ID, description="The backfills' ledger connection.")
-    ledger_schema: str = param(
-        BackfillConfig.model_fields["ledger_schema"].default, title="Ledger schema",
-        check="identifier", pattern=IDENTIFIER, description="The backfills' ledger_schema.")
-    person_key_conn_id: str = param(
-        DEFAULT_KEY_CONN_ID, title="Person key connection", check="non_empty", pattern=CONN_ID,
-        description="The connection whose password is the current person key and whose extra "
-                    "previous_passwords lists the keys before it.")
+    ledger_conn_id: str = ledger_conn_param()
+    ledger_schema: str = ledger_schema_param()
+    person_key_conn_id: str = person_key_param(
+        "The connection whose password is the current person key and whose extra "
+        "previous_passwords lists the keys before it.")

@@ -16,6 +16,7 @@ import logging
 from contextlib import closing
 from typing import Any, Iterable, Mapping, Sequence
 
+from synap_backfill.airflow.shared import stopped_before
 from synap_backfill.deletion.erase import (AmbiguousPerson, EraseTarget, HeldDocument, PersonRef, SourceMatch,
                                            find_in_source, forget, frozen_documents, record_erasure,
                                            resolve_target, still_held, wait_for_batches)
@@ -354,8 +355,7 @@ def summarize_erase(plan_dict: Mapping[str, Any] | None, targets: Sequence[Mappi
     from airflow.sdk.exceptions import AirflowFailException
 
     if plan_dict is None or targets is None:
-        reason = next((b for b in before or () if b), "see the first task's log")
-        raise AirflowFailException(f"the erasure stopped before any target: {reason}")
+        stopped_before("erasure stopped before any target", before)
     plan = ErasePlan.from_dict(plan_dict)
     found = [EraseTarget.from_dict(t) for t in targets]
     results = {int(str(r["key"]).split("|", 1)[1]): r for r in erased or [] if r}

@@ -12,6 +12,7 @@ import logging
 from contextlib import closing
 from typing import Any, Awaitable, Callable, Iterable, Mapping, Sequence
 
+from synap_backfill.airflow.shared import stopped_before
 from synap_backfill.common.config import ParamError
 from synap_backfill.holdings.inventory import Inventory
 from synap_backfill.schema import ensure_tables
@@ -203,8 +204,7 @@ def summarize_undo(config_dict: Mapping[str, Any] | None, planned: Sequence[Mapp
     from airflow.sdk.exceptions import AirflowFailException
 
     if config_dict is None or planned is None:
-        reason = next((b for b in before or () if b), "see the first task's log")
-        raise AirflowFailException(f"the undo stopped before any partition: {reason}")
+        stopped_before("undo stopped before any partition", before)
     config = UndoConfig.from_dict(config_dict)
     planned = list(planned)
     reports = [UndoReport.from_xcom(r) for r in (surveys if config.dry_run else undone) or [] if r]
