@@ -57,7 +57,7 @@ from datetime import date, datetime, timezone
 from decimal import Decimal
 from typing import Any, Iterator, Sequence, Tuple
 
-from synap_backfill.common.buckets import BUCKET_SECONDS, UNTIMED, bucket_of, fingerprint
+from synap_backfill.common.buckets import BUCKET_SECONDS, UNTIMED, fingerprint
 from synap_backfill.common.db import as_text, is_database_error, quote_identifier, sqlstate
 from synap_backfill.common.errors import sql_error
 from synap_backfill.common.config import BackfillConfig
@@ -307,11 +307,14 @@ def bucket_counts(conn: Any, config: BackfillConfig, *, start: datetime | None =
     def count(content: bool) -> list[tuple]:
         contents = f"sum({content_hash_sql(config)})" if content else "NULL"
         with conn.cursor() as cur:
-            cur.execute(f"SELECT CASE WHEN {representable(config)} THEN date_bin('{BUCKET_SECONDS}"
-                        f" seconds', {col}::timestamptz, timestamptz '1970-01-01 00:00:00+00') END,"
-                        f" count(*), sum({row_hash_sql(config)}), {contents}"
+            # The bucket's number is made from its start once a group (the start is a whole
+            # multiple of the bucket, so the division is exact): no instant crosses the wire.
+            cur.execute(f"SELECT extract(epoch FROM b)::bigint / {BUCKET_SECONDS}, n, h, c FROM"
+                        f" (SELECT CASE WHEN {representable(config)} THEN date_bin('{BUCKET_SECONDS}"
+                        f" seconds', {col}::timestamptz, timestamptz '1970-01-01 00:00:00+00') END"
+                        f" AS b, count(*) AS n, sum({row_hash_sql(config)}) AS h, {contents} AS c"
                         f" FROM {quoted_table(config)}"
-                        f"{' WHERE ' + where if where else ''} GROUP BY 1", args)
+                        f"{' WHERE ' + where if where else ''} GROUP BY 1) AS counted", args)
             rows = cur.fetchall()
         conn.commit()
         return rows
@@ -328,7 +331,7 @@ def bucket_counts(conn: Any, config: BackfillConfig, *, start: datetime | None =
         log.warning("%s raised reading its texts (%s): its buckets are compared by their keys"
                     " only, and edits to them are not seen", config.source_table, sql_error(exc))
         rows = count(content=False)
-    counts = (BucketCount(UNTIMED if at is None else bucket_of(at), int(n),
+    counts = (BucketCount(UNTIMED if at is None else int(at), int(n),
                           fingerprint(int(hashes or 0)),
                           None if contents is None else fingerprint(int(contents)))
               for at, n, hashes, contents in rows)

@@ -187,12 +187,15 @@ class Inventory:
         """Each partition's planned buckets (replacing an earlier plan of the run)."""
         with self.conn.cursor() as cur:
             cur.execute(f"DELETE FROM {self.s}.plan_buckets WHERE run = %s", (run,))
+            # Arrays as their text form: tens of thousands of buckets, psycopg's list dumper
+            # took longer than the counting pass's own work on them.
             cur.executemany(
                 f"INSERT INTO {self.s}.plan_buckets (run, window_key, buckets, row_counts,"
-                " fingerprints, contents) VALUES (%s, %s, %s, %s, %s, %s)",
-                [(run, key, [c.bucket for c in counts], [c.rows for c in counts],
-                  [fingerprint(c.fingerprint) for c in counts],
-                  [None if c.content is None else fingerprint(c.content) for c in counts])
+                " fingerprints, contents) VALUES (%s, %s, %s::int[], %s::int[], %s::bigint[],"
+                " %s::bigint[])",
+                [(run, key, _array(c.bucket for c in counts), _array(c.rows for c in counts),
+                  _array(fingerprint(c.fingerprint) for c in counts),
+                  _array(None if c.content is None else fingerprint(c.content) for c in counts))
                  for key, counts in buckets.items()])
         self.conn.commit()
 
@@ -258,6 +261,11 @@ class Inventory:
         rows = self._all(f"SELECT id FROM {self.s}.holdings WHERE target = %s AND source = %s",
                          (target, source))
         return int(rows[0][0]) if rows else None
+
+
+def _array(numbers: Iterable[int | None]) -> str:
+    """A PostgreSQL array literal of whole numbers (NULL for None)."""
+    return "{" + ",".join("NULL" if n is None else str(int(n)) for n in numbers) + "}"
 
 
 def _first_at_or_after(instant: datetime) -> int:
