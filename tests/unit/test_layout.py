@@ -140,3 +140,44 @@ def test_a_moved_module_is_still_importable_by_its_old_path_with_a_deprecation_w
         module = importlib.import_module(f"{ENGINE}.{old}")
     assert module is importlib.import_module(f"{ENGINE}.{new}")
     assert any(issubclass(w.category, DeprecationWarning) and new in str(w.message) for w in caught)
+
+
+EXTERNAL = ("maximem_synap", "airflow", "synap_provider", "stdnum", "phonenumbers", "sdk",
+            "memories", "data", "credits", "package", "my_project", "pyproject", "regions",
+            "self", "tests", "dataclasses", "database")
+# A ``table.column`` reference names a ledger table, not a module.
+TABLES = {m.group(1) for path in MODULES.values() for m in re.finditer(
+    r"CREATE TABLE IF NOT EXISTS \{s\}\.(\w+)", path.read_text())}
+DOTTED = re.compile(r"``(\w+(?:\.\w+)+)``")
+FILE = re.compile(r"``([\w/]+)\.py``|\(([\w/]+)\.py\)")
+
+
+def resolves(reference: str, module: str) -> bool:
+    """A ``module.name`` reference, from the engine's root or from ``module``'s own package."""
+    parts = reference.split(".")
+    for base in (ENGINE, module.rsplit(".", 1)[0], module):
+        for k in range(len(parts), 0, -1):
+            if f"{base}.{'.'.join(parts[:k])}" in MODULES:
+                return True
+    return reference.startswith(ENGINE + ".") and any(
+        ".".join(parts[:k]) in MODULES for k in range(len(parts), 1, -1))
+
+
+def test_a_docstring_names_only_modules_that_exist():
+    stems = {path.stem for path in MODULES.values()} | {p.name for p in PACKAGE.rglob("*") if p.is_dir()}
+    stale = []
+    for name, path in MODULES.items():
+        text = path.read_text()
+        for match in DOTTED.finditer(text):
+            ref = match.group(1)
+            first = ref.split(".")[0]
+            if (first in EXTERNAL or first in TABLES or not first[0].islower()
+                    or ref.endswith((".py", ".yaml", ".toml", ".md"))):
+                continue
+            if not resolves(ref, name):
+                stale.append(f"{name}: {ref}")
+        for match in FILE.finditer(text):
+            ref = next(g for g in match.groups() if g)
+            if ref.split("/")[-1] not in stems and ref.split("/")[0] not in EXTERNAL:
+                stale.append(f"{name}: {ref}.py")
+    assert stale == []

@@ -29,7 +29,7 @@ MAX_BATCH_SIZE = 100  # what batch_create accepts per call
 # Well below Airflow's default max_map_length (1024): room for the untimed
 # partition and for an operator who lowers max_map_length a little.
 MAX_PARTITIONS = 1000
-DEFAULT_KEY_CONN_ID = "synap_person_key"  # the person key's connection (persons.py)
+DEFAULT_KEY_CONN_ID = "synap_person_key"  # the person key's connection (identity/keys.py)
 DEFAULT_TOKEN_KEY_CONN_ID = "synap_pii_token_key"  # pii_replacement token's key (redaction.py)
 # Params renamed: the old name, in a run's conf, still sets the new one (and says so).
 RENAMED_PARAMS = {"max_source_deletion_share": "max_source_change_share"}

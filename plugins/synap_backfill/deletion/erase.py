@@ -1,6 +1,6 @@
 """Erasing one person: every document of theirs in every target the ledger knows, and no other's.
 
-A person is named by keyed hashes (``persons.py``), under every key of the
+A person is named by keyed hashes (``identity/keys.py``), under every key of the
 keyring: ``PersonRef``, which is all that crosses XCom (the Synap page's
 "Erase a user" form makes one in the API server, so no id in clear reaches
 Airflow's metadata). Who the person is follows each target: a B2C instance's
@@ -15,7 +15,7 @@ alone). The source is found by hashes too (``find_in_source``): one aggregate
 pass over its (user, customer) pairs, the ids kept in the task's memory only.
 
 Each target is reached through the Synap connection its last run used; each
-document's memories are deleted through the undo engine (``undo.undo_partition``:
+document's memories are deleted through the undo engine (``deletion.undo.undo_partition``:
 status, then delete each memory, paced, write-ahead, resumable), and a
 document is forgotten from ``held_turns`` in the checkpoint that finishes it,
 never before: one not reached (still being extracted, unknown to Synap, no
@@ -276,7 +276,7 @@ def _legacy_documents(conn: Any, s: str, holding: int, ref: PersonRef) -> list[H
 
 
 def create_tables(cur: Any, s: str) -> None:
-    """DDL (``s``: the quoted schema), for ``ledger.ensure_tables``: each erasure run's list of
+    """DDL (``s``: the quoted schema), for ``schema.ensure_tables``: each erasure run's list of
     documents per target, fixed by its first attempt so a retry resumes in the same order."""
     cur.execute(f"""CREATE TABLE IF NOT EXISTS {s}.erase_documents (
         dag_id text NOT NULL, run_id text NOT NULL, holding int NOT NULL, ordinal int NOT NULL,

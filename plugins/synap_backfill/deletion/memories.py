@@ -3,7 +3,7 @@
 The target is checked to be the instance the ledger recorded (a connection pointed
 elsewhere deletes nothing), a ledger connection and one for the target's shared pacing
 schedule are opened, and each document's memories are deleted through the undo engine
-(``undo.undo_partition``: status, then each memory, paced, write-ahead, resumable), its
+(``deletion.undo.undo_partition``: status, then each memory, paced, write-ahead, resumable), its
 checkpoints kept under the deletion's ``Place`` in the ledger.
 """
 

@@ -343,7 +343,7 @@ def estimate_seconds(requests: int, requests_per_minute: float) -> float | None:
 
 
 def describe_duration(seconds: float | None) -> str:
-    """As ``accounting.describe_duration``; None: unpaced."""
+    """As ``delivery.accounting.describe_duration``; None: unpaced."""
     from synap_backfill.delivery.accounting import describe_duration as duration
 
     return "as fast as Synap answers (unpaced)" if seconds is None else duration(seconds)

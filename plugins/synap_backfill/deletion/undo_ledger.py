@@ -1,4 +1,4 @@
-"""What undoing runs keeps in the ledger (tables created by ``ledger.ensure_tables``).
+"""What undoing runs keeps in the ledger (tables created by ``schema.ensure_tables``).
 
 * ``undo_checkpoints``: per undone run (its id in ``runs``) and partition, the
   documents done, the write-ahead mark, the counts, and whether it finished.
@@ -26,7 +26,7 @@ from synap_backfill.common.ids import with_generation
 
 
 def create_tables(cur: Any, s: str) -> None:
-    """DDL (``s``: the quoted schema), for ``ledger.ensure_tables``."""
+    """DDL (``s``: the quoted schema), for ``schema.ensure_tables``."""
     cur.execute(f"""CREATE TABLE IF NOT EXISTS {s}.undo_checkpoints (
         target int NOT NULL, window_key text NOT NULL, position int NOT NULL DEFAULT 0,
         sent_through int NOT NULL DEFAULT 0, report text NOT NULL DEFAULT '{{}}',

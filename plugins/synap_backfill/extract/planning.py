@@ -52,7 +52,7 @@ Range = tuple[datetime, datetime]
 @dataclass(frozen=True)
 class BucketCount:
     """A bucket's rows, the fingerprint of their keys and that of their content
-    (``buckets.fingerprint``: signed 64-bit numbers), as counted or as read.
+    (``common.buckets.fingerprint``: signed 64-bit numbers), as counted or as read.
 
     ``content``: None where it is not known: a bucket held by a run from before content
     fingerprints (its keys are compared, and its content is taken as the baseline).

@@ -212,7 +212,7 @@ def _runs(buckets: list[int]) -> list[tuple[datetime, datetime]]:
 
 
 def create_tables(cur: Any, s: str) -> None:
-    """DDL (``s``: the quoted schema), for ``ledger.ensure_tables``: each run's changes."""
+    """DDL (``s``: the quoted schema), for ``schema.ensure_tables``: each run's changes."""
     cur.execute(f"""CREATE TABLE IF NOT EXISTS {s}.source_changes (
         run int NOT NULL, turn text NOT NULL, kind text NOT NULL, held_bucket int NOT NULL,
         source_bucket int, document_id text NOT NULL, ingestion_id uuid,
@@ -267,7 +267,7 @@ def pending_buckets(conn: Any, schema: str, run: int) -> set[int]:
 
 def mark_applied(conn: Any, schema: str, run: int, holding: int) -> int:
     """Mark the run's changes whose held document is no longer held (its memories were deleted:
-    ``undo_ledger.PartitionUndoLedger.save`` forgot it) as applied; how many are left pending."""
+    ``deletion.undo_ledger.PartitionUndoLedger.save`` forgot it) as applied; how many are left pending."""
     s = quote_identifier(schema)
     with conn.cursor() as cur:
         cur.execute(f"UPDATE {s}.source_changes c SET applied = true WHERE c.run = %s AND NOT"

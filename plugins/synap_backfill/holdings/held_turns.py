@@ -9,18 +9,18 @@ ingestion id its memories can be found. One row per turn a target accepted:
 * ``turn``: ``conversation_id:message_index``, the source's key of the turn;
 * ``bucket``: the inventory bucket it was read in (a changed bucket's turns are
   found by it, never by a scan of the whole table);
-* ``content``: the row's content hash (``source.content_hash_sql``) as sent;
+* ``content``: the row's content hash (``extract.reader.content_hash_sql``) as sent;
   NULL where the version Synap holds is not known (a duplicate answer for a
   document sent by a run from before this table);
 * ``document_id`` (with its generation, ``...:u1``) and ``ingestion_id`` (NULL
   when its answer was lost: its memories cannot be looked up);
-* ``person``: a keyed hash of who the document's person is (``persons.py``:
+* ``person``: a keyed hash of who the document's person is (``identity/keys.py``:
   the user id on a B2C instance, the customer and user ids on a B2B one),
   never an id, so an erasure finds a person's documents even after their rows
   left the source; ``user_hash``, for a pair, the user id's alone (how many
   customers hold it); ``person_key``, the id of the key that made both (NULL:
   recorded before ledger version 4, the user id alone, under the key
-  ``persons.person_keys`` marks legacy).
+  ``person_keys`` marks legacy).
 
 Written in the transaction of the checkpoint that accounts for the turn
 (``Ledger.save``), so it never says more or less than the checkpoint.
@@ -64,7 +64,7 @@ class TurnWrite:
 
 
 def create_tables(cur: Any, s: str) -> None:
-    """DDL (``s``: the quoted schema), for ``ledger.ensure_tables``."""
+    """DDL (``s``: the quoted schema), for ``schema.ensure_tables``."""
     cur.execute(f"""CREATE TABLE IF NOT EXISTS {s}.held_turns (
         holding int NOT NULL, turn text NOT NULL, bucket int NOT NULL, content bigint,
         document_id text NOT NULL, ingestion_id uuid, person text, run int NOT NULL,

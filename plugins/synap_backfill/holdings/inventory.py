@@ -1,6 +1,6 @@
 """What each Synap target holds of each source relation, kept in the ledger.
 
-Tables in the ledger schema (created by ``ledger.ensure_tables``):
+Tables in the ledger schema (created by ``schema.ensure_tables``):
 
 * ``runs``: one row per DAG run that planned: its target (the instance id
   ``whoami`` reports, so two connections to one instance share it), source
@@ -30,7 +30,7 @@ from synap_backfill.common.db import add_column, quote_identifier
 
 
 def create_tables(cur: Any, s: str) -> None:
-    """DDL of the inventory's tables (``s``: the quoted schema), for ``ledger.ensure_tables``."""
+    """DDL of the inventory's tables (``s``: the quoted schema), for ``schema.ensure_tables``."""
     cur.execute(f"""CREATE TABLE IF NOT EXISTS {s}.holdings (
         id serial PRIMARY KEY, target text NOT NULL, source text NOT NULL,
         UNIQUE (target, source))""")
@@ -119,7 +119,7 @@ class Inventory:
             " ON CONFLICT (target, source) DO NOTHING RETURNING id)"
             f" SELECT id FROM made UNION ALL SELECT id FROM {self.s}.holdings"
             " WHERE target = %s AND source = %s", (target, source, target, source))
-        # Its fence (persons.py): what a batch's write-ahead mark and an erasure both lock.
+        # Its fence (identity/keys.py): what a batch's write-ahead mark and an erasure both lock.
         self._all(f"INSERT INTO {self.s}.fences (holding) VALUES (%s) ON CONFLICT DO NOTHING",
                   (int(rows[0][0]),))
         return int(rows[0][0])

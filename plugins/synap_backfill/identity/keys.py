@@ -173,7 +173,7 @@ def require_keyring(conn_id: str) -> Keyring:
 
 
 def create_tables(cur: Any, s: str) -> None:
-    """DDL (``s``: the quoted schema), for ``ledger.ensure_tables``."""
+    """DDL (``s``: the quoted schema), for ``schema.ensure_tables``."""
     from synap_backfill.common.db import add_column
 
     cur.execute(f"""CREATE TABLE IF NOT EXISTS {s}.suppressions (
@@ -327,7 +327,7 @@ class Suppression:
 def suppress(conn: Any, schema: str, suppressions: Iterable[Suppression], *, dag_id: str,
              run_id: str) -> list[int]:
     """Record the suppressions, moving every holding's fence in the same transaction (a batch
-    marked before it is waited for: ``erase.wait_for_batches``; any later one holds back); the
+    marked before it is waited for: ``deletion.erase.wait_for_batches``; any later one holds back); the
     holdings fenced, as the transaction found them."""
     s = quote_identifier(schema)
     with conn.cursor() as cur:

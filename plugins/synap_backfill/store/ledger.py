@@ -270,7 +270,7 @@ class Ledger:
         """Before a batch goes on the wire: this run has sent the window's rows up to that one.
 
         ``held_back``: run in the same transaction, under the target's fence
-        (``persons.HeldBack.check``): which of the batch's documents name a suppressed
+        (``identity.keys.HeldBack.check``): which of the batch's documents name a suppressed
         (erased) person: their turns must not go.
         """
         with self._io, self.conn.cursor() as cur:

@@ -3,7 +3,7 @@
 Runs after the plan (and its approval), before any partition sends. With
 ``apply_source_changes: apply``, for every held turn the plan found edited or
 deleted (``changes.py``) it deletes the memories of the document the target
-holds for it, exactly as undo does (``undo.undo_partition``: paced on the
+holds for it, exactly as undo does (``deletion.undo.undo_partition``: paced on the
 target's shared schedule, a write-ahead mark before a document's first delete,
 a checkpoint after each document, a memory already gone counted as such, so a
 killed worker's retry deletes nothing twice). Each such document is recorded as

@@ -3,9 +3,9 @@
     resolve_erase → plan_erase → approve_erase → suppress_person → erase_target[n] → summarize_erase
 
 A user id given in the params goes nowhere else: XCom, logs and the ledger carry
-the person's keyed hashes (``erase.PersonRef``); the Synap page's Erase form
+the person's keyed hashes (``deletion.erase.PersonRef``); the Synap page's Erase form
 triggers with those hashes alone. The engine is ``erase.py``; deleting is the
-undo engine's (``undo.undo_partition``).
+undo engine's (``deletion.undo.undo_partition``).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The bodies of the ``synap_undo`` DAG's tasks: where the undo engine meets Airflow's hooks.
 
 Small, JSON-able values in and out, as for the backfill: a config dict, the
-partitions to undo, count reports. The engine is ``undo.py``; its ledger tables
-``undo_ledger.py``.
+partitions to undo, count reports. The engine is ``deletion/undo.py``; its ledger tables
+``deletion/undo_ledger.py``.
 """
 
 from __future__ import annotations
