@@ -51,6 +51,11 @@ THREE_LINES = '''from synap_backfill.airflow import build_backfill_dag
 
 build_backfill_dag("my_backfill")
 '''
+# A DAG file written against the layout before this release: its module path still works.
+OLD_LAYOUT = '''from synap_backfill.airflow.dag_factory import build_backfill_dag
+
+build_backfill_dag("my_old_backfill")
+'''
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +80,11 @@ def test_the_wheel_holds_the_engine_and_the_provider_and_no_local_tooling(wheel)
     assert top == {"synap_backfill", "synap_provider"}
     modules = {Path(name).stem for name in names} | {part for name in names for part in name.split("/")[:-1]}
     assert not modules & set(TOOLING), sorted(modules & set(TOOLING))
-    assert "synap_backfill/airflow/dag_factory.py" in names
+    assert "synap_backfill/airflow/backfill/dag.py" in names
+    assert "synap_backfill/airflow/verify_extraction.py" in names  # the trigger's class path
+    for concern in ("common", "store", "extract", "privacy", "delivery", "holdings", "identity",
+                    "deletion", "pipeline"):
+        assert f"synap_backfill/{concern}/__init__.py" in names
     assert "synap_provider/ui_static/run.html" in names
     entry_points = zipfile.ZipFile(wheel).read(
         next(n for n in names if n.endswith(".dist-info/entry_points.txt"))).decode()
@@ -105,6 +114,7 @@ def test_installed_with_the_constraints_it_parses_the_dags_in_a_project_with_its
     for dag_file in (REPO / "dags").glob("*.py"):
         shutil.copy(dag_file, project / "dags" / dag_file.name)
     (project / "dags" / "three_lines.py").write_text(THREE_LINES)
+    (project / "dags" / "old_layout.py").write_text(OLD_LAYOUT)
 
     home = tmp_path / "airflow-home"
     env = {key: value for key, value in os.environ.items()
@@ -120,7 +130,7 @@ def test_installed_with_the_constraints_it_parses_the_dags_in_a_project_with_its
 
     assert report["errors"] == {}
     assert set(report["dag_ids"]) == {"synap_backfill", "synap_undo", "synap_erase", "synap_rekey",
-                                     "synap_replay_eu", "my_backfill"}
+                                     "synap_replay_eu", "my_backfill", "my_old_backfill"}
     assert report["synap_hook"] == "synap_provider.hooks.SynapHook"
     assert report["own_include"] == "the project's own include"
     assert Path(report["engine_from"]).is_relative_to(venv)  # the wheel, not this checkout
