@@ -22,6 +22,13 @@ def get_provider_info() -> dict[str, Any]:
         "integrations": [{"integration-name": "Synap", "external-doc-url": "https://maximem.ai",
                           "tags": ["service"]}],
         "hooks": [{"integration-name": "Synap", "python-modules": ["synap_provider.hooks"]}],
+        # Lineage: a Synap instance as an asset, and as an OpenLineage dataset (assets.py).
+        "asset-uris": [{
+            "schemes": ["synap"],
+            "handler": "synap_provider.assets.sanitize_uri",
+            "factory": "synap_provider.assets.create_asset",
+            "to_openlineage_converter": "synap_provider.assets.convert_asset_to_openlineage",
+        }],
         "connection-types": [{
             "hook-class-name": "synap_provider.hooks.SynapHook",
             "hook-name": "Synap",

@@ -37,7 +37,15 @@ import include.helpers  # the project's own include package, not shadowed
 import synap_backfill
 # What the triggerer does with a serialized trigger: import its class path.
 trigger = importlib.import_module("synap_backfill.airflow.verify_extraction").ExtractionTrigger
+providers = ProvidersManager()
+import statsd  # the metrics extra: what [metrics] statsd_on needs
 print(json.dumps({
+    "openlineage": providers.providers.get("apache-airflow-providers-openlineage") is not None,
+    "synap_scheme": {
+        "uri_handler": "synap" in providers.asset_uri_handlers,
+        "factory": "synap" in providers.asset_factories,
+        "to_openlineage": getattr(providers.asset_to_openlineage_converters.get("synap"),
+                                  "__module__", None)},
     "errors": {k: str(v)[-500:] for k, v in bag.import_errors.items()},
     "dag_ids": sorted(bag.dag_ids),
     "synap_hook": hook.hook_class_name if hook else None,
@@ -91,7 +99,7 @@ def test_the_wheel_holds_the_engine_and_the_provider_and_no_local_tooling(wheel)
     assert "[apache_airflow_provider]" in entry_points and "synap_provider.get_provider_info" in entry_points
 
 
-def test_installed_with_the_constraints_it_parses_the_dags_in_a_project_with_its_own_include(
+def test_installed_with_its_extras_and_the_constraints_it_parses_the_dags_in_a_project_with_its_own_include(
         wheel, tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
@@ -100,7 +108,7 @@ def test_installed_with_the_constraints_it_parses_the_dags_in_a_project_with_its
     # the test imports a small part of it.
     install = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
                               "--no-compile",
-                              "-c", str(REPO / "constraints.txt"), str(wheel)],
+                              "-c", str(REPO / "constraints.txt"), f"{wheel}[openlineage,metrics]"],
                              capture_output=True, text=True, timeout=900)
     assert install.returncode == 0, install.stderr[-3000:]
 
@@ -135,6 +143,10 @@ def test_installed_with_the_constraints_it_parses_the_dags_in_a_project_with_its
     assert report["own_include"] == "the project's own include"
     assert Path(report["engine_from"]).is_relative_to(venv)  # the wheel, not this checkout
     assert report["trigger_path"] == "synap_backfill.airflow.verify_extraction.ExtractionTrigger"
+    # The extras: Airflow's OpenLineage provider loads, and turns synap:// assets into datasets.
+    assert report["openlineage"] is True
+    assert report["synap_scheme"] == {"uri_handler": True, "factory": True,
+                                      "to_openlineage": "synap_provider.assets"}
 
 
 def test_without_a_regions_file_the_project_has_no_replay_dags_and_no_import_error(tmp_path):

@@ -114,8 +114,13 @@ class VerifyExtractionOperator(BaseOperator):
         from synap_backfill.delivery.verify import VerifyReport
 
         config = BackfillConfig.from_dict(self.config)
+        from synap_backfill.airflow.metrics import StatsMeter
+
         report = VerifyReport.from_xcom(dict(event))
         self.log.info("%s", report.render())
+        meter = StatsMeter(context["dag"].dag_id, config.target)
+        meter.count("verify.checked", report.sampled)
+        meter.count("verify.failed", report.failed + report.not_found)
         if report.failed_share > config.max_extraction_failed_share:
             message = (f"extraction failed for {report.failed + report.not_found} of {report.sampled}"
                        f" sampled documents ({report.failed_share:.1%}, more than"

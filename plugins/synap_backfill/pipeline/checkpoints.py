@@ -14,6 +14,7 @@ from maximem_synap import SynapPermanentError
 
 from synap_backfill.common.buckets import UNTIMED, bucket_of, fingerprint
 from synap_backfill.common.errors import describe_error
+from synap_backfill.delivery.accounting import PartitionReport
 from synap_backfill.delivery.documents import id_of, text_of
 from synap_backfill.delivery.results import SERVER_PREFIX, classify_batch
 from synap_backfill.delivery.sending import Delivery, GaveUp
@@ -41,6 +42,7 @@ class Checkpointer:
     async def apply(self, cut: Cut) -> None:
         """Count a cut's rows and answers into the report, then checkpoint after its last row."""
         state, report, settings = self.state, self.state.report, self.state.settings
+        before = _metered(report)
         number = report.batches + 1
         rejects = list(cut.rejects)
         ingestion_ids: list[str] = []
@@ -95,6 +97,11 @@ class Checkpointer:
                       " rejected %d", report.label, report.batches, report.rows_read,
                       report.ingested, report.duplicates, report.rejected_total)
         self._progress(cut.finished)
+        for name, n in _metered(report).items():
+            if name == "pacing_wait_seconds":
+                settings.meter.seconds("pacing_wait", n - before[name])
+            else:
+                settings.meter.count(name, int(n - before[name]))
         if delivery is not None:
             await self._stop_if_refused_wholesale()
 
@@ -210,6 +217,14 @@ class Checkpointer:
         log.info("partition %s: %d rows%s, %.0f rows/s; ingested %d, duplicates %d, rejected %d,"
                  " %d batches", report.label, report.rows_read, of, rate, report.ingested,
                  report.duplicates, report.rejected_total, report.batches)
+
+
+def _metered(report: PartitionReport) -> dict[str, float]:
+    """The report's counts that are metrics (``airflow.metrics``): what one applied cut moves."""
+    return {"rows_read": report.rows_read, "batches": report.batches,
+            "documents.accepted": report.ingested, "documents.duplicate": report.duplicates,
+            "documents.rejected": report.rejected_total, "documents.suppressed": report.suppressed,
+            "rate_limited": report.rate_limited, "pacing_wait_seconds": report.paced_seconds}
 
 
 def _reject_row(rows_by_id: RowsById, document_id: str, reason: str) -> RejectRow:

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Callable
 
 from synap_backfill.common.db import quote_identifier
+from synap_backfill.common.metrics import Meter, NoMeter
 from synap_backfill.deletion.undo_ledger import generations
 from synap_backfill.delivery.pacing import Pacer, Unpaced
 from synap_backfill.delivery.results import DEFAULT_DUPLICATE_PATTERN
@@ -93,3 +94,4 @@ class PartitionSettings:
     holding: TargetHolding | None = None
     # Redaction and document_transform, between the read and the document (privacy.turns).
     shaper: TurnShaper | None = None
+    meter: Meter = field(default_factory=NoMeter)  # what is counted as batches are applied

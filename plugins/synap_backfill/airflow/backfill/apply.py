@@ -22,6 +22,7 @@ import logging
 from contextlib import closing
 from typing import Any, Iterable, Mapping
 
+from synap_backfill.airflow.metrics import deletion_observed
 from synap_backfill.common.windows import window_key
 from synap_backfill.holdings.changes import (SourceChanges, TurnChange, load_changes, mark_applied,
                                              pending_buckets)
@@ -61,7 +62,7 @@ def apply_source_changes(config_dict: Mapping[str, Any], windows: Iterable[Mappi
     if len(changes) < len(found.changes):
         log.info("a sample run: applying the %d changes whose turns its partitions send again, of"
                  " %d", len(changes), len(found.changes))
-    report = _delete(config, record.id, record.holding, changes, run_id)
+    report = _delete(config, record.id, record.holding, changes, run_id, dag_id)
     with closing(ledger_hook.get_conn()) as conn:
         inventory = Inventory(conn, config.ledger_schema)
         # A change is applied once its held document is forgotten (its memories deleted);
@@ -106,7 +107,7 @@ def _sent_by(change: TurnChange, planned: list[PlannedPartition]) -> bool:
 
 
 def _delete(config: BackfillConfig, run: int, holding: int | None, changes: list[TurnChange],
-            run_id: str) -> UndoReport:
+            run_id: str, dag_id: str) -> UndoReport:
     from airflow.providers.postgres.hooks.postgres import PostgresHook
 
     ledger_hook = PostgresHook(postgres_conn_id=config.ledger_conn_id or config.postgres_conn_id)
@@ -121,4 +122,5 @@ def _delete(config: BackfillConfig, run: int, holding: int | None, changes: list
         documents=documents, without_id=without_id, report=report,
         place=Place(run, CHANGES_KEY, holding, "", run_id), wait_seconds=config.extraction_wait,
         label="source changes"))
+    deletion_observed(synap.hook, config.target, report, dag_id)
     return report

@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 from typing import Any, Iterator, Mapping
 import asyncio
+from synap_backfill.airflow.lineage import source_read, target_changed
+from synap_backfill.airflow.metrics import StatsMeter
 from synap_backfill.pipeline.setup import log_scope, partition_settings, prepare
 from synap_backfill.common.config import BackfillConfig
 from contextlib import ExitStack, closing
@@ -52,6 +54,8 @@ def run_partition(config_dict: Mapping[str, Any], window_dict: Mapping[str, Any]
 
         raise AirflowFailException(f"partition {partition.label}: {exc}") from None
     ledger_hook = PostgresHook(postgres_conn_id=config.ledger_conn_id or config.postgres_conn_id)
+    if not config.dry_run:
+        settings.meter = StatsMeter(dag_id, config.target)
 
     async def run(ledger: Ledger, pacing_conn: Any) -> None:
         if config.dry_run:
@@ -91,6 +95,10 @@ def run_partition(config_dict: Mapping[str, Any], window_dict: Mapping[str, Any]
 
             raise AirflowFailException(str(exc)) from None  # retrying cannot help
         raise
+    finally:  # a failed partition may have sent batches: its FAIL event says where to
+        source_read(source, config.source)
+        if not config.dry_run and report.batches:
+            target_changed(target.hook, config.target, report.to_xcom())
     if report.rows_read != partition.rows:
         log.warning("partition %s read %d rows where the plan counted %d: the source changed since"
                     " planning, or the read missed rows; summarize recounts and says which",

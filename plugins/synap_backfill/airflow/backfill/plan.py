@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from typing import Any, Mapping
+from synap_backfill.airflow.lineage import source_read
 from synap_backfill.holdings.changes import describe as describe_changes
 from synap_backfill.common.config import BackfillConfig
 from synap_backfill.extract.planning import (Difference, conflict_message, describe_range, difference,
@@ -82,6 +83,7 @@ def _plan(config: BackfillConfig, dag_id: str, run_id: str) -> list[dict[str, An
                     return copies_at_different_times(other, config, start, config.end)
             early_copies = background.submit(copies_everywhere)
         counted = bucket_counts(conn, config, start=start, end=config.end)
+        source_read(source_hook, config.source)
         timed_buckets = [c for c in counted if c.bucket != UNTIMED]
         if config.start is None and config.end is None:
             first, last = ((grid.window(grid.window_of(timed_buckets[i].bucket)).label for i in (0, -1))

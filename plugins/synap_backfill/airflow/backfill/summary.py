@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from typing import Any, Iterable, Mapping, Sequence
+from synap_backfill.airflow.lineage import source_read
 from synap_backfill.common.config import BackfillConfig
 from synap_backfill.airflow.backfill.plan import DELETIONS_KEPT
 from synap_backfill.holdings.inventory import Inventory
@@ -131,9 +132,11 @@ def _check_against_source(config: BackfillConfig, dag_id: str, run_id: str,
         finished = [PlannedPartition.from_dict(w) for w in windows if window_key_of(w) in finished_keys]
         if not config.dry_run and record.holding is not None:
             try:
-                with closing(PostgresHook(postgres_conn_id=config.postgres_conn_id).get_conn()) as conn:
+                source = PostgresHook(postgres_conn_id=config.postgres_conn_id)
+                with closing(source.get_conn()) as conn:
                     unheld = pending_buckets(ledger_conn, config.ledger_schema, record.id)
                     checked = reconcile(conn, config, inventory, record, finished, unheld)
+                source_read(source, config.source)
             except Exception as exc:  # the summary must still be given
                 facts["problems"].append(f"the reads could not be checked against the source:"
                                          f" {describe_error(exc)}")

@@ -16,6 +16,8 @@ import logging
 from contextlib import closing
 from typing import Any, Iterable, Mapping, Sequence
 
+from synap_backfill.airflow.metrics import StatsMeter, deletion_observed
+from synap_backfill.airflow.lineage import source_read
 from synap_backfill.airflow.shared import stopped_before
 from synap_backfill.deletion.erase import (AmbiguousPerson, EraseTarget, HeldDocument, PersonRef, SourceMatch,
                                            find_in_source, forget, frozen_documents, record_erasure,
@@ -124,9 +126,11 @@ class _Finder:
         key = (holding.postgres_conn_id, holding.table, json.dumps(holding.columns, sort_keys=True))
         if key not in self._sources:
             try:
-                with closing(PostgresHook(postgres_conn_id=holding.postgres_conn_id).get_conn()) as conn:
+                hook = PostgresHook(postgres_conn_id=holding.postgres_conn_id)
+                with closing(hook.get_conn()) as conn:
                     self._sources[key] = find_in_source(conn, holding.table, holding.columns,
                                                         self.ref, self.keyring)
+                source_read(hook, holding.source)
             except Exception as exc:
                 raise AirflowFailException(
                     f"the source {holding.source} of Synap instance {holding.target} (connection"
@@ -302,6 +306,7 @@ def erase_target(plan_dict: Mapping[str, Any], target_dict: Mapping[str, Any],
         without_id=[d.document_id for d in docs if not d.ingestion_id], report=report,
         place=place, wait_seconds=plan.extraction_wait, label=f"erase {target.label}",
         then=live_too))
+    deletion_observed(synap.hook, target.target, report, dag_id)
     pending: list[HeldDocument] = []
     unattributed, unanswered = target.unattributed, target.unanswered
     if not plan.dry_run:
@@ -393,6 +398,8 @@ def summarize_erase(plan_dict: Mapping[str, Any] | None, targets: Sequence[Mappi
     with closing(PostgresHook(postgres_conn_id=plan.ledger_conn_id).get_conn()) as conn:
         record_erasure(conn, plan.ledger_schema, dag_id, run_id, _person_label(plan),
                        plan.dry_run, result)
+    if not plan.dry_run:
+        StatsMeter(dag_id).count("erasures.incomplete" if problems else "erasures")
     if problems:
         if ti is not None:
             ti.xcom_push(key="problems", value=problems)  # each in one line, for the Synap tab

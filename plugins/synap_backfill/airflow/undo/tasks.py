@@ -12,6 +12,7 @@ import logging
 from contextlib import closing
 from typing import Any, Awaitable, Callable, Iterable, Mapping, Sequence
 
+from synap_backfill.airflow.metrics import deletion_observed
 from synap_backfill.airflow.shared import stopped_before
 from synap_backfill.common.config import ParamError
 from synap_backfill.holdings.inventory import Inventory
@@ -154,6 +155,7 @@ def _run(config: UndoConfig, partition: UndoPartition, *, dry_run: bool,
         conversations=(lambda client, sdk: _conversations(config, client, synap.isolation(sdk),
                                                           dry_run=dry_run))
         if config.delete_conversations else None))
+    deletion_observed(synap.hook, config.target, report, config.dag_id)
     log.info("undo %s: %s%s", partition.label, report.label_with_counts().split(" · ", 1)[-1],
              "; an earlier undo had finished it" if report.already_undone else "")
     return report.to_xcom()
