@@ -56,6 +56,12 @@ def partitions(conn: Any, schema: str, dag_id: str, run_id: str) -> dict[str, Pa
     return out
 
 
+def ledger_written(conn: Any, schema: str) -> bool:
+    """Whether a run has written to the ledger: its tables exist (the first plan makes them)."""
+    return bool(_all(conn, "SELECT to_regclass(%s) IS NOT NULL",
+                     (f"{quote_identifier(schema)}.runs",))[0][0])
+
+
 def run_plan(conn: Any, schema: str, dag_id: str, run_id: str) -> Mapping[str, Any]:
     """The plan's figures the ledger recorded for the run ({} before planning)."""
     s = quote_identifier(schema)

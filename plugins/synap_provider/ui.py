@@ -34,6 +34,7 @@ from pydantic import BaseModel, Field
 PAGES = Path(__file__).resolve().parent / "ui_static"
 RUN_READ = [Depends(requires_access_dag("GET", DagAccessEntity.RUN))]
 TASK_IDS = {"resolve_config": "backfill", "resolve_undo": "undo", "resolve_erase": "erase"}
+FINISHED = ("success", "failed")
 
 app = FastAPI(title="Synap operator's view", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -125,13 +126,16 @@ def targets_view(user: GetUserDep) -> dict[str, Any]:
     erasing DAG)."""
     from airflow.api_fastapi.app import get_auth_manager
 
-    from synap_backfill.run_view import targets
+    from synap_backfill.run_view import ledger_written, targets
 
     permitted = get_auth_manager().get_authorized_dag_ids(user=user, method="GET")
     out: list[dict[str, Any]] = []
     for conn_id, schema in _ledgers():
         try:
             with closing(_connect(conn_id)) as conn:
+                if not ledger_written(conn, schema):
+                    out.append({"ledger": f"{schema} on {conn_id}", "empty": True})
+                    continue
                 found = targets(conn, schema, permitted)
         except Exception as exc:  # one unreachable ledger does not hide the others
             out.append({"ledger": f"{schema} on {conn_id}", "error": type(exc).__name__})
@@ -144,6 +148,7 @@ def targets_view(user: GetUserDep) -> dict[str, Any]:
 # -- the run view ------------------------------------------------------------------------------
 
 def _run_view(dag_id: str, run_id: str) -> dict[str, Any]:
+    from airflow.models.dag import DagModel
     from airflow.models.dagrun import DagRun
     from airflow.models.taskinstance import TaskInstance
     from airflow.utils.session import create_session
@@ -156,11 +161,16 @@ def _run_view(dag_id: str, run_id: str) -> dict[str, Any]:
                session.query(TaskInstance).filter(TaskInstance.dag_id == dag_id,
                                                   TaskInstance.run_id == run_id)]
         state, note = str(getattr(run.state, "value", run.state)), run.note
+        started, ended = run.start_date, run.end_date
+        paused = bool(session.query(DagModel.is_paused).filter(DagModel.dag_id == dag_id).scalar())
     kind = next((k for t, k in TASK_IDS.items() if any(ti[0] == t for ti in tis)), "none")
     xcoms = _xcoms(dag_id, run_id)
     failures = [line for (task, index, key), line in sorted(xcoms.items(), key=lambda kv: str(kv[0]))
                 if key == "failure" and line]
+    seconds = ((ended - started).total_seconds()
+               if state in FINISHED and started is not None and ended is not None else None)
     view: dict[str, Any] = {"kind": kind, "dag_id": dag_id, "run_id": run_id, "state": state,
+                            "paused": paused, "finished": seconds is not None, "seconds": seconds,
                             "note": note, "failure": failures[0] if failures else None,
                             "problems": list(xcoms.get(("summarize", -1, "problems")) or
                                              xcoms.get(("summarize_undo", -1, "problems")) or [])}
@@ -171,7 +181,8 @@ def _run_view(dag_id: str, run_id: str) -> dict[str, Any]:
     states = {(t, i): str(getattr(s, "value", s) or "none") for t, i, s, _ in tis}
     labels = {(t, i): label for t, i, _, label in tis}
     if kind == "backfill":
-        view.update(_backfill_view(dag_id, run_id, config, xcoms, states, labels))
+        view.update(_backfill_view(dag_id, run_id, config, xcoms, states, labels,
+                                   seconds=view["seconds"]))
     elif kind == "undo":
         view.update(_undo_view(config, xcoms, states, labels))
     else:
@@ -206,7 +217,9 @@ def _erase_view(config: Any, xcoms: dict, states: dict) -> dict[str, Any]:
 
 
 def _backfill_view(dag_id: str, run_id: str, config: Any, xcoms: dict, states: dict,
-                   labels: dict) -> dict[str, Any]:
+                   labels: dict, *, seconds: float | None = None) -> dict[str, Any]:
+    """A backfill's progress; ``seconds``: a finished run's duration, for its own average rate
+    (a running one's rate is the last minute's, and its time left follows from it)."""
     from synap_backfill.run_view import partitions, run_plan
 
     planned = xcoms.get(("plan_partitions", -1, "return_value"))
@@ -230,8 +243,11 @@ def _backfill_view(dag_id: str, run_id: str, config: Any, xcoms: dict, states: d
     unchanged = int(plan.get("unchanged") or 0)
     total = int(plan.get("rows") or sum(r["planned"] or 0 for r in rows)) + unchanged
     done = read + unchanged
-    rate = _rate((dag_id, run_id), read)
-    left = (total - done) / rate if rate and total > done else None
+    if seconds is not None:
+        rate, left = (read / seconds if seconds > 0 else None), None
+    else:
+        rate = _rate((dag_id, run_id), read)
+        left = (total - done) / rate if rate and total > done else None
     ingested = sum(r["ingested"] for r in rows)
     estimate = plan.get("credits_estimate")
     planned_rows = int(plan.get("rows") or 0)
@@ -241,6 +257,7 @@ def _backfill_view(dag_id: str, run_id: str, config: Any, xcoms: dict, states: d
         "target": plan.get("target") or config.get("target"), "source": plan.get("source") or
         config.get("source"), "partitions": rows, "source_changes": changes or None,
         "totals": {"planned": total, "done": done, "read": read, "unchanged": unchanged,
+                   "unchanged_buckets": plan.get("unchanged_buckets"),
                    "ingested": ingested, "duplicates": sum(r["duplicates"] for r in rows),
                    "rejected": sum(r["rejected"] for r in rows),
                    "suppressed": sum(p.suppressed for p in progress.values()), "rows_per_s": rate,

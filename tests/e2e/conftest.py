@@ -166,7 +166,10 @@ def stack(scratch: Path) -> Iterator[LocalStack]:
     with LocalStack(scratch / "stack", port=free_port(), turns=1500, days=5, seed=3,
                     synap_extra={"max_attempts": 2, "backoff_max": 1},
                     extra_env={"AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS":
-                               "admin:admin,viewer:viewer,nobody:"}) as running:
+                               "admin:admin,viewer:viewer,nobody:",
+                               # A second ledger no run writes to: the targets page says so.
+                               "AIRFLOW__SYNAP__LEDGERS": "postgres_default:synap_backfill,"
+                                                          "postgres_default:synap_archive"}) as running:
         yield running
 
 

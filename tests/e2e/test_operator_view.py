@@ -162,6 +162,65 @@ def test_the_synap_tab_shows_progress_windows_failures_and_rejects_and_targets_s
     page.close()
 
 
+def test_at_rest_the_tab_says_a_dag_is_paused_a_run_took_so_long_and_there_was_nothing_to_do(
+        browser, stack, airflow, artifacts):
+    with stack.pg.connect() as conn:
+        rows = load_demo_table(conn, "view_rest", turns=300, days=2, seed=53)
+    page = login(browser, stack)
+    conf = {"source_table": "view_rest", "verify_sample": 0}
+    airflow.ok("PATCH", f"/api/v2/dags/{DAG}", {"is_paused": True})
+    try:
+        assert airflow.trigger(DAG, "rest_paused", conf)[0] == 200
+        frame = synap_tab(page, stack, "rest_paused")
+        notice = frame.locator(".paused-notice")
+        notice.wait_for()
+        assert f"The DAG {DAG} is paused" in notice.inner_text()
+        assert f"airflow dags unpause {DAG}" in notice.inner_text()
+        page.screenshot(path=str(artifacts / "synap-tab-paused.png"), full_page=True)
+        frame.locator("#unpause").click()  # through Airflow's API, as the user
+        assert airflow.wait_for_run(DAG, "rest_paused") == "success"
+        assert not airflow.ok("GET", f"/api/v2/dags/{DAG}")["is_paused"]
+    finally:
+        airflow.ok("PATCH", f"/api/v2/dags/{DAG}", {"is_paused": False})
+
+    # Finished: its own duration and average, no estimate of what is left.
+    frame = synap_tab(page, stack, "rest_paused")
+    frame.locator("#took").wait_for()
+    figures = frame.locator("#figures").inner_text()
+    assert re.search(r"took \d+ (s|min)", figures) and "rows/s on average" in figures, figures
+    assert "measuring" not in figures and "time left" not in figures, figures
+    assert frame.locator(".paused-notice").count() == 0
+    assert rows_done(frame) == rows
+    page.screenshot(path=str(artifacts / "synap-tab-finished.png"), full_page=True)
+
+    # The same range again: everything is held unchanged, and the tab says so in one line.
+    assert airflow.trigger(DAG, "rest_nothing", conf)[0] == 200
+    assert airflow.wait_for_run(DAG, "rest_nothing") == "success"
+    frame = synap_tab(page, stack, "rest_nothing")
+    line = frame.locator("#nothing-to-do")
+    line.wait_for()
+    assert re.fullmatch(rf"Nothing to do: all \d+ buckets of this range \({rows} rows\) are held"
+                        r" unchanged in this instance\.", line.inner_text()), line.inner_text()
+    assert frame.locator("#partition-table").count() == 0
+    page.screenshot(path=str(artifacts / "synap-tab-nothing-to-do.png"), full_page=True)
+
+    # The targets page: a button that would start a run on a paused DAG says so first, and a
+    # ledger no run has written to reads as such, not as a database error.
+    airflow.ok("PATCH", "/api/v2/dags/synap_erase", {"is_paused": True})
+    page.goto(f"{stack.url}/plugin/synap-targets")
+    frame = page.frame_locator("iframe").first
+    frame.locator("#erase-paused .paused-notice").wait_for()
+    assert "The DAG synap_erase is paused" in frame.locator("#erase-paused").inner_text()
+    assert "paused: the run will wait" in frame.locator("#erase-start").inner_text()
+    empty = frame.locator(".empty-ledger")
+    empty.wait_for()
+    assert empty.inner_text().startswith("Ledger synap_archive on postgres_default: no run has"
+                                         " written to this ledger yet")
+    assert frame.locator(".failure").count() == 0
+    page.screenshot(path=str(artifacts / "synap-targets-at-rest.png"), full_page=True)
+    page.close()
+
+
 def get(url: str, token: str | None = None) -> tuple[int, str]:
     req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
     try:

@@ -163,6 +163,7 @@ def _plan(config: BackfillConfig, dag_id: str, run_id: str) -> list[dict[str, An
             lookback=config.lookback, dry_run=config.dry_run,
             plan={"postgres_conn_id": config.postgres_conn_id, "source_table": config.source_table,
                   "rows": plan.rows, "unchanged": diff.unchanged_rows,
+                  "unchanged_buckets": len(diff.unchanged),
                   "unchanged_outside": plan.unchanged_outside, "new": diff.new_rows,
                   "changed": diff.changed_rows, "partitions": len(plan.partitions),
                   "deleted_rows": diff.deleted_rows,
