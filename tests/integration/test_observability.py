@@ -41,26 +41,37 @@ class OneCollectorPerTask:
 
 
 get_listener_manager().add_listener(OneCollectorPerTask())
-dag_run = local_airflow.run_dag("synap_backfill", json.loads(sys.argv[1]))
-(summary,) = local_airflow.task_results(dag_run, "summarize") or [None]
-print("RESULT " + json.dumps({"state": str(dag_run.state), "summary": summary,
-                               "partitions": local_airflow.task_results(dag_run, "backfill_partition")}))
+dag_id, summarize, mapped = sys.argv[1:4]
+dag_run = local_airflow.run_dag(dag_id, json.loads(sys.argv[4]))
+(summary,) = local_airflow.task_results(dag_run, summarize) or [None]
+print("RESULT " + json.dumps({"state": str(dag_run.state), "run_id": dag_run.run_id,
+                               "summary": summary,
+                               "partitions": local_airflow.task_results(dag_run, mapped)}))
 """
 
 
 def run(env: dict[str, str], **conf: Any) -> dict[str, Any]:
     conf.setdefault("verify_sample", 0)
-    done = subprocess.run([sys.executable, "-c", _RUN, json.dumps(conf)], env=env,
+    return run_dag(env, "synap_backfill", "summarize", "backfill_partition", conf)
+
+
+def run_dag(env: dict[str, str], dag_id: str, summarize: str, mapped: str,
+            conf: dict[str, Any]) -> dict[str, Any]:
+    done = subprocess.run([sys.executable, "-c", _RUN, dag_id, summarize, mapped, json.dumps(conf)],
+                          env=env,
                           capture_output=True, text=True, timeout=600, cwd=Path(__file__).parents[2])
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
     assert lines, done.stderr[-3000:]
     return json.loads(lines[-1][len("RESULT "):])
 
 
-def environment(local_pg: Any, synap: Any, **extra: str) -> dict[str, str]:
+def environment(local_pg: Any, synap: Any, paced: bool = True, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
+    # Unpaced: the undo's status and delete calls, one per document, at once.
+    pacing = {} if paced else {"requests_per_minute": 0}
     env["AIRFLOW_CONN_SYNAP_DEFAULT"] = json.dumps(
-        {"conn_type": "synap", "host": synap.url, "password": KEY, "extra": {"backoff_max": 2}})
+        {"conn_type": "synap", "host": synap.url, "password": KEY,
+         "extra": {"backoff_max": 2, **pacing}})
     env["AIRFLOW_CONN_POSTGRES_DEFAULT"] = local_pg.airflow_connection()
     env.update(extra)
     return env
@@ -73,13 +84,17 @@ def test_each_task_that_reads_the_source_or_changes_synap_says_so_in_its_lineage
         texts = [t for (t,) in conn.execute("SELECT user_text FROM lineage_src LIMIT 50").fetchall()]
         users = {u for (u,) in conn.execute("SELECT DISTINCT user_id FROM lineage_src").fetchall()}
     events_file = tmp_path / "openlineage.jsonl"
-    env = environment(local_pg, synap, AIRFLOW__OPENLINEAGE__TRANSPORT=json.dumps(
+    env = environment(local_pg, synap, paced=False, AIRFLOW__OPENLINEAGE__TRANSPORT=json.dumps(
         {"type": "file", "log_file_path": str(events_file), "append": True}),
         AIRFLOW__OPENLINEAGE__NAMESPACE="synap-backfill-tests")
 
     done = run(env, source_table="lineage_src")
-
     assert done["state"] == "success" and done["summary"]["ingested"] == total
+    # Undoing it: the instance is what the undo changes, with what it deleted.
+    undone = run_dag(env, "synap_undo", "summarize_undo", "undo_partition",
+                     {"dag_id": "synap_backfill", "run_id": done["run_id"], "dry_run": False})
+    assert undone["state"] == "success", undone
+
     raw = events_file.read_text()
     events = [json.loads(line) for line in raw.splitlines() if line.strip()]
     by_task: dict[str, list[dict]] = {}
@@ -107,6 +122,11 @@ def test_each_task_that_reads_the_source_or_changes_synap_says_so_in_its_lineage
         assert names(event["outputs"]) == [target]
     counts = [e["outputs"][0]["facets"]["synapBackfill"]["counts"] for e in partitions]
     assert sum(c["ingested"] for c in counts) == total
+    undos = ended("undo_partition")
+    assert undos and [names(e["outputs"]) for e in undos] == [[target]] * len(undos), \
+        [(e["inputs"], e["outputs"]) for e in undos]
+    deleted = [e["outputs"][0]["facets"]["synapBackfill"]["counts"]["deleted"] for e in undos]
+    assert sum(deleted) == sum(int(p["deleted"]) for p in undone["partitions"]) > 0
     # Nothing private: no key, no turn's text, no user id, anywhere in any event.
     assert KEY not in raw
     assert not [t for t in texts if t in raw], "a turn's text reached an event"

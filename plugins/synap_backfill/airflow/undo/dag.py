@@ -106,7 +106,8 @@ def build_undo_dag(dag_id: str = "synap_undo", *, doc_md: str | None = None) -> 
             if config["dry_run"]:
                 raise AirflowSkipException("a dry run: nothing is deleted")
             try:
-                report = undo(config, partition, run_id=context["dag_run"].run_id)
+                report = undo(config, partition, run_id=context["dag_run"].run_id,
+                              dag_id=context["dag_run"].dag_id)
             except Exception as exc:  # the reason in one line, for the Synap tab and the summary
                 from synap_backfill.airflow.shared import one_line
 

@@ -121,12 +121,15 @@ def survey(config_dict: Mapping[str, Any], partition_dict: Mapping[str, Any]) ->
 
 
 def undo(config_dict: Mapping[str, Any], partition_dict: Mapping[str, Any], *,
-         run_id: str) -> dict[str, Any]:
-    """Delete a partition's memories; resumable, and idempotent across undo runs."""
+         run_id: str, dag_id: str = "synap_undo") -> dict[str, Any]:
+    """Delete a partition's memories; resumable, and idempotent across undo runs.
+
+    ``run_id``, ``dag_id``: the undo's own run (its metrics are tagged by its DAG)."""
     from airflow.sdk.exceptions import AirflowFailException
 
     config = UndoConfig.from_dict(config_dict)
-    report = _run(config, UndoPartition.from_dict(partition_dict), dry_run=False, undo_run=run_id)
+    report = _run(config, UndoPartition.from_dict(partition_dict), dry_run=False, undo_run=run_id,
+                  undo_dag=dag_id)
     if report["failed"]:
         raise AirflowFailException(
             f"undo {report['label']}: {sum(report['failed'].values())} memories could not be"
@@ -136,7 +139,7 @@ def undo(config_dict: Mapping[str, Any], partition_dict: Mapping[str, Any], *,
 
 
 def _run(config: UndoConfig, partition: UndoPartition, *, dry_run: bool,
-         undo_run: str = "") -> dict[str, Any]:
+         undo_run: str = "", undo_dag: str = "synap_undo") -> dict[str, Any]:
     from airflow.providers.postgres.hooks.postgres import PostgresHook
 
     ledger_hook = PostgresHook(postgres_conn_id=config.ledger_conn_id)
@@ -155,7 +158,7 @@ def _run(config: UndoConfig, partition: UndoPartition, *, dry_run: bool,
         conversations=(lambda client, sdk: _conversations(config, client, synap.isolation(sdk),
                                                           dry_run=dry_run))
         if config.delete_conversations else None))
-    deletion_observed(synap.hook, config.target, report, config.dag_id)
+    deletion_observed(synap.hook, config.target, report, undo_dag)
     log.info("undo %s: %s%s", partition.label, report.label_with_counts().split(" · ", 1)[-1],
              "; an earlier undo had finished it" if report.already_undone else "")
     return report.to_xcom()
