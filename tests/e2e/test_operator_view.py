@@ -242,7 +242,8 @@ def test_the_plugins_endpoints_need_a_login_and_read_access_to_the_dag_and_serve
     for path in paths[:3]:
         assert get(stack.url + path, nobody)[0] == 403, path  # no read access to the DAG
     status, body = get(stack.url + "/synap/api/targets", nobody)
-    assert status == 200 and all(t.get("runs") == [] for t in json.loads(body)["targets"])
+    listed = json.loads(body)["targets"]
+    assert status == 200 and all(t["runs"] == [] for t in listed if "target" in t), listed
 
     served = ""
     for path in paths:
