@@ -34,7 +34,8 @@ class AirflowClient:
             headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(req, timeout=60) as resp:
-                return resp.status, json.load(resp)
+                raw = resp.read()
+                return resp.status, json.loads(raw) if raw else None  # 204: no body
         except urllib.error.HTTPError as err:
             text = err.read().decode()
             try:

@@ -218,6 +218,33 @@ def test_at_rest_the_tab_says_a_dag_is_paused_a_run_took_so_long_and_there_was_n
                                          " written to this ledger yet")
     assert frame.locator(".failure").count() == 0
     page.screenshot(path=str(artifacts / "synap-targets-at-rest.png"), full_page=True)
+
+    # The "Erase a user" form: the API server turns the id into the person's hashes, the run
+    # is triggered with them alone, and its view says the DAG is paused.
+    user = "u-e2e-form-7731"
+    airflow.ok("POST", "/api/v2/connections", {"connection_id": "synap_person_key",
+                                               "conn_type": "generic",
+                                               "password": "e2e-person-key-" + "k" * 40})
+    try:
+        frame.locator("#erase-user").fill(user)
+        frame.locator("#erase-customer").fill("cust-e2e")
+        frame.locator("#erase-start").click()
+        notice = frame.locator(".paused-notice")
+        frame.get_by_text("Synap erase").wait_for()
+        notice.wait_for()
+        assert "The DAG synap_erase is paused" in notice.inner_text()
+        (run,) = [r for r in airflow.ok("GET", "/api/v2/dags/synap_erase/dagRuns")["dag_runs"]
+                  if r["dag_run_id"].startswith("erase_dry__")]
+        assert run["state"] == "queued" and run["conf"]["dry_run"] is True
+        # One key: its id, then the user's, the (customer, user) pair's and the folded hash.
+        assert re.fullmatch(r"[0-9a-f]{12}(:[0-9a-f]{32}){3}", run["conf"]["person"]), run["conf"]
+        stored = json.dumps(run)
+        assert user not in stored and "cust-e2e" not in stored, "an id in clear in the run"
+        page.screenshot(path=str(artifacts / "synap-erase-form-paused.png"), full_page=True)
+        airflow.ok("DELETE", f"/api/v2/dags/synap_erase/dagRuns/{run['dag_run_id']}")
+    finally:
+        airflow.call("DELETE", "/api/v2/connections/synap_person_key")
+        airflow.ok("PATCH", "/api/v2/dags/synap_erase", {"is_paused": False})
     page.close()
 
 
