@@ -1,6 +1,6 @@
 """What the operator's view shows of one run, and of each Synap target: read from the ledger.
 
-Plain Python over a ledger connection: the UI plugin (``synap_provider.ui``)
+Plain Python over a ledger connection: the UI plugin's app (``synap_provider.ui_app``)
 adds what Airflow's metadata knows (task states, XCom failures) and serves it.
 Counts, window labels, row keys and reason codes only: never message text,
 never a secret.

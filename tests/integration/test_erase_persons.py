@@ -72,7 +72,7 @@ def shared_user_table(pg: Any, name: str) -> dict[str, set[str]]:
 def test_on_a_b2b_instance_a_person_is_a_customers_user_and_only_they_are_erased(
         local_pg, run_backfill, synap, monkeypatch):
     from synap_backfill.run_view import targets as target_views
-    from synap_provider.ui import ErasePerson, erase_person
+    from synap_provider.ui_app import ErasePerson, erase_person
 
     ledger = {"ledger_schema": "persons_b2b"}
     use_key(monkeypatch, KEY_ONE)

@@ -1,4 +1,4 @@
-// Shared by the plugin's pages; ui.py puts it where a page says /* common.js */.
+// Shared by the plugin's pages; ui_app.py puts it where a page says /* common.js */.
 // An element with attributes (onclick as a handler) and children (text is escaped by the DOM).
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);

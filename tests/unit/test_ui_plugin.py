@@ -1,0 +1,42 @@
+"""The UI plugin costs a worker nothing: its FastAPI app is imported only where it is mounted.
+
+Airflow loads every plugin in every process that asks for listeners or hook lineage (each
+task's worker process, the DAG processor), so what the plugin module imports at the top is
+paid per task. The app, with FastAPI and the API server's auth manager, waits for the API
+server to ask for it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+HEAVY = ("synap_provider.ui_app", "fastapi", "airflow.api_fastapi.core_api.security")
+
+
+def loaded_after(code: str) -> dict[str, bool]:
+    """Which of HEAVY a fresh interpreter holds after running ``code`` (this process has them all)."""
+    probe = code + f"\nimport json, sys\nprint(json.dumps({{m: m in sys.modules for m in {HEAVY!r}}}))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_loading_the_plugin_imports_neither_the_app_nor_fastapi():
+    loaded = loaded_after("from synap_provider.ui import SynapUIPlugin\nSynapUIPlugin()")
+    assert not any(loaded.values()), loaded
+
+
+def test_the_api_server_gets_the_app_mounted_under_synap_with_both_views():
+    from fastapi import FastAPI
+
+    from synap_provider.ui import SynapUIPlugin
+    from synap_provider.ui_app import app
+
+    plugin = SynapUIPlugin()
+    [mounted] = plugin.fastapi_apps
+    assert mounted["app"] is app and isinstance(app, FastAPI)
+    assert mounted["url_prefix"] == "/synap"
+    assert {view["href"] for view in plugin.external_views} == {
+        "/synap/runs/{DAG_ID}/{RUN_ID}", "/synap/targets"}
+    assert json.dumps(plugin.external_views)  # what Airflow serves the UI as-is
