@@ -3,7 +3,7 @@
 Registered through the ``airflow.plugins`` entry point, so every Airflow process loads it:
 the scheduler, the DAG processor and each task's worker process too (for listeners and
 hook lineage). The FastAPI app (``synap_provider.ui_app``) imports FastAPI and the API
-server's auth manager, most of a second a process; it is imported when Airflow asks for the
+server's auth manager, which no worker needs; it is imported when Airflow asks for the
 plugin's apps, which only the API server (and ``airflow plugins``) does.
 """
 
