@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from synap_backfill.airflow.backfill.dag import PRIMARY_BACKFILL_DONE, build_backfill_dag
+from synap_backfill.common.source import load_source
+
+# What it reads and what each turn becomes: the deployment's declaration (SYNAP_SOURCE_FILE
+# names another file). Everything in it is fixed for every run: the form varies the rest.
+SOURCE = load_source(Path(__file__).resolve().parents[1] / "include" / "synap_source.yaml")
 
 DOC_MD = """
 ### Synap backfill
@@ -41,4 +48,4 @@ knowing what its users already told it.
 """
 
 build_backfill_dag("synap_backfill", doc_md=DOC_MD, outlets=[PRIMARY_BACKFILL_DONE],
-                   tags=["backfill"])
+                   tags=["backfill"], source=SOURCE)

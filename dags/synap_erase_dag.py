@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from synap_backfill.airflow.erase.dag import build_erase_dag
+from synap_backfill.common.source import load_source
+
+SOURCE = load_source(Path(__file__).resolve().parents[1] / "include" / "synap_source.yaml")
 
 DOC_MD = """
 ### Synap erase
@@ -34,4 +39,4 @@ in the source.
    nothing. Run again after a complete erasure, it finds nothing and succeeds.
 """
 
-build_erase_dag("synap_erase", doc_md=DOC_MD)
+build_erase_dag("synap_erase", doc_md=DOC_MD, source=SOURCE)

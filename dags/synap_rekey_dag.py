@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from synap_backfill.airflow.erase.rekey_dag import build_rekey_dag
+from synap_backfill.common.source import load_source
+
+SOURCE = load_source(Path(__file__).resolve().parents[1] / "include" / "synap_source.yaml")
 
 DOC_MD = """
 ### Synap rekey
@@ -18,4 +23,4 @@ summary says which keys must stay in `previous_passwords`, and retires the other
 run (the default) only counts. The procedure: docs/operating.md, "Rotating the person key".
 """
 
-build_rekey_dag("synap_rekey", doc_md=DOC_MD)
+build_rekey_dag("synap_rekey", doc_md=DOC_MD, source=SOURCE)

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from synap_backfill.airflow.backfill.regions import load_regions
 from synap_backfill.airflow.undo.dag import build_undo_dag
+from synap_backfill.common.source import load_source
+
+INCLUDE = Path(__file__).resolve().parents[1] / "include"
+SOURCE = load_source(INCLUDE / "synap_source.yaml")
+# The DAGs built from that declaration: the only ones whose runs it undoes.
+BACKFILLS = ["synap_backfill", *(region.dag_id for region in load_regions(INCLUDE / "regions.yaml"))]
 
 DOC_MD = """
 ### Synap undo
@@ -30,4 +39,4 @@ Once a run is undone the instance's inventory no longer holds its rows, so a cor
 backfill sends them again, under new document ids where their memories were deleted.
 """
 
-build_undo_dag("synap_undo", doc_md=DOC_MD)
+build_undo_dag("synap_undo", doc_md=DOC_MD, source=SOURCE, dag_ids=BACKFILLS)

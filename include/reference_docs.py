@@ -32,12 +32,24 @@ def _number(value: float) -> str:
     return f"{int(value):,}" if float(value).is_integer() else f"{value:g}"
 
 
+def _set_by(model: Any, name: str) -> str:
+    """Who sets a param in a DAG built from a source declaration: the deployment or the run."""
+    from synap_backfill.common.config import BackfillConfig
+    from synap_backfill.common.source import SourceDeclaration
+
+    source = SourceDeclaration.of(approve_deletes=True)
+    if name in source.fixed(model.params(), backfill=model is BackfillConfig):
+        return "run, or the deployment" if name == "require_approval" else "deployment"
+    return "run"
+
+
 def _params_table(model: Any) -> list[str]:
     from synap_backfill.common.params import form_schema, param_meta
 
     fields = model.params()
     sectioned = any((param_meta(info) or {}).get("section") for info in fields.values())
-    head = ["param", "type", "default", "allowed", *(["section"] if sectioned else []), "meaning"]
+    head = ["param", "set by", "type", "default", "allowed",
+            *(["section"] if sectioned else []), "meaning"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, info in fields.items():
         meta = param_meta(info) or {}
@@ -53,8 +65,8 @@ def _params_table(model: Any) -> list[str]:
         else:
             allowed = ""
         default = "required" if meta.get("required") else _value(schema.get("default"))
-        cells = [f"`{name}`", kind, default, allowed, *([meta.get("section") or ""] if sectioned else []),
-                 info.description or info.title]
+        cells = [f"`{name}`", _set_by(model, name), kind, default, allowed,
+                 *([meta.get("section") or ""] if sectioned else []), info.description or info.title]
         out.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     return out
 
@@ -90,6 +102,22 @@ def render() -> str:
         "Generated from the models that declare them (`python -m include.reference_docs`);"
         " do not edit by hand: `tests/unit/test_reference_docs.py` fails when this file and"
         " the code differ.",
+        "",
+        "## Declared by the deployment (`include/synap_source.yaml`)",
+        "",
+        "The params whose \"set by\" below is *deployment* are the source declaration's keys"
+        " (`synap_backfill.common.source.DECLARED`), declared once under `source:` in"
+        " `include/synap_source.yaml` (or `SYNAP_SOURCE_FILE`, or `SourceDeclaration.of(...)` in"
+        " a DAG file), with the same names, types and defaults as the tables give. Every DAG"
+        " built from the declaration reads them from it: the trigger form hides them, and a"
+        " run whose conf gives one another value is refused. An undo's, erasure's and rekey's"
+        " ledger params are the declaration's `ledger_conn_id` (else `postgres_conn_id`),"
+        " `ledger_schema` and `person_key_conn_id`. One more key is not a param:"
+        " `approve_deletes` (default `false`): every undo and erasure that deletes waits for"
+        " a person's approval (their `require_approval` is fixed on). A region's"
+        " `regions.yaml` entry changes `synap_conn_id`, and `postgres_conn_id` or"
+        " `source_table` where it names them. A DAG built without a declaration takes every"
+        " param from the form, until 0.3.0.",
         "",
         "## Backfill params (`synap_backfill`, `synap_replay_<region>`)",
         "",

@@ -66,6 +66,37 @@ BOTH_DUPLICATE_ANSWERS = pytest.mark.parametrize(
     ids=["duplicate-answers-now", "duplicate-answers-first-write"])
 
 
+@pytest.fixture()
+def declare(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+            ) -> Callable[..., Path]:
+    """This test's source declaration, as a deployment writes it (``SYNAP_SOURCE_FILE``).
+
+    ``declare(**values)`` adds to it; every DAG parsed after that reads it. It starts as
+    the recipe's defaults, with deletes that need no approval (tests that delete say so).
+    """
+    import yaml
+
+    path = tmp_path_factory.mktemp("declared") / "synap_source.yaml"
+    declared: dict[str, Any] = {"approve_deletes": False}
+
+    def add(**values: Any) -> Path:
+        declared.update(values)
+        path.write_text(yaml.safe_dump({"source": declared}))
+        monkeypatch.setenv("SYNAP_SOURCE_FILE", str(path))
+        return path
+
+    add()
+    return add
+
+
+def split_declared(conf: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A test's settings as (what the deployment declares, what a run's conf varies)."""
+    from synap_backfill.common.source import DECLARED, POLICY
+
+    declared = {k: v for k, v in conf.items() if k in DECLARED or k in POLICY}
+    return declared, {k: v for k, v in conf.items() if k not in declared}
+
+
 @pytest.fixture(scope="session")
 def airflow_db() -> None:
     local_airflow.migrate_db()
@@ -124,12 +155,19 @@ def use_connections(local_pg: Any, synap: Any, monkeypatch: pytest.MonkeyPatch
 
 
 @pytest.fixture()
-def run_backfill(airflow_db: None, use_connections: Callable[..., None]) -> Callable[..., Any]:
-    """Run ``synap_backfill`` with dag.test() against this test's Postgres and Synap."""
+def run_backfill(airflow_db: None, use_connections: Callable[..., None],
+                 declare: Callable[..., Path]) -> Callable[..., Any]:
+    """Run ``synap_backfill`` with dag.test() against this test's Postgres and Synap.
+
+    Settings the deployment declares (the relation, its columns, redaction, the ledger)
+    go into this test's declaration; the rest is the run's conf.
+    """
 
     def run(api_key: str = "local-dev-key", dag_id: str = "synap_backfill",
             synap_url: str | None = None, synap_extra: dict | None = None,
-            logical_date: Any = None, retry_delay: float | None = None, **conf: Any) -> Any:
+            logical_date: Any = None, retry_delay: float | None = None, **settings: Any) -> Any:
+        declared, conf = split_declared(settings)
+        declare(**declared)
         # The verify step is off unless a test asks for it (test_verify_extraction.py
         # and the e2e tests run it): the count tests would only wait on its polling.
         conf.setdefault("verify_sample", 0)

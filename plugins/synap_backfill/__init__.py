@@ -19,8 +19,8 @@ Plain Python, importable and testable without a scheduler. The Synap hook and co
 type are in ``synap_provider``, shipped in the same distribution. Each package's docstring
 says what it owns and what it may import; ``tests/unit/test_layout.py`` holds the code to it.
 
-Modules moved in this release keep their old import path for one more release, with a
-DeprecationWarning (``MOVED``): ``synap_backfill.turns`` is ``synap_backfill.privacy.turns``.
+Modules moved in 0.2.0 keep their old import path until 0.3.0, with a FutureWarning
+(``MOVED``): ``synap_backfill.turns`` is ``synap_backfill.privacy.turns``.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ import warnings
 from types import ModuleType
 from typing import Any, Sequence
 
-# Old path (under synap_backfill) -> new path: deprecated, gone in the next release.
+# Old path (under synap_backfill) -> new path: deprecated, gone in MOVED_REMOVED_IN.
+MOVED_REMOVED_IN = "0.3.0"
 MOVED = {
     "params": "common.params",
     "checks": "common.checks",
@@ -86,7 +87,12 @@ MOVED = {
 
 
 class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Imports an old module path as its new module, once, with a DeprecationWarning."""
+    """Imports an old module path as its new module, once, with a FutureWarning (which Python
+    and Airflow show, unlike a DeprecationWarning, in a DAG file's import).
+
+    The new module keeps its own ``__spec__``: importlib gives the module it gets from
+    ``create_module`` the alias's spec, and ``exec_module`` puts the real one back, so
+    ``importlib.reload`` of either name reloads the real module."""
 
     def find_spec(self, name: str, path: Sequence[str] | None, target: ModuleType | None = None
                   ) -> importlib.machinery.ModuleSpec | None:
@@ -95,12 +101,16 @@ class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType:
         new = f"{__name__}.{MOVED[spec.name.removeprefix(__name__ + '.')]}"
-        warnings.warn(f"{spec.name} is now {new}: import it from there (the old path goes in the"
-                      " next release)", DeprecationWarning, stacklevel=2)
-        return importlib.import_module(new)
+        warnings.warn(f"{spec.name} is now {new}: import it from there (the old path goes in"
+                      f" {MOVED_REMOVED_IN})", FutureWarning, stacklevel=2)
+        module = importlib.import_module(new)
+        spec.loader_state = module.__spec__  # the real spec, for exec_module to restore
+        return module
 
     def exec_module(self, module: ModuleType) -> None:
-        return None  # the new module ran already
+        spec = module.__spec__
+        if spec is not None and spec.loader_state is not None:
+            module.__spec__ = spec.loader_state  # the new module ran already; its spec is its own
 
 
 if not any(isinstance(f, _MovedModules) for f in sys.meta_path):

@@ -80,7 +80,11 @@ def test_the_params_default_to_full_batches_in_long_range_mode_and_bound_the_bat
     assert params["source_table"] == "conversations"
     schema = params.get_param("batch_size").schema
     assert (schema["minimum"], schema["maximum"]) == (1, 100)
-    assert params.get_param("mode").schema["enum"] == ["long-range", "fast"]
+    # mode is declared (it shapes every document): fixed, and hidden from the form.
+    assert params.get_param("mode").schema["const"] == "long-range"
+    from synap_backfill.airflow.backfill.dag import backfill_params
+
+    assert backfill_params()["mode"].schema["enum"] == ["long-range", "fast"]  # undeclared: on the form
 
 
 def test_two_regions_in_the_config_give_two_replay_dags_from_the_same_code(tmp_path, monkeypatch):

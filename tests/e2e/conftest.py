@@ -11,6 +11,7 @@ from typing import Any, Iterator
 
 import pytest
 
+from include.local_airflow import REPO_ROOT
 from include.local_stack import LocalStack, free_port
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -160,13 +161,27 @@ def busiest_minute(arrivals: list[tuple[float, int]]) -> int:
     return most
 
 
+def undeclared_project(scratch: Path) -> Path:
+    """This repo's DAG files and regions.yaml with no source declaration beside them: a
+    deployment on the deprecated form source (until 0.3.0), where each test triggers its own
+    table. Runs of the shipped, declared DAGs are the integration tests' (dag.test())."""
+    import shutil
+
+    project = scratch / "undeclared-project"
+    shutil.copytree(REPO_ROOT / "dags", project / "dags", ignore=shutil.ignore_patterns("__pycache__"))
+    (project / "include").mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO_ROOT / "include" / "regions.yaml", project / "include" / "regions.yaml")
+    return project / "dags"
+
+
 @pytest.fixture(scope="session")
 def stack(scratch: Path) -> Iterator[LocalStack]:
     # Few, short retries: the fault test exhausts them on purpose. Besides admin, a viewer
     # and a user with no role: logged in, and allowed to read no DAG.
     with LocalStack(scratch / "stack", port=free_port(), turns=1500, days=5, seed=3,
                     synap_extra={"max_attempts": 2, "backoff_max": 1},
-                    extra_env={"AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS":
+                    extra_env={"AIRFLOW__CORE__DAGS_FOLDER": str(undeclared_project(scratch)),
+                               "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS":
                                "admin:admin,viewer:viewer,nobody:",
                                # A second ledger no run writes to: the targets page says so.
                                "AIRFLOW__SYNAP__LEDGERS": "postgres_default:synap_backfill,"

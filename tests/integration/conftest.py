@@ -28,3 +28,9 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     survived = sum(f["survived"] for f in FAULTS)
     write(f"faults survived {survived}/{len(FAULTS)}, rows lost {sum(f['lost'] for f in FAULTS)},"
           f" rows doubled {sum(f['doubled'] for f in FAULTS)}")
+
+
+@pytest.fixture(autouse=True)
+def declared_source(declare: Any) -> Any:
+    """Every integration test runs DAGs built from a declaration of its own (tests/conftest.py)."""
+    return declare

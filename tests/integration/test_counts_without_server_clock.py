@@ -126,15 +126,16 @@ raise SystemExit(main(["run", "synap_backfill", "--conf", sys.argv[1], "--logica
 
 
 def test_a_run_killed_with_batches_answered_out_of_order_then_run_again_counts_every_row_once(
-        local_pg, run_backfill, synap, airflow_db, use_connections):
+        local_pg, run_backfill, synap, airflow_db, use_connections, declare):
     rows = turns(400, step=timedelta(seconds=30))  # one partition
     make_table(local_pg, "c9_kill", rows)
+    declare(source_table="c9_kill")  # the killed worker parses the DAG with it too
     use_connections(synap_extra={"requests_per_minute": 0})
     # The first batch's answer comes 4 s late; the three sent after it are answered
     # (and stored) at once: out of order, and none applied to the checkpoint.
     synap.controls(faults=[{"kind": "stall", "seconds": 4, "times": 1,
                             "created_to": rows[20][6].isoformat()}])
-    conf = {"source_table": "c9_kill", "batch_size": 20}
+    conf = {"batch_size": 20}
     logical = datetime(2024, 6, 1, tzinfo=UTC)
     worker = subprocess.Popen([sys.executable, "-c", _KILLABLE_RUN,
                                json.dumps(conf), logical.isoformat()], env=os.environ.copy(),

@@ -53,6 +53,14 @@ def test_a_row_that_cannot_make_a_document_is_rejected_with_a_reason(changes, re
     assert "Kraków" not in rejected.key and "Kraków" not in rejected.reason
 
 
+def test_a_rejected_row_is_named_by_its_turn_only_where_the_conversation_id_is_a_key():
+    assert build_document(row(created_at=None)).key == f"{CONV}:3"  # type: ignore[union-attr]
+    secret = "$2b$12$KIXQJ7bT3Yx5sd1ZbHsYXe"  # a password hash in a column mapped by mistake
+    rejected = build_document(row(conversation_id=secret))
+    assert isinstance(rejected, Rejected) and secret not in rejected.key
+    assert rejected.key.startswith("sha256:") and rejected.key.endswith(":3")
+
+
 def test_a_conversation_id_in_another_uuid_spelling_is_accepted():
     assert not isinstance(build_document(row(conversation_id="{" + CONV.upper() + "}")), Rejected)
 

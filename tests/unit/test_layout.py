@@ -133,13 +133,19 @@ def test_the_module_graph_has_no_circle():
 
 
 @pytest.mark.parametrize("old, new", sorted(synap_backfill.MOVED.items()))
-def test_a_moved_module_is_still_importable_by_its_old_path_with_a_deprecation_warning(old, new):
+def test_a_moved_module_is_still_importable_by_its_old_path_with_a_warning_naming_its_removal(
+        old, new):
     sys.modules.pop(f"{ENGINE}.{old}", None)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         module = importlib.import_module(f"{ENGINE}.{old}")
-    assert module is importlib.import_module(f"{ENGINE}.{new}")
-    assert any(issubclass(w.category, DeprecationWarning) and new in str(w.message) for w in caught)
+    real = importlib.import_module(f"{ENGINE}.{new}")
+    assert module is real
+    # A FutureWarning: shown by default, where a DeprecationWarning in a DAG file is not.
+    assert any(issubclass(w.category, FutureWarning) and new in str(w.message)
+               and synap_backfill.MOVED_REMOVED_IN in str(w.message) for w in caught)
+    # The real module keeps its own spec (importlib.reload finds a module by it).
+    assert real.__spec__.name == f"{ENGINE}.{new}" and real.__spec__.origin == real.__file__
 
 
 EXTERNAL = ("maximem_synap", "airflow", "synap_provider", "stdnum", "phonenumbers", "sdk",

@@ -1,38 +1,38 @@
 """The Airflow-facing side of the backfill: DAG factories, tasks, approval and the trigger.
 
-A DAG file needs only ``build_backfill_dag`` / ``build_undo_dag``::
+A DAG file declares its source once and builds its DAGs from it::
 
-    from synap_backfill.airflow import build_backfill_dag
+    from synap_backfill.airflow import SourceDeclaration, build_backfill_dag
 
-    build_backfill_dag("synap_backfill")
+    SOURCE = SourceDeclaration.of(source_table="chats", user_text_column="question")
+    build_backfill_dag("synap_backfill", source=SOURCE)
 
+(or ``load_source("include/synap_source.yaml")``: the same declaration from a file).
 Importing this package imports no factory until one is asked for, and the
 factories import nothing heavy: the tasks import the SDK and the hooks when
 they run.
+
+May import: every concern below it
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-__all__ = ["build_backfill_dag", "build_undo_dag", "build_erase_dag", "build_rekey_dag"]
+# name -> the module that defines it, imported on first use.
+EXPORTS = {
+    "build_backfill_dag": "synap_backfill.airflow.backfill.dag",
+    "build_undo_dag": "synap_backfill.airflow.undo.dag",
+    "build_erase_dag": "synap_backfill.airflow.erase.dag",
+    "build_rekey_dag": "synap_backfill.airflow.erase.rekey_dag",
+    "SourceDeclaration": "synap_backfill.common.source",
+    "load_source": "synap_backfill.common.source",
+}
+__all__ = list(EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
-    if name == "build_backfill_dag":
-        from synap_backfill.airflow.backfill.dag import build_backfill_dag
-
-        return build_backfill_dag
-    if name == "build_undo_dag":
-        from synap_backfill.airflow.undo.dag import build_undo_dag
-
-        return build_undo_dag
-    if name == "build_erase_dag":
-        from synap_backfill.airflow.erase.dag import build_erase_dag
-
-        return build_erase_dag
-    if name == "build_rekey_dag":
-        from synap_backfill.airflow.erase.rekey_dag import build_rekey_dag
-
-        return build_rekey_dag
+    if name in EXPORTS:
+        return getattr(importlib.import_module(EXPORTS[name]), name)
     raise AttributeError(name)

@@ -276,6 +276,11 @@ class BackfillConfig(ParamsModel):
     fetch_size: int = param(
         1000, title="Fetch size", section="Source", check="whole", minimum=1, maximum=100_000,
         description="Rows per round trip of the server-side cursor.")
+    source_statement_timeout: int = param(
+        3600, title="Source statement timeout (s)", section="Source", check="whole", minimum=1,
+        maximum=7 * 86_400,
+        description="A statement against the source running longer is cancelled. Every source "
+                    "read runs in a READ ONLY transaction: a replica's read-only role is enough.")
     source_timezone: str = param(
         "UTC", title="Source time zone", section="Source", check="zone", minLength=1,
         description="IANA zone in which to read a timestamp without time zone column.")

@@ -10,12 +10,35 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
+import uuid
 from typing import Any
 
 DOCUMENT_ID_FORMAT = "backfill:{conversation_id}:{message_index}"  # a settings digest names it
 _PREFIX = "backfill:"
 _GENERATION = re.compile(r"^(?P<base>.+?)(?::u(?P<n>\d+))?$")
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def is_uuid(text: str) -> bool:
+    """A conversation id Synap's contract takes (the canonical form, fast; else any UUID form)."""
+    if _CANONICAL_UUID.fullmatch(text):
+        return True
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
+
+
+def row_key(conversation_id: str | None, index: Any) -> str:
+    """How a rejected row is named without its text: by its turn where the conversation id is a
+    key (a UUID); else by a digest of the id, never its value (a column mapped by mistake may
+    hold anything: a password hash, an email)."""
+    if conversation_id is not None and conversation_id.strip() and not is_uuid(conversation_id):
+        conversation_id = "sha256:" + hashlib.sha256(conversation_id.encode()).hexdigest()[:12]
+    return turn(conversation_id, index)
 
 
 def turn(conversation_id: Any, message_index: Any) -> str:

@@ -89,14 +89,30 @@ class ParamsModel(BaseModel):
             raise as_param_error(exc) from None
 
     @classmethod
-    def form(cls, **overrides: Any) -> dict[str, Any]:
-        """The trigger form: one Airflow ``Param`` per param; ``overrides`` change defaults."""
+    def form(cls, fixed: Mapping[str, Any] | None = None, **overrides: Any) -> dict[str, Any]:
+        """The trigger form: one Airflow ``Param`` per param; ``overrides`` change defaults.
+
+        ``fixed``: values declared by the deployment. Each is a ``const`` param: the form
+        hides it (Airflow's UI renders ``const`` as a hidden input), and the API server
+        refuses a run whose conf gives it any other value.
+        """
         from airflow.sdk import Param
 
+        unknown = sorted(set(overrides) - set(cls.params()))
+        if unknown:
+            raise ParamError(unknown[0], f"not a param of this DAG (its params: "
+                                         f"{', '.join(cls.params())})")
         out = {}
         for name, info in cls.params().items():
             schema = form_schema(info)
-            if "default" in schema or name in overrides:
+            if fixed is not None and name in fixed:
+                if name in overrides:
+                    raise ParamError(name, "declared by the deployment: not a default to change")
+                # No section: a hidden field must not leave an empty section in the form.
+                out[name] = Param(fixed[name], type=schema["type"], title=schema["title"],
+                                  const=fixed[name], description="Declared by the deployment; "
+                                                                 "a run cannot change it.")
+            elif "default" in schema or name in overrides:
                 default = overrides.get(name, schema.pop("default", None))
                 out[name] = Param(default, **schema)
             else:

@@ -19,8 +19,6 @@ instance that reports neither gets both ids as read, and Synap decides.
 
 from __future__ import annotations
 
-import re
-import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Mapping
@@ -28,7 +26,7 @@ from typing import Mapping
 from maximem_synap import CreateMemoryRequest, DocumentType, IngestMode
 from maximem_synap.scoping import B2C_ISOLATION
 
-from synap_backfill.common.ids import document_id
+from synap_backfill.common.ids import document_id, is_uuid
 from synap_backfill.delivery import results
 from synap_backfill.extract.reader import SourceRow
 from synap_backfill.privacy.turns import Redactions, Turn, TurnShaper
@@ -36,8 +34,6 @@ from synap_backfill.privacy.turns import Redactions, Turn, TurnShaper
 DOCUMENT_TYPE = DocumentType.CONVERSATION  # "ai-chat-conversation"
 # The SDK exports only B2C_ISOLATION; its docstrings call B2B instances this.
 B2B_ISOLATION = "strict-isolation"
-# What PostgreSQL's uuid type prints; any other spelling goes through uuid.UUID.
-_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 class RejectReason:
@@ -141,11 +137,8 @@ def _problem(row: SourceRow) -> str | None:
         return RejectReason.NO_TIMESTAMP
     if row.conversation_id is None or not row.conversation_id.strip():
         return RejectReason.NO_CONVERSATION_ID
-    if not _CANONICAL_UUID.fullmatch(row.conversation_id):
-        try:
-            uuid.UUID(row.conversation_id)
-        except ValueError:
-            return RejectReason.CONVERSATION_ID_NOT_UUID
+    if not is_uuid(row.conversation_id):
+        return RejectReason.CONVERSATION_ID_NOT_UUID
     if row.index_not_whole:
         return RejectReason.INDEX_NOT_WHOLE
     if row.message_index is None:

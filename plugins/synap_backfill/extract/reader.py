@@ -62,7 +62,7 @@ from synap_backfill.common.db import as_text, is_database_error, quote_identifie
 from synap_backfill.common.errors import sql_error
 from synap_backfill.common.config import BackfillConfig
 from synap_backfill.extract.planning import BucketCount
-from synap_backfill.common.ids import document_id
+from synap_backfill.common.ids import document_id, row_key
 
 
 log = logging.getLogger("synap_backfill")
@@ -102,9 +102,9 @@ class SourceRow:
 
     @property
     def key(self) -> str:
-        """Identifies the row in logs and reject lists without its text."""
-        index = self.index_text if self.index_not_whole else self.message_index
-        return f"{self.conversation_id}:{index}"
+        """Identifies the row in logs and reject lists without its text (``ids.row_key``)."""
+        return row_key(self.conversation_id, self.index_text if self.index_not_whole
+                       else self.message_index)
 
     @property
     def group(self) -> Group:

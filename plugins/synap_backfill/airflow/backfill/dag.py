@@ -13,6 +13,7 @@ before anything reads or sends.
 
 from __future__ import annotations
 
+import warnings
 from datetime import timedelta
 from typing import Any, Iterable
 
@@ -20,6 +21,7 @@ import pendulum
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 
 from synap_backfill.common.config import BackfillConfig
+from synap_backfill.common.source import SourceDeclaration, declared_form, form_source_warning
 from synap_backfill.airflow.approval import PlanApprovalOperator
 from synap_backfill.airflow.shared import DEFAULT_POOL
 from synap_backfill.airflow.verify_extraction import VerifyExtractionOperator
@@ -38,28 +40,37 @@ def _set_partition_time_limit(context: Any) -> None:
     set_partition_time_limit(context)
 
 
-def backfill_params(**defaults: Any) -> dict[str, Param]:
-    """The trigger form, from ``BackfillConfig``; ``defaults`` change what it shows (a region's
-    connection)."""
-    return BackfillConfig.form(**defaults)
+def backfill_params(source: SourceDeclaration | None = None, **defaults: Any) -> dict[str, Param]:
+    """The trigger form, from ``BackfillConfig``: what ``source`` declares is fixed (hidden, and
+    refused in a conf); ``defaults`` change what the rest shows (a region's range)."""
+    return declared_form(BackfillConfig, source, backfill=True, **defaults)
 
 
 def build_backfill_dag(dag_id: str, *, doc_md: str | None = None, schedule: Any = None,
                        params: dict[str, Any] | None = None, pool: str = DEFAULT_POOL,
                        outlets: Iterable[Asset] = (), tags: Iterable[str] = (),
-                       parity_with: str | None = None) -> Any:
+                       parity_with: str | None = None,
+                       source: SourceDeclaration | None = None) -> Any:
     """The backfill DAG: resolve_config → plan_partitions → approve_plan → apply_source_changes →
     backfill_partition[n] → summarize → verify_extraction.
 
+    ``source``: the deployment's declaration; every run reads it, and no conf changes it.
+    Without one, the source comes from the trigger form, with a ``FutureWarning`` here and
+    a warning in each run's log (removed in ``FORM_SOURCE_REMOVED_IN``).
+    ``params``: defaults the form shows instead of its own; a key that is not a param, or
+    one the source declares, is an import error naming it.
     With ``outlets``, an ``announce_complete`` task after the summary emits them
     when the whole table went to Synap (not after a dry run or a sample).
     ``parity_with``: a region replay's primary DAG; the summary states how much of
     what the primary's instance holds this region's instance holds too.
     """
+    form = backfill_params(source, **(params or {}))
+    if source is None:
+        warnings.warn(form_source_warning(dag_id), FutureWarning, stacklevel=2)
 
     @dag(dag_id=dag_id, schedule=schedule, start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
          catchup=False, max_active_runs=1, doc_md=doc_md, tags=["synap", *tags],
-         params=backfill_params(**(params or {})))
+         params=form)
     def backfill():
         # multiple_outputs=False: a "-> dict" task would otherwise push each key as an
         # XCom of its own (about 13 per partition); one value per task is enough.
@@ -75,7 +86,8 @@ def build_backfill_dag(dag_id: str, *, doc_md: str | None = None, schedule: Any 
             start, end = context.get("data_interval_start"), context.get("data_interval_end")
             return resolve(context["params"], conf=run.conf or {},
                            known=context["dag"].params.keys(), ti=context["ti"],
-                           interval=(start, end) if scheduled and start and end else None)
+                           interval=(start, end) if scheduled and start and end else None,
+                           declared=source, dag_id=run.dag_id)
 
         @task
         def plan_partitions(config: dict) -> list[dict]:

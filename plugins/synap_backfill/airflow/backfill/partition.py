@@ -33,12 +33,14 @@ def run_partition(config_dict: Mapping[str, Any], window_dict: Mapping[str, Any]
     """
     from airflow.providers.postgres.hooks.postgres import PostgresHook
 
+    from synap_backfill.airflow.source_hook import source_hook
+
     config = BackfillConfig.from_dict(config_dict)
     partition = PlannedPartition.from_dict(window_dict)
     report = PartitionReport(partition.label, window_dict.get("start"), window_dict.get("end"),
                              unchanged=partition.unchanged, rows_planned=partition.rows,
                              edited=partition.edited, deleted=partition.deleted)
-    source = PostgresHook(postgres_conn_id=config.postgres_conn_id)
+    source = source_hook(config.postgres_conn_id, config.source_statement_timeout)
     target = synap or SynapTarget.connect(config.synap_conn_id)
     ranges = partition.ranges if partition.timed else None
 

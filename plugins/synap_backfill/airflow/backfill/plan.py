@@ -63,11 +63,13 @@ def plan_partitions(config_dict: Mapping[str, Any], *, dag_id: str = "synap_back
 def _plan(config: BackfillConfig, dag_id: str, run_id: str) -> list[dict[str, Any]]:
     from airflow.providers.postgres.hooks.postgres import PostgresHook
 
+    from synap_backfill.airflow.source_hook import source_hook as read_only
+
     grid = Grid.of(config.window_size, config.partition_timezone)
     # A scheduled run counts from the first row, to see late rows before its interval.
     start = None if config.lookback else config.start
     ledger_hook = PostgresHook(postgres_conn_id=config.ledger_conn_id or config.postgres_conn_id)
-    source_hook = PostgresHook(postgres_conn_id=config.postgres_conn_id)
+    source_hook = read_only(config.postgres_conn_id, config.source_statement_timeout)
     with closing(source_hook.get_conn()) as conn, closing(ledger_hook.get_conn()) as ledger_conn, \
             ThreadPoolExecutor(max_workers=1) as background:
         inventory = Inventory(ledger_conn, config.ledger_schema)  # tables: resolve_config made them

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from synap_backfill.common.checks import ParamError, timestamp
+from synap_backfill.common.source import SourceDeclaration
 
 AFTER_PRIMARY = "after_primary"
 _NAME = re.compile(r"^[a-z0-9_]{1,40}$")
@@ -45,9 +46,23 @@ class Region:
     def pool_name(self) -> str:
         return self.pool or f"synap_{self.name}"
 
-    def param_defaults(self) -> dict[str, Any]:
-        """What this region changes in the backfill's trigger form."""
-        out: dict[str, Any] = {"synap_conn_id": self.synap_conn_id, "start": self.start, "end": self.end}
+    def source(self, primary: SourceDeclaration | None) -> SourceDeclaration | None:
+        """The primary's declaration with what this entry changes explicitly: its Synap
+        connection, and a source connection or relation where it names one."""
+        if primary is None:
+            return None
+        return primary.overriding(f"{primary.origin}, region {self.name!r} of regions.yaml",
+                                  synap_conn_id=self.synap_conn_id,
+                                  postgres_conn_id=self.postgres_conn_id,
+                                  source_table=self.source_table)
+
+    def param_defaults(self, declared: bool = False) -> dict[str, Any]:
+        """What this region changes in the backfill's trigger form: its range, and without a
+        declaration (deprecated) its connections and relation."""
+        out: dict[str, Any] = {"start": self.start, "end": self.end}
+        if declared:
+            return out
+        out["synap_conn_id"] = self.synap_conn_id
         if self.postgres_conn_id:
             out["postgres_conn_id"] = self.postgres_conn_id
         if self.source_table:

@@ -11,6 +11,7 @@ from synap_backfill.identity.keys import PersonKeyMismatch, PersonKeyMissing, ch
 from synap_backfill.preflight import (PreflightError, check_ledger, check_source, check_synap_settings,
                                       unknown_keys, who_is)
 from synap_backfill.common.config import RENAMED_PARAMS, config_from_params
+from synap_backfill.common.source import SourceDeclaration, form_source_warning
 from contextlib import closing
 from datetime import datetime
 from synap_backfill.common.errors import describe_error
@@ -21,7 +22,8 @@ log = logging.getLogger("synap_backfill")
 
 def resolve_config(params: Mapping[str, Any], *, conf: Mapping[str, Any] | None = None,
                    known: Iterable[str] = (), ti: Any = None,
-                   interval: tuple[datetime, datetime] | None = None) -> dict[str, Any]:
+                   interval: tuple[datetime, datetime] | None = None,
+                   declared: SourceDeclaration | None = None, dag_id: str = "") -> dict[str, Any]:
     """Validate the run's params and check everything they point at, before anything runs.
 
     ``interval``: a scheduled (or ``airflow backfill create``) run's data
@@ -36,10 +38,19 @@ def resolve_config(params: Mapping[str, Any], *, conf: Mapping[str, Any] | None 
     (key ``failure``) for ``summarize`` to repeat. The config it returns names
     the Synap instance the connection opens (``target``) and the source relation
     as the database names it (``source``): what the target's inventory is kept by.
+
+    ``declared``: the deployment's source declaration. What it declares comes from it, whatever
+    the params say, and a conf that sets one of those to another value is refused.
     """
     from airflow.providers.postgres.hooks.postgres import PostgresHook
 
+    from synap_backfill.airflow.source_hook import source_hook
+
     try:
+        if declared is None:
+            log.warning(form_source_warning(dag_id or "this DAG"))
+        else:
+            params = declared.apply(params, conf, declared.values)
         if conf is not None:
             unknown_keys(conf, [*known, *RENAMED_PARAMS])
             params = {**params, **{k: v for k, v in conf.items() if k in RENAMED_PARAMS}}
@@ -55,7 +66,8 @@ def resolve_config(params: Mapping[str, Any], *, conf: Mapping[str, Any] | None 
             pii_key_id = check_shaping(config)
         except ValueError as exc:
             raise PreflightError(str(exc)) from None
-        with closing(PostgresHook(postgres_conn_id=config.postgres_conn_id).get_conn()) as conn:
+        reader = source_hook(config.postgres_conn_id, config.source_statement_timeout)
+        with closing(reader.get_conn()) as conn:
             source = check_source(conn, config)
         ledger = config.ledger_conn_id or config.postgres_conn_id
         with closing(PostgresHook(postgres_conn_id=ledger).get_conn()) as conn:

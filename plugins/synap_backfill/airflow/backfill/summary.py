@@ -91,6 +91,8 @@ def _check_against_source(config: BackfillConfig, dag_id: str, run_id: str,
     what its partitions read (``reconcile.py``), and a region's parity with the primary."""
     from airflow.providers.postgres.hooks.postgres import PostgresHook
 
+    from synap_backfill.airflow.source_hook import source_hook
+
     from synap_backfill.holdings.reconcile import reconcile
 
     ledger_hook = PostgresHook(postgres_conn_id=config.ledger_conn_id or config.postgres_conn_id)
@@ -132,7 +134,7 @@ def _check_against_source(config: BackfillConfig, dag_id: str, run_id: str,
         finished = [PlannedPartition.from_dict(w) for w in windows if window_key_of(w) in finished_keys]
         if not config.dry_run and record.holding is not None:
             try:
-                source = PostgresHook(postgres_conn_id=config.postgres_conn_id)
+                source = source_hook(config.postgres_conn_id, config.source_statement_timeout)
                 with closing(source.get_conn()) as conn:
                     unheld = pending_buckets(ledger_conn, config.ledger_schema, record.id)
                     checked = reconcile(conn, config, inventory, record, finished, unheld)

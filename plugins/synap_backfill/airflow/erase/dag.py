@@ -18,12 +18,14 @@ from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, dag, get_current_context, task
 
 from synap_backfill.airflow.shared import DEFAULT_POOL
+from synap_backfill.common.source import SourceDeclaration, declared_form
 from synap_backfill.deletion.erase_config import EraseConfig
 
 
-def erase_params() -> dict[str, Param]:
-    """The trigger form, from ``EraseConfig``."""
-    return EraseConfig.form()
+def erase_params(source: SourceDeclaration | None = None) -> dict[str, Param]:
+    """The trigger form, from ``EraseConfig``: the ledger, the person key (and, with
+    ``approve_deletes``, the approval) as ``source`` declares them."""
+    return declared_form(EraseConfig, source)
 
 
 class EraseApprovalOperator(ApprovalOperator):
@@ -50,11 +52,13 @@ class EraseApprovalOperator(ApprovalOperator):
         return super().execute(context)
 
 
-def build_erase_dag(dag_id: str = "synap_erase", *, doc_md: str | None = None) -> Any:
+def build_erase_dag(dag_id: str = "synap_erase", *, doc_md: str | None = None,
+                    source: SourceDeclaration | None = None) -> Any:
+    """The erase DAG; ``source``: the deployment's declaration (ledger, person key, approval)."""
 
     @dag(dag_id=dag_id, schedule=None, start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
          catchup=False, max_active_runs=1, doc_md=doc_md, tags=["synap", "erase"],
-         params=erase_params())
+         params=erase_params(source))
     def erase() -> None:
         @task(multiple_outputs=False)
         def resolve_erase() -> dict:
@@ -62,7 +66,7 @@ def build_erase_dag(dag_id: str = "synap_erase", *, doc_md: str | None = None) -
 
             context = get_current_context()
             return resolve(context["params"], conf=context["dag_run"].conf or {},
-                           known=context["dag"].params.keys(), ti=context["ti"])
+                           known=context["dag"].params.keys(), ti=context["ti"], source=source)
 
         @task
         def plan_erase(plan: dict) -> list[dict]:

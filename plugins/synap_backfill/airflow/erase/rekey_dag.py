@@ -13,26 +13,30 @@ from typing import Any
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 
+from synap_backfill.common.source import SourceDeclaration, declared_form
 from synap_backfill.identity.rekey_config import RekeyConfig
 
 
-def rekey_params() -> dict[str, Param]:
-    """The trigger form, from ``RekeyConfig``."""
-    return RekeyConfig.form()
+def rekey_params(source: SourceDeclaration | None = None) -> dict[str, Param]:
+    """The trigger form, from ``RekeyConfig``: the ledger and person key as ``source`` declares."""
+    return declared_form(RekeyConfig, source)
 
 
-def build_rekey_dag(dag_id: str = "synap_rekey", *, doc_md: str | None = None) -> Any:
+def build_rekey_dag(dag_id: str = "synap_rekey", *, doc_md: str | None = None,
+                    source: SourceDeclaration | None = None) -> Any:
+    """The rekey DAG; ``source``: the deployment's declaration (its ledger and person key)."""
 
     @dag(dag_id=dag_id, schedule=None, start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
          catchup=False, max_active_runs=1, doc_md=doc_md, tags=["synap", "erase"],
-         params=rekey_params())
+         params=rekey_params(source))
     def rekey() -> None:
         @task
         def plan_rekey() -> list[dict]:
             from synap_backfill.airflow.erase.rekey_tasks import plan_rekey as plan
 
             context = get_current_context()
-            return plan(context["params"], ti=context["ti"])
+            return plan(context["params"], ti=context["ti"], conf=context["dag_run"].conf or {},
+                        source=source)
 
         @task(map_index_template="{{ rekey_label }}", multiple_outputs=False)
         def rekey_holding(item: dict) -> dict:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import closing
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from synap_backfill.holdings.inventory import holdings
 from synap_backfill.schema import ensure_tables
@@ -18,18 +18,29 @@ from synap_backfill.identity.keys import (PersonKeyMismatch, PersonKeyMissing, c
                        require_keyring, retire_unused, suppressions_under)
 from synap_backfill.identity.rekey import RekeyReport, rekey_holding
 from synap_backfill.identity.rekey_config import RekeyConfig
+from synap_backfill.common.checks import ParamError
 from synap_backfill.common.db import quote_identifier
+
+if TYPE_CHECKING:
+    from synap_backfill.common.source import SourceDeclaration
 
 log = logging.getLogger("synap_backfill")
 
 
-def plan_rekey(params: Mapping[str, Any], *, ti: Any = None) -> list[dict[str, Any]]:
+def plan_rekey(params: Mapping[str, Any], *, ti: Any = None, conf: Mapping[str, Any] | None = None,
+               source: "SourceDeclaration | None" = None) -> list[dict[str, Any]]:
     """The holdings with turns (or whose sources may hold persons with suppressions) not named
-    under the current key: small dicts, counts only."""
+    under the current key: small dicts, counts only. ``source``: the declared ledger and key,
+    which a ``conf`` cannot change."""
     from airflow.providers.postgres.hooks.postgres import PostgresHook
 
     from synap_backfill.airflow.shared import fail_before_planning
 
+    if source is not None:
+        try:
+            params = source.apply(params, conf, source.fixed(RekeyConfig.params(), backfill=False))
+        except ParamError as exc:
+            fail_before_planning(ti, str(exc))
     config: RekeyConfig = RekeyConfig.from_params(params)
     try:
         keyring = require_keyring(config.person_key_conn_id)
@@ -63,6 +74,8 @@ def rekey_target(params: Mapping[str, Any], item: Mapping[str, Any]) -> dict[str
     from airflow.providers.postgres.hooks.postgres import PostgresHook
     from maximem_synap.scoping import B2C_ISOLATION
 
+    from synap_backfill.airflow.source_hook import source_hook
+
     from synap_backfill.airflow.erase.tasks import instance_isolation
 
     config: RekeyConfig = RekeyConfig.from_params(params)
@@ -71,7 +84,7 @@ def rekey_target(params: Mapping[str, Any], item: Mapping[str, Any]) -> dict[str
         holding = next(h for h in holdings(ledger, config.ledger_schema) if h.id == item["holding"])
         b2c = (instance_isolation(holding, changes="nothing was changed") == B2C_ISOLATION
                or not holding.columns.get("customer_id"))
-        with closing(PostgresHook(postgres_conn_id=holding.postgres_conn_id).get_conn()) as source:
+        with closing(source_hook(holding.postgres_conn_id).get_conn()) as source:
             report = rekey_holding(ledger, source, config.ledger_schema, holding, keyring, b2c=b2c,
                                    dry_run=config.dry_run)
     log.info("rekey %s: %d held turns named under key %s, %d left under their old key (their rows"

@@ -14,7 +14,7 @@ import asyncio
 import json
 import logging
 from contextlib import closing
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from synap_backfill.airflow.metrics import StatsMeter, deletion_observed
 from synap_backfill.airflow.lineage import source_read
@@ -33,17 +33,26 @@ from synap_backfill.delivery.target import SynapTarget
 from synap_backfill.deletion.undo import Document, UndoClient, UndoReport
 from synap_backfill.deletion.memories import Place, delete_memories
 
+if TYPE_CHECKING:
+    from synap_backfill.common.source import SourceDeclaration
+
 log = logging.getLogger("synap_backfill")
 
 
 def resolve_erase(params: Mapping[str, Any], *, conf: Mapping[str, Any] | None = None,
-                  known: Iterable[str] = (), ti: Any = None) -> dict[str, Any]:
-    """Validate the params, name the person by keyed hashes; refuse in one line what cannot work."""
+                  known: Iterable[str] = (), ti: Any = None,
+                  source: "SourceDeclaration | None" = None) -> dict[str, Any]:
+    """Validate the params, name the person by keyed hashes; refuse in one line what cannot work.
+
+    ``source``: what the deployment declares (ledger, person key, approval) wins over the
+    params, and a conf that changes it is refused."""
     from airflow.providers.postgres.hooks.postgres import PostgresHook
 
     from synap_backfill.airflow.shared import fail_before_planning
 
     try:
+        if source is not None:
+            params = source.apply(params, conf, source.fixed(EraseConfig.params(), backfill=False))
         if conf is not None:
             unknown_keys(conf, known)
         config: EraseConfig = EraseConfig.from_params(params)
@@ -120,13 +129,14 @@ class _Finder:
     def source(self, holding: Holding) -> SourceMatch:
         """The person's rows in the holding's source; a source that cannot be read stops the
         erasure (turns sent before the person key existed are found only there)."""
-        from airflow.providers.postgres.hooks.postgres import PostgresHook
         from airflow.sdk.exceptions import AirflowFailException
+
+        from synap_backfill.airflow.source_hook import source_hook
 
         key = (holding.postgres_conn_id, holding.table, json.dumps(holding.columns, sort_keys=True))
         if key not in self._sources:
             try:
-                hook = PostgresHook(postgres_conn_id=holding.postgres_conn_id)
+                hook = source_hook(holding.postgres_conn_id)
                 with closing(hook.get_conn()) as conn:
                     self._sources[key] = find_in_source(conn, holding.table, holding.columns,
                                                         self.ref, self.keyring)

@@ -14,19 +14,28 @@ after the survey; ``require_approval`` waits for a human between the two.
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import pendulum
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, dag, get_current_context, task
 
 from synap_backfill.airflow.shared import DEFAULT_POOL
+from synap_backfill.common.params import form_schema
+from synap_backfill.common.source import SourceDeclaration, declared_form
 from synap_backfill.deletion.undo_config import UndoConfig
 
 
-def undo_params() -> dict[str, Param]:
-    """The trigger form, from ``UndoConfig``."""
-    return UndoConfig.form()
+def undo_params(source: SourceDeclaration | None = None, dag_ids: Sequence[str] = ()
+                ) -> dict[str, Param]:
+    """The trigger form, from ``UndoConfig``: the ledger (and, with ``approve_deletes``, the
+    approval) as ``source`` declares them; ``dag_ids``: the only DAGs whose runs it undoes."""
+    form = declared_form(UndoConfig, source)
+    if dag_ids:
+        schema = form_schema(UndoConfig.model_fields["dag_id"])
+        schema.pop("default", None)
+        form["dag_id"] = Param(dag_ids[0], **{**schema, "enum": list(dag_ids)})
+    return form
 
 
 class UndoApprovalOperator(ApprovalOperator):
@@ -56,11 +65,15 @@ class UndoApprovalOperator(ApprovalOperator):
         return super().execute(context)
 
 
-def build_undo_dag(dag_id: str = "synap_undo", *, doc_md: str | None = None) -> Any:
+def build_undo_dag(dag_id: str = "synap_undo", *, doc_md: str | None = None,
+                   source: SourceDeclaration | None = None, dag_ids: Iterable[str] = ()) -> Any:
+    """The undo DAG. ``source``: the deployment's declaration (its ledger, and whether a delete
+    needs approval); ``dag_ids``: the backfill DAGs built from it, the only ones it undoes."""
+    undone_dags = tuple(dag_ids)
 
     @dag(dag_id=dag_id, schedule=None, start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
          catchup=False, max_active_runs=1, doc_md=doc_md, tags=["synap", "undo"],
-         params=undo_params())
+         params=undo_params(source, undone_dags))
     def undo() -> None:
         @task(multiple_outputs=False)
         def resolve_undo() -> dict:
@@ -68,7 +81,8 @@ def build_undo_dag(dag_id: str = "synap_undo", *, doc_md: str | None = None) -> 
 
             context = get_current_context()
             return resolve(context["params"], conf=context["dag_run"].conf or {},
-                           known=context["dag"].params.keys(), ti=context["ti"])
+                           known=context["dag"].params.keys(), ti=context["ti"], source=source,
+                           dag_ids=undone_dags)
 
         @task
         def plan_undo(config: dict) -> list[dict]:

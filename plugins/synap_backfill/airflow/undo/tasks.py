@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from contextlib import closing
-from typing import Any, Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Mapping, Sequence
 
 from synap_backfill.airflow.metrics import deletion_observed
 from synap_backfill.airflow.shared import stopped_before
@@ -28,13 +28,20 @@ from synap_backfill.deletion.undo_ledger import (documents, finish_undo, partiti
                           record_undo)
 from synap_backfill.deletion.memories import Place, delete_memories
 
+if TYPE_CHECKING:
+    from synap_backfill.common.source import SourceDeclaration
+
 log = logging.getLogger("synap_backfill")
 RUNNING = ("queued", "running")
 
 
 def resolve_undo(params: Mapping[str, Any], *, conf: Mapping[str, Any] | None = None,
-                 known: Iterable[str] = (), ti: Any = None) -> dict[str, Any]:
+                 known: Iterable[str] = (), ti: Any = None, source: "SourceDeclaration | None" = None,
+                 dag_ids: Sequence[str] = ()) -> dict[str, Any]:
     """Validate the params and find the run in the ledger: its target, its connection.
+
+    ``source``: what the deployment declares (the ledger, approval) wins over the params,
+    and a conf that changes it is refused; ``dag_ids``: the only DAGs whose runs it undoes.
 
     Refused in one line, with nothing deleted: a run the ledger does not know, a dry run,
     a run that is still running, a connection that now opens another instance.
@@ -44,9 +51,14 @@ def resolve_undo(params: Mapping[str, Any], *, conf: Mapping[str, Any] | None = 
     from synap_backfill.airflow.shared import fail_before_planning
 
     try:
+        if source is not None:
+            params = source.apply(params, conf, source.fixed(UndoConfig.params(), backfill=False))
         if conf is not None:
             unknown_keys(conf, known)
         config = undo_config_from_params(params)
+        if dag_ids and config.dag_id not in dag_ids:
+            raise ParamError("dag_id", f"not a DAG this deployment declares; it undoes runs of "
+                                       f"{', '.join(dag_ids)}")
         where = f"the ledger ({config.ledger_schema} on connection {config.ledger_conn_id})"
         with closing(PostgresHook(postgres_conn_id=config.ledger_conn_id).get_conn()) as conn:
             ensure_tables(conn, config.ledger_schema)
@@ -184,7 +196,7 @@ def _conversations(config: UndoConfig, client: UndoClient, isolation: str | None
 
 
 def _scopes(config: UndoConfig, conversation_ids: list[str]) -> dict[str, tuple[str | None, str | None]]:
-    from airflow.providers.postgres.hooks.postgres import PostgresHook
+    from synap_backfill.airflow.source_hook import source_hook
 
     if not config.postgres_conn_id or not config.source_table:
         return {}
@@ -192,7 +204,7 @@ def _scopes(config: UndoConfig, conversation_ids: list[str]) -> dict[str, tuple[
     table = ".".join(q(part) for part in config.source_table.split("."))
     columns = config.columns
     customer = f"{q(columns['customer_id'])}::text" if columns.get("customer_id") else "NULL"
-    with closing(PostgresHook(postgres_conn_id=config.postgres_conn_id).get_conn()) as conn, \
+    with closing(source_hook(config.postgres_conn_id).get_conn()) as conn, \
             conn.cursor() as cur:
         cur.execute(f"SELECT DISTINCT ON (1) {q(columns['conversation_id'])}::text,"
                     f" {q(columns['user_id'])}::text, {customer} FROM {table}"
