@@ -65,8 +65,11 @@ def run_dag(env: dict[str, str], dag_id: str, summarize: str, mapped: str,
     return json.loads(lines[-1][len("RESULT "):])
 
 
-def environment(local_pg: Any, synap: Any, paced: bool = True, **extra: str) -> dict[str, str]:
+def environment(local_pg: Any, synap: Any, declared: Path, paced: bool = True, **extra: str
+                ) -> dict[str, str]:
+    """The worker's environment: the test's connections, and its source declaration."""
     env = dict(os.environ)
+    env["SYNAP_SOURCE_FILE"] = str(declared)
     # Unpaced: the undo's status and delete calls, one per document, at once.
     pacing = {} if paced else {"requests_per_minute": 0}
     env["AIRFLOW_CONN_SYNAP_DEFAULT"] = json.dumps(
@@ -78,17 +81,18 @@ def environment(local_pg: Any, synap: Any, paced: bool = True, **extra: str) -> 
 
 
 def test_each_task_that_reads_the_source_or_changes_synap_says_so_in_its_lineage_events(
-        local_pg, synap, tmp_path, airflow_db):
+        local_pg, synap, tmp_path, airflow_db, declare):
     with local_pg.connect() as conn:
         total = load_demo_table(conn, "lineage_src", turns=300, days=2, seed=41)
         texts = [t for (t,) in conn.execute("SELECT user_text FROM lineage_src LIMIT 50").fetchall()]
         users = {u for (u,) in conn.execute("SELECT DISTINCT user_id FROM lineage_src").fetchall()}
     events_file = tmp_path / "openlineage.jsonl"
-    env = environment(local_pg, synap, paced=False, AIRFLOW__OPENLINEAGE__TRANSPORT=json.dumps(
-        {"type": "file", "log_file_path": str(events_file), "append": True}),
-        AIRFLOW__OPENLINEAGE__NAMESPACE="synap-backfill-tests")
+    transport = {"type": "file", "log_file_path": str(events_file), "append": True}
+    env = environment(local_pg, synap, declare(source_table="lineage_src"), paced=False,
+                      AIRFLOW__OPENLINEAGE__TRANSPORT=json.dumps(transport),
+                      AIRFLOW__OPENLINEAGE__NAMESPACE="synap-backfill-tests")
 
-    done = run(env, source_table="lineage_src")
+    done = run(env)
     assert done["state"] == "success" and done["summary"]["ingested"] == total
     # Undoing it: the instance is what the undo changes, with what it deleted.
     undone = run_dag(env, "synap_undo", "summarize_undo", "undo_partition",
@@ -168,18 +172,19 @@ class StatsD:
 
 
 def test_the_statsd_counters_add_up_to_the_runs_counts_429s_and_duplicates_included(
-        local_pg, synap, airflow_db):
+        local_pg, synap, airflow_db, declare):
     with local_pg.connect() as conn:
         total = load_demo_table(conn, "metrics_src", turns=400, days=2, seed=42)
     statsd = StatsD()
-    env = environment(local_pg, synap, AIRFLOW__METRICS__STATSD_ON="True",
+    env = environment(local_pg, synap, declare(source_table="metrics_src"),
+                      AIRFLOW__METRICS__STATSD_ON="True",
                       AIRFLOW__METRICS__STATSD_HOST="127.0.0.1",
                       AIRFLOW__METRICS__STATSD_PORT=str(statsd.port))
     # Three 429s, then a resend of every row: each one a duplicate.
     synap.controls(faults=[{"kind": "status", "status": 429, "retry_after": 1, "times": 3}])
     try:
-        first = run(env, source_table="metrics_src", batch_size=50)
-        again = run(env, source_table="metrics_src", batch_size=50, resend_unchanged=True)
+        first = run(env, batch_size=50)
+        again = run(env, batch_size=50, resend_unchanged=True)
         import time
 
         time.sleep(1.0)  # the last datagrams

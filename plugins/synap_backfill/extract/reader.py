@@ -102,7 +102,7 @@ class SourceRow:
 
     @property
     def key(self) -> str:
-        """Identifies the row in logs and reject lists without its text (``ids.row_key``)."""
+        """Identifies the row in logs and reject lists without its text (see ``row_key``)."""
         return row_key(self.conversation_id, self.index_text if self.index_not_whole
                        else self.message_index)
 
