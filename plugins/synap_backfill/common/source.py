@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import difflib
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
@@ -53,7 +53,6 @@ class SourceDeclaration:
     values: Mapping[str, Any]
     approve_deletes: bool = False
     origin: str = "the DAG file"
-    overrides: tuple[str, ...] = field(default=())  # what a region's entry changed, by name
 
     @classmethod
     def of(cls, origin: str = "the DAG file", **declared: Any) -> "SourceDeclaration":
@@ -86,9 +85,8 @@ class SourceDeclaration:
         changes = {k: v for k, v in changes.items() if v is not None}
         if not changes:
             return self
-        changed = SourceDeclaration.from_mapping(
+        return SourceDeclaration.from_mapping(
             {**self.values, **changes, "approve_deletes": self.approve_deletes}, origin)
-        return replace(changed, overrides=tuple(sorted(changes)))
 
     @property
     def ledger_conn_id(self) -> str:
