@@ -66,27 +66,39 @@ BOTH_DUPLICATE_ANSWERS = pytest.mark.parametrize(
     ids=["duplicate-answers-now", "duplicate-answers-first-write"])
 
 
+class Declaration:
+    """A test's source declaration file (``SYNAP_SOURCE_FILE``), as a deployment writes it.
+
+    ``declare(**values)`` adds to what the test declares; ``for_run(**values)`` writes the
+    file for one run, with that run's own values on top (as a run's conf used to carry them).
+    It starts as the recipe's defaults, with deletes that need no approval (tests that delete
+    say so).
+    """
+
+    def __init__(self, path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.path, self.declared = path, {"approve_deletes": False}
+        monkeypatch.setenv("SYNAP_SOURCE_FILE", str(path))
+        self._write(self.declared)
+
+    def __call__(self, **values: Any) -> Path:
+        self.declared.update(values)
+        return self._write(self.declared)
+
+    def for_run(self, **values: Any) -> Path:
+        return self._write({**self.declared, **values})
+
+    def _write(self, values: dict[str, Any]) -> Path:
+        import yaml
+
+        self.path.write_text(yaml.safe_dump({"source": values}))
+        return self.path
+
+
 @pytest.fixture()
 def declare(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
-            ) -> Callable[..., Path]:
-    """This test's source declaration, as a deployment writes it (``SYNAP_SOURCE_FILE``).
-
-    ``declare(**values)`` adds to it; every DAG parsed after that reads it. It starts as
-    the recipe's defaults, with deletes that need no approval (tests that delete say so).
-    """
-    import yaml
-
-    path = tmp_path_factory.mktemp("declared") / "synap_source.yaml"
-    declared: dict[str, Any] = {"approve_deletes": False}
-
-    def add(**values: Any) -> Path:
-        declared.update(values)
-        path.write_text(yaml.safe_dump({"source": declared}))
-        monkeypatch.setenv("SYNAP_SOURCE_FILE", str(path))
-        return path
-
-    add()
-    return add
+            ) -> Declaration:
+    """This test's source declaration: every DAG parsed after a change reads it."""
+    return Declaration(tmp_path_factory.mktemp("declared") / "synap_source.yaml", monkeypatch)
 
 
 def split_declared(conf: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -156,18 +168,18 @@ def use_connections(local_pg: Any, synap: Any, monkeypatch: pytest.MonkeyPatch
 
 @pytest.fixture()
 def run_backfill(airflow_db: None, use_connections: Callable[..., None],
-                 declare: Callable[..., Path]) -> Callable[..., Any]:
+                 declare: Declaration) -> Callable[..., Any]:
     """Run ``synap_backfill`` with dag.test() against this test's Postgres and Synap.
 
     Settings the deployment declares (the relation, its columns, redaction, the ledger)
-    go into this test's declaration; the rest is the run's conf.
+    go into this test's declaration for this run; the rest is the run's conf.
     """
 
     def run(api_key: str = "local-dev-key", dag_id: str = "synap_backfill",
             synap_url: str | None = None, synap_extra: dict | None = None,
             logical_date: Any = None, retry_delay: float | None = None, **settings: Any) -> Any:
         declared, conf = split_declared(settings)
-        declare(**declared)
+        declare.for_run(**declared)
         # The verify step is off unless a test asks for it (test_verify_extraction.py
         # and the e2e tests run it): the count tests would only wait on its polling.
         conf.setdefault("verify_sample", 0)
