@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from synap_backfill.common.config import BackfillConfig, SourceColumns
 from synap_backfill.common.errors import sql_error
-from synap_backfill.extract.reader import quoted_table
+from synap_backfill.extract.source_sql import SourceSQL
 from synap_backfill.common.db import as_text, quote_identifier
 
 if TYPE_CHECKING:
@@ -54,8 +54,13 @@ def check_source(conn: Any, config: BackfillConfig) -> str:
     inventory is kept for, however the param spelled it.
     """
     where = f"on connection {config.postgres_conn_id}"
+    sql = SourceSQL.of(config)
+    if sql.query:
+        source, columns = _query_columns(conn, sql, where)
+        _check_columns(config, columns, f"source_query {config.source_table!r}")
+        return source
     with conn.cursor() as cur:
-        cur.execute("SELECT to_regclass(%s)::oid", (quoted_table(config),))
+        cur.execute(*sql.relation_oid())
         (oid,) = cur.fetchone()
         if oid is None:
             nearest = _closest_relation(cur, config.source_table)
@@ -63,22 +68,44 @@ def check_source(conn: Any, config: BackfillConfig) -> str:
                                  f" {where}" + (f" (did you mean {nearest!r}?)" if nearest else
                                                 " (names are case-sensitive; give SCHEMA.TABLE if it"
                                                 " is not on the search_path)"))
-        cur.execute("SELECT format('%%s.%%s.%%s', current_database(), n.nspname, c.relname)"
-                    " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-                    " WHERE c.oid = %s", (oid,))
-        (source,) = cur.fetchone()
-        cur.execute("SELECT has_table_privilege(%s, 'SELECT')", (oid,))
-        if not cur.fetchone()[0]:
+        cur.execute(sql.relation_facts(), (oid,))
+        source, readable = cur.fetchone()
+        if not readable:
             raise PreflightError(f"param 'source_table': the user of connection"
                                  f" {config.postgres_conn_id} may not SELECT from"
                                  f" {config.source_table}: GRANT SELECT to it")
-        cur.execute("SELECT a.attname, format_type(a.atttypid, a.atttypmod), t.typcategory"
-                    " FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid"
-                    " WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped", (oid,))
+        cur.execute(sql.relation_columns(), (oid,))
         # A SQL_ASCII database answers text as bytes.
         columns = {as_text(name): (as_text(shown), as_text(category))
                    for name, shown, category in cur.fetchall()}
     conn.commit()
+    _check_columns(config, columns, config.source_table)
+    return str(as_text(source))
+
+
+def _query_columns(conn: Any, sql: SourceSQL, where: str) -> tuple[str, dict[str, tuple[str, str]]]:
+    """A declared query's result columns (run with no row) and its name in the inventory,
+    ``database.query.<source_table>``; a query that does not run is named in one line."""
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql.result_columns())
+            described = [(as_text(d[0]), int(d[1])) for d in cur.description]
+            cur.execute(sql.type_facts(), ([oid for _, oid in described],))
+            types = {int(oid): (as_text(shown), as_text(category)) for oid, shown, category in
+                     cur.fetchall()}
+            cur.execute(sql.database())
+            (database,) = cur.fetchone()
+    except Exception as exc:
+        conn.rollback()
+        raise PreflightError(f"param 'source_query': it does not run {where}"
+                             f" ({sql_error(exc)})") from None
+    conn.commit()
+    return (f"{as_text(database)}.query.{sql.table.split('.')[-1]}",
+            {name: types.get(oid, ("unknown", "X")) for name, oid in described})
+
+
+def _check_columns(config: BackfillConfig, columns: dict[str, tuple[str, str]], what: str) -> None:
+    """Each mapped column exists in ``columns`` (name: (type shown, category)) and fits."""
     mapped = {f"{f.name}_column": getattr(config.columns, f.name) for f in fields(SourceColumns)}
     if config.tiebreak_column:
         mapped["tiebreak_column"] = config.tiebreak_column
@@ -87,25 +114,21 @@ def check_source(conn: Any, config: BackfillConfig) -> str:
             continue
         if column not in columns:
             close = difflib.get_close_matches(column, list(columns), n=1)
-            raise PreflightError(f"param {param!r}: {config.source_table} has no column"
+            raise PreflightError(f"param {param!r}: {what} has no column"
                                  f" {column!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
                                  + f"; its columns: {', '.join(sorted(columns))[:300]}")
         kinds = _KINDS.get(param.removesuffix("_column"))
         shown, category = columns[column]
         if kinds and category not in kinds[0]:
-            raise PreflightError(f"param {param!r}: column {column!r} of {config.source_table}"
+            raise PreflightError(f"param {param!r}: column {column!r} of {what}"
                                  f" is {shown}, not {kinds[1]}")
-    return str(as_text(source))
 
 
 def _closest_relation(cur: Any, name: str) -> str | None:
     """The readable relation whose name is closest to ``name``: in its schema if it names one,
     else on the search_path (a typo gets a suggestion, not only a refusal)."""
     schema, _, table = name.rpartition(".")
-    cur.execute("SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid ="
-                " c.relnamespace WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND (CASE WHEN %s = ''"
-                " THEN n.nspname = ANY(current_schemas(false)) ELSE n.nspname = %s END)",
-                (schema, schema))
+    cur.execute(SourceSQL.readable_relations(), (schema, schema))
     names = {as_text(rel): as_text(nsp) for nsp, rel in cur.fetchall()}
     found = difflib.get_close_matches(table, list(names), n=1, cutoff=0.6)
     if not found:

@@ -116,3 +116,17 @@ def test_a_named_declaration_file_that_is_missing_is_an_error_not_the_form(monke
     monkeypatch.setenv("SYNAP_SOURCE_FILE", str(tmp_path / "synap_sorce.yaml"))
     with pytest.raises(SourceDeclarationError, match="does not exist"):
         load_source(REPO_ROOT / "include" / "synap_source.yaml")
+
+
+@pytest.mark.parametrize("query, named", [
+    ("DELETE FROM chats", "must be one SELECT statement"),
+    ("SELECT 1; DROP TABLE chats", "must be one SELECT statement"),
+    ("SELECT * FROM chats WHERE question LIKE 'a%'", "must not contain '%'"),
+])
+def test_a_source_query_that_is_not_one_plain_select_is_refused_when_parsed(query, named):
+    from synap_backfill.common.source import SourceDeclaration, SourceDeclarationError
+
+    with pytest.raises(SourceDeclarationError, match=f"param 'source_query': {named}"):
+        SourceDeclaration.of(source_query=query)
+    assert SourceDeclaration.of(source_query="WITH x AS (SELECT 1) SELECT * FROM x;").values[
+        "source_query"] == "WITH x AS (SELECT 1) SELECT * FROM x"

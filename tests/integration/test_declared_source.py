@@ -189,3 +189,80 @@ def test_a_role_that_may_only_select_the_source_is_enough_to_backfill_it(
 
     assert str(dag_run.state) == "success"
     assert len(stored_documents()) == TURNS
+
+
+# A read-only SELECT as the source: the user on the conversation's row, a join away.
+JOIN = ("SELECT m.thread, m.seq, m.question, m.answer, m.asked_at, t.uid, t.tenant"
+        " FROM {messages} m JOIN threads t ON t.thread = m.thread")
+JOINED = {"source_table": "chat_turns", "user_id_column": "uid", "customer_id_column": "tenant",
+          "conversation_id_column": "thread", "message_index_column": "seq",
+          "user_text_column": "question", "assistant_text_column": "answer",
+          "created_at_column": "asked_at"}
+
+
+def make_threads(pg: Any, messages: str, rows: int, threads: int = 20) -> None:
+    """``rows`` turns over ``threads`` conversations, a minute apart; each thread's user and
+    customer on its own row in ``threads``."""
+    with pg.connect() as conn:
+        conn.execute(f"DROP TABLE IF EXISTS {messages}")
+        conn.execute("DROP TABLE IF EXISTS threads")
+        conn.execute("CREATE TABLE threads (thread uuid PRIMARY KEY, uid text, tenant text)")
+        conn.execute("INSERT INTO threads SELECT ('00000000-0000-4000-8000-' || lpad(i::text, 12,"
+                     " '0'))::uuid, 'u' || mod(i, 4), 'acme' FROM generate_series(0, %s) i",
+                     (threads - 1,))
+        conn.execute(f"CREATE TABLE {messages} AS SELECT ('00000000-0000-4000-8000-' ||"
+                     f" lpad(mod(i, {threads})::text, 12, '0'))::uuid AS thread, i / {threads} AS seq,"
+                     " 'question ' || i AS question, 'answer ' || i AS answer,"
+                     " timestamptz '2024-05-01' + i * interval '1 minute' AS asked_at"
+                     " FROM generate_series(0, %s) i", (rows - 1,))
+        conn.execute(f"CREATE INDEX ON {messages} (asked_at)")
+        conn.execute(f"ANALYZE {messages}")
+        conn.execute("ANALYZE threads")
+
+
+def test_a_windows_range_reaches_the_base_tables_index_through_a_declared_select(local_pg):
+    from synap_backfill.common.source import SourceDeclaration
+    from synap_backfill.extract.source_sql import SourceSQL
+
+    make_threads(local_pg, "messages_1m", rows=1_000_000, threads=1000)
+    declared = SourceDeclaration.of(source_query=JOIN.format(messages="messages_1m"), **JOINED)
+    from synap_backfill.common.config import BackfillConfig
+
+    sql = SourceSQL.of(BackfillConfig.from_params(declared.values))
+    day = {"s0": datetime(2024, 5, 2, tzinfo=UTC), "e0": datetime(2024, 5, 3, tzinfo=UTC)}
+    with local_pg.connect() as conn:
+        plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + sql.window_rows(1), day))
+        counted = conn.execute(f"SELECT count(*) FROM {sql.relation} WHERE {sql.in_ranges(1)}",
+                               day).fetchone()
+    assert "Index" in plan and "messages_1m_asked_at_idx" in plan, plan  # not a Seq Scan of 1M
+    assert "Seq Scan on messages_1m" not in plan, plan
+    assert counted == (1440,)  # a day of minutes
+
+
+def test_a_declared_select_over_a_join_is_backfilled_and_a_person_erased_from_it(
+        airflow_db, local_pg, synap, use_connections, declare, stored_documents, monkeypatch):
+    make_threads(local_pg, "thread_messages", rows=TURNS, threads=6)
+    monkeypatch.setenv("AIRFLOW_CONN_SYNAP_PERSON_KEY", json.dumps(
+        {"conn_type": "generic", "password": "a-long-random-person-key-for-this-test-only"}))
+    use_connections()
+    declare(source_query=JOIN.format(messages="thread_messages"), ledger_schema="joined_ledger",
+            **JOINED)
+
+    backfill = local_airflow.run_dag("synap_backfill", {"verify_sample": 0})
+
+    assert str(backfill.state) == "success"
+    stored = stored_documents()
+    assert len(stored) == TURNS
+    with local_pg.connect() as conn:
+        users = dict(conn.execute("SELECT m.thread::text || ':' || m.seq, t.uid FROM thread_messages"
+                                  " m JOIN threads t USING (thread)").fetchall())
+    assert {d["document_id"].split(":", 1)[1]: d["user_id"] for d in stored} == users
+    theirs = sum(1 for u in users.values() if u == "u1")
+
+    erase = local_airflow.run_dag("synap_erase", {"user_id": "u1", "customer_id": "acme",
+                                                  "dry_run": False})
+
+    assert str(erase.state) == "success"
+    (summary,) = local_airflow.task_results(erase, "summarize_erase")
+    assert (summary["documents"], summary["problems"]) == (theirs, [])
+    assert summary["deleted"] > 0

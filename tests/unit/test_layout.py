@@ -187,3 +187,39 @@ def test_a_docstring_names_only_modules_that_exist():
             if ref.split("/")[-1] not in stems and ref.split("/")[0] not in EXTERNAL:
                 stale.append(f"{name}: {ref}.py")
     assert stale == []
+
+
+SOURCE_SQL_MODULE = f"{ENGINE}.extract.source_sql"
+PROVIDER = Path(synap_backfill.__file__).resolve().parents[1] / "synap_provider"
+
+
+def reads_a_whole_relation(tree: ast.AST) -> list[int]:
+    """Lines of f-strings with ``FROM {x}`` or ``JOIN {x}`` not followed by ``.table``: a
+    relation given whole (the source's). Ledger SQL names ``{schema}.its_table``."""
+    lines = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.JoinedStr):
+            continue
+        parts = node.values
+        for i, part in enumerate(parts[:-1]):
+            text = part.value if isinstance(part, ast.Constant) else None
+            after = parts[i + 2] if i + 2 < len(parts) else None
+            if isinstance(text, str) and re.search(r"\b(FROM|JOIN)\s*\(?$", text) and \
+                    isinstance(parts[i + 1], ast.FormattedValue) and not (
+                        isinstance(after, ast.Constant) and str(after.value).startswith(".")):
+                lines.append(node.lineno)
+    return lines
+
+
+def test_the_rule_for_source_sql_tells_a_source_read_from_a_ledger_read():
+    assert reads_a_whole_relation(ast.parse('f"SELECT 1 FROM {relation} WHERE x"')) == [1]
+    assert reads_a_whole_relation(ast.parse('f"SELECT 1 FROM {s}.held_turns"')) == []
+    assert reads_a_whole_relation(ast.parse('f"must be from {low} to {high}"')) == []
+    assert reads_a_whole_relation(ast.parse(MODULES[SOURCE_SQL_MODULE].read_text()))
+
+
+def test_sql_against_the_source_is_written_in_its_one_module_alone():
+    paths = {**MODULES, **{f"synap_provider.{p.stem}": p for p in PROVIDER.glob("*.py")}}
+    offenders = [f"{name}:{line}" for name, path in sorted(paths.items()) if name != SOURCE_SQL_MODULE
+                 for line in reads_a_whole_relation(ast.parse(path.read_text()))]
+    assert offenders == [], "SQL against the source belongs in extract/source_sql.py"

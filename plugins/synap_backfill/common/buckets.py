@@ -9,7 +9,7 @@ window of any grid, and inventories written by runs with different windows
 compare bucket for bucket.
 
 A bucket's fingerprint is the sum, modulo 2**64, of a hash of each row's
-``(conversation_id, message_index, created_at)`` (``extract.reader.row_hash_sql``,
+``(conversation_id, message_index, created_at)`` (``extract.source_sql.SourceSQL.row_hash``,
 computed by PostgreSQL on both sides, so planner and partition agree to the
 bit). A sum is order-free and additive: the rows of a bucket read in any
 order, or in two attempts, give the same fingerprint.

@@ -160,6 +160,7 @@ CHECKS: dict[str, Callable[[str, Any, Mapping[str, Any]], Any]] = {
     "choices": lambda p, v, m: choices(p, v, tuple(m["form"]["examples"])),
     "phone_regions": lambda p, v, m: phone_regions(p, v),
     "dotted_path": lambda p, v, m: dotted_path(p, v),
+    "select_query": lambda p, v, m: select_query(p, v),
 }
 
 
@@ -204,6 +205,23 @@ def dotted_path(param: str, value: Any) -> str:
     if text and not _DOTTED.match(text):
         raise ParamError(param, f"{text[:60]!r} is not a dotted path to a callable"
                                 " (my_project.transforms.clean_turn)")
+    return text
+
+
+_SELECT = re.compile(r"^\s*(SELECT|WITH)\b", re.IGNORECASE)
+
+
+def select_query(param: str, value: Any) -> str | None:
+    """One SELECT (or WITH ... SELECT) statement, or empty for none. It runs read-only anyway;
+    this refuses a second statement and anything that is not a query, before it is sent."""
+    text = str(value or "").strip().rstrip(";").strip()
+    if not text:
+        return None
+    if not _SELECT.match(text) or ";" in text:
+        raise ParamError(param, "must be one SELECT statement (or WITH ... SELECT), without ';'")
+    if "%" in text:  # the statements around it carry parameters
+        raise ParamError(param, "must not contain '%': write chr(37) for a percent sign, or"
+                                " mod(a, b) for the operator")
     return text
 
 

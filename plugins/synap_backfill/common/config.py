@@ -21,6 +21,7 @@ from pydantic import model_validator
 from synap_provider.connection_fields import DEFAULT_CONN_ID
 
 from synap_backfill.common.checks import ParamError
+from synap_backfill.common.frame import FRAME, RECIPE_FRAME
 from synap_backfill.common.ids import DOCUMENT_ID_FORMAT
 from synap_backfill.common.params import ParamsModel, param
 
@@ -256,6 +257,13 @@ class BackfillConfig(ParamsModel):
         description="TABLE or SCHEMA.TABLE: any relation that can be SELECTed (table, view, "
                     "materialized view, partitioned or foreign table); plain identifiers, case "
                     "kept, quoted in SQL.")
+    source_query: str | None = param(
+        None, title="Source query", section="Source", check="select_query",
+        description="Declared only: one read-only SELECT (a join of your tables, say) read "
+                    "instead of a table; source_table then names its result (the inventory is "
+                    "kept under that name). Its columns are the mapped ones. A window's range "
+                    "filter on created_at reaches the base table's index through it, as long as "
+                    "the query has no LIMIT, DISTINCT or aggregate over the rows.")
     user_id_column: str = _column("user_id")
     customer_id_column: str | None = param(
         "customer_id", title="customer_id column", section="Source", check="optional_identifier",
@@ -313,8 +321,8 @@ class BackfillConfig(ParamsModel):
     def document_settings(self) -> dict[str, Any]:
         """Everything that shapes a document: a bucket held under other settings is not unchanged.
 
-        Redaction and the transform join only when set, so instances held before they
-        existed keep their digest.
+        Redaction, the transform and a frame other than the recipe's join only when set, so
+        instances held before they existed keep their digest.
         """
         settings: dict[str, Any] = {
             "id_format": DOCUMENT_ID_FORMAT, "mode": self.mode, "columns": asdict(self.columns),
@@ -327,6 +335,10 @@ class BackfillConfig(ParamsModel):
                 settings["pii_token_key"] = self.pii_key_id
         if self.document_transform:
             settings["document_transform"] = self.document_transform
+        if self.source_query:  # which rows are turns: joins only when set
+            settings["source_query"] = self.source_query
+        if FRAME != RECIPE_FRAME:  # the frame joins only when it is not the recipe's
+            settings["frame"] = FRAME
         return settings
 
     @property

@@ -10,6 +10,7 @@ import re
 from typing import Iterable
 
 from synap_backfill.common.db import LOCK_NOT_AVAILABLE, is_database_error, sqlstate
+from synap_backfill.common.frame import ASSISTANT_PREFIX, USER_PREFIX
 
 # A database error is known by its kind in common.db; named here (the old db_errors module).
 __all__ = ["LOCK_NOT_AVAILABLE", "MAX_REASON_LENGTH", "describe_error", "first_line",
@@ -29,7 +30,7 @@ def scrub(message: str, documents: Iterable[str] = ()) -> str:
     text = QUOTED.sub("'…'", " ".join(message.split()))
     for document in documents:
         for line in document.splitlines():
-            for prefix in ("User: ", "Assistant: "):
+            for prefix in (USER_PREFIX, ASSISTANT_PREFIX):
                 line = line.removeprefix(prefix)
             line = " ".join(line.split())
             for n in (len(line), 80, 40, 20):

@@ -30,7 +30,8 @@ SOURCE_FILE_ENV = "SYNAP_SOURCE_FILE"
 FORM_SOURCE_REMOVED_IN = "0.3.0"
 # The backfill params a declaration fixes: everything a run could otherwise reach or reshape.
 DECLARED = (
-    "postgres_conn_id", "source_table", *(f"{name}_column" for name in COLUMN_NAMES),
+    "postgres_conn_id", "source_table", "source_query",
+    *(f"{name}_column" for name in COLUMN_NAMES),
     "tiebreak_column", "source_timezone", "source_statement_timeout",
     "mode", "max_document_chars",
     "redact_pii", "pii_entities", "pii_replacement", "pii_phone_regions", "pii_token_key_conn_id",

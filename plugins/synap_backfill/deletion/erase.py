@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 from synap_backfill.common.db import stream
-from synap_backfill.common.ids import turn_sql
+from synap_backfill.extract.source_sql import SourceSQL
 from synap_backfill.holdings.inventory import Holding
 from synap_backfill.identity.keys import Keyring, normalise
 from synap_backfill.common.db import as_text, quote_identifier
@@ -126,23 +126,16 @@ class SourceMatch:
         return sorted({t for turns in self.turns.values() for t in turns})
 
 
-def find_in_source(conn: Any, table: str, columns: Mapping[str, str], ref: PersonRef,
-                   keyring: Keyring) -> SourceMatch:
-    """The person's rows in ``table`` (``database.schema.relation`` or ``schema.relation``),
-    matched by hash: one aggregate over its (user, customer) pairs, then their turns."""
-    q = quote_identifier
-    relation = ".".join(q(part) for part in table.split(".")[-2:])
-    user_col, customer_col = columns.get("user_id"), columns.get("customer_id")
+def find_in_source(conn: Any, sql: SourceSQL, ref: PersonRef, keyring: Keyring) -> SourceMatch:
+    """The person's rows in the source as a holding's runs read it, matched by hash: one
+    aggregate over its users, then their turns."""
     found = SourceMatch()
-    if not (table and user_col):
+    if not (sql.table and sql.columns.user_id):
         return found
-    customer = f"btrim({q(customer_col)}::text)" if customer_col else "NULL::text"
     keys = {h.key_id: h for h in ref.hashes}
     key = keyring.get(ref.hashes[0].key_id) or keyring.current
     mine = keys.get(key.id)
-    for user, n in stream(conn, "synap_backfill_erase_persons",
-                          f"SELECT btrim({q(user_col)}::text), count(*) FROM {relation}"
-                          f" WHERE {q(user_col)} IS NOT NULL GROUP BY 1"):
+    for user, n in stream(conn, "synap_backfill_erase_persons", sql.persons()):
         user = as_text(user)
         if mine is not None and key.user(user) == mine.user:
             found.user_id = user
@@ -150,11 +143,8 @@ def find_in_source(conn: Any, table: str, columns: Mapping[str, str], ref: Perso
             found.other_case += int(n)
     if found.user_id is None:
         return found
-    conv, index = q(columns["conversation_id"]), q(columns["message_index"])
-    for turn, cust in stream(conn, "synap_backfill_erase_turns",
-                             f"SELECT DISTINCT {turn_sql(conv, index)}, {customer} FROM {relation}"
-                             f" WHERE btrim({q(user_col)}::text) = %s AND {conv} IS NOT NULL"
-                             f" AND {index} IS NOT NULL", (found.user_id,)):
+    for turn, cust in stream(conn, "synap_backfill_erase_turns", sql.person_turns(),
+                             (found.user_id,)):
         found.turns.setdefault(as_text(cust) if cust else None, []).append(as_text(turn))
     return found
 

@@ -52,6 +52,7 @@ class UndoConfig(ParamsModel):
     postgres_conn_id: str = ""
     source_table: str = ""
     columns: dict[str, str] = {}  # the run's column mapping
+    source_query: str | None = None  # the run's declared SELECT, when it read one
 
     @property
     def describe_run(self) -> str:

@@ -26,6 +26,7 @@ from typing import Mapping
 from maximem_synap import CreateMemoryRequest, DocumentType, IngestMode
 from maximem_synap.scoping import B2C_ISOLATION
 
+from synap_backfill.common.frame import frame
 from synap_backfill.common.ids import document_id, is_uuid
 from synap_backfill.delivery import results
 from synap_backfill.extract.reader import SourceRow
@@ -106,7 +107,7 @@ def build_document(row: SourceRow, mode: str = "long-range", *, max_chars: int |
         reason = _text_problem(user_text, assistant_text)
         if reason:
             return Rejected(row.key, reason)
-    text = f"User: {user_text}\nAssistant: {assistant_text}"
+    text = frame(user_text, assistant_text)
     if max_chars is not None and len(text) > max_chars:
         return Rejected(row.key, RejectReason.TOO_LONG)
     customer_id = row.customer_id

@@ -57,11 +57,12 @@ from datetime import date, datetime, timezone
 from decimal import Decimal
 from typing import Any, Iterator, Sequence, Tuple
 
-from synap_backfill.common.buckets import BUCKET_SECONDS, UNTIMED, fingerprint
-from synap_backfill.common.db import as_text, is_database_error, quote_identifier, sqlstate
+from synap_backfill.common.buckets import UNTIMED, fingerprint
+from synap_backfill.common.db import as_text, is_database_error, sqlstate
 from synap_backfill.common.errors import sql_error
 from synap_backfill.common.config import BackfillConfig
 from synap_backfill.extract.planning import BucketCount
+from synap_backfill.extract.source_sql import NULL_INDEX, SourceSQL
 from synap_backfill.common.ids import document_id, row_key
 
 
@@ -72,8 +73,6 @@ CONNECTION_LOST = ("08000", "08003", "08006", "57P01", "57P02", "57P03")  # not 
 # untimed rows), the conversation key, the message index key (numeric) and the tiebreak.
 Position = Tuple[Any, str, Any, str]
 Group = Tuple[Any, str, Any]  # a turn at one time: rows sharing it are copies
-NULL_INDEX = -9223372036854775808  # where a NULL message_index sorts
-DOCUMENT_FRAME_CHARS = len("User: \nAssistant: ")  # documents.build_document's frame
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,129 +114,11 @@ class SourceRow:
         return self.sort_key
 
 
-def quoted_table(config: BackfillConfig) -> str:
-    return ".".join(quote_identifier(part) for part in config.source_table.split("."))
-
-
-def representable(config: BackfillConfig) -> str:
-    """SQL: the timestamp is finite and inside what Python and the SDK hold (a day's margin for zones)."""
-    col = quote_identifier(config.columns.created_at)
-    return f"(isfinite({col}) AND {col} >= '0001-01-02' AND {col} < '9999-12-31')"
-
-
-def row_hash_sql(config: BackfillConfig) -> str:
-    """SQL: one row's share of its bucket's fingerprint (``buckets.py``), a ``bigint``.
-
-    A hash of each part of the row's key, seeded apart and XORed: the conversation id as
-    text, the message index as a numeric (so 3 and 3.0 hash alike), and the timestamp as the
-    instant it reads as (so the session's time zone prints nothing into it). NULLs hash as 0.
-    """
-    c = config.columns
-    q = quote_identifier
-    return (f"(hashtextextended(COALESCE({q(c.conversation_id)}::text, ''), 1)"
-            f" # COALESCE(hash_numeric_extended({q(c.message_index)}::numeric, 2), 0)"
-            f" # COALESCE(timestamptz_hash_extended({q(c.created_at)}::timestamptz, 3), 0))")
-
-
-def content_hash_sql(config: BackfillConfig) -> str:
-    """SQL: one row's share of its bucket's content fingerprint, a ``bigint``: a hash of what
-    shapes its document beyond its key: both texts, the user and customer ids and the instant.
-
-    Each field is hashed with a seed of its own and the hashes XORed, so a value moved to
-    another field, or NULL against empty, never hashes alike, and no row is copied into a
-    concatenated string. Computed by PostgreSQL, from the stored values: a text the worker
-    could not decode still hashes. Also a turn's content, compared turn by turn where a
-    bucket changed (``changes.py``).
-    """
-    c = config.columns
-    q = quote_identifier
-    parts = [c.user_text, c.assistant_text, c.user_id] + ([c.customer_id] if c.customer_id else [])
-    hashes = " # ".join(f"COALESCE(hashtextextended({q(p)}::text, {11 + i}), {i + 1})"
-                        for i, p in enumerate(parts))
-    return f"({hashes} # COALESCE(timestamptz_hash_extended({q(c.created_at)}::timestamptz, 5), 0))"
-
-
-def _select(config: BackfillConfig, timed: bool) -> str:
-    """The row's fields, its flags and the order key (``k0``..``k3``), before the resume filter."""
-    c = config.columns
-    q = quote_identifier
-    customer = f"{q(c.customer_id)}::text" if c.customer_id else "NULL::text"
-    key = _order_key(config, timed)
-    # Rows equal on the turn's key are copies of one turn at one time: the window
-    # function rides on the ORDER BY's sort, so it costs no extra pass.
-    repeats = (f"row_number() OVER (PARTITION BY {', '.join(key[:-1])} ORDER BY {key[-1]}) > 1"
-               if timed else "false")
-    names = ["k0", "k1", "k2", "k3"][-len(key):]
-    # The document's length ("User: " + user + "\nAssistant: " + assistant) from the
-    # server's count, so a text over the limit is never sent over the wire to the worker.
-    length = (f"(char_length(COALESCE({q(c.user_text)}::text, ''))"
-              f" + char_length(COALESCE({q(c.assistant_text)}::text, '')) + {DOCUMENT_FRAME_CHARS})")
-    too_long = f"{length} > {int(config.max_document_chars)}"
-    return (
-        f"SELECT {q(c.conversation_id)}::text, {q(c.message_index)}, {q(c.user_id)}::text,"
-        f" {customer}, CASE WHEN {too_long} THEN NULL ELSE textsend({q(c.user_text)}::text) END,"
-        f" CASE WHEN {too_long} THEN NULL ELSE textsend({q(c.assistant_text)}::text) END,"
-        f" {q(c.created_at) + '::timestamptz' if timed else 'NULL::timestamptz'},"
-        f" {repeats} AS repeats_earlier,"
-        f" {'false' if timed else q(c.created_at) + ' IS NOT NULL'} AS unrepresentable_time,"
-        f" {row_hash_sql(config)} AS row_hash, {content_hash_sql(config)} AS content_hash,"
-        f" {too_long} AS too_long,"
-        f" {', '.join(f'{k} AS {n}' for k, n in zip(key, names))}"
-        f" FROM {quoted_table(config)}")
-
-
-def _order_key(config: BackfillConfig, timed: bool) -> list[str]:
-    c = config.columns
-    q = quote_identifier
-    tiebreak = f"COALESCE({q(config.tiebreak_column)}::text, '')" if config.tiebreak_column else "''::text"
-    # numeric, not bigint: a cast to bigint rounds 1.5 onto 2, making two turns one key.
-    keys = [f"COALESCE({q(c.conversation_id)}::text, '')",
-            f"COALESCE({q(c.message_index)}::numeric, {NULL_INDEX})", tiebreak]
-    return ([q(c.created_at)] if timed else []) + keys
-
-
-_FIELDS = ("conversation_id, message_index, user_id, customer_id, user_text, assistant_text,"
-           " created_at, repeats_earlier, unrepresentable_time, row_hash, content_hash, too_long")
-_COLUMNS = _FIELDS.replace(",", "").split()
-
-
-def select_slice_sql(config: BackfillConfig, ranges: int = 1, *, after: bool = False) -> str:
-    """The partition's query: half-open ranges (``%(s0)s``, ``%(e0)s``, ...), a total order;
-    optionally after a position.
-
-    The copy flag is computed over the whole partition, before the resume filter,
-    so a resumed read flags the same rows as a first one.
-    """
-    resume = (" WHERE (k0, k1, k2, k3) > (%(a_ts)s, %(a_conv)s, %(a_idx)s::numeric, %(a_tb)s)"
-              if after else "")
-    return (f"SELECT {_FIELDS}, k0, k1, k2, k3 FROM ({_select(config, timed=True)}"
-            f" WHERE {in_ranges_sql(config, ranges)})"
-            f" AS w({', '.join(_COLUMNS)}, k0, k1, k2, k3){resume} ORDER BY k0, k1, k2, k3")
-
-
-def in_ranges_sql(config: BackfillConfig, ranges: int) -> str:
-    """SQL: the timestamp lies in one of ``ranges`` half-open ranges (``%(s<i>)s``, ``%(e<i>)s``).
-
-    OR-ed bounds let an index on the column read each range alone (a bitmap OR).
-    """
-    q = quote_identifier(config.columns.created_at)
-    return " OR ".join(f"({q} >= %(s{i})s AND {q} < %(e{i})s)" for i in range(ranges))
-
-
 def range_args(ranges: Sequence[tuple[datetime, datetime]]) -> dict[str, datetime]:
     args: dict[str, datetime] = {}
     for i, (start, end) in enumerate(ranges):
         args[f"s{i}"], args[f"e{i}"] = start, end
     return args
-
-
-def select_untimed_sql(config: BackfillConfig, *, after: bool = False) -> str:
-    """Rows without a usable timestamp (NULL, or one nobody can represent): they belong to no window."""
-    q = quote_identifier(config.columns.created_at)
-    resume = " WHERE (k1, k2, k3) > (%(a_conv)s, %(a_idx)s::numeric, %(a_tb)s)" if after else ""
-    return (f"SELECT {_FIELDS}, NULL, k1, k2, k3 FROM ({_select(config, timed=False)}"
-            f" WHERE {q} IS NULL OR NOT {representable(config)})"
-            f" AS w({', '.join(_COLUMNS)}, k1, k2, k3){resume} ORDER BY k1, k2, k3")
 
 
 def copies_at_different_times(conn: Any, config: BackfillConfig, start: datetime | None,
@@ -248,22 +129,11 @@ def copies_at_different_times(conn: Any, config: BackfillConfig, start: datetime
     One pass over the range (a hash or sorted aggregate), whatever the indexes.
     """
     set_session_timezone(conn, config.source_timezone)
-    c = config.columns
-    q = quote_identifier
-    col = q(c.created_at)
     with conn.cursor() as cur:
-        # Grouped by the columns themselves (numeric equality: 3 and 3.0 are one turn), with
-        # room for the hash table: the aggregate holds a group per distinct turn.
+        # Room for the hash table: the aggregate holds a group per distinct turn.
         cur.execute("SET LOCAL work_mem = '256MB'")
-        cur.execute(
-            f"SELECT {q(c.conversation_id)}::text, {q(c.message_index)},"
-            f" min({col})::timestamptz, max({col})::timestamptz FROM {quoted_table(config)}"
-            f" WHERE {representable(config)}"
-            f"{' AND ' + col + ' >= %(start)s' if start is not None else ''}"
-            f"{' AND ' + col + ' < %(end)s' if end is not None else ''}"
-            f" AND {q(c.conversation_id)} IS NOT NULL AND {q(c.message_index)} IS NOT NULL"
-            f" GROUP BY {q(c.conversation_id)}, {q(c.message_index)}"
-            f" HAVING min({col}) < max({col})", {"start": start, "end": end})
+        cur.execute(SourceSQL.of(config).copies(start is not None, end is not None),
+                    {"start": start, "end": end})
         found = []
         for conv, index, first, last in cur.fetchall():
             first_utc, last_utc = _as_utc(first), _as_utc(last)
@@ -290,31 +160,20 @@ def bucket_counts(conn: Any, config: BackfillConfig, *, start: datetime | None =
     untimed rows too when ``untimed``).
     """
     set_session_timezone(conn, config.source_timezone)
-    col = quote_identifier(config.columns.created_at)
+    sql = SourceSQL.of(config)
     whole = start is None and end is None and ranges is None
-    conditions = []
     args: dict[str, Any] = {"start": start, "end": end}
-    if start is not None:
-        conditions.append(f"{col} >= %(start)s")
-    if end is not None:
-        conditions.append(f"{col} < %(end)s")
-    where = f"({' AND '.join(conditions)} AND {representable(config)})" if conditions else ""
+    conditions = sql.between(start is not None, end is not None)
+    where = f"({' AND '.join(conditions)} AND {sql.representable})" if conditions else ""
     if ranges is not None:
-        where = f"({in_ranges_sql(config, len(ranges))})" if ranges else "false"
+        where = f"({sql.in_ranges(len(ranges))})" if ranges else "false"
         args.update(range_args(ranges))
     if untimed and not whole:
-        where = f"({where} OR {col} IS NULL OR NOT {representable(config)})"
+        where = f"({where} OR {sql.created_at} IS NULL OR NOT {sql.representable})"
+
     def count(content: bool) -> list[tuple]:
-        contents = f"sum({content_hash_sql(config)})" if content else "NULL"
         with conn.cursor() as cur:
-            # The bucket's number is made from its start once a group (the start is a whole
-            # multiple of the bucket, so the division is exact): no instant crosses the wire.
-            cur.execute(f"SELECT extract(epoch FROM b)::bigint / {BUCKET_SECONDS}, n, h, c FROM"
-                        f" (SELECT CASE WHEN {representable(config)} THEN date_bin('{BUCKET_SECONDS}"
-                        f" seconds', {col}::timestamptz, timestamptz '1970-01-01 00:00:00+00') END"
-                        f" AS b, count(*) AS n, sum({row_hash_sql(config)}) AS h, {contents} AS c"
-                        f" FROM {quoted_table(config)}"
-                        f"{' WHERE ' + where if where else ''} GROUP BY 1) AS counted", args)
+            cur.execute(sql.bucket_counts(where, content), args)
             rows = cur.fetchall()
         conn.commit()
         return rows
@@ -340,15 +199,11 @@ def bucket_counts(conn: Any, config: BackfillConfig, *, start: datetime | None =
 
 def turns_are_unique(conn: Any, config: BackfillConfig) -> bool:
     """A unique index on exactly (conversation_id, message_index): the source holds no copies."""
-    c = config.columns
+    sql = SourceSQL.of(config)
+    if sql.query:  # a query's rows: no index of its own to vouch for them
+        return False
     with conn.cursor() as cur:
-        cur.execute(
-            "SELECT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = to_regclass(%s)"
-            " AND i.indisunique AND i.indpred IS NULL AND i.indnkeyatts = 2"
-            " AND (SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_attribute a"
-            "      WHERE a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey[0:1]))"
-            "     = (SELECT array_agg(x ORDER BY x) FROM unnest(%s::text[]) AS x))",
-            (quoted_table(config), [c.conversation_id, c.message_index]))
+        cur.execute(*sql.unique_turns())
         (unique,) = cur.fetchone()
     conn.commit()
     return bool(unique)
@@ -357,13 +212,11 @@ def turns_are_unique(conn: Any, config: BackfillConfig) -> bool:
 def timestamp_index(conn: Any, config: BackfillConfig) -> bool | None:
     """Whether an index leads with the timestamp column; None when the relation is not a
     table or materialized view (a view's cost is its query's)."""
+    sql = SourceSQL.of(config)
+    if sql.query:  # its cost is its own, as a view's
+        return None
     with conn.cursor() as cur:
-        cur.execute(
-            "SELECT c.relkind IN ('r', 'p', 'm'), EXISTS (SELECT 1 FROM pg_index i"
-            " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]"
-            " WHERE i.indrelid = c.oid AND a.attname = %s)"
-            " FROM pg_class c WHERE c.oid = to_regclass(%s)",
-            (config.columns.created_at, quoted_table(config)))
+        cur.execute(*sql.timestamp_index())
         row = cur.fetchone()
     conn.commit()
     if row is None or not row[0]:
@@ -381,9 +234,9 @@ def read_window(conn: Any, config: BackfillConfig,
     if after is not None:
         args.update(a_ts=after[0], a_conv=after[1], a_idx=str(after[2]), a_tb=after[3])
     if ranges is None:
-        sql = select_untimed_sql(config, after=after is not None)
+        sql = SourceSQL.of(config).untimed_rows(after=after is not None)
     else:
-        sql = select_slice_sql(config, len(ranges), after=after is not None)
+        sql = SourceSQL.of(config).window_rows(len(ranges), after=after is not None)
         args.update(range_args(ranges))
     with conn.cursor(name="synap_backfill_window") as cur:
         cur.execute(sql, args)

@@ -31,11 +31,11 @@ from itertools import groupby
 from typing import Any, Iterable, Iterator, Literal
 
 from synap_backfill.common.db import stream
-from synap_backfill.common.ids import turn_sql
 from synap_backfill.common.buckets import BUCKET_SECONDS, bucket_label, bucket_of, bucket_start
 from synap_backfill.common.config import BackfillConfig
 from synap_backfill.common.db import add_column
-from synap_backfill.extract.reader import content_hash_sql, quoted_table, representable, set_session_timezone
+from synap_backfill.extract.reader import range_args, set_session_timezone
+from synap_backfill.extract.source_sql import SourceSQL
 from synap_backfill.common.db import as_text, quote_identifier
 
 Kind = Literal["edited", "deleted"]
@@ -171,30 +171,16 @@ def _source(conn: Any, config: BackfillConfig, buckets: list[int]
     """(turn, bucket, content hash, both texts blank) of every row of ``buckets`` that can make
     a document's key, ordered by the turn's key as ``held_turns`` is (byte order)."""
     set_session_timezone(conn, config.source_timezone)
-    c = config.columns
-    q = quote_identifier
-    col = q(c.created_at)
+    sql = SourceSQL.of(config)
     runs = _runs(buckets)
     args: dict[str, Any] = {}
     if len(runs) <= RANGES_FOR_INDEX:
-        where = " OR ".join(f"({col} >= %(s{i})s AND {col} < %(e{i})s)" for i in range(len(runs)))
-        for i, (lo, hi) in enumerate(runs):
-            args[f"s{i}"], args[f"e{i}"] = lo, hi
+        where = sql.in_ranges(len(runs))
+        args.update(range_args(runs))
     else:  # a scan, whatever the indexes: each row's bucket tested against the list
-        where = (f"date_bin('{BUCKET_SECONDS} seconds', {col}::timestamptz, timestamptz"
-                 " '1970-01-01 00:00:00+00') = ANY(%(at)s)")
+        where = sql.in_buckets()
         args["at"] = [bucket_start(b) for b in buckets]
-    index = q(c.message_index)
-    turn = turn_sql(q(c.conversation_id), index)
-    # As documents.build_document rejects a turn: both texts NULL or only white space.
-    blank = " AND ".join(f"COALESCE({q(t)}::text, '') ~ '^[[:space:]]*$'"
-                         for t in (c.user_text, c.assistant_text))
-    rows = stream(conn, "synap_backfill_source_turns",
-                  f"SELECT {turn}, {col}::timestamptz, {content_hash_sql(config)}, ({blank}) FROM"
-                  f" {quoted_table(config)} WHERE ({where}) AND {representable(config)}"
-                  f" AND {q(c.conversation_id)} IS NOT NULL AND {index} IS NOT NULL"
-                  f" AND {index}::numeric = trunc({index}::numeric)"
-                  f' ORDER BY ({turn}) COLLATE "C"', args)
+    rows = stream(conn, "synap_backfill_source_turns", sql.bucket_turns(where), args)
     for key, at, content, empty in rows:
         yield as_text(key), bucket_of(at), int(content), bool(empty)
 

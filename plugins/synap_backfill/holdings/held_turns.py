@@ -9,7 +9,7 @@ ingestion id its memories can be found. One row per turn a target accepted:
 * ``turn``: ``conversation_id:message_index``, the source's key of the turn;
 * ``bucket``: the inventory bucket it was read in (a changed bucket's turns are
   found by it, never by a scan of the whole table);
-* ``content``: the row's content hash (``extract.reader.content_hash_sql``) as sent;
+* ``content``: the row's content hash (``extract.source_sql.SourceSQL.content_hash``) as sent;
   NULL where the version Synap holds is not known (a duplicate answer for a
   document sent by a run from before this table);
 * ``document_id`` (with its generation, ``...:u1``) and ``ingestion_id`` (NULL

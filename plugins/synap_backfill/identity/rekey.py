@@ -24,7 +24,6 @@ from itertools import groupby
 from typing import Any, Iterator, Mapping
 
 from synap_backfill.common.db import stream
-from synap_backfill.common.ids import turn_sql
 from synap_backfill.holdings.inventory import Holding
 from synap_backfill.identity.keys import LEGACY, Keyring, suppressions_under
 from synap_backfill.common.db import as_text, quote_identifier
@@ -61,17 +60,7 @@ def _held(conn: Any, s: str, holding: int, current: str) -> Iterator[tuple[str, 
 def _source(conn: Any, holding: Holding) -> Iterator[tuple[str, str | None, str | None]]:
     """(turn, user id, customer id) of every row of the holding's source, trimmed, in the turn's
     byte order: the ids stay in this process."""
-    q = quote_identifier
-    c = holding.columns
-    relation = ".".join(q(part) for part in holding.table.split(".")[-2:])
-    conv, index = q(c["conversation_id"]), q(c["message_index"])
-    customer = f"btrim({q(c['customer_id'])}::text)" if c.get("customer_id") else "NULL::text"
-    turn = turn_sql(conv, index)
-    rows = stream(conn, "synap_backfill_rekey_source",
-                  f"SELECT {turn}, btrim({q(c['user_id'])}::text), {customer} FROM {relation}"
-                  f" WHERE {conv} IS NOT NULL AND {index} IS NOT NULL"
-                  f" AND {index}::numeric = trunc({index}::numeric)"
-                  f' ORDER BY ({turn}) COLLATE "C"')
+    rows = stream(conn, "synap_backfill_rekey_source", holding.sql.turn_persons())
     for key, user, cust in rows:
         yield as_text(key), as_text(user) if user else None, as_text(cust) if cust else None
 

@@ -15,14 +15,14 @@ from synap_backfill.holdings.inventory import Inventory
 from synap_backfill.holdings.changes import SourceChanges, find_changes, save_changes
 from concurrent.futures import ThreadPoolExecutor
 from synap_backfill.common.buckets import UNTIMED, bucket_label
-from synap_backfill.extract.reader import (bucket_counts, copies_at_different_times, quoted_table,
+from synap_backfill.extract.reader import (bucket_counts, copies_at_different_times,
                                            timestamp_index, turns_are_unique)
+from synap_backfill.extract.source_sql import SourceSQL
 from contextlib import closing
 from synap_backfill.delivery.credits import credits_for
 from datetime import datetime
 from synap_backfill.common.errors import describe_error
 from synap_backfill.holdings.held_turns import held_turn_count
-from synap_backfill.common.db import quote_identifier
 from synap_backfill.airflow.shared import raise_scrubbed
 from dataclasses import replace
 from synap_backfill.extract.copies import save_copies
@@ -112,9 +112,8 @@ def _plan(config: BackfillConfig, dag_id: str, run_id: str) -> list[dict[str, An
             cap = min(cap, UNINDEXED_PARTITIONS)
             log.warning("%s has no index on %s: every partition reads the whole table, so this plan"
                         " keeps to %d partitions, larger than max_rows_per_partition if need be."
-                        " To let partitions read only their window: CREATE INDEX CONCURRENTLY ON %s"
-                        " (%s)", config.source_table, config.columns.created_at, cap,
-                        quoted_table(config), quote_identifier(config.columns.created_at))
+                        " To let partitions read only their window: %s", config.source_table,
+                        config.columns.created_at, cap, SourceSQL.of(config).index_hint())
         plan = lay_out(diff, grid, start=start, end=config.end,
                        max_rows=config.max_rows_per_partition, min_rows=config.min_rows_per_partition,
                        max_partitions=cap)

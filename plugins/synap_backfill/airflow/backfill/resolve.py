@@ -49,6 +49,9 @@ def resolve_config(params: Mapping[str, Any], *, conf: Mapping[str, Any] | None 
     try:
         if declared is None:
             log.warning(form_source_warning(dag_id or "this DAG"))
+            if params.get("source_query"):
+                raise ParamError("source_query", "SQL is read only where the deployment declares"
+                                                 " it (synap_source.yaml), never from a run's conf")
         else:
             params = declared.apply(params, conf, declared.values)
         if conf is not None:

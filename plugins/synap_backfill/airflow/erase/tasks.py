@@ -11,7 +11,6 @@ undo engine's (``deletion.undo.undo_partition``).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from contextlib import closing
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
@@ -35,6 +34,7 @@ from synap_backfill.deletion.memories import Place, delete_memories
 
 if TYPE_CHECKING:
     from synap_backfill.common.source import SourceDeclaration
+    from synap_backfill.extract.source_sql import SourceSQL
 
 log = logging.getLogger("synap_backfill")
 
@@ -118,7 +118,7 @@ class _Finder:
     def __init__(self, plan: ErasePlan, keyring: Keyring) -> None:
         self.plan, self.keyring, self.ref = plan, keyring, plan.ref
         self._isolation: dict[str, str | None] = {}
-        self._sources: dict[tuple[str, str, str], SourceMatch] = {}
+        self._sources: dict[tuple[str, SourceSQL], SourceMatch] = {}
 
     def isolation(self, holding: Holding) -> str | None:
         """Who the instance says a person is (whoami); refused if it is another instance now."""
@@ -133,13 +133,12 @@ class _Finder:
 
         from synap_backfill.airflow.source_hook import source_hook
 
-        key = (holding.postgres_conn_id, holding.table, json.dumps(holding.columns, sort_keys=True))
+        key = (holding.postgres_conn_id, holding.sql)
         if key not in self._sources:
             try:
                 hook = source_hook(holding.postgres_conn_id)
                 with closing(hook.get_conn()) as conn:
-                    self._sources[key] = find_in_source(conn, holding.table, holding.columns,
-                                                        self.ref, self.keyring)
+                    self._sources[key] = find_in_source(conn, holding.sql, self.ref, self.keyring)
                 source_read(hook, holding.source)
             except Exception as exc:
                 raise AirflowFailException(

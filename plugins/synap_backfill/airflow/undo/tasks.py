@@ -19,7 +19,6 @@ from synap_backfill.holdings.inventory import Inventory
 from synap_backfill.schema import ensure_tables
 from synap_backfill.common.errors import describe_error
 from synap_backfill.preflight import PreflightError, check_synap, check_synap_settings, unknown_keys
-from synap_backfill.common.db import quote_identifier
 from synap_backfill.delivery.target import SynapTarget
 from synap_backfill.deletion.undo import (UndoClient, UndoPartition, UndoReport, describe_duration,
                                           estimate_seconds)
@@ -27,6 +26,7 @@ from synap_backfill.deletion.undo_config import UndoConfig, undo_config_from_par
 from synap_backfill.deletion.undo_ledger import (documents, finish_undo, partitions,
                           record_undo)
 from synap_backfill.deletion.memories import Place, delete_memories
+from synap_backfill.extract.source_sql import SourceSQL
 
 if TYPE_CHECKING:
     from synap_backfill.common.source import SourceDeclaration
@@ -90,7 +90,8 @@ def resolve_undo(params: Mapping[str, Any], *, conf: Mapping[str, Any] | None = 
         "synap_conn_id": record.synap_conn_id, "source": record.source,
         "postgres_conn_id": str(record.plan.get("postgres_conn_id") or ""),
         "source_table": str(record.plan.get("source_table") or ""),
-        "columns": dict(record.settings.get("columns") or {})})
+        "columns": dict(record.settings.get("columns") or {}),
+        "source_query": record.settings.get("source_query")})
     log.info("undo of %s: it wrote to Synap instance %s through connection %s (%s)%s",
              config.describe_run, config.target, config.synap_conn_id, config.source,
              "; a dry run: nothing is deleted" if config.dry_run else "")
@@ -200,15 +201,10 @@ def _scopes(config: UndoConfig, conversation_ids: list[str]) -> dict[str, tuple[
 
     if not config.postgres_conn_id or not config.source_table:
         return {}
-    q = quote_identifier
-    table = ".".join(q(part) for part in config.source_table.split("."))
-    columns = config.columns
-    customer = f"{q(columns['customer_id'])}::text" if columns.get("customer_id") else "NULL"
+    sql = SourceSQL.recorded(config.source_table, config.columns, config.source_query)
     with closing(source_hook(config.postgres_conn_id).get_conn()) as conn, \
             conn.cursor() as cur:
-        cur.execute(f"SELECT DISTINCT ON (1) {q(columns['conversation_id'])}::text,"
-                    f" {q(columns['user_id'])}::text, {customer} FROM {table}"
-                    f" WHERE {q(columns['conversation_id'])}::text = ANY(%s)", (conversation_ids,))
+        cur.execute(sql.conversation_scopes(), (conversation_ids,))
         return {conv: (user, cust) for conv, user, cust in cur.fetchall()}
 
 
