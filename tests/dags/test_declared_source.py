@@ -130,3 +130,15 @@ def test_a_source_query_that_is_not_one_plain_select_is_refused_when_parsed(quer
         SourceDeclaration.of(source_query=query)
     assert SourceDeclaration.of(source_query="WITH x AS (SELECT 1) SELECT * FROM x;").values[
         "source_query"] == "WITH x AS (SELECT 1) SELECT * FROM x"
+
+
+def test_the_shipped_dag_files_declare_their_source_and_make_every_delete_wait_for_approval(
+        monkeypatch):
+    monkeypatch.delenv("SYNAP_SOURCE_FILE")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # no DAG falls back to the form's source
+        dags = bag().dags
+    assert dags["synap_backfill"].params.get_param("source_table").schema["const"] == "conversations"
+    assert dags["synap_replay_eu"].params.get_param("synap_conn_id").schema["const"] == "synap_eu"
+    for dag_id in ("synap_undo", "synap_erase"):
+        assert dags[dag_id].params.get_param("require_approval").schema["const"] is True

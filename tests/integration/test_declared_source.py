@@ -266,3 +266,58 @@ def test_a_declared_select_over_a_join_is_backfilled_and_a_person_erased_from_it
     (summary,) = local_airflow.task_results(erase, "summarize_erase")
     assert (summary["documents"], summary["problems"]) == (theirs, [])
     assert summary["deleted"] > 0
+
+
+def test_a_cron_replays_interval_of_the_declared_source_is_sent_as_the_primary_sends_it(
+        airflow_db, local_pg, synap, use_connections, declare, stored_documents):
+    """dag.test() makes manual runs only: the task bodies, as the runner calls them for a
+    scheduled run, with the declaration the replay's DAG is built from."""
+    from synap_backfill.airflow.backfill.dag import backfill_params
+    from synap_backfill.airflow.backfill.tasks import plan_partitions, resolve_config, run_partition
+    from synap_backfill.common.source import SourceDeclaration
+
+    make_chats(local_pg)
+    use_connections()
+    primary = SourceDeclaration.of(**CHATS, **PRIVATE)
+    replay = primary.overriding("regions.yaml, region 'cron'", synap_conn_id="synap_default")
+    form = {name: param.value for name, param in backfill_params(replay).items()}
+    day = (datetime(2024, 5, 1, 22, tzinfo=UTC), datetime(2024, 5, 2, 22, tzinfo=UTC))
+
+    config = resolve_config(form, conf={}, known=form, interval=day, declared=replay,
+                            dag_id="synap_replay_cron")
+    for window in plan_partitions(config, dag_id="synap_replay_cron", run_id="scheduled__1"):
+        run_partition(config, window, dag_id="synap_replay_cron", run_id="scheduled__1")
+
+    sent = stored_documents()
+    # The naive asked_at read in Europe/Berlin: May 2 00:00 to May 3 00:00 local, 24 turns.
+    assert len(sent) == 24
+    assert all("<EMAIL>" in d["document"] and "@example.com" not in d["document"]
+               and "your agent" not in d["document"] for d in sent)
+
+
+def test_undo_and_rekey_read_the_declared_mapped_source_as_the_backfill_did(
+        airflow_db, local_pg, synap, use_connections, declare, stored_documents, monkeypatch):
+    make_chats(local_pg)
+    monkeypatch.setenv("AIRFLOW_CONN_SYNAP_PERSON_KEY", json.dumps(
+        {"conn_type": "generic", "password": "first-person-key-for-this-test-only-0001"}))
+    use_connections(synap_extra={"requests_per_minute": 0})
+    declare(**CHATS, **PRIVATE, ledger_schema="mapped_ledger")
+    backfill = local_airflow.run_dag("synap_backfill", {"verify_sample": 0})
+    assert str(backfill.state) == "success" and len(stored_documents()) == TURNS
+
+    # A new key: the rekey finds every person in the mapped source (uid, tenant), by its columns.
+    monkeypatch.setenv("AIRFLOW_CONN_SYNAP_PERSON_KEY", json.dumps(
+        {"conn_type": "generic", "password": "second-person-key-for-this-test-only-02",
+         "extra": {"previous_passwords": ["first-person-key-for-this-test-only-0001"]}}))
+    rekey = local_airflow.run_dag("synap_rekey", {"dry_run": False})
+    assert str(rekey.state) == "success"
+    (rekeyed,) = local_airflow.task_results(rekey, "summarize_rekey")
+    assert (rekeyed["rederived"], rekeyed["left"]) == (TURNS, 0)
+
+    undo = local_airflow.run_dag("synap_undo", {"run_id": backfill.run_id, "dry_run": False})
+    assert str(undo.state) == "success"
+    (undone,) = local_airflow.task_results(undo, "summarize_undo")
+    assert (undone["documents"], undone["failed"]) == (TURNS, {}) and undone["deleted"] > 0
+    # Another DAG's run is not this deployment's to undo.
+    with pytest.raises(Exception, match="dag_id|enum|not one of"):
+        local_airflow.run_dag("synap_undo", {"dag_id": "someone_elses_dag", "run_id": "x"})
