@@ -13,6 +13,7 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -c constraints.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .  # this project: engine + Synap provider
+	rm -rf plugins/*.egg-info  # a build artifact on the path beside the packages: Airflow would load each plugin twice
 	touch $@
 
 install: $(STAMP)  ## create .venv with the pinned dependency set

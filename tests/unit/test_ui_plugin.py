@@ -39,3 +39,17 @@ def test_the_api_server_gets_the_app_mounted_under_synap_with_both_views():
     assert mounted["url_prefix"] == "/synap"
     assert {view["href"] for view in plugin.external_views} == {
         "/synap/runs/{DAG_ID}/{RUN_ID}", "/synap/targets"}
+
+
+def test_airflow_loads_each_plugin_of_the_package_once_with_no_import_error(tmp_path):
+    """As the Home page counts them: Airflow's own plugin loading, in a fresh interpreter of the
+    project's environment (an egg-info beside the packages on the path made every entry point
+    count twice: "Plugin 'synap_ui' already registered")."""
+    probe = ("import json\nfrom airflow import plugins_manager as pm\nplugins, errors = pm._get_plugins()\n"
+             "print(json.dumps({'names': [p.name for p in plugins], 'errors': errors}))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                         env={**__import__("os").environ, "AIRFLOW_HOME": str(tmp_path)})
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    assert found["errors"] == {}
+    assert sorted(n for n in found["names"] if n.startswith("synap")) == ["synap_connection_check",
+                                                                          "synap_ui"]
