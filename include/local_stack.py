@@ -47,8 +47,10 @@ class LocalStack:
 
     def __init__(self, state_dir: Path, *, port: int = 8080, turns: int = 20_000, days: int = 90,
                  seed: int = 7, pool_slots: int = 4, extra_env: dict[str, str] | None = None,
-                 synap_extra: dict[str, Any] | None = None, synap_args: tuple[str, ...] = ()) -> None:
+                 synap_extra: dict[str, Any] | None = None, synap_args: tuple[str, ...] = (),
+                 demo_person_key: bool = False) -> None:
         self.state = state_dir
+        self.demo_person_key = demo_person_key  # make ui: every page's form works out of the box
         self.port = port
         self.turns, self.days, self.seed = turns, days, seed
         self.pool_slots = pool_slots
@@ -160,11 +162,25 @@ class LocalStack:
         # refuses a connection without one (apache/airflow#73298).
         synap = {"conn_type": "synap", "host": self.synap.url,
                  "port": int(self.synap.url.rsplit(":", 1)[1]), "extra": self.synap_extra}
-        return {
+        made = {
             "synap_default": json.dumps({**synap, "password": PRIMARY_TENANT.split(":")[0]}),
             "synap_eu": json.dumps({**synap, "password": EU_TENANT.split(":")[0]}),
             "postgres_default": self.pg.airflow_connection(),
         }
+        if self.demo_person_key:
+            made["synap_person_key"] = json.dumps({
+                "conn_type": "generic", "password": self._secret("demo-person-key"),
+                "description": "DEMO person key, made by make ui for this local stack only: a real"
+                               " deployment creates its own (docs/operating.md, Erasing a person)"})
+        return made
+
+    def _secret(self, name: str) -> str:
+        """A random secret kept in the stack's state (the same across restarts), never a default."""
+        path = self.state / name
+        if not path.exists():
+            path.touch(mode=0o600)
+            path.write_text(secrets.token_urlsafe(32))
+        return path.read_text()
 
     def _run_setup(self, env: dict[str, str]) -> None:
         """Migrate the metadata DB, create the pools and connections, as the compose init service does."""
@@ -241,13 +257,16 @@ def stack_arguments(description: str | None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = stack_arguments(__doc__).parse_args(argv)
-    stack = LocalStack(REPO_ROOT / ".local" / "ui", port=args.port, turns=args.turns, days=args.days)
+    stack = LocalStack(REPO_ROOT / ".local" / "ui", port=args.port, turns=args.turns, days=args.days,
+                       demo_person_key=True)
     return serve(stack, "embedded PostgreSQL, the local Synap API and Airflow", lambda: f"""
 Airflow is up: {stack.url}
   login:        admin / {stack.password}
   DAGs:         synap_backfill (trigger it: DAG page -> Trigger), synap_replay_eu
   source:       conversations, {stack.rows} turns in the embedded PostgreSQL
   Synap:        {stack.synap.url} (primary: local-dev-key, eu region: local-eu-key)
+  person key:   synap_person_key is a DEMO key made for this stack (the Erase form uses it);
+                a real deployment creates its own, a long random password, before its first backfill
   logs:         {(stack.state / 'logs').relative_to(REPO_ROOT)}/
 Ctrl-C stops everything.""")
 

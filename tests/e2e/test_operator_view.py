@@ -222,6 +222,16 @@ def test_at_rest_the_tab_says_a_dag_is_paused_a_run_took_so_long_and_there_was_n
     # The "Erase a user" form: the API server turns the id into the person's hashes, the run
     # is triggered with them alone, and its view says the DAG is paused.
     user = "u-e2e-form-7731"
+    # Without a person key the API server refuses: its reason on the page, the ids kept.
+    frame.locator("#erase-user").fill(user)
+    frame.locator("#erase-customer").fill("cust-e2e")
+    frame.locator("#erase-start").click()
+    refused = frame.locator("#erase-form .failure")
+    refused.wait_for()
+    assert "synap_person_key" in refused.inner_text() and "HTTP 409" in refused.inner_text()
+    assert frame.locator("#erase-user").input_value() == user
+    assert frame.locator("#erase-customer").input_value() == "cust-e2e"
+    page.screenshot(path=str(artifacts / "synap-erase-form-refused.png"), full_page=True)
     airflow.ok("POST", "/api/v2/connections", {"connection_id": "synap_person_key",
                                                "conn_type": "generic",
                                                "password": "e2e-person-key-" + "k" * 40})

@@ -12,6 +12,16 @@ function el(tag, attrs, ...children) {
 function fill(id, ...children) { document.getElementById(id).replaceChildren(...children); }
 // A count as people read it; "-" for none.
 function n(x) { return x == null ? "-" : Number(x).toLocaleString("en"); }
+// Why the server refused a request, in one line: its "detail" (FastAPI's and Airflow's REST API's
+// answer), else the status. Shown where the request was made, never thrown away.
+async function refusal(r) {
+  let detail = null;
+  try { detail = (await r.json()).detail; } catch (e) { /* not JSON: the status says it */ }
+  if (Array.isArray(detail)) detail = detail.map(d => (d && d.msg) || JSON.stringify(d)).join("; ");
+  else if (detail && typeof detail === "object") detail = detail.message || JSON.stringify(detail);
+  const line = detail ? String(detail).split("\n")[0].trim() : "";
+  return line ? line + " (HTTP " + r.status + ")" : "HTTP " + r.status;
+}
 // A paused DAG's queued run waits for good: say so, with the way out (Airflow's own API).
 function pausedNotice(dag, then) {
   const button = el("button", {id: "unpause"}, "Unpause " + dag);
@@ -20,7 +30,7 @@ function pausedNotice(dag, then) {
     const r = await fetch("/api/v2/dags/" + encodeURIComponent(dag) + "?update_mask=is_paused",
       {method: "PATCH", credentials: "same-origin", headers: {"Content-Type": "application/json"},
        body: JSON.stringify({is_paused: false})});
-    if (!r.ok) { button.replaceWith(el("span", {class: "failure"}, "not unpaused: HTTP " + r.status)); return; }
+    if (!r.ok) { button.replaceWith(el("span", {class: "failure"}, "not unpaused: " + await refusal(r))); return; }
     if (then) then();
   };
   return el("div", {class: "notice paused-notice"}, "The DAG " + dag + " is paused: its runs wait, queued,"
