@@ -202,6 +202,8 @@ def test_at_rest_the_tab_says_a_dag_is_paused_a_run_took_so_long_and_there_was_n
     assert re.fullmatch(rf"Nothing to do: all \d+ buckets of this range \({rows} rows\) are held"
                         r" unchanged in this instance\.", line.inner_text()), line.inner_text()
     assert frame.locator("#partition-table").count() == 0
+    figures = frame.locator("#figures").inner_text()  # nothing read: no rate, pacing or credits
+    assert "rows/s" not in figures and "credits" not in figures and "pacing" not in figures, figures
     page.screenshot(path=str(artifacts / "synap-tab-nothing-to-do.png"), full_page=True)
 
     # The targets page: a button that would start a run on a paused DAG says so first, and a
