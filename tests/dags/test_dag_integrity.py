@@ -76,15 +76,16 @@ def test_the_backfill_dag_is_wired_plan_then_source_changes_then_mapped_partitio
 
 def test_the_params_default_to_full_batches_in_long_range_mode_and_bound_the_batch_size():
     params = load_dag("synap_backfill").params
-    assert params["batch_size"] == 100 and params["mode"] == "long-range"
-    assert params["source_table"] == "conversations"
+    assert params["batch_size"] == 100
     schema = params.get_param("batch_size").schema
     assert (schema["minimum"], schema["maximum"]) == (1, 100)
-    # mode is declared (it shapes every document): fixed, and hidden from the form.
-    assert params.get_param("mode").schema["const"] == "long-range"
+    # mode and the source are declared (they shape every document): not on a declared DAG's form.
+    assert "mode" not in params and "source_table" not in params
     from synap_backfill.airflow.backfill.dag import backfill_params
 
-    assert backfill_params()["mode"].schema["enum"] == ["long-range", "fast"]  # undeclared: on the form
+    undeclared = backfill_params()  # a DAG built without a declaration (deprecated)
+    assert undeclared["mode"].value == "long-range" and undeclared["source_table"].value == "conversations"
+    assert undeclared["mode"].schema["enum"] == ["long-range", "fast"]
 
 
 def test_two_regions_in_the_config_give_two_replay_dags_from_the_same_code(tmp_path, monkeypatch):
@@ -103,7 +104,8 @@ def test_two_regions_in_the_config_give_two_replay_dags_from_the_same_code(tmp_p
     for replay in (eu, apac):
         # The same tasks; only the primary announces its completion.
         assert set(replay.task_dict) == set(primary.task_dict) - {"announce_complete"}
-    assert eu.params["synap_conn_id"] == "synap_eu" and apac.params["synap_conn_id"] == "synap_apac"
+    # Each region's Synap connection is its declaration's (test_declared_source.py), not a param.
+    assert "synap_conn_id" not in eu.params and "synap_conn_id" not in apac.params
     assert eu.task_dict["backfill_partition"].pool == "synap_eu"
     assert primary.task_dict["backfill_partition"].pool == "synap_api"
     # eu runs when the primary announces it is complete; apac on its cron.
@@ -115,10 +117,13 @@ def test_two_regions_in_the_config_give_two_replay_dags_from_the_same_code(tmp_p
 def test_the_bad_params_the_form_must_refuse_fail_their_own_schema():
     from airflow.sdk import ParamsDict  # noqa: F401  (validates like the API server)
 
+    from synap_backfill.airflow.backfill.dag import backfill_params
+
     params = load_dag("synap_backfill").params
+    undeclared = backfill_params()  # the deprecated form, where the source is a param
     for name, value in (("batch_size", 500), ("mode", "turbo"), ("start", "next tuesday"),
                         ("window_size", "1 day"), ("source_table", "x; drop table y")):
-        param = params.get_param(name)
+        param = params.get_param(name) if name in params else undeclared[name]
         try:
             param.resolve(value)
         except Exception as exc:

@@ -18,42 +18,37 @@ def bag():
     return parsed
 
 
-def test_what_the_source_declares_is_hidden_from_the_form_and_no_other_value_passes(declare):
+def test_what_the_source_declares_is_not_on_a_backfills_form_only_what_a_run_varies_is(declare):
+    from synap_backfill.common.source import DECLARED
+
     declare(source_table="chats", user_text_column="question", redact_pii=True,
-            document_transform="tests.integration.transforms.shout", ledger_schema="ops_ledger")
+            document_transform="tests.integration.transforms.clean_turn", ledger_schema="ops_ledger")
     params = load_dag("synap_backfill").params
-    for name, value in (("source_table", "chats"), ("user_text_column", "question"),
-                        ("redact_pii", True), ("ledger_schema", "ops_ledger"),
-                        ("document_transform", "tests.integration.transforms.shout")):
-        param = params.get_param(name)
-        assert param.schema["const"] == value and "section" not in param.schema  # hidden
-        param.resolve(value)  # the form sends the declared value back: accepted
-    for name, other in (("source_table", "accounts"), ("conversation_id_column", "password_hash"),
-                        ("document_transform", "builtins.print"), ("ledger_schema", "public"),
-                        ("pii_token_key_conn_id", "postgres_default"), ("synap_conn_id", "other")):
-        with pytest.raises(Exception, match="const|expected"):
-            params.get_param(name).resolve(other)
-    # What a run varies stays on the form.
-    assert "const" not in params.get_param("start").schema
-    assert "const" not in params.get_param("dry_run").schema
+    assert not set(DECLARED) & set(params.keys())  # a conf giving one is refused by resolve_config
+    for run_level in ("start", "end", "window_size", "dry_run", "sample_partitions",
+                      "require_approval", "apply_source_changes", "verify_sample", "resend_unchanged"):
+        assert run_level in params
 
 
 def test_a_replay_inherits_the_primary_declaration_and_changes_only_its_connection(declare, tmp_path,
                                                                                     monkeypatch):
+    from synap_backfill.airflow.backfill.regions import load_regions
+    from synap_backfill.common.source import load_source
+
     declare(source_table="chats", user_text_column="question", redact_pii=True)
     regions = tmp_path / "regions.yaml"
     regions.write_text("regions:\n  - {name: eu, synap_conn_id: synap_eu, schedule: after_primary}\n"
                        "  - {name: dr, synap_conn_id: synap_dr, source_table: chats_replica}\n")
     monkeypatch.setenv("SYNAP_REGIONS_FILE", str(regions))
-    dags = bag().dags
-    primary, eu, dr = dags["synap_backfill"].params, dags["synap_replay_eu"].params, \
-        dags["synap_replay_dr"].params
-    for name in ("source_table", "user_text_column", "redact_pii", "ledger_schema", "mode"):
-        assert eu.get_param(name).schema["const"] == primary.get_param(name).schema["const"]
-    assert eu.get_param("synap_conn_id").schema["const"] == "synap_eu"
+    primary = load_source()
+    eu, dr = (region.source(primary) for region in load_regions())
+    changed = {k for k in primary.values if eu.values[k] != primary.values[k]}
+    assert changed == {"synap_conn_id"} and eu.values["synap_conn_id"] == "synap_eu"
     # An entry that names another relation says so explicitly; the rest is still inherited.
-    assert dr.get_param("source_table").schema["const"] == "chats_replica"
-    assert dr.get_param("user_text_column").schema["const"] == "question"
+    assert {k for k in primary.values if dr.values[k] != primary.values[k]} == {
+        "synap_conn_id", "source_table"}
+    dags = bag().dags
+    assert "synap_conn_id" not in dags["synap_replay_eu"].params
     # The undo takes runs of the DAGs built from the declaration, and of no other.
     assert dags["synap_undo"].params.get_param("dag_id").schema["enum"] == [
         "synap_backfill", "synap_replay_eu", "synap_replay_dr"]
@@ -138,7 +133,9 @@ def test_the_shipped_dag_files_declare_their_source_and_make_every_delete_wait_f
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)  # no DAG falls back to the form's source
         dags = bag().dags
-    assert dags["synap_backfill"].params.get_param("source_table").schema["const"] == "conversations"
-    assert dags["synap_replay_eu"].params.get_param("synap_conn_id").schema["const"] == "synap_eu"
+    from synap_backfill.common.source import DECLARED
+
+    for dag_id in ("synap_backfill", "synap_replay_eu"):
+        assert not set(DECLARED) & set(dags[dag_id].params.keys())
     for dag_id in ("synap_undo", "synap_erase"):
         assert dags[dag_id].params.get_param("require_approval").schema["const"] is True

@@ -124,11 +124,22 @@ class SourceDeclaration:
 
 def declared_form(model: Any, source: SourceDeclaration | None, *, backfill: bool = False,
                   **defaults: Any) -> dict[str, Any]:
-    """A DAG's trigger form (``model``: its ``ParamsModel``), with what ``source`` declares
-    fixed; ``defaults`` change what the rest shows."""
+    """A DAG's trigger form (``model``: its ``ParamsModel``) without a say in what ``source``
+    declares; ``defaults`` change what the rest shows.
+
+    A backfill's declared params are left off its form (its first task merges the declaration:
+    nothing else reads them). A ledger DAG's (undo, erase, rekey) are ``const`` params, which
+    Airflow's form hides and its API server holds to, since their tasks read them as params.
+    """
     fixed = source.fixed(model.params(), backfill=backfill) if source else None
-    form: dict[str, Any] = model.form(fixed=fixed, **defaults)
-    return form
+    if not (backfill and fixed):
+        form: dict[str, Any] = model.form(fixed=fixed, **defaults)
+        return form
+    declared = sorted(set(defaults) & set(fixed))
+    if declared:
+        raise ParamError(declared[0], "declared by the deployment: not a default to change")
+    form = model.form(**defaults)
+    return {name: param for name, param in form.items() if name not in fixed}
 
 
 def form_source_warning(dag_id: str) -> str:

@@ -54,8 +54,8 @@ def resolve_config(params: Mapping[str, Any], *, conf: Mapping[str, Any] | None 
                                                  " it (synap_source.yaml), never from a run's conf")
         else:
             params = declared.apply(params, conf, declared.values)
-        if conf is not None:
-            unknown_keys(conf, [*known, *RENAMED_PARAMS])
+        if conf is not None:  # declared keys are known: a conf may repeat what is declared
+            unknown_keys(conf, [*known, *RENAMED_PARAMS, *(declared.values if declared else ())])
             params = {**params, **{k: v for k, v in conf.items() if k in RENAMED_PARAMS}}
         lookback = interval is not None and not (params.get("start") or params.get("end"))
         if lookback:
