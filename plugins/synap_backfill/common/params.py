@@ -92,9 +92,9 @@ class ParamsModel(BaseModel):
     def form(cls, fixed: Mapping[str, Any] | None = None, **overrides: Any) -> dict[str, Any]:
         """The trigger form: one Airflow ``Param`` per param; ``overrides`` change defaults.
 
-        ``fixed``: values declared by the deployment. Each is a ``const`` param: the form
-        hides it (Airflow's UI renders ``const`` as a hidden input), and the API server
-        refuses a run whose conf gives it any other value.
+        ``fixed``: values declared by the deployment. Each is a ``const`` param: Airflow's UI
+        renders a truthy ``const`` as a hidden input, and the API server refuses a run whose
+        conf gives it any other value.
         """
         from airflow.sdk import Param
 

@@ -41,8 +41,9 @@ def _set_partition_time_limit(context: Any) -> None:
 
 
 def backfill_params(source: SourceDeclaration | None = None, **defaults: Any) -> dict[str, Param]:
-    """The trigger form, from ``BackfillConfig``: what ``source`` declares is fixed (hidden, and
-    refused in a conf); ``defaults`` change what the rest shows (a region's range)."""
+    """The trigger form, from ``BackfillConfig``: what ``source`` declares is not on it (the first
+    task refuses a conf that changes it); ``defaults`` change what the rest shows (a region's
+    range)."""
     return declared_form(BackfillConfig, source, backfill=True, **defaults)
 
 
