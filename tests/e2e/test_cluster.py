@@ -29,6 +29,7 @@ from tests.e2e.conftest import ARTIFACTS, AirflowClient, busiest_minute, local_a
 
 pytestmark = pytest.mark.e2e
 DAG = "synap_backfill"
+REPLAY = "synap_replay_eu"  # the declared route into the EU instance (include/regions.yaml)
 RATE = 300  # requests a minute: the connection's pace and the local API's per-instance limit
 # 12 daily partitions of about 700 turns: 336 batch requests of 25, 67 s at the pace, so the
 # busiest 60 s of the run is a whole minute of pacing.
@@ -86,8 +87,8 @@ def api(cluster: LocalCluster) -> AirflowClient:
     return client
 
 
-def partitions(api: AirflowClient, run_id: str) -> list[dict]:
-    return [ti for ti in api.task_instances(DAG, run_id) if ti["task_id"] == "backfill_partition"]
+def partitions(api: AirflowClient, run_id: str, dag: str = DAG) -> list[dict]:
+    return [ti for ti in api.task_instances(dag, run_id) if ti["task_id"] == "backfill_partition"]
 
 
 def test_a_backfill_runs_on_both_workers_within_the_shared_rate_limit(cluster, api):
@@ -118,15 +119,19 @@ def test_a_backfill_runs_on_both_workers_within_the_shared_rate_limit(cluster, a
 def test_a_worker_killed_while_holding_a_partition_is_noticed_and_the_partition_resumes_elsewhere(
         cluster, api):
     run_id = "cluster_kill"
+    # Into the EU instance, which holds nothing yet: through its replay DAG, whose declaration
+    # names synap_eu (a conf cannot). Manual: the asset event the first phase queued is dropped.
+    api.call("DELETE", f"/api/v2/dags/{REPLAY}/assets/queuedEvents")
+    api.ok("PATCH", f"/api/v2/dags/{REPLAY}", {"is_paused": False})
     # Batches of 50 over half the days: a quarter of the first phase's requests at the same
     # pace, so the kill lands on the same rows sooner (the rate is proven above).
-    assert api.trigger(DAG, run_id, {**CONF, **KILL_RANGE, "batch_size": 50,
-                                     "synap_conn_id": "synap_eu"})[0] == 200
+    assert api.trigger(REPLAY, run_id, {**CONF, **KILL_RANGE, "batch_size": 50})[0] == 200
     with cluster.pg.connect() as conn:
         (rows,) = conn.execute("SELECT count(*) FROM conversations WHERE created_at >= %s"
                                " AND created_at < %s", (KILL_RANGE["start"], KILL_RANGE["end"])
                                ).fetchone()
-    victim, map_index, label, done_before = wait_for_checkpointed_partition(cluster, api, run_id)
+    victim, map_index, label, done_before = wait_for_checkpointed_partition(cluster, api, run_id,
+                                                                            dag=REPLAY)
     survivor = next(w for w in cluster.workers if w != victim)
     killed = cluster.kill_worker(victim)
     killed_at = time.monotonic()
@@ -134,18 +139,18 @@ def test_a_worker_killed_while_holding_a_partition_is_noticed_and_the_partition_
           f"while it held partition {label}, checkpointed after {done_before} rows")
 
     noticed = wait_for(lambda: any(t["map_index"] == map_index and t["state"] != "running"
-                                   for t in partitions(api, run_id)), "the kill noticed")
-    ti = wait_for_retry(api, run_id, map_index)
+                                   for t in partitions(api, run_id, REPLAY)), "the kill noticed")
+    ti = wait_for_retry(api, run_id, map_index, dag=REPLAY)
     phase(f"noticed: the scheduler failed try 1 of {label} {noticed - killed_at:.0f} s after the "
           f"kill (heartbeat timeout {cluster.heartbeat_timeout} s); try {ti['try_number']} started "
           f"on {ti['hostname']} {time.monotonic() - killed_at:.0f} s after it (retry delay 20 s)")
     assert ti["hostname"] == survivor
 
-    assert api.wait_for_run(DAG, run_id, timeout=600) == "success"
-    final = next(t for t in partitions(api, run_id) if t["map_index"] == map_index)
-    log = api.log(DAG, run_id, "backfill_partition", final["try_number"], final["map_index"])
+    assert api.wait_for_run(REPLAY, run_id, timeout=600) == "success"
+    final = next(t for t in partitions(api, run_id, REPLAY) if t["map_index"] == map_index)
+    log = api.log(REPLAY, run_id, "backfill_partition", final["try_number"], final["map_index"])
     resumed = [line for line in log.splitlines() if "resumes after its checkpoint" in line]
-    summary = api.xcom(DAG, run_id, "summarize")
+    summary = api.xcom(REPLAY, run_id, "summarize")
     stored = DocumentStore(cluster.synap.db_path).counts()[EU]
     phase(f"recovered: {label} try {final['try_number']} on {final['hostname']} resumed after its "
           f"checkpoint; read {summary['rows_read']} = ingested {summary['ingested']} + duplicates "
@@ -158,8 +163,8 @@ def test_a_worker_killed_while_holding_a_partition_is_noticed_and_the_partition_
     assert stored == rows  # every row stored once: ids are unique in the store
 
 
-def wait_for_checkpointed_partition(cluster, api, run_id,
-                                    timeout: float = 300) -> tuple[str, int, str, int]:
+def wait_for_checkpointed_partition(cluster, api, run_id, timeout: float = 300,
+                                    dag: str = DAG) -> tuple[str, int, str, int]:
     """A running partition's worker, map index and label, once its checkpoint holds a few rows.
 
     A running instance's label is not rendered yet (Airflow renders
@@ -168,9 +173,9 @@ def wait_for_checkpointed_partition(cluster, api, run_id,
     deadline = time.monotonic() + timeout
     labels: list[str] = []
     while time.monotonic() < deadline:
-        labels = labels or [w["label"] for w in plan_of(api, run_id)]
+        labels = labels or [w["label"] for w in plan_of(api, run_id, dag)]
         running = {labels[ti["map_index"]]: (ti["hostname"], ti["map_index"])
-                   for ti in partitions(api, run_id) if labels
+                   for ti in partitions(api, run_id, dag) if labels
                    and ti["state"] == "running" and ti["hostname"] in cluster.workers}
         if running:
             with cluster.pg.connect() as conn:
@@ -195,16 +200,16 @@ def wait_for(condition, what: str, timeout: float = 300) -> float:
     return time.monotonic()
 
 
-def plan_of(api, run_id) -> list[dict]:
-    status, answer = api.call("GET", f"/api/v2/dags/{DAG}/dagRuns/{run_id}/taskInstances/"
+def plan_of(api, run_id, dag: str = DAG) -> list[dict]:
+    status, answer = api.call("GET", f"/api/v2/dags/{dag}/dagRuns/{run_id}/taskInstances/"
                                      "plan_partitions/xcomEntries/return_value?deserialize=true")
     return answer["value"] if status == 200 else []
 
 
-def wait_for_retry(api, run_id, map_index, timeout: float = 300) -> dict:
+def wait_for_retry(api, run_id, map_index, timeout: float = 300, dag: str = DAG) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for ti in partitions(api, run_id):
+        for ti in partitions(api, run_id, dag):
             # A retry keeps the last try's hostname until it starts running.
             if (ti["map_index"] == map_index and ti["try_number"] >= 2
                     and ti["state"] in ("running", "success")):
