@@ -104,7 +104,7 @@ def test_two_regions_in_the_config_give_two_replay_dags_from_the_same_code(tmp_p
     for replay in (eu, apac):
         # The same tasks; only the primary announces its completion.
         assert set(replay.task_dict) == set(primary.task_dict) - {"announce_complete"}
-    # Each region's Synap connection is its declaration's (test_declared_source.py), not a param.
+    # Each region's Synap connection is its declaration's (test_declared_dags.py), not a param.
     assert "synap_conn_id" not in eu.params and "synap_conn_id" not in apac.params
     assert eu.task_dict["backfill_partition"].pool == "synap_eu"
     assert primary.task_dict["backfill_partition"].pool == "synap_api"
