@@ -137,6 +137,21 @@ def test_the_synap_tab_shows_progress_windows_failures_and_rejects_and_targets_s
     target.wait_for()
     assert target.get_by_text("view_live").first.is_visible()
     page.screenshot(path=str(artifacts / "synap-targets.png"), full_page=True)
+    # Every control in view at 1280 and 1400 px, none off to the side; Undo only where a run
+    # wrote something.
+    for width in (1280, 1400):
+        page.set_viewport_size({"width": width, "height": 1000})
+        page.wait_for_timeout(300)
+        buttons = frame.locator("button")
+        assert buttons.count() > 0
+        for i in range(buttons.count()):
+            box = buttons.nth(i).bounding_box()
+            assert box and box["x"] >= 0 and box["x"] + box["width"] <= width, (width, i, box)
+        page.screenshot(path=str(artifacts / f"synap-targets-{width}.png"), full_page=True)
+    for row in frame.locator("tr[data-run]").all():
+        wrote = row.locator("td.ingested").inner_text() not in ("0", "-")
+        assert (row.locator("button.undo").count() == 1) == wrote, row.inner_text()
+    page.set_viewport_size({"width": 1500, "height": 1100})
     airflow.ok("PATCH", "/api/v2/dags/synap_undo", {"is_paused": False})
     # The dry run asks memories.status for each of the run's 1,200 documents: unpaced, not
     # two minutes at the connection's 600 a minute.
