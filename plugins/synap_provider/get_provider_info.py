@@ -18,7 +18,7 @@ def get_provider_info() -> dict[str, Any]:
         "name": "Synap",
         "description": "Synap (Maximem's hosted agent memory) through the `maximem-synap` SDK: "
                        "the `synap` connection type and `SynapHook`.",
-        "versions": ["0.1.0"],
+        "versions": ["0.2.0", "0.1.0"],
         "integrations": [{"integration-name": "Synap", "external-doc-url": "https://maximem.ai",
                           "tags": ["service"]}],
         "hooks": [{"integration-name": "Synap", "python-modules": ["synap_provider.hooks"]}],
