@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from synap_backfill.common.config import BackfillConfig, SourceColumns
 from synap_backfill.common.errors import sql_error
+from synap_backfill.extract import sources
 from synap_backfill.extract.source_sql import SourceSQL
 from synap_backfill.common.db import as_text, quote_identifier
 
@@ -25,6 +26,12 @@ if TYPE_CHECKING:
 TIMESTAMP_TYPES = {"D"}  # date, timestamp, timestamptz
 TEXT_TYPES = {"S"}  # text, varchar, char, name
 NUMBER_TYPES = {"N"}  # smallint, integer, bigint, numeric
+JSON_TYPES = {"U"}  # json, jsonb
+# What created_at may be, by created_at_format.
+_TIMES = {"timestamp": (TIMESTAMP_TYPES, "a timestamp or date"),
+          "epoch_seconds": (NUMBER_TYPES, "a number (epoch seconds)"),
+          "epoch_milliseconds": (NUMBER_TYPES, "a number (epoch milliseconds)"),
+          "iso8601": (TEXT_TYPES, "text (ISO-8601)")}
 _KINDS = {"created_at": (TIMESTAMP_TYPES, "a timestamp or date"),
           "user_text": (TEXT_TYPES, "text"), "assistant_text": (TEXT_TYPES, "text"),
           "message_index": (NUMBER_TYPES, "a whole number")}  # ids: anything casts to text
@@ -54,7 +61,7 @@ def check_source(conn: Any, config: BackfillConfig) -> str:
     inventory is kept for, however the param spelled it.
     """
     where = f"on connection {config.postgres_conn_id}"
-    sql = SourceSQL.of(config)
+    sql = sources.turns(config)
     if sql.query:
         source, columns = _query_columns(conn, sql, where)
         _check_columns(config, columns, f"source_query {config.source_table!r}")
@@ -106,10 +113,7 @@ def _query_columns(conn: Any, sql: SourceSQL, where: str) -> tuple[str, dict[str
 
 def _check_columns(config: BackfillConfig, columns: dict[str, tuple[str, str]], what: str) -> None:
     """Each mapped column exists in ``columns`` (name: (type shown, category)) and fits."""
-    mapped = {f"{f.name}_column": getattr(config.columns, f.name) for f in fields(SourceColumns)}
-    if config.tiebreak_column:
-        mapped["tiebreak_column"] = config.tiebreak_column
-    for param, column in mapped.items():
+    for param, (column, kinds) in _mapped(config).items():
         if not column:
             continue
         if column not in columns:
@@ -117,11 +121,31 @@ def _check_columns(config: BackfillConfig, columns: dict[str, tuple[str, str]], 
             raise PreflightError(f"param {param!r}: {what} has no column"
                                  f" {column!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
                                  + f"; its columns: {', '.join(sorted(columns))[:300]}")
-        kinds = _KINDS.get(param.removesuffix("_column"))
         shown, category = columns[column]
         if kinds and category not in kinds[0]:
             raise PreflightError(f"param {param!r}: column {column!r} of {what}"
                                  f" is {shown}, not {kinds[1]}")
+
+
+def _mapped(config: BackfillConfig) -> dict[str, tuple[str, tuple[set[str], str] | None]]:
+    """The declared columns by param, with what each may hold (None: anything, read as text)."""
+    mapped = {f"{f.name}_column": (getattr(config.columns, f.name), _KINDS.get(f.name))
+              for f in fields(SourceColumns)}
+    mapped["created_at_column"] = (config.columns.created_at, _TIMES[config.created_at_format])
+    if config.tiebreak_column:
+        mapped["tiebreak_column"] = (config.tiebreak_column, None)
+    if config.message_key_column:  # a key of any type names the turn instead of the index
+        del mapped["message_index_column"]
+        mapped["message_key_column"] = (config.message_key_column, None)
+    grain = config.grain
+    if grain is not None:  # a message table: its texts and roles are in its own columns
+        for name in ("user_text_column", "assistant_text_column"):
+            del mapped[name]
+        mapped["messages.role_column"] = (grain.role_column, None)
+        mapped["messages.text_column"] = (grain.text_column, (TEXT_TYPES | JSON_TYPES,
+                                                              "text, json or jsonb") if
+                                          grain.text_path else (TEXT_TYPES, "text"))
+    return mapped
 
 
 def _closest_relation(cur: Any, name: str) -> str | None:

@@ -226,7 +226,7 @@ def test_a_windows_range_reaches_the_base_tables_index_through_a_declared_select
     declared = SourceDeclaration.of(source_query=JOIN.format(messages="messages_1m"), **JOINED)
     from synap_backfill.common.config import BackfillConfig
 
-    sql = SourceSQL.of(BackfillConfig.from_params(declared.values))
+    sql = sources.turns(BackfillConfig.from_params(declared.values))
     day = {"s0": datetime(2024, 5, 2, tzinfo=UTC), "e0": datetime(2024, 5, 3, tzinfo=UTC)}
     with local_pg.connect() as conn:
         plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + sql.window_rows(1), day))

@@ -161,7 +161,17 @@ CHECKS: dict[str, Callable[[str, Any, Mapping[str, Any]], Any]] = {
     "phone_regions": lambda p, v, m: phone_regions(p, v),
     "dotted_path": lambda p, v, m: dotted_path(p, v),
     "select_query": lambda p, v, m: select_query(p, v),
+    "mapping": lambda p, v, m: mapping(p, v),
 }
+
+
+def mapping(param: str, value: Any) -> dict[str, Any] | None:
+    """A mapping (its keys checked by the model that reads it), or empty for none."""
+    if value in (None, "", {}):
+        return None
+    if not isinstance(value, Mapping):
+        raise ParamError(param, "must be a mapping of keys to values")
+    return dict(value)
 
 
 def _items(param: str, value: Any) -> list[str]:

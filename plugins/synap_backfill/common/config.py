@@ -15,7 +15,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime
-from typing import Any, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Literal, Mapping
 
 from pydantic import model_validator
 from synap_provider.connection_fields import DEFAULT_CONN_ID
@@ -24,6 +24,9 @@ from synap_backfill.common.checks import ParamError
 from synap_backfill.common.frame import FRAME, RECIPE_FRAME
 from synap_backfill.common.ids import DOCUMENT_ID_FORMAT
 from synap_backfill.common.params import ParamsModel, param
+
+if TYPE_CHECKING:
+    from synap_backfill.common.grain import MessageGrain
 
 log = logging.getLogger("synap_backfill")
 MAX_BATCH_SIZE = 100  # what batch_create accepts per call
@@ -36,6 +39,8 @@ DEFAULT_TOKEN_KEY_CONN_ID = "synap_pii_token_key"  # pii_replacement token's key
 RENAMED_PARAMS = {"max_source_deletion_share": "max_source_change_share"}
 PII_KINDS = ("email", "phone", "payment_card", "iban", "national_id", "ip_address")
 # The document settings that say what redaction and the transform made of the texts.
+# How the source's rows make turns, beyond the recipe's columns (declared only).
+SHAPE_PARAMS = ("message_key_column", "created_at_format", "conversation_ids", "messages")
 PRIVATE_SETTINGS = ("redact_pii", "pii_entities", "pii_replacement", "pii_phone_regions",
                     "pii_token_key", "document_transform")
 
@@ -281,6 +286,30 @@ class BackfillConfig(ParamsModel):
         description="A column unique per row (the primary key, say) that orders rows sharing a "
                     "timestamp, conversation and index. Empty: such rows are copies of one turn; "
                     "the first is sent.")
+    message_key_column: str | None = param(
+        None, title="Message key column", section="Source", check="optional_identifier",
+        pattern=OPTIONAL_IDENTIFIER,
+        description="Declared only. A column of any type (uuid, text, integer) unique per message "
+                    "(or per row of a turn table without a position column): it names the turn "
+                    "instead of message_index_column, so no other turn is renamed when one is "
+                    "deleted. Required with messages.")
+    created_at_format: Literal["timestamp", "epoch_seconds", "epoch_milliseconds", "iso8601"] = param(
+        "timestamp", title="created_at format", section="Source", check="choice",
+        description="Declared only. What created_at holds: a timestamp or date (with or without "
+                    "time zone), epoch seconds or milliseconds (any numeric type), or ISO-8601 "
+                    "text in UTC. Window bounds are converted to it, so its index serves.")
+    conversation_ids: Literal["uuid", "any"] = param(
+        "uuid", title="Conversation ids", section="Source", check="choice",
+        description="Declared only. uuid: a conversation id that is not a UUID is rejected (the "
+                    "recipe's rule). any: it is sent as the UUID derived from it "
+                    "(common.ids.conversation_uuid: uuid3 in a fixed namespace), the same in SQL "
+                    "and Python, so every run finds it again.")
+    messages: dict[str, Any] | None = param(
+        None, title="Messages", section="Source", check="mapping",
+        description="Declared only. The source holds one row per message: role_column (and "
+                    "role_path into JSON), user_roles, assistant_roles, text_column (and "
+                    "text_path), filter, reply_within_seconds. See docs/operating.md, 'Your "
+                    "app's schema'.")
     fetch_size: int = param(
         1000, title="Fetch size", section="Source", check="whole", minimum=1, maximum=100_000,
         description="Rows per round trip of the server-side cursor.")
@@ -314,6 +343,25 @@ class BackfillConfig(ParamsModel):
                              "give both start and end, or neither to use the table's whole range")
         return self
 
+    @model_validator(mode="after")
+    def _grain(self) -> "BackfillConfig":
+        from synap_backfill.common.grain import grain_of
+
+        grain = grain_of(self.messages)  # checked whole here: a ParamError names its key
+        if grain is not None and grain.to_dict() != self.messages:
+            object.__setattr__(self, "messages", grain.to_dict())  # as checked, for the digest
+        if self.messages and not self.message_key_column:
+            raise ParamError("message_key_column", "required with messages: the column (any type)"
+                                                   " that identifies a message")
+        return self
+
+    @property
+    def grain(self) -> "MessageGrain | None":
+        """The message table's shape, or None for a table of the recipe's (one row per turn)."""
+        from synap_backfill.common.grain import grain_of
+
+        return grain_of(self.messages)
+
     @property
     def columns(self) -> SourceColumns:
         return SourceColumns(**{name: getattr(self, f"{name}_column") or "" for name in COLUMN_NAMES})
@@ -335,6 +383,9 @@ class BackfillConfig(ParamsModel):
                 settings["pii_token_key"] = self.pii_key_id
         if self.document_transform:
             settings["document_transform"] = self.document_transform
+        for name in SHAPE_PARAMS:  # what a turn is: each joins only when it is not the recipe's
+            if getattr(self, name) != type(self).model_fields[name].default:
+                settings[name] = getattr(self, name)
         if self.source_query:  # which rows are turns: joins only when set
             settings["source_query"] = self.source_query
         if FRAME != RECIPE_FRAME:  # the frame joins only when it is not the recipe's

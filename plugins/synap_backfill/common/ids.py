@@ -32,6 +32,36 @@ def is_uuid(text: str) -> bool:
     return True
 
 
+# conversation_ids "any": a conversation id that is not a UUID is sent as uuid3(this, id).
+CONVERSATION_NAMESPACE = uuid.UUID("6f1c2b0e-5d3a-4c7e-9a41-2f7b8d0c9e15")
+_CANONICAL_SQL = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+
+
+def conversation_uuid(conversation_id: str) -> str:
+    """The conversation's id as sent under ``conversation_ids: any``: itself when it is a UUID
+    in canonical form, else ``uuid3(CONVERSATION_NAMESPACE, id)`` (``conversation_uuid_sql``)."""
+    if _CANONICAL_UUID.fullmatch(conversation_id):
+        return conversation_id
+    return str(uuid.uuid3(CONVERSATION_NAMESPACE, conversation_id))
+
+
+def conversation_uuid_sql(text: str) -> str:
+    """``conversation_uuid`` in SQL, of a text expression: the same value, byte for byte."""
+    h = f"md5(decode('{CONVERSATION_NAMESPACE.hex}', 'hex') || convert_to({text}, 'UTF8'))"
+    variant = f"substr('89ab', mod(('x' || substr({h}, 17, 1))::bit(4)::int, 4) + 1, 1)"
+    made = (f"substr({h}, 1, 8) || '-' || substr({h}, 9, 4) || '-3' || substr({h}, 14, 3) || '-'"
+            f" || {variant} || substr({h}, 18, 3) || '-' || substr({h}, 21, 12)")
+    return f"(CASE WHEN {text} ~ '{_CANONICAL_SQL}' THEN {text} ELSE {made} END)"
+
+
+def message_key_sql(key: str) -> str:
+    """A message key of any type as the whole number its turn is named by: an integer key is
+    itself; any other (a uuid, text) the first 60 bits of its md5, stable everywhere."""
+    text = f"{key}::text"
+    return (f"(CASE WHEN {text} ~ '^-?[0-9]{{1,18}}$' THEN {text}::numeric"
+            f" ELSE ('x' || substr(md5({text}), 1, 15))::bit(60)::bigint::numeric END)")
+
+
 def row_key(conversation_id: str | None, index: Any) -> str:
     """How a rejected row is named without its text: by its turn where the conversation id is a
     key (a UUID); else by a digest of the id, never its value (a column mapped by mistake may

@@ -142,6 +142,8 @@ def json_type(annotation: Any) -> str | list[str]:
         return "string"
     if origin is list:
         return "array"
+    if origin is dict:
+        return "object"
     return names[annotation]
 
 

@@ -33,6 +33,7 @@ DECLARED = (
     "postgres_conn_id", "source_table", "source_query",
     *(f"{name}_column" for name in COLUMN_NAMES),
     "tiebreak_column", "source_timezone", "source_statement_timeout",
+    "message_key_column", "created_at_format", "conversation_ids", "messages",
     "mode", "max_document_chars",
     "redact_pii", "pii_entities", "pii_replacement", "pii_phone_regions", "pii_token_key_conn_id",
     "document_transform",

@@ -53,6 +53,7 @@ class UndoConfig(ParamsModel):
     source_table: str = ""
     columns: dict[str, str] = {}  # the run's column mapping
     source_query: str | None = None  # the run's declared SELECT, when it read one
+    source_settings: dict[str, Any] = {}  # how it read its turns (a message table's shape)
 
     @property
     def describe_run(self) -> str:

@@ -62,7 +62,9 @@ from synap_backfill.common.db import as_text, is_database_error, sqlstate
 from synap_backfill.common.errors import sql_error
 from synap_backfill.common.config import BackfillConfig
 from synap_backfill.extract.planning import BucketCount
-from synap_backfill.extract.source_sql import NULL_INDEX, SourceSQL
+from synap_backfill.extract import sources
+from synap_backfill.extract.message_sql import MessageSQL
+from synap_backfill.extract.source_sql import NULL_INDEX
 from synap_backfill.common.ids import document_id, row_key
 
 
@@ -132,7 +134,7 @@ def copies_at_different_times(conn: Any, config: BackfillConfig, start: datetime
     with conn.cursor() as cur:
         # Room for the hash table: the aggregate holds a group per distinct turn.
         cur.execute("SET LOCAL work_mem = '256MB'")
-        cur.execute(SourceSQL.of(config).copies(start is not None, end is not None),
+        cur.execute(sources.turns(config).copies(start is not None, end is not None),
                     {"start": start, "end": end})
         found = []
         for conv, index, first, last in cur.fetchall():
@@ -160,7 +162,7 @@ def bucket_counts(conn: Any, config: BackfillConfig, *, start: datetime | None =
     untimed rows too when ``untimed``).
     """
     set_session_timezone(conn, config.source_timezone)
-    sql = SourceSQL.of(config)
+    sql = sources.turns(config)
     whole = start is None and end is None and ranges is None
     args: dict[str, Any] = {"start": start, "end": end}
     conditions = sql.between(start is not None, end is not None)
@@ -171,9 +173,13 @@ def bucket_counts(conn: Any, config: BackfillConfig, *, start: datetime | None =
     if untimed and not whole:
         where = f"({where} OR {sql.created_at} IS NULL OR NOT {sql.representable})"
 
+    # What the statement reads: only the bounds' rows (a message table's, widened by its replies).
+    scope = (None if whole or untimed else sql.scoped(len(ranges)) if ranges is not None
+             else sql.scoped(0, start is not None, end is not None))
+
     def count(content: bool) -> list[tuple]:
         with conn.cursor() as cur:
-            cur.execute(sql.bucket_counts(where, content), args)
+            cur.execute(sql.bucket_counts(where, content, scope), args)
             rows = cur.fetchall()
         conn.commit()
         return rows
@@ -197,9 +203,25 @@ def bucket_counts(conn: Any, config: BackfillConfig, *, start: datetime | None =
     return sorted(counts, key=lambda c: c.bucket)
 
 
+def skipped_messages(conn: Any, config: BackfillConfig, start: datetime | None,
+                     end: datetime | None) -> dict[str, int]:
+    """A message table's messages in ``[start, end)`` that make no turn's text, by reason
+    (``extract.message_sql``); empty for a table of turns."""
+    sql = sources.turns(config)
+    if not isinstance(sql, MessageSQL):
+        return {}
+    set_session_timezone(conn, config.source_timezone)
+    with conn.cursor() as cur:
+        cur.execute(sql.scoped(0, start is not None, end is not None).skipped_messages(),
+                    {"start": start, "end": end})
+        found = {as_text(reason): int(n) for reason, n in cur.fetchall() if n}
+    conn.commit()
+    return found
+
+
 def turns_are_unique(conn: Any, config: BackfillConfig) -> bool:
     """A unique index on exactly (conversation_id, message_index): the source holds no copies."""
-    sql = SourceSQL.of(config)
+    sql = sources.turns(config)
     if sql.query:  # a query's rows: no index of its own to vouch for them
         return False
     with conn.cursor() as cur:
@@ -212,7 +234,7 @@ def turns_are_unique(conn: Any, config: BackfillConfig) -> bool:
 def timestamp_index(conn: Any, config: BackfillConfig) -> bool | None:
     """Whether an index leads with the timestamp column; None when the relation is not a
     table or materialized view (a view's cost is its query's)."""
-    sql = SourceSQL.of(config)
+    sql = sources.turns(config)
     if sql.query:  # its cost is its own, as a view's
         return None
     with conn.cursor() as cur:
@@ -234,9 +256,9 @@ def read_window(conn: Any, config: BackfillConfig,
     if after is not None:
         args.update(a_ts=after[0], a_conv=after[1], a_idx=str(after[2]), a_tb=after[3])
     if ranges is None:
-        sql = SourceSQL.of(config).untimed_rows(after=after is not None)
+        sql = sources.turns(config).untimed_rows(after=after is not None)
     else:
-        sql = SourceSQL.of(config).window_rows(len(ranges), after=after is not None)
+        sql = sources.turns(config).window_rows(len(ranges), after=after is not None)
         args.update(range_args(ranges))
     with conn.cursor(name="synap_backfill_window") as cur:
         cur.execute(sql, args)
@@ -282,6 +304,10 @@ def position_to_json(position: Position | None) -> Any:
         at = {"at": at.isoformat(), "naive": at.tzinfo is None}
     elif isinstance(at, date):
         at = {"date": at.isoformat()}
+    elif isinstance(at, Decimal):  # epoch numbers in a numeric column
+        at = {"numeric": str(at)}
+    elif isinstance(at, str):  # ISO-8601 text, compared as text
+        at = {"text": at}
     return [at, conversation, str(index), tiebreak]
 
 
@@ -291,6 +317,10 @@ def position_from_json(raw: Any) -> Position | None:
     at, conversation, index, tiebreak = raw
     if isinstance(at, dict) and "date" in at:
         at = date.fromisoformat(at["date"])
+    elif isinstance(at, dict) and "numeric" in at:
+        at = Decimal(at["numeric"])
+    elif isinstance(at, dict) and "text" in at:
+        at = at["text"]
     elif isinstance(at, dict):
         at = datetime.fromisoformat(at["at"])
     elif isinstance(at, str):  # a checkpoint written before positions kept their type: UTC

@@ -1,7 +1,7 @@
 """Every SQL statement against the source, written here alone.
 
 ``SourceSQL`` is built once from what a source is (the declared relation, its
-columns, tiebreak and length limit: ``SourceSQL.of(config)``; or what a holding
+columns, tiebreak and length limit: ``SourceSQL.declared(config)``; or what a holding
 recorded of them: ``SourceSQL.recorded(...)``) and gives each reader its
 statement: planning's bucket counts and copies, a window's rows, the turns of
 changed buckets, a person's rows, a rekey's rows, an undo's conversation scopes,
@@ -15,13 +15,14 @@ anywhere else. Values always travel as parameters; names are quoted here.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from datetime import datetime, timezone
+from typing import Any, Mapping
 
 from synap_backfill.common.buckets import BUCKET_SECONDS
 from synap_backfill.common.config import BackfillConfig, SourceColumns
 from synap_backfill.common.db import quote_identifier as q
 from synap_backfill.common.frame import FRAME_CHARS
-from synap_backfill.common.ids import turn_sql
+from synap_backfill.common.ids import conversation_uuid_sql, message_key_sql, turn_sql
 
 NULL_INDEX = -(2**63)  # where a NULL message_index sorts (the order key folds NULLs)
 # The columns of a window's and the untimed rows' statements, in order, before k0..k3.
@@ -29,6 +30,17 @@ FIELDS = ("conversation_id, message_index, user_id, customer_id, user_text, assi
           " created_at, repeats_earlier, unrepresentable_time, row_hash, content_hash, too_long")
 _COLUMNS = FIELDS.replace(",", "").split()
 _EPOCH = "timestamptz '1970-01-01 00:00:00+00'"
+# What Python and the SDK hold, with a day's margin: as epoch seconds for numeric times.
+_FIRST = int(datetime(1, 1, 2, tzinfo=timezone.utc).timestamp())
+_LAST = int(datetime(9999, 12, 31, tzinfo=timezone.utc).timestamp())
+_ISO = (r"'^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}([.][0-9]+)?)?)?"
+        r"(Z|[+-][0-9]{2}(:?[0-9]{2})?)?$'")
+_ISO_BOUND = "'YYYY-MM-DD\"T\"HH24:MI:SS'"
+
+
+def literal(text: str) -> str:
+    """A declared value as an SQL string literal (standard_conforming_strings, the default)."""
+    return "'" + text.replace("'", "''") + "'"
 
 
 @dataclass(frozen=True)
@@ -42,35 +54,79 @@ class SourceSQL:
     tiebreak: str | None = None
     max_document_chars: int = 100_000
     query: str | None = None
+    time_format: str = "timestamp"  # created_at_format
+    any_conversation: bool = False  # conversation_ids "any": a non-UUID id is sent as its uuid3
+    message_key: str | None = None  # message_key_column: names the turn instead of the index
 
     @classmethod
-    def of(cls, config: BackfillConfig) -> "SourceSQL":
+    def declared(cls, config: BackfillConfig) -> "SourceSQL":
+        """The relation as declared (a message table's rows, not its turns: ``sources.turns``)."""
         return cls(config.source_table, config.columns, config.tiebreak_column,
-                   config.max_document_chars, config.source_query)
+                   config.max_document_chars, config.source_query, config.created_at_format,
+                   config.conversation_ids == "any", config.message_key_column)
 
     @classmethod
-    def recorded(cls, table: str, columns: Mapping[str, str], query: str | None = None
-                 ) -> "SourceSQL":
-        """From what a holding (or an undone run) recorded: its relation (or query) and columns."""
+    def recorded(cls, table: str, columns: Mapping[str, str], query: str | None = None,
+                 settings: Mapping[str, Any] | None = None) -> "SourceSQL":
+        """From what a holding (or an undone run) recorded: its relation (or query), columns,
+        and how its rows are read (``settings``: its document settings)."""
+        settings = settings or {}
         mapped = {name: columns.get(name) or "" for name in SourceColumns.__dataclass_fields__}
-        return cls(".".join(table.split(".")[-2:]), SourceColumns(**mapped), query=query or None)
+        return cls(".".join(table.split(".")[-2:]), SourceColumns(**mapped), query=query or None,
+                   time_format=settings.get("created_at_format") or "timestamp",
+                   any_conversation=settings.get("conversation_ids") == "any",
+                   message_key=settings.get("message_key_column") or None)
+
+    def scoped(self, ranges: int = 0, start: bool = False, end: bool = False) -> "SourceSQL":
+        """The same source, for a statement that reads only ``ranges`` (or ``start``/``end``):
+        a table of turns is read as it is; a message table narrows what it reads."""
+        return self
 
     # -- fragments ---------------------------------------------------------------------------
     @property
-    def relation(self) -> str:
-        """What a statement reads FROM: the relation, or the declared query as a derived table
-        (PostgreSQL pushes a filter on its output column down to the base table's index)."""
+    def base(self) -> str:
+        """The declared relation, or the declared query as a derived table (PostgreSQL pushes a
+        filter on its output column down to the base table's index)."""
         if self.query:
             return f"({self.query}) AS {q(self.table.split('.')[-1])}"
         return ".".join(q(part) for part in self.table.split("."))
 
     @property
+    def relation(self) -> str:
+        """What a statement reads turns FROM: here the declared relation itself."""
+        return self.base
+
+    @property
     def conversation(self) -> str:
-        return q(self.columns.conversation_id)
+        column = q(self.columns.conversation_id)
+        return conversation_uuid_sql(f"{column}::text") if self.any_conversation else column
 
     @property
     def index(self) -> str:
-        return q(self.columns.message_index)
+        return message_key_sql(q(self.message_key)) if self.message_key else q(
+            self.columns.message_index)
+
+    @property
+    def instant(self) -> str:
+        """The row's time as a ``timestamptz``, whatever ``created_at`` holds."""
+        col = self.created_at
+        return {"timestamp": f"{col}::timestamptz",
+                "epoch_seconds": f"to_timestamp({col}::double precision)",
+                "epoch_milliseconds": f"to_timestamp({col}::double precision / 1000)",
+                "iso8601": f"(CASE WHEN {col}::text ~ {_ISO} THEN {col}::text::timestamptz END)",
+                }[self.time_format]
+
+    def bound(self, name: str, shift: int = 0) -> str:
+        """The parameter ``name`` (an instant), ``shift`` seconds on, in ``created_at``'s own type,
+        so a comparison with the column is served by its index."""
+        at = f"%({name})s" if not shift else f"(%({name})s::timestamptz + interval '{shift} seconds')"
+        if self.time_format == "epoch_seconds":
+            return f"extract(epoch FROM {at}::timestamptz)::bigint"
+        if self.time_format == "epoch_milliseconds":
+            return f"(extract(epoch FROM {at}::timestamptz) * 1000)::bigint"
+        if self.time_format == "iso8601":
+            return f"to_char({at}::timestamptz AT TIME ZONE 'UTC', {_ISO_BOUND})"
+        return at
 
     @property
     def created_at(self) -> str:
@@ -104,6 +160,11 @@ class SourceSQL:
     def representable(self) -> str:
         """The timestamp is finite and inside what Python and the SDK hold (a day's margin)."""
         col = self.created_at
+        if self.time_format in ("epoch_seconds", "epoch_milliseconds"):
+            scale = 1000 if self.time_format == "epoch_milliseconds" else 1
+            return f"({col} >= {_FIRST * scale} AND {col} < {_LAST * scale})"
+        if self.time_format == "iso8601":
+            return f"({self.instant} >= '0001-01-02' AND {self.instant} < '9999-12-31')"
         return f"(isfinite({col}) AND {col} >= '0001-01-02' AND {col} < '9999-12-31')"
 
     @property
@@ -116,18 +177,18 @@ class SourceSQL:
     def bucket(self) -> str:
         """The row's inventory bucket's start (NULL where its time is not representable)."""
         return (f"CASE WHEN {self.representable} THEN date_bin('{BUCKET_SECONDS} seconds',"
-                f" {self.created_at}::timestamptz, {_EPOCH}) END")
+                f" {self.instant}, {_EPOCH}) END")
 
     def in_ranges(self, ranges: int) -> str:
         """The timestamp lies in one of ``ranges`` half-open ranges (``%(s<i>)s``, ``%(e<i>)s``),
         compared on the column's own type: OR-ed bounds let its index read each range alone."""
-        return " OR ".join(f"({self.created_at} >= %(s{i})s AND {self.created_at} < %(e{i})s)"
-                           for i in range(ranges))
+        return " OR ".join(f"({self.created_at} >= {self.bound(f's{i}')} AND {self.created_at}"
+                           f" < {self.bound(f'e{i}')})" for i in range(ranges))
 
     def between(self, start: bool, end: bool) -> list[str]:
         """``%(start)s`` and/or ``%(end)s`` bounds on the timestamp, as conditions."""
-        return ([f"{self.created_at} >= %(start)s"] if start else []) + \
-            ([f"{self.created_at} < %(end)s"] if end else [])
+        return ([f"{self.created_at} >= {self.bound('start')}"] if start else []) + \
+            ([f"{self.created_at} < {self.bound('end')}"] if end else [])
 
     @property
     def row_hash(self) -> str:
@@ -140,7 +201,7 @@ class SourceSQL:
         """
         return (f"(hashtextextended(COALESCE({self.conversation}::text, ''), 1)"
                 f" # COALESCE(hash_numeric_extended({self.index}::numeric, 2), 0)"
-                f" # COALESCE(timestamptz_hash_extended({self.created_at}::timestamptz, 3), 0))")
+                f" # COALESCE(timestamptz_hash_extended({self.instant}, 3), 0))")
 
     @property
     def content_hash(self) -> str:
@@ -156,7 +217,7 @@ class SourceSQL:
         parts = [c.user_text, c.assistant_text, c.user_id] + ([c.customer_id] if c.customer_id else [])
         hashes = " # ".join(f"COALESCE(hashtextextended({q(p)}::text, {11 + i}), {i + 1})"
                             for i, p in enumerate(parts))
-        return (f"({hashes} # COALESCE(timestamptz_hash_extended({self.created_at}::timestamptz, 5),"
+        return (f"({hashes} # COALESCE(timestamptz_hash_extended({self.instant}, 5),"
                 f" 0))")
 
     @property
@@ -189,7 +250,7 @@ class SourceSQL:
             f" {self.customer()}, CASE WHEN {self.too_long} THEN NULL ELSE"
             f" textsend({q(c.user_text)}::text) END,"
             f" CASE WHEN {self.too_long} THEN NULL ELSE textsend({q(c.assistant_text)}::text) END,"
-            f" {self.created_at + '::timestamptz' if timed else 'NULL::timestamptz'},"
+            f" {self.instant if timed else 'NULL::timestamptz'},"
             f" {repeats} AS repeats_earlier,"
             f" {'false' if timed else self.created_at + ' IS NOT NULL'} AS unrepresentable_time,"
             f" {self.row_hash} AS row_hash, {self.content_hash} AS content_hash,"
@@ -204,7 +265,7 @@ class SourceSQL:
         before the resume filter, so a resumed read flags the same rows as a first one."""
         resume = (" WHERE (k0, k1, k2, k3) > (%(a_ts)s, %(a_conv)s, %(a_idx)s::numeric, %(a_tb)s)"
                   if after else "")
-        return (f"SELECT {FIELDS}, k0, k1, k2, k3 FROM ({self._select(timed=True)}"
+        return (f"SELECT {FIELDS}, k0, k1, k2, k3 FROM ({self.scoped(ranges)._select(timed=True)}"
                 f" WHERE {self.in_ranges(ranges)})"
                 f" AS w({', '.join(_COLUMNS)}, k0, k1, k2, k3){resume} ORDER BY k0, k1, k2, k3")
 
@@ -218,32 +279,32 @@ class SourceSQL:
     def copies(self, start: bool, end: bool) -> str:
         """Turns held by rows at different timestamps (``%(start)s``/``%(end)s`` when bounded):
         grouped by the columns themselves (numeric equality: 3 and 3.0 are one turn)."""
-        col = self.created_at
+        at = self.instant
         bounds = "".join(f" AND {b}" for b in self.between(start, end))
-        return (f"SELECT {self.conversation}::text, {self.index}, min({col})::timestamptz,"
-                f" max({col})::timestamptz FROM {self.relation} WHERE {self.representable}{bounds}"
+        return (f"SELECT {self.conversation}::text, {self.index}, min({at}), max({at})"
+                f" FROM {self.scoped(0, start, end).relation} WHERE {self.representable}{bounds}"
                 f" AND {self.conversation} IS NOT NULL AND {self.index} IS NOT NULL"
-                f" GROUP BY {self.conversation}, {self.index} HAVING min({col}) < max({col})")
+                f" GROUP BY {self.conversation}, {self.index} HAVING min({at}) < max({at})")
 
-    def bucket_counts(self, where: str, content: bool) -> str:
+    def bucket_counts(self, where: str, content: bool, scope: "SourceSQL | None" = None) -> str:
         """Rows, key and (``content``) content fingerprints per bucket, in one pass. The bucket's
         number is made from its start once a group (a whole multiple of the bucket, so the
         division is exact): no instant crosses the wire."""
         contents = f"sum({self.content_hash})" if content else "NULL"
         return (f"SELECT extract(epoch FROM b)::bigint / {BUCKET_SECONDS}, n, h, c FROM"
                 f" (SELECT {self.bucket} AS b, count(*) AS n, sum({self.row_hash}) AS h,"
-                f" {contents} AS c FROM {self.relation}{' WHERE ' + where if where else ''}"
+                f" {contents} AS c FROM {(scope or self).relation}{' WHERE ' + where if where else ''}"
                 f" GROUP BY 1) AS counted")
 
     def bucket_turns(self, where: str) -> str:
         """The keyed turns of some buckets (``where``): key, instant, content hash, blank."""
-        return (f"SELECT {self.turn}, {self.created_at}::timestamptz, {self.content_hash},"
+        return (f"SELECT {self.turn}, {self.instant}, {self.content_hash},"
                 f" ({self.blank}) FROM {self.relation} WHERE ({where}) AND {self.representable}"
                 f" AND {self.keyed} ORDER BY ({self.turn}) COLLATE \"C\"")
 
     def in_buckets(self) -> str:
         """The row's bucket is one of ``%(at)s`` (a scan, whatever the indexes)."""
-        return (f"date_bin('{BUCKET_SECONDS} seconds', {self.created_at}::timestamptz, {_EPOCH})"
+        return (f"date_bin('{BUCKET_SECONDS} seconds', {self.instant}, {_EPOCH})"
                 " = ANY(%(at)s)")
 
     def persons(self) -> str:
@@ -270,7 +331,7 @@ class SourceSQL:
     # -- probes (the catalog, about the source) ---------------------------------------------
     def result_columns(self) -> str:
         """The query's result with no row: its columns' names and types, for preflight."""
-        return f"SELECT * FROM {self.relation} LIMIT 0"
+        return f"SELECT * FROM {self.base} LIMIT 0"
 
     @staticmethod
     def type_facts() -> str:
@@ -282,7 +343,7 @@ class SourceSQL:
         return "SELECT current_database()"
 
     def relation_oid(self) -> tuple[str, tuple[str]]:
-        return "SELECT to_regclass(%s)::oid", (self.relation,)
+        return "SELECT to_regclass(%s)::oid", (self.base,)
 
     @staticmethod
     def relation_facts() -> str:
@@ -306,14 +367,16 @@ class SourceSQL:
                 " c.relnamespace WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND (CASE WHEN %s = ''"
                 " THEN n.nspname = ANY(current_schemas(false)) ELSE n.nspname = %s END)")
 
-    def unique_turns(self) -> tuple[str, tuple[str, list[str]]]:
-        """A unique index on exactly (conversation_id, message_index): no copies possible."""
+    def unique_turns(self) -> tuple[str, tuple[str, list[str], str]]:
+        """A unique index on the turn's key column, alone or with the conversation: no copies."""
+        key = self.message_key or self.columns.message_index
         return ("SELECT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = to_regclass(%s)"
-                " AND i.indisunique AND i.indpred IS NULL AND i.indnkeyatts = 2"
-                " AND (SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_attribute a"
+                " AND i.indisunique AND i.indpred IS NULL AND i.indnkeyatts <= 2"
+                " AND (SELECT array_agg(a.attname::text) FROM pg_attribute a"
                 "      WHERE a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey[0:1]))"
-                "     = (SELECT array_agg(x ORDER BY x) FROM unnest(%s::text[]) AS x))",
-                (self.relation, [self.columns.conversation_id, self.columns.message_index]))
+                "     <@ %s::text[] AND %s = ANY (SELECT a.attname::text FROM pg_attribute a"
+                "      WHERE a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey[0:1])))",
+                (self.base, [self.columns.conversation_id, key], key))
 
     def timestamp_index(self) -> tuple[str, tuple[str, str]]:
         """Whether an index leads with the timestamp column, for a table or materialized view."""
@@ -321,8 +384,8 @@ class SourceSQL:
                 " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]"
                 " WHERE i.indrelid = c.oid AND a.attname = %s)"
                 " FROM pg_class c WHERE c.oid = to_regclass(%s)",
-                (self.columns.created_at, self.relation))
+                (self.columns.created_at, self.base))
 
     def index_hint(self) -> str:
         """The statement that gives the timestamp an index (said, never run)."""
-        return f"CREATE INDEX CONCURRENTLY ON {self.relation} ({self.created_at})"
+        return f"CREATE INDEX CONCURRENTLY ON {self.base} ({self.created_at})"

@@ -35,7 +35,7 @@ from synap_backfill.common.buckets import BUCKET_SECONDS, bucket_label, bucket_o
 from synap_backfill.common.config import BackfillConfig
 from synap_backfill.common.db import add_column
 from synap_backfill.extract.reader import range_args, set_session_timezone
-from synap_backfill.extract.source_sql import SourceSQL
+from synap_backfill.extract import sources
 from synap_backfill.common.db import as_text, quote_identifier
 
 Kind = Literal["edited", "deleted"]
@@ -171,7 +171,7 @@ def _source(conn: Any, config: BackfillConfig, buckets: list[int]
     """(turn, bucket, content hash, both texts blank) of every row of ``buckets`` that can make
     a document's key, ordered by the turn's key as ``held_turns`` is (byte order)."""
     set_session_timezone(conn, config.source_timezone)
-    sql = SourceSQL.of(config)
+    sql = sources.turns(config)
     runs = _runs(buckets)
     args: dict[str, Any] = {}
     if len(runs) <= RANGES_FOR_INDEX:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Iterable, Mapping
 
+from synap_backfill.extract import sources
 from synap_backfill.extract.source_sql import SourceSQL
 from synap_backfill.common.buckets import bucket_of, bucket_start, fingerprint
 from synap_backfill.extract.planning import BucketCount, HeldBucket, Holder
@@ -297,7 +298,8 @@ class Holding:
     @property
     def sql(self) -> SourceSQL:
         """The source as this holding's runs read it: relation (or query) and columns."""
-        return SourceSQL.recorded(self.table, self.columns, self.settings.get("source_query"))
+        return sources.recorded(self.table, self.columns, self.settings.get("source_query"),
+                                self.settings)
 
 
 def holdings(conn: Any, schema: str) -> list[Holding]:

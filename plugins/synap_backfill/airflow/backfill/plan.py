@@ -16,8 +16,8 @@ from synap_backfill.holdings.changes import SourceChanges, find_changes, save_ch
 from concurrent.futures import ThreadPoolExecutor
 from synap_backfill.common.buckets import UNTIMED, bucket_label
 from synap_backfill.extract.reader import (bucket_counts, copies_at_different_times,
-                                           timestamp_index, turns_are_unique)
-from synap_backfill.extract.source_sql import SourceSQL
+                                           skipped_messages, timestamp_index, turns_are_unique)
+from synap_backfill.extract import sources
 from contextlib import closing
 from synap_backfill.delivery.credits import credits_for
 from datetime import datetime
@@ -85,6 +85,10 @@ def _plan(config: BackfillConfig, dag_id: str, run_id: str) -> list[dict[str, An
                     return copies_at_different_times(other, config, start, config.end)
             early_copies = background.submit(copies_everywhere)
         counted = bucket_counts(conn, config, start=start, end=config.end)
+        skipped = skipped_messages(conn, config, start, config.end)  # a message table's: by reason
+        if skipped:
+            log.info("%d messages of %s make no turn's text: %s", sum(skipped.values()),
+                     config.source_table, "; ".join(f"{n} {reason}" for reason, n in skipped.items()))
         source_read(source_hook, config.source)
         timed_buckets = [c for c in counted if c.bucket != UNTIMED]
         if config.start is None and config.end is None:
@@ -113,7 +117,7 @@ def _plan(config: BackfillConfig, dag_id: str, run_id: str) -> list[dict[str, An
             log.warning("%s has no index on %s: every partition reads the whole table, so this plan"
                         " keeps to %d partitions, larger than max_rows_per_partition if need be."
                         " To let partitions read only their window: %s", config.source_table,
-                        config.columns.created_at, cap, SourceSQL.of(config).index_hint())
+                        config.columns.created_at, cap, sources.turns(config).index_hint())
         plan = lay_out(diff, grid, start=start, end=config.end,
                        max_rows=config.max_rows_per_partition, min_rows=config.min_rows_per_partition,
                        max_partitions=cap)
@@ -173,7 +177,7 @@ def _plan(config: BackfillConfig, dag_id: str, run_id: str) -> list[dict[str, An
                   "deletions": [[d.bucket, d.held, d.now, d.holder.run_id]
                                 for d in diff.deletions[:DELETIONS_KEPT]],
                   "lost_ranges": [describe_range(lo, hi) for lo, hi in lost[:DELETIONS_KEPT]],
-                  "frozen": frozen, "isolation": config.isolation,
+                  "frozen": frozen, "isolation": config.isolation, "skipped_messages": skipped,
                   "credits_estimate": credits.estimate if credits else None,
                   "credits_metric": credits.metric if credits else None})
         inventory.save_plan(run, plan.buckets)

@@ -10,12 +10,14 @@ from synap_backfill.common.checks import ParamError
 from synap_backfill.identity.keys import PersonKeyMismatch, PersonKeyMissing, check_keyring, load_keyring
 from synap_backfill.preflight import (PreflightError, check_ledger, check_source, check_synap_settings,
                                       unknown_keys, who_is)
-from synap_backfill.common.config import RENAMED_PARAMS, config_from_params
+from synap_backfill.common.config import RENAMED_PARAMS, SHAPE_PARAMS, BackfillConfig, config_from_params
 from synap_backfill.common.source import SourceDeclaration, form_source_warning
 from contextlib import closing
 from datetime import datetime
 from synap_backfill.common.errors import describe_error
 from synap_backfill.airflow.shared import fail_before_planning, raise_scrubbed
+
+DECLARED_ONLY = ("source_query", *SHAPE_PARAMS)  # what reads SQL or reshapes turns: never a conf
 
 log = logging.getLogger("synap_backfill")
 
@@ -49,9 +51,10 @@ def resolve_config(params: Mapping[str, Any], *, conf: Mapping[str, Any] | None 
     try:
         if declared is None:
             log.warning(form_source_warning(dag_id or "this DAG"))
-            if params.get("source_query"):
-                raise ParamError("source_query", "SQL is read only where the deployment declares"
-                                                 " it (synap_source.yaml), never from a run's conf")
+            for name in DECLARED_ONLY:
+                if params.get(name) not in (None, "", BackfillConfig.model_fields[name].default):
+                    raise ParamError(name, "read only where the deployment declares it"
+                                           " (synap_source.yaml), never from a run's conf")
         else:
             params = declared.apply(params, conf, declared.values)
         if conf is not None:  # declared keys are known: a conf may repeat what is declared

@@ -67,7 +67,8 @@ def summarize_run(windows: Iterable[Mapping[str, Any]] | None,
         ti.xcom_push(key="problems", value=summary.problems)  # each in one line, for the UI
     # Where the rejected rows are, in the run's XCom: readable in the UI without a log.
     result: dict[str, Any] = {**summary.to_xcom(), "rejects_at": rejects_at, "notes": summary.notes}
-    result.update({k: facts[k] for k in ("deleted_rows", "changed_during_run", "parity") if k in facts})
+    result.update({k: facts[k] for k in ("deleted_rows", "changed_during_run", "parity",
+                                          "skipped_messages") if k in facts})
     if "source_changes" in facts:
         result["source_changes"] = {**facts["source_changes"], **(changes or {})}
     if config is not None and facts.get("record") is not None:
@@ -109,6 +110,12 @@ def _check_against_source(config: BackfillConfig, dag_id: str, run_id: str,
                                        for k in ("edited", "deleted", "emptied", "unknown")}
             facts["notes"].append(_changes_note(found, config, changes))
         facts["emptied"] = int(found.get("emptied") or 0)
+        skipped = record.plan.get("skipped_messages") or {}
+        if skipped:
+            facts["skipped_messages"] = skipped
+            facts["notes"].append(f"{sum(skipped.values())} messages make no turn's text ("
+                                  + "; ".join(f"{n}: {reason}" for reason, n in skipped.items())
+                                  + "): not sent, counted here")
         lost = record.plan.get("lost_ranges") or []
         if lost:
             facts["notes"].append(

@@ -26,7 +26,7 @@ from synap_backfill.deletion.undo_config import UndoConfig, undo_config_from_par
 from synap_backfill.deletion.undo_ledger import (documents, finish_undo, partitions,
                           record_undo)
 from synap_backfill.deletion.memories import Place, delete_memories
-from synap_backfill.extract.source_sql import SourceSQL
+from synap_backfill.extract import sources
 
 if TYPE_CHECKING:
     from synap_backfill.common.source import SourceDeclaration
@@ -91,7 +91,8 @@ def resolve_undo(params: Mapping[str, Any], *, conf: Mapping[str, Any] | None = 
         "postgres_conn_id": str(record.plan.get("postgres_conn_id") or ""),
         "source_table": str(record.plan.get("source_table") or ""),
         "columns": dict(record.settings.get("columns") or {}),
-        "source_query": record.settings.get("source_query")})
+        "source_query": record.settings.get("source_query"),
+        "source_settings": dict(record.settings)})
     log.info("undo of %s: it wrote to Synap instance %s through connection %s (%s)%s",
              config.describe_run, config.target, config.synap_conn_id, config.source,
              "; a dry run: nothing is deleted" if config.dry_run else "")
@@ -201,7 +202,8 @@ def _scopes(config: UndoConfig, conversation_ids: list[str]) -> dict[str, tuple[
 
     if not config.postgres_conn_id or not config.source_table:
         return {}
-    sql = SourceSQL.recorded(config.source_table, config.columns, config.source_query)
+    sql = sources.recorded(config.source_table, config.columns, config.source_query,
+                           config.source_settings)
     with closing(source_hook(config.postgres_conn_id).get_conn()) as conn, \
             conn.cursor() as cur:
         cur.execute(sql.conversation_scopes(), (conversation_ids,))

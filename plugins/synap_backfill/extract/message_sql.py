@@ -1,0 +1,176 @@
+"""A message table's SQL: the same statements as ``source_sql``, over its turns.
+
+``MessageSQL`` is a ``SourceSQL`` whose relation is the message table's turns, made
+in SQL by one rule, so every statement (planning, windows, changes, erase, undo)
+reads the same turns:
+
+* A message is a row the ``filter`` keeps whose role is one of ``user_roles`` or
+  ``assistant_roles``; any other role is skipped (counted by ``skipped_messages``).
+* In each conversation, in order of time then message key, **each user message
+  starts a turn**, named by its message key and timed by its own ``created_at``:
+  the turn's document id and time never depend on another message.
+* The assistant messages after it, up to the next user message and less than
+  ``reply_within_seconds`` after it, are its replies, joined in order. A reply
+  later than that, or one before any user message of its conversation (a
+  greeting), belongs to no turn: skipped, counted by reason (one reason for both).
+* Consecutive user messages are turns of their own (the first has no reply): a
+  rule that merged them would need the whole conversation to place a message.
+* A message without a usable time is a turn alone, and rejected for its time.
+
+Every turn lies within ``reply_within_seconds`` of its user message, so a window
+``[s, e)`` reads its turns from the messages in ``[s - H, e + H)`` alone (``H`` the
+reply bound): the look-back decides whether a reply near ``s`` has its question
+before the window, and the look-ahead holds the replies of its last turns. The
+range predicate is on the message table's own ``created_at``, in its own type, so
+its index serves; a whole run reads each message about ``1 + 2H / window`` times
+per statement.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from synap_backfill.common.config import SourceColumns
+from synap_backfill.common.db import quote_identifier as q
+from synap_backfill.common.grain import MessageGrain
+from synap_backfill.extract.source_sql import SourceSQL, literal
+
+# The turns' columns, as a table of the recipe's shape names them.
+TURN_COLUMNS = SourceColumns("user_id", "customer_id", "conversation_id", "message_index",
+                             "user_text", "assistant_text", "created_at")
+SKIPPED_ROLE = "role is neither the user's nor the assistant's"
+# A greeting before any question, or a reply later than the bound: which of the two a scope
+# cannot always tell (the question may lie before it), so they are one reason.
+SKIPPED_UNASKED = "assistant message with no user message in the reply_within_seconds before it"
+
+
+@dataclass(frozen=True)
+class MessageSQL(SourceSQL):
+    """``messages``: the message table as declared (relation or query, its columns, key,
+    time format); ``grain``: its roles, texts, filter and reply bound; ``scope``: what a
+    statement reads, ``(ranges, start, end)`` as in ``SourceSQL.scoped`` (None: all)."""
+
+    messages: SourceSQL | None = None
+    grain: MessageGrain | None = None
+    scope: tuple[int, bool, bool] | None = None
+
+    @classmethod
+    def over(cls, messages: SourceSQL, grain: MessageGrain) -> "MessageSQL":
+        columns = replace(TURN_COLUMNS, customer_id="customer_id" if messages.columns.customer_id
+                          else "")
+        return cls(messages.table, columns, None, messages.max_document_chars, messages.query,
+                   messages.time_format, messages=messages, grain=grain)
+
+    def scoped(self, ranges: int = 0, start: bool = False, end: bool = False) -> "MessageSQL":
+        return replace(self, scope=(ranges, start, end))
+
+    @property
+    def _m(self) -> SourceSQL:
+        assert self.messages is not None and self.grain is not None
+        return self.messages
+
+    # -- the message row ------------------------------------------------------------------
+    def _json(self, column: str, path: str | None, first: bool) -> str:
+        col = q(column)
+        if not path:
+            return f"{col}::text"
+        if first:
+            return f"(jsonb_path_query_first({col}::jsonb, {literal(path)}::jsonpath) #>> '{{}}')"
+        return (f"(SELECT string_agg(v #>> '{{}}', E'\\n' ORDER BY o) FROM jsonb_path_query("
+                f"{col}::jsonb, {literal(path)}::jsonpath) WITH ORDINALITY AS p(v, o))")
+
+    @property
+    def asks(self) -> str:
+        """true for a user message, false for an assistant's, NULL for any other role."""
+        g = self.grain
+        assert g is not None
+        role = self._json(g.role_column, g.role_path, first=True)
+        values = lambda roles: ", ".join(literal(r) for r in roles)  # noqa: E731
+        return (f"(CASE WHEN {role} IN ({values(g.user_roles)}) THEN true"
+                f" WHEN {role} IN ({values(g.assistant_roles)}) THEN false END)")
+
+    @property
+    def body(self) -> str:
+        g = self.grain
+        assert g is not None
+        return self._json(g.text_column, g.text_path, first=False)
+
+    def _message_fields(self) -> str:
+        m = self._m
+        return (f"{m.conversation}::text AS conv, {m.index} AS idx, {q(m.columns.user_id)}::text"
+                f" AS uid, {m.customer()} AS cid, {self.asks} AS asks, {self.body} AS body,"
+                f" {m.created_at} AS ts")
+
+    def _kept(self) -> str:
+        g = self.grain
+        assert g is not None
+        return f" AND ({g.filter})" if g.filter else ""
+
+    def _reach(self) -> str:
+        """The messages a scoped statement reads: its ranges (or bounds), widened by the reply
+        bound both ways, on the message table's own time column."""
+        if self.scope is None:
+            return ""
+        ranges, start, end = self.scope
+        m, h = self._m, self.grain.reply_within_seconds if self.grain else 0
+        if ranges:
+            return " AND (" + " OR ".join(
+                f"({m.created_at} >= {m.bound(f's{i}', -h)} AND {m.created_at}"
+                f" < {m.bound(f'e{i}', h)})" for i in range(ranges)) + ")"
+        return "".join([f" AND {m.created_at} >= {m.bound('start', -h)}"] if start else []) + \
+            "".join([f" AND {m.created_at} < {m.bound('end', h)}"] if end else [])
+
+    def _ordered(self) -> str:
+        """Timed messages with their place: ``n`` the user messages so far in the conversation
+        (the turn they belong to), ``asked`` the time of the last one."""
+        m = self._m
+        return (f"SELECT *, count(*) FILTER (WHERE asks) OVER w AS n,"
+                f" max(at) FILTER (WHERE asks) OVER w AS asked FROM (SELECT {self._message_fields()},"
+                f" {m.instant} AS at FROM {m.base} WHERE {self.asks} IS NOT NULL"
+                f" AND {m.created_at} IS NOT NULL AND {m.representable}{self._kept()}"
+                f"{self._reach()}) AS timed"
+                f" WINDOW w AS (PARTITION BY conv ORDER BY at, idx ROWS UNBOUNDED PRECEDING)")
+
+    @property
+    def _late(self) -> str:
+        h = self.grain.reply_within_seconds if self.grain else 0
+        return f"at >= asked + interval '{h} seconds'"
+
+    # -- the turns --------------------------------------------------------------------------
+    @property
+    def relation(self) -> str:
+        """The turns, with the recipe's columns; untimed messages too unless scoped."""
+        m, cust = self._m, ", cid AS customer_id" if self.columns.customer_id else ""
+        asked = lambda field: f"max({field}) FILTER (WHERE asks)"  # noqa: E731 (one per turn)
+        turns = (f"SELECT conv AS conversation_id, {asked('idx')} AS message_index,"
+                 f" {asked('uid')} AS user_id, {asked('cid')} AS cid, {asked('body')} AS user_text,"
+                 f" string_agg(body, E'\\n' ORDER BY at, idx) FILTER (WHERE NOT asks AND NOT"
+                 f" ({self._late})) AS assistant_text, {asked('ts')} AS created_at"
+                 f" FROM ({self._ordered()}) AS ordered WHERE n > 0 GROUP BY conv, n")
+        if self.scope is None:
+            turns += (f" UNION ALL SELECT conv, idx, uid, cid, CASE WHEN asks THEN body END,"
+                      f" CASE WHEN NOT asks THEN body END, ts FROM (SELECT {self._message_fields()}"
+                      f" FROM {m.base} WHERE {self.asks} IS NOT NULL AND NOT ({m.created_at}"
+                      f" IS NOT NULL AND {m.representable}){self._kept()}) AS untimed")
+        return (f"(SELECT conversation_id, message_index, user_id{cust}, user_text,"
+                f" assistant_text, created_at FROM ({turns}) AS made) AS turns")
+
+    def skipped_messages(self) -> str:
+        """Messages of the scope that make no turn's text, by reason (each counted once, in the
+        range its own time lies in): ``(reason, count)``."""
+        m = self._m
+        own = "".join(f" AND {b}" for b in m.between(*(self.scope or (0, False, False))[1:]))
+        return (f"SELECT {literal(SKIPPED_UNASKED)}, count(*) FROM ({self._ordered()}) AS ordered"
+                f" WHERE NOT asks AND (n = 0 OR {self._late}){own.replace(m.created_at, 'ts')}"
+                f" GROUP BY 1 UNION ALL SELECT {literal(SKIPPED_ROLE)}, count(*) FROM {m.base}"
+                f" WHERE {self.asks} IS NULL{self._kept()}{own} HAVING count(*) > 0")
+
+    # -- probes: the message table's own ---------------------------------------------------
+    def unique_turns(self) -> tuple[str, tuple[str, list[str], str]]:
+        return self._m.unique_turns()
+
+    def timestamp_index(self) -> tuple[str, tuple[str, str]]:
+        return self._m.timestamp_index()
+
+    def index_hint(self) -> str:
+        return self._m.index_hint()

@@ -1,0 +1,311 @@
+"""Apps' own schemas, one row per message, declared as operating.md's "Your app's schema" says,
+backfilled without a view: every turn stored once with its text, ids and original time.
+
+Through dag.test() with the real SDK, embedded PostgreSQL and the local API in its default
+(contract-only) mode. The turns each test expects are made here, in Python, by the rule
+``extract/message_sql.py`` states, from the messages the test wrote: never read back from
+the SQL under test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from include import local_airflow
+from synap_backfill.common.frame import frame
+from synap_backfill.common.ids import conversation_uuid
+from tests.integration.synap_memories import memories
+
+pytestmark = pytest.mark.integration
+UTC = timezone.utc
+FAST = {"requests_per_minute": 0}
+T0 = datetime(2024, 3, 1, 9, 0, tzinfo=UTC)
+REPLY_WITHIN = 3600
+
+
+@dataclass
+class Message:
+    key: Any
+    conversation: Any
+    role: str  # "user", "assistant", or anything else (skipped)
+    text: str
+    at: datetime
+    user: str
+    kept: bool = True  # the declared filter keeps it (an agent's private note does not)
+
+
+@dataclass
+class Turn:
+    key: Any
+    conversation: Any
+    user_text: str
+    replies: list[str] = field(default_factory=list)
+    at: datetime | None = None
+    user: str = ""
+
+
+def conversations(n: int, seed: int, key: Callable[[int], Any], conversation: Callable[[int], Any],
+                  days: int = 6) -> list[Message]:
+    """``n`` conversations of every case the rule names: a greeting before the first question,
+    several replies, a system row between them, two questions in a row, a reply after the
+    bound, an agent's private note."""
+    out: list[Message] = []
+    k = 0
+    for c in range(n):
+        at = T0 + timedelta(hours=(c * 37 + seed) % (24 * days))
+        script = [("assistant", "Hi, how can I help?"), ("user", f"my plan is basic-{c}"),
+                  ("assistant", f"noted basic-{c}"), ("system", "tool call"),
+                  ("assistant", "anything else?"), ("note", "private: check billing"),
+                  ("user", "also"), ("user", f"I live in city-{c % 7}"),
+                  ("assistant", f"city-{c % 7} it is")]
+        if c % 4 == 0:
+            script.append(("late", "sorry for the wait"))
+        for step, (role, text) in enumerate(script):
+            k += 1
+            when = at + (timedelta(seconds=20 * step) if role != "late" else timedelta(hours=3))
+            out.append(Message(key(k), conversation(c), {"late": "assistant", "note": "assistant"}
+                               .get(role, role), text, when, f"user-{c % 5}", kept=role != "note"))
+    return out
+
+
+def expected_turns(messages: list[Message]) -> list[Turn]:
+    """The rule, in Python: each user message a turn; the assistant messages after it, before
+    the next user message and within the bound, its replies, in order."""
+    turns: list[Turn] = []
+    by_conversation: dict[Any, list[Message]] = {}
+    for m in messages:
+        if m.kept and m.role in ("user", "assistant"):
+            by_conversation.setdefault(m.conversation, []).append(m)
+    for conv, ms in by_conversation.items():
+        current: Turn | None = None
+        for m in sorted(ms, key=lambda m: m.at):
+            if m.role == "user":
+                current = Turn(m.key, conv, m.text, [], m.at, m.user)
+                turns.append(current)
+            elif current is not None and m.at < current.at + timedelta(seconds=REPLY_WITHIN):
+                current.replies.append(m.text)
+    return turns
+
+
+def skipped(messages: list[Message]) -> dict[str, int]:
+    kept = [m for m in messages if m.kept]
+    roles = sum(1 for m in kept if m.role not in ("user", "assistant"))
+    replies = sum(len(t.replies) for t in expected_turns(messages))
+    assistants = sum(1 for m in kept if m.role == "assistant")
+    return {"role is neither the user's nor the assistant's": roles,
+            "assistant message with no user message in the reply_within_seconds before it":
+                assistants - replies}
+
+
+def number_of(key: Any) -> int:
+    """The whole number a message key names its turn by (``common.ids.message_key_sql``)."""
+    text = str(key)
+    if text.lstrip("-").isdigit() and len(text.lstrip("-")) <= 18:
+        return int(text)
+    return int(hashlib.md5(text.encode()).hexdigest()[:15], 16)
+
+
+def assert_stored_exactly(stored: list[dict], turns: list[Turn], conversation_id: Callable[[Any], str],
+                          customer: str | None = None) -> None:
+    got = {d["document_id"]: d for d in stored}
+    want = {f"backfill:{conversation_id(t.conversation)}:{number_of(t.key)}": t for t in turns}
+    assert set(got) == set(want)
+    for doc_id, turn in want.items():
+        doc = got[doc_id]
+        assert doc["document"] == frame(turn.user_text, "\n".join(turn.replies))
+        assert datetime.fromisoformat(doc["document_created_at"]) == turn.at  # to the microsecond
+        assert doc["user_id"] == turn.user
+        assert doc["metadata"]["conversation_id"] == conversation_id(turn.conversation)
+        if customer is not None:
+            assert doc["customer_id"] == customer
+
+
+def result(dag_run: Any, task: str = "summarize") -> dict:
+    assert str(dag_run.state) == "success"
+    (value,) = local_airflow.task_results(dag_run, task)
+    return value
+
+
+def insert(pg: Any, ddl: list[str], statement: str, rows: list[tuple]) -> None:
+    with pg.connect() as conn:
+        for sql in ddl:
+            conn.execute(sql)
+        with conn.cursor() as cur:
+            cur.executemany(statement, rows)
+
+
+# -- a message table with a role column ------------------------------------------------------
+SUPPORT = {"source_table": "support_messages", "conversation_id_column": "conversation_id",
+           "user_id_column": "author", "customer_id_column": "tenant",
+           "created_at_column": "created_at", "message_key_column": "id",
+           "messages": {"role_column": "role", "text_column": "content",
+                        "filter": "NOT internal", "reply_within_seconds": REPLY_WITHIN},
+           "ledger_schema": "msg_support", "max_rows_per_partition": 25,
+           "min_rows_per_partition": 1}
+
+
+def test_a_message_table_with_a_role_column_is_backfilled_once_and_one_deleted_reply_touches_its_turn(
+        local_pg, run_backfill, stored_documents, synap):
+    messages = conversations(24, seed=3, key=lambda k: uuid.UUID(int=k), conversation=lambda c:
+                             uuid.UUID(int=10_000 + c))
+    insert(local_pg, ["DROP TABLE IF EXISTS support_messages",
+                      "CREATE TABLE support_messages (id uuid PRIMARY KEY, conversation_id uuid,"
+                      " author text, tenant text, role text, content text, created_at timestamptz,"
+                      " internal boolean)", "CREATE INDEX ON support_messages (created_at)"],
+           "INSERT INTO support_messages VALUES (%s,%s,%s,%s,%s,%s,%s,%s)",
+           [(m.key, m.conversation, m.user, "acme", m.role if m.role != "system" else "system",
+             m.text, m.at, not m.kept) for m in messages])
+    turns = expected_turns(messages)
+    first = run_backfill(synap_extra=FAST, **SUPPORT)
+    summary = result(first)
+    assert (summary["rows_read"], summary["ingested"], summary["rejected"]) == (len(turns), len(turns), 0)
+    assert summary["skipped_messages"] == skipped(messages)
+    assert_stored_exactly(stored_documents(), turns, str, customer="acme")
+
+    # Nothing changed: nothing read, nothing sent.
+    again = result(run_backfill(synap_extra=FAST, **SUPPORT))
+    assert (again["rows_read"], again["ingested"]) == (0, 0)
+
+    # The app deletes one reply: exactly its turn is replaced, no other turn is touched.
+    victim = next(t for t in turns if len(t.replies) == 2)
+    gone = next(m for m in messages if m.text == victim.replies[1] and m.conversation ==
+                victim.conversation and m.role == "assistant")
+    with local_pg.connect() as conn:
+        conn.execute("DELETE FROM support_messages WHERE id = %s", (gone.key,))
+    before = {d["document_id"]: d for d in stored_documents()}
+    applied = result(run_backfill(synap_extra=FAST, apply_source_changes="apply", **SUPPORT))
+    assert applied["ingested"] == 1
+    doc_id = f"backfill:{victim.conversation}:{number_of(victim.key)}"
+    new = {d["document_id"]: d for d in stored_documents()}
+    assert set(new) - set(before) == {doc_id + ":u1"}
+    assert new[doc_id + ":u1"]["document"] == frame(victim.user_text, victim.replies[0])
+    assert set(synap.get("/_local/stats")["memory_deletes"]) == memories(before[doc_id])
+
+    # An undo of the first run finds each of its documents through the message table.
+    preview = result(local_airflow.run_dag("synap_undo", {"run_id": first.run_id}),
+                     "summarize_undo")
+    assert preview["documents"] == len(turns)
+
+
+# -- the same backfill, whatever the app's shape -------------------------------------------
+@dataclass(frozen=True)
+class Shape:
+    """How one app stores its messages, and the declaration that reads it."""
+
+    name: str
+    tables: list[str]
+    statement: str
+    row: Callable[[Message], tuple]
+    declared: dict[str, Any]
+    key: Callable[[int], Any]
+    conversation: Callable[[int], Any]
+    conversation_id: Callable[[Any], str] = str
+    extra: Callable[[list[Message]], tuple[str, list[tuple]]] | None = None
+
+
+BERLIN = ZoneInfo("Europe/Berlin")
+LANGCHAIN_TYPES = {"user": "human", "assistant": "ai"}
+SHAPES = [
+    # LangChain's message store: a JSON message, integer session ids, a serial key, epoch
+    # milliseconds; the user is on the session's row (a declared join).
+    Shape("json-message-epoch-ms-user-on-the-conversation",
+          ["CREATE TABLE lc_sessions (session_id int PRIMARY KEY, owner text)",
+           "CREATE TABLE lc_messages (id bigint PRIMARY KEY, session_id int, message jsonb,"
+           " created_ms bigint)", "CREATE INDEX ON lc_messages (created_ms)"],
+          "INSERT INTO lc_messages VALUES (%s,%s,%s,%s)",
+          lambda m: (m.key, m.conversation, json.dumps(
+              {"type": LANGCHAIN_TYPES.get(m.role, m.role), "data": {"content": m.text}}),
+                     int(m.at.timestamp() * 1000)),
+          {"source_table": "lc_turns", "source_query":
+              "SELECT m.*, s.owner FROM lc_messages m JOIN lc_sessions s USING (session_id)",
+           "conversation_id_column": "session_id", "user_id_column": "owner",
+           "customer_id_column": "", "created_at_column": "created_ms",
+           "created_at_format": "epoch_milliseconds", "conversation_ids": "any",
+           "message_key_column": "id",
+           "messages": {"role_column": "message", "role_path": "$.type", "user_roles": ["human"],
+                        "assistant_roles": ["ai"], "text_column": "message",
+                        "text_path": "$.data.content"}},
+          key=lambda k: k, conversation=lambda c: 500 + c,
+          conversation_id=lambda c: conversation_uuid(str(c)),
+          extra=lambda ms: ("INSERT INTO lc_sessions VALUES (%s,%s) ON CONFLICT DO NOTHING",
+                            sorted({(m.conversation, m.user) for m in ms}))),
+    # Vercel's AI chatbot: an array of parts (text among reasoning and tool parts), text ids,
+    # a naive timestamp in the app's zone, the user on the chat's row.
+    Shape("parts-array-naive-time-text-ids",
+          ["CREATE TABLE ai_chats (id text PRIMARY KEY, user_id text)",
+           "CREATE TABLE ai_messages (id text PRIMARY KEY, chat_id text, role text, parts jsonb,"
+           " created_at timestamp)", "CREATE INDEX ON ai_messages (created_at)"],
+          "INSERT INTO ai_messages VALUES (%s,%s,%s,%s,%s)",
+          lambda m: (m.key, m.conversation, m.role, json.dumps(
+              [{"type": "reasoning", "text": "thinking"}, {"type": "text", "text": m.text},
+               {"type": "tool-weather", "input": {}}]),
+                     m.at.astimezone(BERLIN).replace(tzinfo=None)),
+          {"source_table": "ai_turns", "source_query":
+              "SELECT m.*, c.user_id FROM ai_messages m JOIN ai_chats c ON c.id = m.chat_id",
+           "conversation_id_column": "chat_id", "user_id_column": "user_id",
+           "customer_id_column": "", "created_at_column": "created_at",
+           "source_timezone": "Europe/Berlin", "conversation_ids": "any",
+           "message_key_column": "id",
+           "messages": {"role_column": "role", "text_column": "parts",
+                        "text_path": '$[*] ? (@.type == "text").text'}},
+          key=lambda k: f"msg_{k:05d}", conversation=lambda c: f"chat-{c}",
+          conversation_id=lambda c: conversation_uuid(str(c)),
+          extra=lambda ms: ("INSERT INTO ai_chats VALUES (%s,%s) ON CONFLICT DO NOTHING",
+                            sorted({(m.conversation, m.user) for m in ms}))),
+    # Integer roles, epoch seconds as a float, ISO conversation ids that are UUIDs.
+    Shape("integer-roles-float-epoch-seconds",
+          ["CREATE TABLE bot_log (msg_id uuid PRIMARY KEY, thread uuid, sender text, kind int,"
+           " body text, ts double precision)", "CREATE INDEX ON bot_log (ts)"],
+          "INSERT INTO bot_log VALUES (%s,%s,%s,%s,%s,%s)",
+          lambda m: (m.key, m.conversation, m.user, {"user": 0, "assistant": 1}.get(m.role, 2),
+                     m.text, m.at.timestamp()),
+          {"source_table": "bot_log", "conversation_id_column": "thread",
+           "user_id_column": "sender", "customer_id_column": "", "created_at_column": "ts",
+           "created_at_format": "epoch_seconds", "message_key_column": "msg_id",
+           "messages": {"role_column": "kind", "user_roles": [0], "assistant_roles": [1],
+                        "text_column": "body"}},
+          key=lambda k: uuid.UUID(int=7 << 64 | k), conversation=lambda c: uuid.UUID(int=99 << 64 | c)),
+    # ISO-8601 text times, roles spelled as constants.
+    Shape("iso-text-times-upper-case-roles",
+          ["CREATE TABLE desk (id serial PRIMARY KEY, ticket uuid, who text, author_type text,"
+           " message text, sent_at text)", "CREATE INDEX ON desk (sent_at)"],
+          "INSERT INTO desk VALUES (%s,%s,%s,%s,%s,%s)",
+          lambda m: (m.key, m.conversation, m.user, m.role.upper(), m.text,
+                     m.at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")),
+          {"source_table": "desk", "conversation_id_column": "ticket", "user_id_column": "who",
+           "customer_id_column": "", "created_at_column": "sent_at",
+           "created_at_format": "iso8601", "message_key_column": "id",
+           "messages": {"role_column": "author_type", "user_roles": ["USER"],
+                        "assistant_roles": ["ASSISTANT"], "text_column": "message"}},
+          key=lambda k: k, conversation=lambda c: uuid.UUID(int=5 << 64 | c)),
+]
+
+
+@pytest.mark.parametrize("synap", [("--tenant", "local-dev-key::b2c")], indirect=True,
+                         ids=["b2c"])  # apps without customers: a B2C instance
+@pytest.mark.parametrize("shape", SHAPES, ids=[s.name for s in SHAPES])
+def test_each_documented_shape_is_backfilled_exactly_without_a_view(
+        shape, synap, local_pg, run_backfill, stored_documents):
+    messages = [m for m in conversations(12, seed=len(shape.name), key=shape.key,
+                                         conversation=shape.conversation) if m.kept]
+    tables = [t.split("(")[0].split()[-1] for t in shape.tables if t.startswith("CREATE TABLE")]
+    insert(local_pg, [f"DROP TABLE IF EXISTS {t} CASCADE" for t in tables] + shape.tables,
+           shape.statement, [shape.row(m) for m in messages])
+    if shape.extra:
+        insert(local_pg, [], *shape.extra(messages))
+    turns = expected_turns(messages)
+    summary = result(run_backfill(synap_extra=FAST, ledger_schema=f"msg_{len(shape.name)}",
+                                  max_rows_per_partition=10, min_rows_per_partition=1,
+                                  **shape.declared))
+    assert (summary["rows_read"], summary["ingested"], summary["rejected"]) == (
+        len(turns), len(turns), 0)
+    assert summary["skipped_messages"] == {k: v for k, v in skipped(messages).items() if v}
+    assert_stored_exactly(stored_documents(), turns, shape.conversation_id)
