@@ -36,6 +36,10 @@ its turns edited and 1% deleted, and a run with ``apply_source_changes: apply``:
 status and delete requests and wall time of each, and ``--plan`` (the planner with its
 content fingerprints).
 
+With ``--grain`` (issue 39): rows read per row of a message table against a table of the
+recipe's shape holding the same turns, whole first runs at several partition sizes
+(``include/bench/grain.py``).
+
     python -m include.bench [--profile cloud-like|unthrottled|all] [--turns N] [--large]
                             [--memory] [--rejected] [--plan] [--inventory] [--source-changes]
                             [--redact]
@@ -124,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="per profile, the send phase with and without redact_pii on a table"
                              " where a tenth of the turns hold personal values; redaction's own"
                              " turns/s per core")
+    parser.add_argument("--grain", action="store_true",
+                        help="reads per row of a message table against a turn table of the same"
+                             " turns (--turns, default 10,000), whole runs at several partition"
+                             " sizes (include/bench/grain.py)")
     parser.add_argument("--workers", type=int, default=4, help="partitions at a time (pool slots)")
     args = parser.parse_args(argv)
     args.plan = args.plan or args.inventory or args.source_changes
@@ -171,6 +179,12 @@ def main(argv: list[str] | None = None) -> int:
             _ensure_hostile_table(pg, base, f"bench_hostile_{HOSTILE_CELL_MB}mb")
             hostile = [_measure_window(pg, table, HOSTILE_ROWS)
                        for table in (base, f"bench_hostile_{HOSTILE_CELL_MB}mb")]
+        grain_reads: dict = {}
+        if args.grain:
+            from include.bench import grain
+
+            grain_reads = grain.measure(pg, args.turns or 10_000, args.workers, lambda name, a:
+                                        _run_child(name, a, pg, PROFILES["unthrottled"]))
         rejected: list[dict] = []
         if args.rejected:
             table = f"bench_rejected_{REJECTED_ROWS[-1]}"
@@ -196,6 +210,10 @@ def main(argv: list[str] | None = None) -> int:
                       f" {plain['peak_rss_mb']:.1f} MB without it"
                       f" ({huge['peak_rss_mb'] - plain['peak_rss_mb']:+.1f} MB;"
                       f" rejected {huge['rejected']} vs {plain['rejected']})")
+    if grain_reads:
+        from include.bench import grain
+
+        report.append(("\n" if report else "") + grain.render(grain_reads))
     if rejected:
         report.append("\nevery row rejected (conversation_id is not a UUID):\n" + render_memory(rejected))
     text = "\n".join(report)
@@ -206,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps({"throughput": [asdict(r) for r in results], "memory": memory,
                                "rejected_memory": rejected, "planning": planning,
                                "hostile_cell": hostile, "source_changes": changes,
-                               "rerun": rerun, "redaction": redaction}, indent=2))
+                               "rerun": rerun, "redaction": redaction, "grain": grain_reads},
+                              indent=2))
     print(f"\nwritten to {out.relative_to(REPO_ROOT)} and results.txt next to it")
     return 0
 

@@ -6,6 +6,9 @@ slots would (forked, so Airflow's per-task start-up, which the benchmark is
 not about, is left out). Prints the totals and the largest peak RSS of a
 partition process.
 
+With ``--summary``, ``run`` ends as the DAG does, with the summary task (which checks
+what the partitions read against the source).
+
 ``window``: runs one partition holding the table's first ``--rows`` rows in
 this process, for the memory comparison between a small and a large one.
 
@@ -26,7 +29,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from synap_backfill.airflow.backfill.apply import apply_source_changes
-from synap_backfill.airflow.backfill.tasks import plan_partitions, resolve_config, run_partition
+from synap_backfill.airflow.backfill.tasks import (plan_partitions, resolve_config, run_partition,
+                                                   summarize_run)
 
 _RUN: dict[str, Any] = {}
 
@@ -36,9 +40,9 @@ def _partition(window: dict[str, Any]) -> dict[str, Any]:
     return {**report, "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
 
 
-def run(params: dict[str, Any], workers: int) -> dict[str, Any]:
+def run(params: dict[str, Any], workers: int, summary: bool = False) -> dict[str, Any]:
     started = datetime.now(timezone.utc)
-    _RUN.update(config=resolve_config(params), started=started,
+    _RUN.update(config=resolve_config(params, declared=declaration(params)), started=started,
                 run_id=f"bench-{started.strftime('%Y%m%dT%H%M%S%f')}")
     windows = plan_partitions(_RUN["config"], dag_id="synap_bench", run_id=_RUN["run_id"])
     changes = apply_source_changes(_RUN["config"], windows, dag_id="synap_bench",
@@ -48,12 +52,23 @@ def run(params: dict[str, Any], workers: int) -> dict[str, Any]:
     with multiprocessing.get_context("fork").Pool(workers, maxtasksperchild=1) as pool:
         reports = pool.map(_partition, windows, chunksize=1)
     send_seconds = time.monotonic() - sending
+    if summary:  # as the DAG's last task: the reads checked against the source
+        summarize_run(windows, reports, _RUN["config"], _RUN["run_id"], dag_id="synap_bench")
     totals = {key: sum(r[key] for r in reports)
               for key in ("rows_read", "ingested", "duplicates", "rejected", "batches")}
     return {**totals, "partitions": len(reports), "source_changes": changes,
             "send_seconds": round(send_seconds, 2),
             "turns_redacted": sum(r.get("turns_redacted", 0) for r in reports),
             "worker_peak_rss_kb": max((r["peak_rss_kb"] for r in reports), default=0)}
+
+
+def declaration(params: dict[str, Any]) -> Any:
+    """The deployment's declaration of the bench's source: its declared keys (a message
+    table's shape is read only from one)."""
+    from synap_backfill.common.source import DECLARED, SourceDeclaration
+
+    return SourceDeclaration.of("the benchmark", **{k: v for k, v in params.items()
+                                                    if k in DECLARED})
 
 
 def first_rows_window(config: dict[str, Any], rows: int) -> dict[str, Any]:
@@ -74,7 +89,7 @@ def first_rows_window(config: dict[str, Any], rows: int) -> dict[str, Any]:
 
 
 def window(params: dict[str, Any], rows: int) -> dict[str, Any]:
-    config = resolve_config(params)
+    config = resolve_config(params, declared=declaration(params))
     started = datetime.now(timezone.utc)
     report = run_partition(config, first_rows_window(config, rows), dag_id="synap_bench",
                            run_id=f"bench-window-{started.strftime('%Y%m%dT%H%M%S%f')}")
@@ -87,7 +102,7 @@ def plan(params: dict[str, Any]) -> dict[str, Any]:
 
     from airflow.providers.postgres.hooks.postgres import PostgresHook  # noqa: F401  (imports: not planning)
 
-    config = resolve_config(params)
+    config = resolve_config(params, declared=declaration(params))
     started = time.monotonic()
     windows = plan_partitions(config, dag_id="synap_bench", run_id="bench-plan")
     return {"seconds": round(time.monotonic() - started, 2), "partitions": len(windows),
@@ -101,9 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("params")
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--rows", type=int, default=10_000)
+    parser.add_argument("--summary", action="store_true", help="run: and the summary task")
     args = parser.parse_args(argv)
     params = json.loads(args.params)
-    result = (run(params, args.workers) if args.what == "run" else
+    result = (run(params, args.workers, args.summary) if args.what == "run" else
               window(params, args.rows) if args.what == "window" else plan(params))
     print("done: " + json.dumps(result))
     return 0

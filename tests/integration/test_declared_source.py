@@ -220,7 +220,7 @@ def make_threads(pg: Any, messages: str, rows: int, threads: int = 20) -> None:
 
 def test_a_windows_range_reaches_the_base_tables_index_through_a_declared_select(local_pg):
     from synap_backfill.common.source import SourceDeclaration
-    from synap_backfill.extract.source_sql import SourceSQL
+    from synap_backfill.extract import sources
 
     make_threads(local_pg, "messages_1m", rows=1_000_000, threads=1000)
     declared = SourceDeclaration.of(source_query=JOIN.format(messages="messages_1m"), **JOINED)

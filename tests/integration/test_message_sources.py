@@ -309,3 +309,39 @@ def test_each_documented_shape_is_backfilled_exactly_without_a_view(
         len(turns), len(turns), 0)
     assert summary["skipped_messages"] == {k: v for k, v in skipped(messages).items() if v}
     assert_stored_exactly(stored_documents(), turns, shape.conversation_id)
+
+
+@pytest.mark.parametrize("created_at_format, column, value", [
+    ("timestamp", "timestamptz", "{t}"),
+    ("epoch_milliseconds", "bigint", "(extract(epoch FROM {t}) * 1000)::bigint"),
+    ("iso8601", "text", "to_char({t} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")])
+def test_a_windows_range_reaches_the_message_tables_time_index_in_the_columns_own_type(
+        local_pg, created_at_format, column, value):
+    """The window's statement reads the message table through its index on the time column:
+    the bounds are converted to the column's type, never the column to theirs."""
+    from synap_backfill.common.config import BackfillConfig
+    from synap_backfill.extract import sources
+
+    table = f"indexed_{created_at_format}"
+    at = value.format(t="(%s::timestamptz + i * interval '10 seconds')")
+    with local_pg.connect() as conn:
+        conn.execute(f"DROP TABLE IF EXISTS {table}")
+        conn.execute(f"CREATE TABLE {table} (id bigint PRIMARY KEY, conv uuid, who text, role text,"
+                     f" body text, at {column})")
+        conn.execute(f"INSERT INTO {table} SELECT i, md5((i / 6)::text)::uuid, 'u', CASE WHEN"
+                     f" mod(i, 2) = 0 THEN 'user' ELSE 'assistant' END, 'x', {at}"
+                     f" FROM generate_series(1, 200000) AS i", (T0,))
+        conn.execute(f"CREATE INDEX {table}_at ON {table} (at)")
+        conn.execute(f"ANALYZE {table}")
+    config = BackfillConfig.from_params({
+        "source_table": table, "conversation_id_column": "conv", "user_id_column": "who",
+        "customer_id_column": "", "created_at_column": "at", "created_at_format": created_at_format,
+        "message_key_column": "id", "messages": {"role_column": "role", "text_column": "body"}})
+    day = {"s0": T0 + timedelta(days=3), "e0": T0 + timedelta(days=4)}
+    with local_pg.connect() as conn:
+        plan = "\n".join(r[0] for r in conn.execute(
+            "EXPLAIN " + sources.turns(config).window_rows(1), day))
+        read = conn.execute(f"SELECT count(*) FROM ({sources.turns(config).window_rows(1)}) AS w",
+                            day).fetchone()[0]
+    assert f"{table}_at" in plan and "Seq Scan" not in plan, plan
+    assert read == 8640 // 2  # a day of messages every 10 s: half of them questions

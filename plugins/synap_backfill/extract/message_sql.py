@@ -17,13 +17,14 @@ reads the same turns:
   rule that merged them would need the whole conversation to place a message.
 * A message without a usable time is a turn alone, and rejected for its time.
 
-Every turn lies within ``reply_within_seconds`` of its user message, so a window
-``[s, e)`` reads its turns from the messages in ``[s - H, e + H)`` alone (``H`` the
-reply bound): the look-back decides whether a reply near ``s`` has its question
-before the window, and the look-ahead holds the replies of its last turns. The
-range predicate is on the message table's own ``created_at``, in its own type, so
-its index serves; a whole run reads each message about ``1 + 2H / window`` times
-per statement.
+Every turn lies within ``reply_within_seconds`` (``H``) of its user message, so a
+window ``[s, e)`` reads its turns from the messages in ``[s, e + H)`` alone: the
+look-ahead holds the replies of its last turns. Counting skipped messages also looks
+back ``H`` (whether a reply near ``s`` had its question before it). The range
+predicate is on the message table's own ``created_at``, in its own type, so its
+index serves: a window reads each of its messages about ``1 + H / window`` times.
+A statement over the whole table reads it once (``msgs``, kept by PostgreSQL where
+a statement uses it twice).
 """
 
 from __future__ import annotations
@@ -106,30 +107,39 @@ class MessageSQL(SourceSQL):
         assert g is not None
         return f" AND ({g.filter})" if g.filter else ""
 
-    def _reach(self) -> str:
-        """The messages a scoped statement reads: its ranges (or bounds), widened by the reply
-        bound both ways, on the message table's own time column."""
+    def _reach(self, back: bool) -> str:
+        """What a scoped statement reads: its ranges (or bounds) on the message table's own time
+        column, widened after each by the reply bound (the replies of its last turns) and, with
+        ``back``, before each (whether a reply near its start had its question)."""
         if self.scope is None:
             return ""
         ranges, start, end = self.scope
         m, h = self._m, self.grain.reply_within_seconds if self.grain else 0
+        before = -h if back else 0
         if ranges:
             return " AND (" + " OR ".join(
-                f"({m.created_at} >= {m.bound(f's{i}', -h)} AND {m.created_at}"
+                f"({m.created_at} >= {m.bound(f's{i}', before)} AND {m.created_at}"
                 f" < {m.bound(f'e{i}', h)})" for i in range(ranges)) + ")"
-        return "".join([f" AND {m.created_at} >= {m.bound('start', -h)}"] if start else []) + \
+        return "".join([f" AND {m.created_at} >= {m.bound('start', before)}"] if start else []) + \
             "".join([f" AND {m.created_at} < {m.bound('end', h)}"] if end else [])
 
+    def _messages(self, back: bool = False) -> str:
+        """``msgs``: the rows the filter keeps, read once (a statement that uses it twice makes
+        PostgreSQL keep it, not read the table again): fields, a usable time, its instant."""
+        m = self._m
+        timed = f"({m.created_at} IS NOT NULL AND {m.representable})"
+        return (f"WITH msgs AS (SELECT {self._message_fields()}, {timed} AS timed,"
+                f" CASE WHEN {timed} THEN {m.instant} END AS at FROM {m.base}"
+                f" WHERE true{self._kept()}{self._reach(back)})")
+
+    @property
     def _ordered(self) -> str:
         """Timed messages with their place: ``n`` the user messages so far in the conversation
         (the turn they belong to), ``asked`` the time of the last one."""
-        m = self._m
-        return (f"SELECT *, count(*) FILTER (WHERE asks) OVER w AS n,"
-                f" max(at) FILTER (WHERE asks) OVER w AS asked FROM (SELECT {self._message_fields()},"
-                f" {m.instant} AS at FROM {m.base} WHERE {self.asks} IS NOT NULL"
-                f" AND {m.created_at} IS NOT NULL AND {m.representable}{self._kept()}"
-                f"{self._reach()}) AS timed"
-                f" WINDOW w AS (PARTITION BY conv ORDER BY at, idx ROWS UNBOUNDED PRECEDING)")
+        return ("SELECT *, count(*) FILTER (WHERE asks) OVER w AS n,"
+                " max(at) FILTER (WHERE asks) OVER w AS asked FROM msgs"
+                " WHERE timed AND asks IS NOT NULL"
+                " WINDOW w AS (PARTITION BY conv ORDER BY at, idx ROWS UNBOUNDED PRECEDING)")
 
     @property
     def _late(self) -> str:
@@ -140,30 +150,31 @@ class MessageSQL(SourceSQL):
     @property
     def relation(self) -> str:
         """The turns, with the recipe's columns; untimed messages too unless scoped."""
-        m, cust = self._m, ", cid AS customer_id" if self.columns.customer_id else ""
+        cust = ", cid AS customer_id" if self.columns.customer_id else ""
         asked = lambda field: f"max({field}) FILTER (WHERE asks)"  # noqa: E731 (one per turn)
         turns = (f"SELECT conv AS conversation_id, {asked('idx')} AS message_index,"
                  f" {asked('uid')} AS user_id, {asked('cid')} AS cid, {asked('body')} AS user_text,"
                  f" string_agg(body, E'\\n' ORDER BY at, idx) FILTER (WHERE NOT asks AND NOT"
                  f" ({self._late})) AS assistant_text, {asked('ts')} AS created_at"
-                 f" FROM ({self._ordered()}) AS ordered WHERE n > 0 GROUP BY conv, n")
+                 f" FROM ({self._ordered}) AS ordered WHERE n > 0 GROUP BY conv, n")
         if self.scope is None:
-            turns += (f" UNION ALL SELECT conv, idx, uid, cid, CASE WHEN asks THEN body END,"
-                      f" CASE WHEN NOT asks THEN body END, ts FROM (SELECT {self._message_fields()}"
-                      f" FROM {m.base} WHERE {self.asks} IS NOT NULL AND NOT ({m.created_at}"
-                      f" IS NOT NULL AND {m.representable}){self._kept()}) AS untimed")
-        return (f"(SELECT conversation_id, message_index, user_id{cust}, user_text,"
-                f" assistant_text, created_at FROM ({turns}) AS made) AS turns")
+            turns += (" UNION ALL SELECT conv, idx, uid, cid, CASE WHEN asks THEN body END,"
+                      " CASE WHEN NOT asks THEN body END, ts FROM msgs"
+                      " WHERE NOT timed AND asks IS NOT NULL")
+        return (f"({self._messages()} SELECT conversation_id, message_index, user_id{cust},"
+                f" user_text, assistant_text, created_at FROM ({turns}) AS made) AS turns")
 
     def skipped_messages(self) -> str:
         """Messages of the scope that make no turn's text, by reason (each counted once, in the
-        range its own time lies in): ``(reason, count)``."""
+        range its own time lies in): ``(reason, count)``. One read of the table."""
         m = self._m
-        own = "".join(f" AND {b}" for b in m.between(*(self.scope or (0, False, False))[1:]))
-        return (f"SELECT {literal(SKIPPED_UNASKED)}, count(*) FROM ({self._ordered()}) AS ordered"
-                f" WHERE NOT asks AND (n = 0 OR {self._late}){own.replace(m.created_at, 'ts')}"
-                f" GROUP BY 1 UNION ALL SELECT {literal(SKIPPED_ROLE)}, count(*) FROM {m.base}"
-                f" WHERE {self.asks} IS NULL{self._kept()}{own} HAVING count(*) > 0")
+        _, start, end = self.scope or (0, False, False)
+        own = "".join([f" AND ts >= {m.bound('start')}"] if start else []) + \
+            "".join([f" AND ts < {m.bound('end')}"] if end else [])
+        return (f"{self._messages(back=True)} SELECT {literal(SKIPPED_UNASKED)}, count(*)"
+                f" FROM ({self._ordered}) AS ordered WHERE NOT asks AND (n = 0 OR {self._late})"
+                f"{own} GROUP BY 1 UNION ALL SELECT {literal(SKIPPED_ROLE)}, count(*) FROM msgs"
+                f" WHERE asks IS NULL{own} HAVING count(*) > 0")
 
     # -- probes: the message table's own ---------------------------------------------------
     def unique_turns(self) -> tuple[str, tuple[str, list[str], str]]:
