@@ -22,7 +22,7 @@ import pytest
 from include import local_airflow
 from synap_backfill.common.frame import frame
 from synap_backfill.common.ids import conversation_uuid
-from tests.integration.synap_memories import memories
+from tests.integration.synap_memories import live_documents, memories
 
 pytestmark = pytest.mark.integration
 UTC = timezone.utc
@@ -189,10 +189,46 @@ def test_a_message_table_with_a_role_column_is_backfilled_once_and_one_deleted_r
     assert new[doc_id + ":u1"]["document"] == frame(victim.user_text, victim.replies[0])
     assert set(synap.get("/_local/stats")["memory_deletes"]) == memories(before[doc_id])
 
-    # An undo of the first run finds each of its documents through the message table.
-    preview = result(local_airflow.run_dag("synap_undo", {"run_id": first.run_id}),
-                     "summarize_undo")
-    assert preview["documents"] == len(turns)
+    # An undo of the first run deletes the memories of its documents and nothing else: the
+    # apply run's replacement lives on.
+    undone = result(local_airflow.run_dag("synap_undo", {"run_id": first.run_id,
+                                                         "dry_run": False}), "summarize_undo")
+    assert undone["documents"] == len(turns) and undone["failed"] == {}
+    assert list(live_documents(synap)) == [f"{victim.conversation}:{number_of(victim.key)}"]
+    assert [d["document_id"] for d in live_documents(synap)[
+        f"{victim.conversation}:{number_of(victim.key)}"]] == [doc_id + ":u1"]
+
+
+@pytest.mark.parametrize("synap", [("--tenant", "local-dev-key::b2c")], indirect=True,
+                         ids=["b2c"])
+def test_a_person_is_erased_from_a_message_table_and_held_back_from_its_next_runs(
+        local_pg, run_backfill, stored_documents, synap, monkeypatch):
+    messages = conversations(15, seed=5, key=lambda k: 1000 + k, conversation=lambda c: c)
+    insert(local_pg, ["DROP TABLE IF EXISTS erase_messages",
+                      "CREATE TABLE erase_messages (id int PRIMARY KEY, chat int, author text,"
+                      " role text, content text, created_at timestamptz)"],
+           "INSERT INTO erase_messages VALUES (%s,%s,%s,%s,%s,%s)",
+           [(m.key, m.conversation, m.user, m.role, m.text, m.at) for m in messages if m.kept])
+    monkeypatch.setenv("AIRFLOW_CONN_SYNAP_PERSON_KEY", json.dumps(
+        {"conn_type": "generic", "password": "a-long-random-person-key-for-tests"}))
+    shape = {"source_table": "erase_messages", "conversation_id_column": "chat",
+             "user_id_column": "author", "customer_id_column": "", "created_at_column": "created_at",
+             "conversation_ids": "any", "message_key_column": "id", "ledger_schema": "msg_erase",
+             "messages": {"role_column": "role", "text_column": "content"}}
+    turns = expected_turns([m for m in messages if m.kept])
+    assert result(run_backfill(synap_extra=FAST, **shape))["ingested"] == len(turns)
+    theirs = [t for t in turns if t.user == "user-1"]
+    assert theirs and len(theirs) < len(turns)
+
+    erased = result(local_airflow.run_dag("synap_erase", {"user_id": "user-1", "dry_run": False,
+                                                          "ledger_schema": "msg_erase"}),
+                    "summarize_erase")
+    assert (erased["documents"], erased["problems"]) == (len(theirs), [])
+    assert live_documents(synap, "user-1") == {}
+    assert len(live_documents(synap)) == len(turns) - len(theirs)
+    again = result(run_backfill(synap_extra=FAST, resend_unchanged=True, **shape))
+    assert (again["suppressed"], again["ingested"] + again["duplicates"]) == (
+        len(theirs), len(turns) - len(theirs))
 
 
 # -- the same backfill, whatever the app's shape -------------------------------------------
