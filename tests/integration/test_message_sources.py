@@ -381,3 +381,34 @@ def test_a_windows_range_reaches_the_message_tables_time_index_in_the_columns_ow
                             day).fetchone()[0]
     assert f"{table}_at" in plan and "Seq Scan" not in plan, plan
     assert read == 8640 // 2  # a day of messages every 10 s: half of them questions
+
+
+@pytest.mark.parametrize("synap", [("--tenant", "local-dev-key::b2c")], indirect=True,
+                         ids=["b2c"])
+def test_a_turn_table_without_a_position_column_is_read_by_its_key_and_one_deleted_turn_touches_only_it(
+        local_pg, run_backfill, stored_documents, synap):
+    """The recipe's shape, the question and the answer on one row, but no message_index: the
+    row's own key (a uuid) names the turn, and integer conversation ids are taken."""
+    rows = [(uuid.UUID(int=k), k // 5, f"user-{k % 3}", f"question {k}", f"answer {k}",
+             T0 + timedelta(minutes=7 * k)) for k in range(1, 61)]
+    insert(local_pg, ["DROP TABLE IF EXISTS qa_rows",
+                      "CREATE TABLE qa_rows (id uuid PRIMARY KEY, thread int, who text, question"
+                      " text, answer text, asked_at timestamptz)"],
+           "INSERT INTO qa_rows VALUES (%s,%s,%s,%s,%s,%s)", rows)
+    shape = {"source_table": "qa_rows", "conversation_id_column": "thread",
+             "user_id_column": "who", "customer_id_column": "", "user_text_column": "question",
+             "assistant_text_column": "answer", "created_at_column": "asked_at",
+             "message_key_column": "id", "conversation_ids": "any", "ledger_schema": "msg_qa"}
+    assert result(run_backfill(synap_extra=FAST, **shape))["ingested"] == len(rows)
+    want = {f"backfill:{conversation_uuid(str(t))}:{number_of(k)}": frame(q, a)
+            for k, t, _, q, a, _ in rows}
+    assert {d["document_id"]: d["document"] for d in stored_documents()} == want
+
+    # The app deletes the first turn of a conversation: no other turn is renamed or resent.
+    with local_pg.connect() as conn:
+        conn.execute("DELETE FROM qa_rows WHERE id = %s", (rows[5][0],))
+    applied = result(run_backfill(synap_extra=FAST, apply_source_changes="apply", **shape))
+    assert (applied["ingested"], applied["source_changes"]["deleted"]) == (0, 1)
+    gone = f"backfill:{conversation_uuid(str(rows[5][1]))}:{number_of(rows[5][0])}"
+    assert set(synap.get("/_local/stats")["memory_deletes"]) == memories(
+        next(d for d in stored_documents() if d["document_id"] == gone))
