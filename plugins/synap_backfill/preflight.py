@@ -65,6 +65,7 @@ def check_source(conn: Any, config: BackfillConfig) -> str:
     if sql.query:
         source, columns = _query_columns(conn, sql, where)
         _check_columns(config, columns, f"source_query {config.source_table!r}")
+        _check_shape(conn, sql, where)
         return source
     with conn.cursor() as cur:
         cur.execute(*sql.relation_oid())
@@ -87,7 +88,22 @@ def check_source(conn: Any, config: BackfillConfig) -> str:
                    for name, shown, category in cur.fetchall()}
     conn.commit()
     _check_columns(config, columns, config.source_table)
+    _check_shape(conn, sql, where)
     return str(as_text(source))
+
+
+def _check_shape(conn: Any, sql: SourceSQL, where: str) -> None:
+    """A message table's paths, roles and filter run (on no row), each named if it does not."""
+    for key, probe in sql.shape_probes():
+        try:
+            with conn.cursor() as cur:
+                cur.execute(probe)
+        except Exception as exc:
+            conn.rollback()
+            raise PreflightError(f"param {key!r}: PostgreSQL refused it {where}"
+                                 f" ({sql_error(exc)}): check its syntax and the columns it"
+                                 " names") from None
+        conn.commit()
 
 
 def _query_columns(conn: Any, sql: SourceSQL, where: str) -> tuple[str, dict[str, tuple[str, str]]]:

@@ -412,3 +412,37 @@ def test_a_turn_table_without_a_position_column_is_read_by_its_key_and_one_delet
     gone = f"backfill:{conversation_uuid(str(rows[5][1]))}:{number_of(rows[5][0])}"
     assert set(synap.get("/_local/stats")["memory_deletes"]) == memories(
         next(d for d in stored_documents() if d["document_id"] == gone))
+
+
+BAD_SHAPES = [
+    ({"messages": {"role_column": "rol", "text_column": "content"}},
+     "param 'messages.role_column': bad_messages has no column 'rol' (did you mean 'role'?)"),
+    ({"messages": {"role_column": "role", "text_column": "content", "text_path": "$.data["}},
+     "param 'messages.text_path': PostgreSQL refused it"),
+    ({"messages": {"role_column": "role", "text_column": "content", "filter": "NOT hidden"}},
+     "param 'messages.filter': PostgreSQL refused it"),
+    ({"created_at_format": "epoch_seconds"},
+     "param 'created_at_column': column 'created_at' of bad_messages is timestamp with time zone,"
+     " not a number (epoch seconds)"),
+    ]
+
+
+@pytest.mark.parametrize("change, failure", BAD_SHAPES, ids=[f[1].split("'")[1]
+                                                             for f in BAD_SHAPES])
+def test_a_misdeclared_message_table_is_refused_in_one_line_naming_its_key_before_any_read(
+        local_pg, synap, use_connections, change, failure):
+    from synap_backfill.airflow.backfill.resolve import resolve_config
+    from synap_backfill.common.source import SourceDeclaration
+
+    insert(local_pg, ["DROP TABLE IF EXISTS bad_messages",
+                      "CREATE TABLE bad_messages (id int PRIMARY KEY, chat uuid, author text,"
+                      " tenant text, role text, content text, created_at timestamptz)"],
+           "INSERT INTO bad_messages VALUES (%s,%s,%s,%s,%s,%s,%s)", [])
+    use_connections()
+    declared = {"source_table": "bad_messages", "conversation_id_column": "chat",
+                "user_id_column": "author", "customer_id_column": "tenant",
+                "message_key_column": "id",
+                "messages": {"role_column": "role", "text_column": "content"}, **change}
+    with pytest.raises(Exception) as refused:
+        resolve_config({}, conf={}, declared=SourceDeclaration.of("the test", **declared))
+    assert str(refused.value).startswith(failure) and "\n" not in str(refused.value)

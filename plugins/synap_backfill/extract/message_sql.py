@@ -177,6 +177,19 @@ class MessageSQL(SourceSQL):
                 f" WHERE asks IS NULL{own} HAVING count(*) > 0")
 
     # -- probes: the message table's own ---------------------------------------------------
+    def shape_probes(self) -> list[tuple[str, str]]:
+        """(key, a statement reading no row) for each declared piece of SQL: PostgreSQL parses
+        a path or a filter it cannot run before any row is read."""
+        g, base = self.grain, self._m.base
+        assert g is not None
+        probes = [("messages.role_path" if g.role_path else "messages.role_column",
+                   f"SELECT {self.asks} FROM {base} LIMIT 0"),
+                  ("messages.text_path" if g.text_path else "messages.text_column",
+                   f"SELECT {self.body} FROM {base} LIMIT 0")]
+        if g.filter:
+            probes.append(("messages.filter", f"SELECT 1 FROM {base} WHERE ({g.filter}) LIMIT 0"))
+        return probes
+
     def unique_turns(self) -> tuple[str, tuple[str, list[str], str]]:
         return self._m.unique_turns()
 

@@ -333,6 +333,10 @@ class SourceSQL:
         """The query's result with no row: its columns' names and types, for preflight."""
         return f"SELECT * FROM {self.base} LIMIT 0"
 
+    def shape_probes(self) -> list[tuple[str, str]]:
+        """(key, a statement reading no row) for SQL the deployment declared beyond columns."""
+        return []
+
     @staticmethod
     def type_facts() -> str:
         """Each type of ``%s`` (type oids): its oid, name as shown, and category."""
