@@ -244,6 +244,7 @@ class Shape:
     key: Callable[[int], Any]
     conversation: Callable[[int], Any]
     conversation_id: Callable[[Any], str] = str
+    user: Callable[[Any], str] | None = None  # the user id, where it is not the generator's
     extra: Callable[[list[Message]], tuple[str, list[tuple]]] | None = None
 
 
@@ -296,31 +297,35 @@ SHAPES = [
           conversation_id=lambda c: conversation_uuid(str(c)),
           extra=lambda ms: ("INSERT INTO ai_chats VALUES (%s,%s) ON CONFLICT DO NOTHING",
                             sorted({(m.conversation, m.user) for m in ms}))),
-    # Integer roles, epoch seconds as a float, ISO conversation ids that are UUIDs.
-    Shape("integer-roles-float-epoch-seconds",
-          ["CREATE TABLE bot_log (msg_id uuid PRIMARY KEY, thread uuid, sender text, kind int,"
-           " body text, ts double precision)", "CREATE INDEX ON bot_log (ts)"],
-          "INSERT INTO bot_log VALUES (%s,%s,%s,%s,%s,%s)",
-          lambda m: (m.key, m.conversation, m.user, {"user": 0, "assistant": 1}.get(m.role, 2),
-                     m.text, m.at.timestamp()),
-          {"source_table": "bot_log", "conversation_id_column": "thread",
-           "user_id_column": "sender", "customer_id_column": "", "created_at_column": "ts",
-           "created_at_format": "epoch_seconds", "message_key_column": "msg_id",
-           "messages": {"role_column": "kind", "user_roles": [0], "assistant_roles": [1],
-                        "text_column": "body"}},
-          key=lambda k: uuid.UUID(int=7 << 64 | k), conversation=lambda c: uuid.UUID(int=99 << 64 | c)),
-    # ISO-8601 text times, roles spelled as constants.
-    Shape("iso-text-times-upper-case-roles",
-          ["CREATE TABLE desk (id serial PRIMARY KEY, ticket uuid, who text, author_type text,"
+    # An event log (Rasa's tracker): the text inside JSON held as text, which other events'
+    # rows do not hold; epoch seconds as a float; the sender is the conversation and the user.
+    Shape("event-log-json-text-float-epoch-seconds",
+          ["CREATE TABLE events (id serial PRIMARY KEY, sender_id text, type_name text,"
+           " timestamp double precision, data text)", "CREATE INDEX ON events (timestamp)"],
+          "INSERT INTO events VALUES (%s,%s,%s,%s,%s)",
+          lambda m: (m.key, m.conversation, {"user": "user", "assistant": "bot"}.get(m.role, "action"),
+                     m.at.timestamp(), json.dumps({"text": m.text}) if m.role in (
+                         "user", "assistant") else "<not json>"),
+          {"source_table": "events", "conversation_id_column": "sender_id",
+           "user_id_column": "sender_id", "customer_id_column": "", "created_at_column": "timestamp",
+           "created_at_format": "epoch_seconds", "conversation_ids": "any",
+           "message_key_column": "id",
+           "messages": {"role_column": "type_name", "user_roles": ["user"], "assistant_roles": ["bot"],
+                        "text_column": "data", "text_path": "$.text"}},
+          key=lambda k: k, conversation=lambda c: f"sender-{c}",
+          conversation_id=lambda c: conversation_uuid(str(c)), user=str),
+    # ISO-8601 text times, integer roles (0 the user's, 1 the assistant's, 2 anything else).
+    Shape("iso-text-times-integer-roles",
+          ["CREATE TABLE desk (id serial PRIMARY KEY, ticket uuid, who text, author_type int,"
            " message text, sent_at text)", "CREATE INDEX ON desk (sent_at)"],
           "INSERT INTO desk VALUES (%s,%s,%s,%s,%s,%s)",
-          lambda m: (m.key, m.conversation, m.user, m.role.upper(), m.text,
-                     m.at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")),
+          lambda m: (m.key, m.conversation, m.user, {"user": 0, "assistant": 1}.get(m.role, 2),
+                     m.text, m.at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")),
           {"source_table": "desk", "conversation_id_column": "ticket", "user_id_column": "who",
            "customer_id_column": "", "created_at_column": "sent_at",
            "created_at_format": "iso8601", "message_key_column": "id",
-           "messages": {"role_column": "author_type", "user_roles": ["USER"],
-                        "assistant_roles": ["ASSISTANT"], "text_column": "message"}},
+           "messages": {"role_column": "author_type", "user_roles": [0], "assistant_roles": [1],
+                        "text_column": "message"}},
           key=lambda k: k, conversation=lambda c: uuid.UUID(int=5 << 64 | c)),
 ]
 
@@ -332,6 +337,9 @@ def test_each_documented_shape_is_backfilled_exactly_without_a_view(
         shape, synap, local_pg, run_backfill, stored_documents):
     messages = [m for m in conversations(12, seed=len(shape.name), key=shape.key,
                                          conversation=shape.conversation) if m.kept]
+    if shape.user is not None:
+        for m in messages:
+            m.user = shape.user(m.conversation)
     tables = [t.split("(")[0].split()[-1] for t in shape.tables if t.startswith("CREATE TABLE")]
     insert(local_pg, [f"DROP TABLE IF EXISTS {t} CASCADE" for t in tables] + shape.tables,
            shape.statement, [shape.row(m) for m in messages])

@@ -98,9 +98,10 @@ class MessageSQL(SourceSQL):
 
     def _message_fields(self) -> str:
         m = self._m
+        # The text only of a message: an event log's other rows need not hold JSON.
         return (f"{m.conversation}::text AS conv, {m.index} AS idx, {q(m.columns.user_id)}::text"
-                f" AS uid, {m.customer()} AS cid, {self.asks} AS asks, {self.body} AS body,"
-                f" {m.created_at} AS ts")
+                f" AS uid, {m.customer()} AS cid, {self.asks} AS asks, CASE WHEN {self.asks}"
+                f" IS NOT NULL THEN {self.body} END AS body, {m.created_at} AS ts")
 
     def _kept(self) -> str:
         g = self.grain
