@@ -129,6 +129,41 @@ class TargetView:
     suppressions: list[dict[str, Any]] = field(default_factory=list)
 
 
+@dataclass
+class SurveyProgress:
+    """A dry run's surveys so far, by part (partition or instance): what its view shows."""
+
+    parts: dict[str, dict[str, Any]]
+
+    def totals(self, estimate: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Documents surveyed of those to survey, memories found (and, from a sample, the
+        estimate for all), the rate (running parts' rates added up) and the time left."""
+        reports = list(self.parts.values())
+        surveyed = sum(int(r.get("documents") or 0) for r in reports)
+        to_survey = int((estimate or {}).get("calls") or 0) or sum(
+            int(r.get("total") or 0) for r in reports)
+        rate = sum(int(r.get("documents") or 0) / float(r["seconds"]) for r in reports
+                   if not r.get("finished") and float(r.get("seconds") or 0) > 0)
+        memories = sum(int(r.get("memories") or 0) for r in reports)
+        scaled = sum(round(int(r.get("memories") or 0) * int(r.get("total") or 0)
+                           / int(r["documents"])) if r.get("sampled") and r.get("documents")
+                     else int(r.get("memories") or 0) for r in reports)
+        left = max(0, to_survey - surveyed)
+        return {"surveyed": surveyed, "of": to_survey, "memories": memories,
+                "memories_estimate": scaled, "sampled": any(r.get("sampled") for r in reports),
+                "rate": round(rate, 2) if rate else None,
+                "seconds_left": (left / rate) if rate else None,
+                "estimate": (estimate or {}).get("line"),
+                "finished": bool(reports) and all(r.get("finished") for r in reports)
+                and surveyed >= to_survey}
+
+
+def survey_progress(conn: Any, schema: str, dag_id: str, run_id: str) -> SurveyProgress:
+    from synap_backfill.deletion.undo_ledger import surveys
+
+    return SurveyProgress(surveys(conn, schema, dag_id, run_id))
+
+
 def targets(conn: Any, schema: str, dag_ids: Iterable[str] | None = None,
             runs_per_target: int = 50) -> list[TargetView]:
     """Every target the ledger knows, with its holdings and its latest runs.

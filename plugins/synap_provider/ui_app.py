@@ -182,24 +182,34 @@ def _run_view(dag_id: str, run_id: str) -> dict[str, Any]:
         view.update(_backfill_view(dag_id, run_id, config, xcoms, states, labels,
                                    seconds=view["seconds"]))
     elif kind == "undo":
-        view.update(_undo_view(config, xcoms, states, labels))
+        view.update(_undo_view(config, xcoms, states, labels, dag_id=dag_id, run_id=run_id))
     else:
-        view.update(_erase_view(config, xcoms, states))
+        view.update(_erase_view(config, xcoms, states, dag_id=dag_id, run_id=run_id))
     view["problems"] = view["problems"] or list(xcoms.get(("summarize_erase", -1, "problems")) or [])
     return view
 
 
-def _erase_view(config: Any, xcoms: dict, states: dict) -> dict[str, Any]:
-    """An erasure: its person's hash (never the id), per target what was found and deleted."""
+def _erase_view(config: Any, xcoms: dict, states: dict, *, dag_id: str = "",
+                run_id: str = "") -> dict[str, Any]:
+    """An erasure: its person's hash (never the id), per target what was found and deleted;
+    a dry run's survey as it goes."""
+    from synap_backfill.run_view import survey_progress
+
     # erase_target maps over the targets suppress_person read again under the fence.
     targets = xcoms.get(("suppress_person", -1, "return_value"))
     if targets is None:
         targets = xcoms.get(("plan_erase", -1, "return_value"))
     if not isinstance(config, dict) or targets is None:
         return {"partitions": [], "totals": None}
+    dry = bool(config.get("dry_run"))
+    surveyed = None
+    if dry and config.get("ledger_schema"):
+        with closing(_ledger(config)) as conn:
+            surveyed = survey_progress(conn, config["ledger_schema"], dag_id, run_id)
     rows = []
     for index, target in enumerate(targets):
-        done = xcoms.get(("erase_target", index, "return_value")) or {}
+        done = (xcoms.get(("erase_target", index, "return_value"))
+                or (surveyed.parts.get(str(target.get("holding"))) if surveyed else None) or {})
         rows.append({"index": index, "label": f"{target['target']} ({target['source']})",
                      "state": states.get(("erase_target", index), "none"),
                      "documents": target["documents"], "without_id": target["without_id"],
@@ -210,8 +220,10 @@ def _erase_view(config: Any, xcoms: dict, states: dict) -> dict[str, Any]:
                      "failure": xcoms.get(("erase_target", index, "failure"))})
     person = str(config.get("person") or "").split(";")[0].split(":")
     shown = next((h for h in (person[2:3] + person[1:2]) if h and h != "-"), "")
+    survey = surveyed.totals({"calls": sum(int(t["documents"]) for t in targets)}) if surveyed \
+        else None
     return {"person": shown, "dry_run": config.get("dry_run"), "partitions": rows,
-            "summary": xcoms.get(("summarize_erase", -1, "return_value"))}
+            "survey": survey, "summary": xcoms.get(("summarize_erase", -1, "return_value"))}
 
 
 def _backfill_view(dag_id: str, run_id: str, config: Any, xcoms: dict, states: dict,
@@ -274,8 +286,9 @@ def _backfill_view(dag_id: str, run_id: str, config: Any, xcoms: dict, states: d
     }
 
 
-def _undo_view(config: Any, xcoms: dict, states: dict, labels: dict) -> dict[str, Any]:
-    from synap_backfill.run_view import undo_partitions
+def _undo_view(config: Any, xcoms: dict, states: dict, labels: dict, *, dag_id: str = "",
+               run_id: str = "") -> dict[str, Any]:
+    from synap_backfill.run_view import survey_progress, undo_partitions
 
     planned = xcoms.get(("plan_undo", -1, "return_value"))
     if not isinstance(config, dict) or planned is None:
@@ -284,13 +297,18 @@ def _undo_view(config: Any, xcoms: dict, states: dict, labels: dict) -> dict[str
         # (target_run: what an undo from before this release called the undone run)
         undone = int(config.get("undone_run") or config.get("target_run") or 0)
         progress = undo_partitions(conn, config["ledger_schema"], undone)
+        surveyed = survey_progress(conn, config["ledger_schema"], dag_id, run_id)
+    dry = bool(config.get("dry_run"))
     rows = []
     for index, partition in enumerate(planned):
         found = progress.get(partition["key"])
         report = (found.report if found is not None else {}) or {}
-        survey = xcoms.get(("survey_partition", index, "return_value")) or {}
+        survey = (xcoms.get(("survey_partition", index, "return_value"))
+                  or surveyed.parts.get(partition["key"]) or {})
         rows.append({"index": index, "label": partition["label"],
-                     "state": states.get(("undo_partition", index), "none"),
+                     # A dry run's work is its survey; the deleting task is skipped.
+                     "state": states.get(("survey_partition" if dry else "undo_partition", index),
+                                         "none"),
                      "documents": partition["documents"], "without_id": partition["without_id"],
                      "memories": survey.get("memories") if config.get("dry_run") else report.get("memories"),
                      "deleted": report.get("deleted", 0), "already_gone": report.get("already_gone", 0),
@@ -298,15 +316,18 @@ def _undo_view(config: Any, xcoms: dict, states: dict, labels: dict) -> dict[str
                      "failure": xcoms.get(("undo_partition", index, "failure"))})
     return {"target": config.get("target"), "undoes": f"run {config.get('run_id')!r} of DAG"
             f" {config.get('dag_id')!r}", "dry_run": config.get("dry_run"), "partitions": rows,
+            "survey": surveyed.totals(xcoms.get(("plan_undo", -1, "survey_estimate")))
+            if dry or config.get("require_approval") else None,
             "summary": xcoms.get(("summarize_undo", -1, "return_value"))}
 
 
 def _xcoms(dag_id: str, run_id: str) -> dict[tuple[str, int, str], Any]:
-    """The run's XComs the view reads: configs, plans, reports and one-line failures."""
+    """The run's XComs the view reads: configs, plans, reports, one-line failures, and a
+    survey's estimate."""
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
 
-    wanted = ("return_value", "failure", "problems")
+    wanted = ("return_value", "failure", "problems", "survey_estimate")
     with create_session() as session:
         rows = session.query(XComModel).filter(XComModel.dag_id == dag_id, XComModel.run_id == run_id,
                                                XComModel.key.in_(wanted)).all()

@@ -77,6 +77,11 @@ def test_a_person_is_erased_from_every_instance_once_and_never_sent_again(
         assert (preview["targets"], preview["documents"], preview["deleted"]) == (2, 2 * rows, 0)
         assert preview["memories"] == sum(len(m) for m in theirs.values())
         assert deletes(synap) == {} and deletes(region) == {}
+        from synap_provider.ui_app import _run_view  # what its view shows: the survey, whole
+
+        survey = _run_view("synap_erase", dry.run_id)["survey"]
+        assert (survey["surveyed"], survey["of"], survey["memories"], survey["finished"]) == (
+            2 * rows, 2 * rows, preview["memories"], True)
 
         # The erasure: every memory of theirs, in both instances, and nothing else.
         done = local_airflow.run_dag("synap_erase", {**who, "dry_run": False, **STORY})

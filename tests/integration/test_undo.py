@@ -195,3 +195,33 @@ def test_an_unknown_run_a_connection_now_opening_another_instance_and_a_running_
             session.query(DagRun).filter(DagRun.run_id == run.run_id).update(
                 {DagRun.state: DagRunState.SUCCESS})
     assert deletes(synap) == {}
+
+
+def test_a_sampled_survey_reads_a_spread_sample_says_its_time_before_it_starts_and_shows_its_progress(
+        local_pg, run_backfill, synap):
+    """An undo's dry run with ``survey_sample``: status calls for the sample alone, memories
+    scaled to every document, the estimate of both durations before it starts, and the
+    run's view showing documents surveyed of those to survey and what it would delete."""
+    from synap_provider.ui_app import _run_view
+
+    with local_pg.connect() as conn:
+        total = load_demo_table(conn, "undo_sampled", turns=240, days=2, seed=73)
+    sent = run_backfill(source_table="undo_sampled", synap_extra={"requests_per_minute": 0})
+    assert summary_of(sent)["ingested"] == total
+    dry = run_undo(None, run_id=sent.run_id, survey_sample=10)
+    summary = summary_of(dry, "summarize_undo")
+    partitions = summary["partitions"]
+    assert summary["sampled"] and summary["documents"] == 10 * partitions < total
+    assert summary["total"] == total
+    assert summary["requests"] == summary["documents"]  # one status call a sampled document
+    (estimate,) = local_airflow.task_xcom(dry, "plan_undo", "survey_estimate")
+    assert (estimate["calls"], estimate["documents"]) == (10 * partitions, total)
+    assert "for a sample of" in estimate["line"]
+
+    view = _run_view("synap_undo", dry.run_id)
+    survey = view["survey"]
+    assert (survey["surveyed"], survey["of"], survey["finished"]) == (10 * partitions,
+                                                                      10 * partitions, True)
+    assert survey["sampled"] and survey["memories_estimate"] == summary["memories_estimate"]
+    assert {p["state"] for p in view["partitions"]} == {"success"}  # the survey's state
+    assert deletes(synap) == {}

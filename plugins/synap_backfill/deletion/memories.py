@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 from synap_backfill.deletion.undo import Document, UndoClient, UndoReport, undo_partition
-from synap_backfill.deletion.undo_ledger import PartitionUndoLedger
+from synap_backfill.deletion.undo_ledger import PartitionUndoLedger, SurveyLedger
 from synap_backfill.delivery.target import SynapTarget
 
 
@@ -40,11 +40,14 @@ async def delete_memories(synap: SynapTarget, connect: Callable[[], Any], schema
                           label: str,
                           conversations: Callable[[UndoClient, Any], Callable[[list[str]],
                                                   Awaitable[tuple[int, int]]]] | None = None,
-                          then: Callable[[UndoClient, Any], Awaitable[None]] | None = None
+                          then: Callable[[UndoClient, Any], Awaitable[None]] | None = None,
+                          survey: tuple[str, str, str] | None = None, sample: int = 0
                           ) -> UndoReport:
     """Delete the memories of ``documents`` (``place`` None: count them, a dry run), list
     ``without_id``; ``conversations`` makes the raw-turn deleter of an undo, ``then`` runs
-    with the same client after (an erasure's ``data.delete`` of the user)."""
+    with the same client after (an erasure's ``data.delete`` of the user). A dry run shows
+    its progress under ``survey`` (its DAG id, run id and part) and, with ``sample``, reads
+    that many documents only, spread over them (0: every one)."""
     with closing(connect()) as conn:
         async with synap.session() as sdk, AsyncExitStack() as stack:
             found = getattr(sdk, "instance_id", None) or ""
@@ -57,9 +60,12 @@ async def delete_memories(synap: SynapTarget, connect: Callable[[], Any], schema
             ledger = None if place is None else PartitionUndoLedger(
                 conn, schema, place.owner, place.key, report.label, holding=place.holding,
                 dag_id=place.dag_id, run_id=place.run_id, releases=place.releases)
+            shown = (SurveyLedger(stack.enter_context(closing(connect())), schema, *survey)
+                     if survey is not None and place is None else None)
             await undo_partition(documents, without_id, client, report, ledger,
                                  dry_run=place is None, wait_seconds=wait_seconds,
-                                 conversations=conversations(client, sdk) if conversations else None)
+                                 conversations=conversations(client, sdk) if conversations else None,
+                                 survey=shown, sample=sample)
             if then is not None:
                 await then(client, sdk)
     return report

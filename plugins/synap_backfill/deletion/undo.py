@@ -44,6 +44,7 @@ T = TypeVar("T")
 TERMINAL = frozenset({"completed", "failed", "partial_success"})
 POLL_EVERY = 10.0  # seconds between status calls for a document still being extracted
 PROGRESS_EVERY = 30.0  # seconds between progress lines (counts only)
+SURVEY_EVERY = 5.0  # seconds between a survey's saved progress (what its view shows)
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,15 @@ class UndoReport:
     seconds: float = 0.0
     dry_run: bool = False
     already_undone: bool = False  # an earlier undo finished this partition: nothing to do
+    total: int = 0  # the partition's documents with an ingestion id (surveyed or not)
+    sampled: bool = False  # a survey of a sample: ``memories`` counts the sample's
+
+    @property
+    def memories_estimate(self) -> int:
+        """Memories of every document: counted, or from a sample, scaled to the total."""
+        if not self.sampled or not self.documents:
+            return self.memories
+        return round(self.memories * self.total / self.documents)
 
     @property
     def failed_total(self) -> int:
@@ -107,6 +117,10 @@ class UndoReport:
             setattr(self, name, getattr(earlier, name))
 
     def label_with_counts(self) -> str:
+        if self.dry_run and self.sampled:
+            return (f"{self.label} · would delete about {self.memories_estimate} memories of"
+                    f" {self.total} documents (from a sample of {self.documents}),"
+                    f" {self.without_id} without an id")
         if self.dry_run:
             return (f"{self.label} · would delete {self.memories} memories of {self.documents}"
                     f" documents, {self.without_id} without an id")
@@ -200,6 +214,12 @@ class Progress:
     finished: bool = False
 
 
+class SurveyLog(Protocol):
+    """Where a survey (a dry run) shows how far it got while it runs: counts only."""
+
+    def save(self, report: UndoReport, finished: bool) -> None: ...
+
+
 class UndoLedger(Protocol):
     """What an undo partition keeps in the ledger (``undo_ledger.PartitionUndoLedger``)."""
 
@@ -217,10 +237,13 @@ async def undo_partition(documents: list[Document], without_id: list[str], clien
                          report: UndoReport, ledger: UndoLedger | None, *, dry_run: bool,
                          wait_seconds: float, poll_every: float = POLL_EVERY,
                          conversations: Callable[[list[str]], Awaitable[tuple[int, int]]] | None
-                         = None, clock: Callable[[], float] = time.monotonic) -> UndoReport:
+                         = None, clock: Callable[[], float] = time.monotonic,
+                         survey: SurveyLog | None = None, sample: int = 0) -> UndoReport:
     """Delete (``dry_run``: count) the memories of ``documents``; list ``without_id``.
 
     ``ledger``: checkpoints and the write-ahead mark (None: a survey, which changes nothing).
+    ``survey``: a dry run's progress, saved every few seconds. ``sample``: a dry run reads
+    this many documents, spread over the partition, and scales their memories to the rest.
     ``conversations``: deletes (or counts) the raw turns of the conversations given, after
     the memories; returns (conversations, turns).
     """
@@ -242,6 +265,13 @@ async def undo_partition(documents: list[Document], without_id: list[str], clien
             log.info("undo %s resumes after %d documents (%d memories deleted so far)",
                      report.label, progress.position, report.deleted)
     report.dry_run = dry_run
+    report.total = len(documents)
+    if dry_run and 0 < sample < len(documents):
+        documents = spread(documents, sample)
+        report.sampled = True
+    if survey is not None:
+        await asyncio.to_thread(survey.save, report, False)
+    last_saved = clock()
     base_requests, base_seconds = report.requests, report.seconds  # an earlier attempt's
     if progress.position == 0:
         report.without_id = len(without_id)
@@ -304,10 +334,13 @@ async def undo_partition(documents: list[Document], without_id: list[str], clien
                 undone.append(next_generation(str(status.document_id)))
         report.requests = base_requests + client.requests
         report.seconds = base_seconds + clock() - started
+        if survey is not None and clock() - last_saved >= SURVEY_EVERY:
+            last_saved = clock()
+            await asyncio.to_thread(survey.save, report, False)
         if clock() - last_progress >= PROGRESS_EVERY:
             last_progress = clock()
             log.info("%s: %d of %d documents, %d memories %s, %d requests, %.0f s", report.label,
-                     doc.ordinal, len(documents), report.memories if dry_run else report.deleted,
+                     report.documents, len(documents), report.memories if dry_run else report.deleted,
                      "found" if dry_run else "deleted", report.requests, report.seconds)
         if ledger is not None and not dry_run:
             progress.position = progress.sent_through = doc.ordinal
@@ -320,11 +353,21 @@ async def undo_partition(documents: list[Document], without_id: list[str], clien
         report.conversations, report.turns = await conversations(sorted(conversation_ids))
     report.requests = base_requests + client.requests
     report.seconds = base_seconds + clock() - started
+    if survey is not None:
+        await asyncio.to_thread(survey.save, report, True)
     if ledger is not None and not dry_run:
         progress.finished = True
         progress.report = report.to_xcom()
         await asyncio.to_thread(ledger.save, progress, [], [], release=True)
     return report
+
+
+def spread(items: list[T], count: int) -> list[T]:
+    """``count`` of ``items``, evenly spread from the first to the last, in order."""
+    if count >= len(items):
+        return list(items)
+    step = len(items) / count
+    return [items[int(i * step)] for i in range(count)]
 
 
 def _state(status: Any) -> str:

@@ -30,6 +30,12 @@ class UndoConfig(ParamsModel):
         False, title="Require approval", check="boolean",
         description="Show the dry run's figures under Required Actions and delete only once "
                     "someone approves.")
+    survey_sample: int = param(
+        0, title="Survey sample", check="whole", minimum=0, maximum=100_000_000,
+        description="A dry run reads one status per document to count its memories, at the "
+                    "instance's pace (the plan's log says how long). A number here reads that "
+                    "many documents per partition, spread over it, and estimates the rest from "
+                    "them: minutes instead of hours. 0: every document, an exact count.")
     delete_conversations: bool = param(
         False, title="Delete conversations", check="boolean",
         description="Also delete the raw turns of the run's conversations (data.delete, scope "

@@ -10,6 +10,8 @@
 * ``undone``: per Synap target (holding), each document whose memories an undo
   deleted, and the generation its next send takes (``undo.next_generation``).
 * ``undos``: each undo DAG run: the run it undid, dry or not, its summary.
+* ``surveys``: a dry run's progress while it reads what it would delete, per DAG run and
+  partition (or instance): its counts, for the run's view. Nothing resumes from it.
 """
 
 from __future__ import annotations
@@ -44,6 +46,41 @@ def create_tables(cur: Any, s: str) -> None:
         dag_id text NOT NULL, run_id text NOT NULL, target int NOT NULL,
         dry_run boolean NOT NULL, summary text, started_at timestamptz NOT NULL DEFAULT now(),
         finished_at timestamptz, PRIMARY KEY (dag_id, run_id))""")
+    cur.execute(f"""CREATE TABLE IF NOT EXISTS {s}.surveys (
+        dag_id text NOT NULL, run_id text NOT NULL, part text NOT NULL, report text NOT NULL,
+        finished boolean NOT NULL DEFAULT false, updated_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (dag_id, run_id, part))""")
+
+
+class SurveyLedger:
+    """``undo.SurveyLog`` in the ledger: one row a part (partition or instance), overwritten."""
+
+    def __init__(self, conn: Any, schema: str, dag_id: str, run_id: str, part: str) -> None:
+        self._conn, self._s = conn, quote_identifier(schema)
+        self._key = (dag_id, run_id, part)
+
+    def save(self, report: Any, finished: bool) -> None:
+        with self._conn.cursor() as cur:
+            cur.execute(f"INSERT INTO {self._s}.surveys (dag_id, run_id, part, report, finished)"
+                        " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (dag_id, run_id, part) DO UPDATE"
+                        " SET report = EXCLUDED.report, finished = EXCLUDED.finished,"
+                        " updated_at = now()", (*self._key, json.dumps(report.to_xcom()), finished))
+        self._conn.commit()
+
+
+def surveys(conn: Any, schema: str, dag_id: str, run_id: str) -> dict[str, dict[str, Any]]:
+    """A DAG run's surveys so far, by part: the report, finished, seconds since saved."""
+    s = quote_identifier(schema)
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT to_regclass(%s)", (f"{s}.surveys",))
+        if cur.fetchone()[0] is None:
+            conn.commit()
+            return {}
+        cur.execute(f"SELECT part, report, finished FROM {s}.surveys WHERE dag_id = %s AND"
+                    " run_id = %s", (dag_id, run_id))
+        rows = cur.fetchall()
+    conn.commit()
+    return {part: {**json.loads(report), "finished": bool(done)} for part, report, done in rows}
 
 
 def partitions(conn: Any, schema: str, dag_id: str, run_id: str) -> list[tuple[str, str, int, int]]:

@@ -314,7 +314,7 @@ def erase_target(plan_dict: Mapping[str, Any], target_dict: Mapping[str, Any],
         documents=[Document(n, str(d.ingestion_id)) for n, d in enumerate(with_id, start=1)],
         without_id=[d.document_id for d in docs if not d.ingestion_id], report=report,
         place=place, wait_seconds=plan.extraction_wait, label=f"erase {target.label}",
-        then=live_too))
+        then=live_too, survey=(dag_id, run_id, str(target.holding)) if plan.dry_run else None))
     deletion_observed(synap.hook, target.target, report, dag_id)
     pending: list[HeldDocument] = []
     unattributed, unanswered = target.unattributed, target.unanswered

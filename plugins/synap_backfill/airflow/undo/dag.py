@@ -88,8 +88,9 @@ def build_undo_dag(dag_id: str = "synap_undo", *, doc_md: str | None = None,
         def plan_undo(config: dict) -> list[dict]:
             from synap_backfill.airflow.undo.tasks import plan_undo as plan
 
-            run = get_current_context()["dag_run"]
-            return plan(config, dag_id=run.dag_id, run_id=run.run_id)
+            context = get_current_context()
+            run = context["dag_run"]
+            return plan(config, dag_id=run.dag_id, run_id=run.run_id, ti=context["ti"])
 
         @task(map_index_template="{{ undo_label }}", pool=DEFAULT_POOL, multiple_outputs=False)
         def survey_partition(config: dict, partition: dict) -> dict:
@@ -102,7 +103,8 @@ def build_undo_dag(dag_id: str = "synap_undo", *, doc_md: str | None = None,
             context["undo_label"] = partition["label"]
             if not (config["dry_run"] or config["require_approval"]):
                 raise AirflowSkipException("not a dry run and no approval asked: no survey")
-            report = survey(config, partition)
+            report = survey(config, partition, run_id=context["dag_run"].run_id,
+                            dag_id=context["dag_run"].dag_id)
             context["undo_label"] = UndoReport.from_xcom(report).label_with_counts()
             return report
 

@@ -112,8 +112,10 @@ def _run_state(ti: Any, dag_id: str, run_id: str) -> str | None:
         return None
 
 
-def plan_undo(config_dict: Mapping[str, Any], *, dag_id: str, run_id: str) -> list[dict[str, Any]]:
-    """The run's partitions that got documents accepted: small dicts, never ids."""
+def plan_undo(config_dict: Mapping[str, Any], *, dag_id: str, run_id: str, ti: Any = None
+              ) -> list[dict[str, Any]]:
+    """The run's partitions that got documents accepted: small dicts, never ids. Before a
+    survey starts, how long it takes at the instance's pace (XCom ``survey_estimate``)."""
     from airflow.providers.postgres.hooks.postgres import PostgresHook
 
     config = UndoConfig.from_dict(config_dict)
@@ -125,13 +127,39 @@ def plan_undo(config_dict: Mapping[str, Any], *, dag_id: str, run_id: str) -> li
     log.info("%s got %d documents accepted in %d partitions (and counted %d as its own from a"
              " duplicate answer, without an id)", config.describe_run,
              sum(p.documents for p in found), len(found), sum(p.without_id for p in found))
+    if config.dry_run or config.require_approval:
+        estimate = survey_estimate(config, found)
+        log.info("the survey reads one status a document: %s", estimate["line"])
+        if ti is not None:
+            ti.xcom_push(key="survey_estimate", value=estimate)
     return [p.to_dict() for p in found]
 
 
-def survey(config_dict: Mapping[str, Any], partition_dict: Mapping[str, Any]) -> dict[str, Any]:
-    """What undoing a partition would delete: its documents' memories, read, none deleted."""
+def survey_estimate(config: UndoConfig, found: Sequence[UndoPartition]) -> dict[str, Any]:
+    """Status calls a survey makes (every document, or ``survey_sample`` a partition) and how
+    long they take at the instance's pace; the exact survey's too, when sampling."""
+    rate = SynapTarget.connect(config.synap_conn_id).rate
+    exact = sum(p.documents for p in found)
+    calls = (sum(min(p.documents, config.survey_sample) for p in found) if config.survey_sample
+             else exact)
+    line = (f"{calls:,} status calls, {describe_duration(estimate_seconds(calls, rate))}"
+            + (f" at {rate:,.0f} requests a minute" if rate else ""))
+    if calls < exact:
+        line += (f" for a sample of {calls:,} of {exact:,} documents (every document:"
+                 f" {describe_duration(estimate_seconds(exact, rate))})")
+    elif exact > 1000:
+        line += "; survey_sample reads fewer, spread over each partition, for an estimate"
+    return {"calls": calls, "documents": exact, "seconds": estimate_seconds(calls, rate),
+            "exact_seconds": estimate_seconds(exact, rate), "rate": rate, "line": line}
+
+
+def survey(config_dict: Mapping[str, Any], partition_dict: Mapping[str, Any], *,
+           run_id: str = "", dag_id: str = "synap_undo") -> dict[str, Any]:
+    """What undoing a partition would delete: its documents' memories, read, none deleted;
+    its progress shown in the run's view as it goes (``run_id``: the undo's own run)."""
     config = UndoConfig.from_dict(config_dict)
-    return _run(config, UndoPartition.from_dict(partition_dict), dry_run=True)
+    return _run(config, UndoPartition.from_dict(partition_dict), dry_run=True, undo_run=run_id,
+                undo_dag=dag_id)
 
 
 def undo(config_dict: Mapping[str, Any], partition_dict: Mapping[str, Any], *,
@@ -168,7 +196,8 @@ def _run(config: UndoConfig, partition: UndoPartition, *, dry_run: bool,
     asyncio.run(delete_memories(
         synap, ledger_hook.get_conn, config.ledger_schema, instance=config.target, documents=docs,
         without_id=without_id, report=report, place=place, wait_seconds=config.extraction_wait,
-        label=f"undo {partition.label}",
+        label=f"undo {partition.label}", sample=config.survey_sample if dry_run else 0,
+        survey=(undo_dag, undo_run, partition.key) if dry_run and undo_run else None,
         conversations=(lambda client, sdk: _conversations(config, client, synap.isolation(sdk),
                                                           dry_run=dry_run))
         if config.delete_conversations else None))
@@ -231,7 +260,8 @@ def summarize_undo(config_dict: Mapping[str, Any] | None, planned: Sequence[Mapp
     if total.failed_total:
         problems.append(f"{total.failed_total} memories could not be deleted: "
                         + ", ".join(f"{n} x {r}" for r, n in total.failed.most_common()))
-    result = {**total.to_xcom(), "partitions": len(planned), "problems": problems,
+    result = {**total.to_xcom(), "memories_estimate": _memories(reports),
+              "partitions": len(planned), "problems": problems,
               "dry_run": config.dry_run, "target": config.target, "run": config.describe_run,
               "unreached_at": f"SELECT * FROM {config.ledger_schema}.undo_unreached WHERE target ="
                               f" {config.undone_run} (connection {config.ledger_conn_id})"}
@@ -255,7 +285,14 @@ def _total(reports: Iterable[UndoReport]) -> UndoReport:
         total.failed.update(r.failed)
         total.not_reached.update(r.not_reached)
         total.dry_run = r.dry_run
+        total.total += r.total or r.documents
+        total.sampled = total.sampled or r.sampled
     return total
+
+
+def _memories(reports: Iterable[UndoReport]) -> int:
+    """Memories of every document: counted, or estimated from each partition's sample."""
+    return sum(r.memories_estimate for r in reports)
 
 
 def render_undo(config: UndoConfig, planned: list[Mapping[str, Any]], reports: list[UndoReport],
@@ -287,8 +324,12 @@ def render_undo(config: UndoConfig, planned: list[Mapping[str, Any]], reports: l
     out = [f"undo of {config.describe_run} on Synap instance {config.target}"
            + (" (a dry run: nothing was deleted)" if config.dry_run else ""),
            line(header), rule, *map(line, rows), rule, line(last)]
+    if total.sampled:
+        out.append(f"from a sample of {total.documents} of {total.total} documents"
+                   f" (survey_sample {config.survey_sample}): about {_memories(reports)} memories"
+                   " in all; a dry run without survey_sample counts them exactly")
     if config.dry_run:
-        requests = total.documents + total.memories + total.conversations
+        requests = total.total + _memories(reports) + total.conversations
         out.append(f"deleting takes {requests} requests (a status call a document, a delete a"
                    f" memory): {describe_duration(estimate_seconds(requests, rate))} at the"
                    f" connection's {rate:,.0f} requests a minute")
@@ -312,14 +353,19 @@ def approval_body(config: UndoConfig, surveys: list[Mapping[str, Any]]) -> str:
     reports = [UndoReport.from_xcom(r) for r in surveys if r]
     total = _total(reports)
     rate = SynapTarget.connect(config.synap_conn_id).rate
-    requests = total.documents + total.memories + total.conversations
+    memories = _memories(reports)
+    requests = total.total + memories + total.conversations
     parts = len(reports)
-    lines = [f"**Delete {total.memories:,} memories** made from **{total.documents:,} documents**"
+    about = "about " if total.sampled else ""
+    lines = [f"**Delete {about}{memories:,} memories** made from **{total.total:,} documents**"
              f" of {config.describe_run}, on Synap instance `{config.target}`"
              f" ({parts} partition{'' if parts == 1 else 's'}).", "",
              f"- time: about {describe_duration(estimate_seconds(requests, rate))} at the"
              f" connection's {rate:,.0f} requests a minute ({requests:,} requests)",
              f"- documents without an ingestion id (not deletable, listed): {total.without_id:,}"]
+    if total.sampled:
+        lines.append(f"- memories estimated from a sample of {total.documents:,} documents"
+                     " (survey_sample): the undo deletes every one it finds")
     if total.not_reached:
         lines.append("- not reached: " + ", ".join(f"{n:,} x {r}" for r, n in total.not_reached.items()))
     if config.delete_conversations:
