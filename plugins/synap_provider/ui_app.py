@@ -39,7 +39,8 @@ app = FastAPI(title="Synap operator's view", docs_url=None, redoc_url=None, open
 
 def _page(name: str) -> str:
     """A page with the helpers both pages share put in (one file each, no extra request)."""
-    return (PAGES / name).read_text().replace("/* common.js */", (PAGES / "common.js").read_text(), 1)
+    page = (PAGES / name).read_text().replace("/* common.js */", (PAGES / "common.js").read_text(), 1)
+    return page.replace("/* common.css */", (PAGES / "common.css").read_text(), 1)
 
 
 @app.get("/runs/{dag_id}/{run_id}", response_class=HTMLResponse, dependencies=RUN_READ)

@@ -93,7 +93,8 @@ def test_the_wheel_holds_the_engine_and_the_provider_and_no_local_tooling(wheel)
     for concern in ("common", "store", "extract", "privacy", "delivery", "holdings", "identity",
                     "deletion", "pipeline"):
         assert f"synap_backfill/{concern}/__init__.py" in names
-    assert "synap_provider/ui_static/run.html" in names
+    for page in ("run.html", "targets.html", "common.js", "common.css"):
+        assert f"synap_provider/ui_static/{page}" in names
     entry_points = zipfile.ZipFile(wheel).read(
         next(n for n in names if n.endswith(".dist-info/entry_points.txt"))).decode()
     assert "[apache_airflow_provider]" in entry_points and "synap_provider.get_provider_info" in entry_points

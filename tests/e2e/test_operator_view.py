@@ -13,6 +13,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from typing import Any
 
 import pytest
 
@@ -173,8 +174,39 @@ def test_the_synap_tab_shows_progress_windows_failures_and_rejects_and_targets_s
         set_extra(airflow, requests_per_minute=before.get("requests_per_minute", 600))
     frame = page.frame_locator("iframe").first
     frame.get_by_text("Synap undo").wait_for()
+    # The survey's figures, and what the undo would delete once it is done.
+    frame.locator("#would-delete").wait_for()
+    assert frame.locator("#surveyed").inner_text() == "1,200 of 1,200 documents surveyed"
+    assert frame.locator("#would-delete").inner_text().startswith("would delete ")
     page.screenshot(path=str(artifacts / "synap-undo-dry-run.png"), full_page=True)
+    controls_in_view(page, frame, artifacts, "synap-undo")
+    # In Airflow's own look: its text colour, whatever its theme, not the page's default.
+    airflows = page.evaluate("() => { const d = document.createElement('div');"
+                             " d.style.color = 'var(--chakra-colors-fg)'; document.body.append(d);"
+                             " const c = getComputedStyle(d).color; d.remove(); return c; }")
+    assert frame.locator("body").evaluate("b => getComputedStyle(b).color") == airflows
+    # The backfill's own tab, the same.
+    frame = synap_tab(page, stack, "view_live")
+    frame.locator("#rows-done").wait_for()
+    controls_in_view(page, frame, artifacts, "synap-tab")
     page.close()
+
+
+def controls_in_view(page: Any, frame: Any, artifacts: Any, name: str) -> None:
+    """Every button in the frame visible and clickable without scrolling sideways, at 1280 and
+    1400 px (a table wider than its box scrolls inside it); a screenshot at each width."""
+    for width in (1280, 1400):
+        page.set_viewport_size({"width": width, "height": 1000})
+        page.wait_for_timeout(300)
+        buttons = frame.locator("button")
+        for i in range(buttons.count()):
+            assert buttons.nth(i).is_visible(), (name, width, i)
+            box = buttons.nth(i).bounding_box()
+            assert box and box["x"] >= 0 and box["x"] + box["width"] <= width, (name, width, i, box)
+        wide = frame.locator("body").evaluate("b => b.scrollWidth > b.clientWidth")
+        assert not wide, f"{name} scrolls sideways at {width} px"
+        page.screenshot(path=str(artifacts / f"{name}-{width}.png"), full_page=True)
+    page.set_viewport_size({"width": 1500, "height": 1100})
 
 
 def test_at_rest_the_tab_says_a_dag_is_paused_a_run_took_so_long_and_there_was_nothing_to_do(

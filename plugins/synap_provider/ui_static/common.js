@@ -36,3 +36,23 @@ function pausedNotice(dag, then) {
   return el("div", {class: "notice paused-notice"}, "The DAG " + dag + " is paused: its runs wait, queued,"
     + " until it is unpaused (the toggle on the DAG's page, or airflow dags unpause " + dag + "). ", button);
 }
+// Airflow's own look: its UI (Chakra) keeps its colours and font in CSS variables on the page that
+// frames this one (same origin). They replace common.css's defaults, light or dark as Airflow is.
+(function adoptAirflowLook() {
+  let root = null;
+  try { root = window.parent !== window ? window.parent.document.documentElement : null; } catch (e) { return; }
+  if (!root) return;
+  const theirs = window.parent.getComputedStyle(root);
+  const mine = document.documentElement.style;
+  const tokens = {"--synap-fg": "--chakra-colors-fg", "--synap-muted": "--chakra-colors-fg-muted",
+    "--synap-bg": "--chakra-colors-bg", "--synap-subtle": "--chakra-colors-bg-subtle",
+    "--synap-border": "--chakra-colors-border", "--synap-font": "--chakra-fonts-body",
+    "--synap-accent": "--chakra-colors-blue-solid", "--synap-danger-bg": "--chakra-colors-red-subtle",
+    "--synap-danger-fg": "--chakra-colors-red-fg", "--synap-warn-bg": "--chakra-colors-orange-subtle",
+    "--synap-ok-bg": "--chakra-colors-green-subtle", "--synap-ok-fg": "--chakra-colors-green-fg"};
+  for (const [ours, airflows] of Object.entries(tokens)) {
+    const value = theirs.getPropertyValue(airflows).trim();
+    if (value) mine.setProperty(ours, value);
+  }
+  mine.colorScheme = root.classList.contains("dark") ? "dark" : "light";
+})();
