@@ -65,12 +65,12 @@ def ledger_written(conn: Any, schema: str) -> bool:
 def run_plan(conn: Any, schema: str, dag_id: str, run_id: str) -> Mapping[str, Any]:
     """The plan's figures the ledger recorded for the run ({} before planning)."""
     s = quote_identifier(schema)
-    rows = _all(conn, f"SELECT plan, target, source FROM {s}.runs WHERE dag_id = %s AND run_id = %s",
-                (dag_id, run_id))
+    rows = _all(conn, f"SELECT plan, target, source, id FROM {s}.runs WHERE dag_id = %s AND"
+                      " run_id = %s", (dag_id, run_id))
     if not rows:
         return {}
-    plan, target, source = rows[0]
-    return {**_json(plan), "target": target, "source": source}
+    plan, target, source, run = rows[0]
+    return {**_json(plan), "target": target, "source": source, "run": int(run)}
 
 
 @dataclass

@@ -231,7 +231,7 @@ def _backfill_view(dag_id: str, run_id: str, config: Any, xcoms: dict, states: d
                    labels: dict, *, seconds: float | None = None) -> dict[str, Any]:
     """A backfill's progress; ``seconds``: a finished run's duration, for its own average rate
     (a running one's rate is the last minute's, and its time left follows from it)."""
-    from synap_backfill.run_view import partitions, run_plan
+    from synap_backfill.run_view import partitions, run_plan, undo_partitions
 
     planned = xcoms.get(("plan_partitions", -1, "return_value"))
     if not isinstance(config, dict) or planned is None:
@@ -239,6 +239,9 @@ def _backfill_view(dag_id: str, run_id: str, config: Any, xcoms: dict, states: d
     with closing(_ledger(config)) as conn:
         progress = partitions(conn, config["ledger_schema"], dag_id, run_id)
         plan = run_plan(conn, config["ledger_schema"], dag_id, run_id)
+        # Applying source changes: its deletion's checkpoint, as it goes (the run owns it).
+        applying = (list(undo_partitions(conn, config["ledger_schema"], plan["run"]).values())
+                    if plan.get("run") and config.get("apply_source_changes") == "apply" else [])
     rows = []
     for index, window in enumerate(planned):
         key = f"{window.get('start')}|{window.get('end')}"
@@ -264,6 +267,11 @@ def _backfill_view(dag_id: str, run_id: str, config: Any, xcoms: dict, states: d
     planned_rows = int(plan.get("rows") or 0)
     changes = {**(plan.get("source_changes") or {}),
                **(xcoms.get(("apply_source_changes", -1, "return_value")) or {})}
+    if applying:
+        report = applying[0].report or {}
+        changes["progress"] = {"documents": report.get("documents", 0),
+                               "of": report.get("total", 0), "deleted": report.get("deleted", 0),
+                               "finished": applying[0].finished}
     return {
         "target": plan.get("target") or config.get("target"), "source": plan.get("source") or
         config.get("source"), "partitions": rows, "source_changes": changes or None,

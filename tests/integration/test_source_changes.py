@@ -118,6 +118,14 @@ def test_edits_and_deletions_are_reported_by_default_and_applied_on_request_touc
         len(edited) + len(deleted), {}, 0)
     assert summary["ingested"] == len(edited), "each edited turn is sent once more, nothing else"
     assert summary["problems"] == []
+    from synap_provider.ui_app import _run_view  # the run's view: the apply's own progress
+
+    shown = _run_view("synap_backfill", applied.run_id)["source_changes"]["progress"]
+    assert shown == {"documents": len(edited) + len(deleted), "of": len(edited) + len(deleted),
+                     "deleted": len(set().union(*(memories(d) for d in first_docs
+                                                  if ":".join(d["document_id"].split(":")[1:3])
+                                                  in edited | deleted))),
+                     "finished": True}
 
     changed = {":".join(d["document_id"].split(":")[1:3]): d for d in first_docs}
     old_memories = set().union(*(memories(changed[k]) for k in edited | deleted))
