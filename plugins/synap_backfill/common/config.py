@@ -15,18 +15,16 @@ import json
 import logging
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal, Mapping
+from typing import Any, Literal, Mapping
 
 from pydantic import model_validator
 from synap_provider.connection_fields import DEFAULT_CONN_ID
 
 from synap_backfill.common.checks import ParamError
 from synap_backfill.common.frame import FRAME, RECIPE_FRAME
+from synap_backfill.common.grain import MessageGrain, grain_of
 from synap_backfill.common.ids import DOCUMENT_ID_FORMAT
 from synap_backfill.common.params import ParamsModel, param
-
-if TYPE_CHECKING:
-    from synap_backfill.common.grain import MessageGrain
 
 log = logging.getLogger("synap_backfill")
 MAX_BATCH_SIZE = 100  # what batch_create accepts per call
@@ -286,30 +284,21 @@ class BackfillConfig(ParamsModel):
         description="A column unique per row (the primary key, say) that orders rows sharing a "
                     "timestamp, conversation and index. Empty: such rows are copies of one turn; "
                     "the first is sent.")
+    # Declared only, each (docs/operating.md, "Your app's schema").
     message_key_column: str | None = param(
         None, title="Message key column", section="Source", check="optional_identifier",
-        pattern=OPTIONAL_IDENTIFIER,
-        description="Declared only. A column of any type (uuid, text, integer) unique per message "
-                    "(or per row of a turn table without a position column): it names the turn "
-                    "instead of message_index_column, so no other turn is renamed when one is "
-                    "deleted. Required with messages.")
+        pattern=OPTIONAL_IDENTIFIER, description="A key of any type, unique per message (or "
+        "turn row): names the turn instead of message_index_column. Required with messages.")
     created_at_format: Literal["timestamp", "epoch_seconds", "epoch_milliseconds", "iso8601"] = param(
         "timestamp", title="created_at format", section="Source", check="choice",
-        description="Declared only. What created_at holds: a timestamp or date (with or without "
-                    "time zone), epoch seconds or milliseconds (any numeric type), or ISO-8601 "
-                    "text in UTC. Window bounds are converted to it, so its index serves.")
+        description="A timestamp or date, epoch seconds or milliseconds, or ISO-8601 text in UTC.")
     conversation_ids: Literal["uuid", "any"] = param(
-        "uuid", title="Conversation ids", section="Source", check="choice",
-        description="Declared only. uuid: a conversation id that is not a UUID is rejected (the "
-                    "recipe's rule). any: it is sent as the UUID derived from it "
-                    "(common.ids.conversation_uuid: uuid3 in a fixed namespace), the same in SQL "
-                    "and Python, so every run finds it again.")
+        "uuid", title="Conversation ids", section="Source", check="choice", description="uuid: "
+        "any other id is rejected (the recipe). any: sent as its uuid3 (common.ids).")
     messages: dict[str, Any] | None = param(
-        None, title="Messages", section="Source", check="mapping",
-        description="Declared only. The source holds one row per message: role_column (and "
-                    "role_path into JSON), user_roles, assistant_roles, text_column (and "
-                    "text_path), filter, reply_within_seconds. See docs/operating.md, 'Your "
-                    "app's schema'.")
+        None, title="Messages", section="Source", check="mapping", description="One row per "
+        "message: role_column (role_path), user_roles, assistant_roles, text_column (text_path), "
+        "filter, reply_within_seconds.")
     fetch_size: int = param(
         1000, title="Fetch size", section="Source", check="whole", minimum=1, maximum=100_000,
         description="Rows per round trip of the server-side cursor.")
@@ -345,8 +334,6 @@ class BackfillConfig(ParamsModel):
 
     @model_validator(mode="after")
     def _grain(self) -> "BackfillConfig":
-        from synap_backfill.common.grain import grain_of
-
         grain = grain_of(self.messages)  # checked whole here: a ParamError names its key
         if grain is not None and grain.to_dict() != self.messages:
             object.__setattr__(self, "messages", grain.to_dict())  # as checked, for the digest
@@ -356,10 +343,8 @@ class BackfillConfig(ParamsModel):
         return self
 
     @property
-    def grain(self) -> "MessageGrain | None":
+    def grain(self) -> MessageGrain | None:
         """The message table's shape, or None for a table of the recipe's (one row per turn)."""
-        from synap_backfill.common.grain import grain_of
-
         return grain_of(self.messages)
 
     @property
@@ -412,19 +397,3 @@ def config_from_params(params: Mapping[str, Any]) -> BackfillConfig:
             params[new] = params.pop(old)
     config: BackfillConfig = BackfillConfig.from_params(params)
     return config
-
-
-# The params of a DAG that works on the backfills' ledger (undo, erase, rekey): one declaration.
-def ledger_conn_param(description: str = "The backfills' ledger connection.") -> Any:
-    return param(BackfillConfig.model_fields["postgres_conn_id"].default, title="Ledger connection",
-                 check="non_empty", pattern=CONN_ID, description=description)
-
-
-def ledger_schema_param() -> Any:
-    return param(BackfillConfig.model_fields["ledger_schema"].default, title="Ledger schema",
-                 check="identifier", pattern=IDENTIFIER, description="The backfills' ledger_schema.")
-
-
-def person_key_param(description: str) -> Any:
-    return param(DEFAULT_KEY_CONN_ID, title="Person key connection", check="non_empty",
-                 pattern=CONN_ID, description=description)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from pydantic import model_validator
 
 from synap_backfill.common.checks import ParamError
-from synap_backfill.common.config import ledger_conn_param, ledger_schema_param, person_key_param
+from synap_backfill.common.ledger_params import ledger_conn_param, ledger_schema_param, person_key_param
 from synap_backfill.common.params import ParamsModel, param
 
 _KEY_HASHES = r"[0-9a-f]{12}:[0-9a-f]{32}:([0-9a-f]{32}|-):[0-9a-f]{32}"

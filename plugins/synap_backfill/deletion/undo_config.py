@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from synap_backfill.common.config import CONN_ID, ledger_conn_param, ledger_schema_param
+from synap_backfill.common.config import CONN_ID
+from synap_backfill.common.ledger_params import ledger_conn_param, ledger_schema_param
 from synap_backfill.common.params import ParamsModel, param
 
 

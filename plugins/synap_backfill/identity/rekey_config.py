@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from synap_backfill.common.config import ledger_conn_param, ledger_schema_param, person_key_param
+from synap_backfill.common.ledger_params import ledger_conn_param, ledger_schema_param, person_key_param
 from synap_backfill.common.params import ParamsModel, param
 
 
