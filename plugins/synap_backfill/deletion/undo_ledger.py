@@ -72,7 +72,7 @@ def surveys(conn: Any, schema: str, dag_id: str, run_id: str) -> dict[str, dict[
     """A DAG run's surveys so far, by part: the report, finished, seconds since saved."""
     s = quote_identifier(schema)
     with conn.cursor() as cur:
-        cur.execute(f"SELECT to_regclass(%s)", (f"{s}.surveys",))
+        cur.execute("SELECT to_regclass(%s)", (f"{s}.surveys",))
         if cur.fetchone()[0] is None:
             conn.commit()
             return {}

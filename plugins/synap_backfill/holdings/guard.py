@@ -12,7 +12,8 @@ import logging
 from typing import Callable, Iterable
 
 from synap_backfill.common.config import BackfillConfig
-from synap_backfill.extract.planning import Difference, PlannedPartition, describe_range, in_plan
+from synap_backfill.extract.layout import in_plan
+from synap_backfill.extract.planning import Difference, PlannedPartition, describe_range
 from synap_backfill.holdings.changes import SourceChanges, TurnChange
 
 log = logging.getLogger("synap_backfill")

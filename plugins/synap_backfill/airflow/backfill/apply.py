@@ -28,7 +28,8 @@ from synap_backfill.holdings.changes import (SourceChanges, TurnChange, load_cha
                                              pending_buckets)
 from synap_backfill.common.config import BackfillConfig
 from synap_backfill.holdings.inventory import Inventory
-from synap_backfill.extract.planning import PlannedPartition, in_plan
+from synap_backfill.extract.layout import in_plan
+from synap_backfill.extract.planning import PlannedPartition
 from synap_backfill.holdings.guard import applied_to_let_go
 from synap_backfill.delivery.target import SynapTarget
 from synap_backfill.deletion.undo import Document, UndoReport

@@ -8,8 +8,9 @@ from typing import Any, Mapping
 from synap_backfill.airflow.lineage import source_read
 from synap_backfill.holdings.changes import describe as describe_changes
 from synap_backfill.common.config import BackfillConfig
+from synap_backfill.extract.layout import lay_out
 from synap_backfill.extract.planning import (Difference, conflict_message, describe_range, difference,
-                                             lay_out, lost_ranges)
+                                             lost_ranges)
 from synap_backfill.common.windows import Grid
 from synap_backfill.holdings.inventory import Inventory
 from synap_backfill.holdings.changes import SourceChanges, find_changes, save_changes
