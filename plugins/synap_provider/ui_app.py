@@ -86,13 +86,13 @@ class ErasePerson(BaseModel):
 @app.post("/api/erase/{dag_id}/person", dependencies=[
     Depends(requires_access_dag("POST", DagAccessEntity.RUN))])
 def erase_person(dag_id: str, body: ErasePerson) -> dict[str, Any]:
-    """The person as keyed hashes (``erase.PersonRef``), made here in the API server, so the
+    """The person as keyed hashes (``deletion.person.PersonRef``), made here in the API server, so the
     page triggers the erase DAG with them and no id in clear reaches Airflow's metadata. Only
     for a user who may trigger that DAG: the hashes of a guessed id would otherwise tell
     whether it was erased."""
     from fastapi import HTTPException
 
-    from synap_backfill.deletion.erase import PersonRef
+    from synap_backfill.deletion.person import PersonRef
     from synap_backfill.identity.keys import PersonKeyMissing, require_keyring
 
     try:

@@ -16,9 +16,9 @@ from synap_backfill.common.params import ParamsModel, param
 
 _KEY_HASHES = r"[0-9a-f]{12}:[0-9a-f]{32}:([0-9a-f]{32}|-):[0-9a-f]{32}"
 if TYPE_CHECKING:
-    from synap_backfill.deletion.erase import PersonRef
+    from synap_backfill.deletion.person import PersonRef
 
-PERSON_TOKEN = rf"^({_KEY_HASHES}(;{_KEY_HASHES})*)?$"  # erase.PersonRef.token(), or empty
+PERSON_TOKEN = rf"^({_KEY_HASHES}(;{_KEY_HASHES})*)?$"  # person.PersonRef.token(), or empty
 
 
 class EraseConfig(ParamsModel):
@@ -81,7 +81,7 @@ class EraseConfig(ParamsModel):
 class ErasePlan(ParamsModel):
     """What the erasure's tasks pass on: the person as hashes and the settings, no id in clear."""
 
-    person: str  # erase.PersonRef.token()
+    person: str  # person.PersonRef.token()
     dry_run: bool
     include_live_memories: bool
     require_approval: bool
@@ -92,7 +92,7 @@ class ErasePlan(ParamsModel):
 
     @property
     def ref(self) -> "PersonRef":
-        from synap_backfill.deletion.erase import PersonRef
+        from synap_backfill.deletion.person import PersonRef
 
         return PersonRef.from_token(self.person)
 

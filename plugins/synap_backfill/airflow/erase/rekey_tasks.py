@@ -76,7 +76,7 @@ def rekey_target(params: Mapping[str, Any], item: Mapping[str, Any]) -> dict[str
 
     from synap_backfill.airflow.source_hook import source_hook
 
-    from synap_backfill.airflow.erase.tasks import instance_isolation
+    from synap_backfill.airflow.erase.finder import instance_isolation
 
     config: RekeyConfig = RekeyConfig.from_params(params)
     keyring = require_keyring(config.person_key_conn_id)

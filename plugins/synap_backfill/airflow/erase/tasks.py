@@ -3,7 +3,7 @@
     resolve_erase → plan_erase → approve_erase → suppress_person → erase_target[n] → summarize_erase
 
 A user id given in the params goes nowhere else: XCom, logs and the ledger carry
-the person's keyed hashes (``deletion.erase.PersonRef``); the Synap page's Erase form
+the person's keyed hashes (``deletion.person.PersonRef``); the Synap page's Erase form
 triggers with those hashes alone. The engine is ``erase.py``; deleting is the
 undo engine's (``deletion.undo.undo_partition``).
 """
@@ -15,26 +15,25 @@ import logging
 from contextlib import closing
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
+from synap_backfill.airflow.erase.finder import Finder
 from synap_backfill.airflow.metrics import StatsMeter, deletion_observed
-from synap_backfill.airflow.lineage import source_read
 from synap_backfill.airflow.shared import stopped_before
-from synap_backfill.deletion.erase import (AmbiguousPerson, EraseTarget, HeldDocument, PersonRef, SourceMatch,
-                                           find_in_source, forget, frozen_documents, record_erasure,
-                                           resolve_target, still_held, wait_for_batches)
+from synap_backfill.deletion.erase import (EraseTarget, HeldDocument, forget, frozen_documents, record_erasure,
+                                           still_held, wait_for_batches)
 from synap_backfill.holdings.inventory import Holding, holdings
+from synap_backfill.deletion.person import PersonRef
 from synap_backfill.deletion.erase_config import EraseConfig, ErasePlan
 from synap_backfill.schema import ensure_tables
 from synap_backfill.common.errors import describe_error
-from synap_backfill.identity.keys import (Keyring, PersonKeyMismatch, PersonKeyMissing, Suppression,
+from synap_backfill.identity.keys import (PersonKeyMismatch, PersonKeyMissing, Suppression,
                                          check_keyring, require_keyring, suppress)
-from synap_backfill.preflight import PreflightError, check_synap_settings, unknown_keys, who_is
+from synap_backfill.preflight import PreflightError, unknown_keys
 from synap_backfill.delivery.target import SynapTarget
 from synap_backfill.deletion.undo import Document, UndoClient, UndoReport
 from synap_backfill.deletion.memories import Place, delete_memories
 
 if TYPE_CHECKING:
     from synap_backfill.common.source import SourceDeclaration
-    from synap_backfill.extract.source_sql import SourceSQL
 
 log = logging.getLogger("synap_backfill")
 
@@ -92,90 +91,6 @@ def resolve_erase(params: Mapping[str, Any], *, conf: Mapping[str, Any] | None =
     return plan.to_dict()
 
 
-def instance_isolation(holding: Holding, *, changes: str = "nothing was deleted") -> str | None:
-    """The holding's instance's user_context_isolation, through the connection its last run
-    used (whoami); refused in one line if that connection opens another instance now."""
-    from airflow.sdk.exceptions import AirflowFailException
-
-    conn_id = holding.synap_conn_id
-    try:
-        who = who_is(check_synap_settings(conn_id).hook, conn_id)
-    except PreflightError as exc:
-        raise AirflowFailException(f"Synap instance {holding.target} ({holding.source}): {exc};"
-                                   f" {changes}") from None
-    if str(who.get("instance_id") or "") != holding.target:
-        raise AirflowFailException(
-            f"connection {conn_id!r} now opens Synap instance {who.get('instance_id')}, not"
-            f" {holding.target} that the ledger recorded; {changes}. Point it back at that"
-            " instance and run again")
-    return who.get("user_context_isolation") or None
-
-
-class _Finder:
-    """Finds the person in every target: each instance's isolation asked once, each source
-    read once. What it reads of the sources (ids in clear) stays in this object."""
-
-    def __init__(self, plan: ErasePlan, keyring: Keyring) -> None:
-        self.plan, self.keyring, self.ref = plan, keyring, plan.ref
-        self._isolation: dict[str, str | None] = {}
-        self._sources: dict[tuple[str, SourceSQL], SourceMatch] = {}
-
-    def isolation(self, holding: Holding) -> str | None:
-        """Who the instance says a person is (whoami); refused if it is another instance now."""
-        if holding.synap_conn_id not in self._isolation:
-            self._isolation[holding.synap_conn_id] = instance_isolation(holding)
-        return self._isolation[holding.synap_conn_id]
-
-    def source(self, holding: Holding) -> SourceMatch:
-        """The person's rows in the holding's source; a source that cannot be read stops the
-        erasure (turns sent before the person key existed are found only there)."""
-        from airflow.sdk.exceptions import AirflowFailException
-
-        from synap_backfill.airflow.source_hook import source_hook
-
-        key = (holding.postgres_conn_id, holding.sql)
-        if key not in self._sources:
-            try:
-                hook = source_hook(holding.postgres_conn_id)
-                with closing(hook.get_conn()) as conn:
-                    self._sources[key] = find_in_source(conn, holding.sql, self.ref, self.keyring)
-                source_read(hook, holding.source)
-            except Exception as exc:
-                raise AirflowFailException(
-                    f"the source {holding.source} of Synap instance {holding.target} (connection"
-                    f" {holding.postgres_conn_id!r}) could not be read ({describe_error(exc)}):"
-                    " turns sent before the person key existed are found only there. Make it"
-                    " readable and erase again; nothing was deleted") from None
-        return self._sources[key]
-
-    def target(self, conn: Any, holding: Holding, live: bool
-               ) -> tuple[EraseTarget, list[HeldDocument]]:
-        from airflow.sdk.exceptions import AirflowFailException
-        from maximem_synap.scoping import B2C_ISOLATION
-
-        b2c = self.isolation(holding) == B2C_ISOLATION or not holding.columns.get("customer_id")
-        try:
-            return resolve_target(conn, self.plan.ledger_schema, holding, self.ref, self.keyring,
-                                  self.source(holding), b2c=b2c, live=live)
-        except AmbiguousPerson as exc:
-            raise AirflowFailException(str(exc)) from None
-
-    def targets(self, conn: Any) -> list[tuple[EraseTarget, list[HeldDocument]]]:
-        """The targets holding documents of the person (and, for include_live_memories, one per
-        instance whatever it holds)."""
-        found = []
-        asked: set[str] = set()
-        for holding in holdings(conn, self.plan.ledger_schema):
-            live = self.plan.include_live_memories and holding.target not in asked
-            target, docs = self.target(conn, holding, live)
-            # One whose source holds the id in another case: nothing to erase there, but the
-            # summary says so.
-            if docs or target.unattributed or target.in_source or target.other_case or live:
-                asked |= {holding.target} if live else set()
-                found.append((target, docs))
-        return found
-
-
 def plan_erase(plan_dict: Mapping[str, Any], params: Mapping[str, Any] | None = None, *,
                ti: Any = None) -> list[dict[str, Any]]:
     """The targets holding documents of the person, with counts: small dicts, never ids."""
@@ -183,7 +98,7 @@ def plan_erase(plan_dict: Mapping[str, Any], params: Mapping[str, Any] | None = 
     from airflow.sdk.exceptions import AirflowFailException
 
     plan = ErasePlan.from_dict(plan_dict)
-    finder = _Finder(plan, require_keyring(plan.person_key_conn_id))
+    finder = Finder(plan, require_keyring(plan.person_key_conn_id))
     try:
         with closing(PostgresHook(postgres_conn_id=plan.ledger_conn_id).get_conn()) as conn:
             found = [t for t, _ in finder.targets(conn)]
@@ -245,7 +160,7 @@ def suppress_person(plan_dict: Mapping[str, Any], targets: Sequence[Mapping[str,
                     " after 600 s, sent into Synap before the suppression: what they stored is"
                     " not known yet, so nothing was deleted. The suppression is recorded (no later"
                     " batch sends their turns): erase again once those partitions finish")
-            found = _Finder(plan, keyring).targets(conn)
+            found = Finder(plan, keyring).targets(conn)
     except AirflowFailException as exc:
         if ti is not None:
             ti.xcom_push(key="failure", value=str(exc))
@@ -284,7 +199,7 @@ def erase_target(plan_dict: Mapping[str, Any], target_dict: Mapping[str, Any],
     plan = ErasePlan.from_dict(plan_dict)
     target = EraseTarget.from_dict(target_dict)
     keyring = require_keyring(plan.person_key_conn_id)
-    finder = _Finder(plan, keyring)
+    finder = Finder(plan, keyring)
     ledger_hook = PostgresHook(postgres_conn_id=plan.ledger_conn_id)
     with closing(ledger_hook.get_conn()) as conn:
         holding = next(h for h in holdings(conn, plan.ledger_schema) if h.id == target.holding)
@@ -332,7 +247,7 @@ def erase_target(plan_dict: Mapping[str, Any], target_dict: Mapping[str, Any],
 
 
 async def _delete_user(client: UndoClient, sdk: Any, synap: SynapTarget, params: Mapping[str, Any],
-                       finder: _Finder, holding: Holding, target: EraseTarget,
+                       finder: Finder, holding: Holding, target: EraseTarget,
                        dry_run: bool) -> dict[str, Any]:
     """Everything the instance holds about the user, the live app's writes included
     (``data.delete``, scope user); its counts, as Synap reports them. The user id in clear
