@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 from synap_backfill.airflow.erase.finder import Finder
 from synap_backfill.airflow.metrics import StatsMeter, deletion_observed
 from synap_backfill.airflow.shared import stopped_before
-from synap_backfill.deletion.erase import (EraseTarget, HeldDocument, forget, frozen_documents, record_erasure,
-                                           still_held, wait_for_batches)
+from synap_backfill.deletion.erase import (EraseTarget, HeldDocument, forget, frozen_documents,
+                                           record_erasure, still_held, wait_for_batches)
 from synap_backfill.holdings.inventory import Holding, holdings
 from synap_backfill.deletion.person import PersonRef
 from synap_backfill.deletion.erase_config import EraseConfig, ErasePlan
