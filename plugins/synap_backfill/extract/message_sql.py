@@ -67,8 +67,13 @@ class MessageSQL(SourceSQL):
 
     @property
     def _m(self) -> SourceSQL:
-        assert self.messages is not None and self.grain is not None
+        assert self.messages is not None
         return self.messages
+
+    @property
+    def _g(self) -> MessageGrain:
+        assert self.grain is not None
+        return self.grain
 
     # -- the message row ------------------------------------------------------------------
     def _json(self, column: str, path: str | None, first: bool) -> str:
@@ -83,8 +88,7 @@ class MessageSQL(SourceSQL):
     @property
     def asks(self) -> str:
         """true for a user message, false for an assistant's, NULL for any other role."""
-        g = self.grain
-        assert g is not None
+        g = self._g
         role = self._json(g.role_column, g.role_path, first=True)
         values = lambda roles: ", ".join(literal(r) for r in roles)  # noqa: E731
         return (f"(CASE WHEN {role} IN ({values(g.user_roles)}) THEN true"
@@ -92,8 +96,7 @@ class MessageSQL(SourceSQL):
 
     @property
     def body(self) -> str:
-        g = self.grain
-        assert g is not None
+        g = self._g
         return self._json(g.text_column, g.text_path, first=False)
 
     def _message_fields(self) -> str:
@@ -104,8 +107,7 @@ class MessageSQL(SourceSQL):
                 f" IS NOT NULL THEN {self.body} END AS body, {m.created_at} AS ts")
 
     def _kept(self) -> str:
-        g = self.grain
-        assert g is not None
+        g = self._g
         return f" AND ({g.filter})" if g.filter else ""
 
     def _reach(self, back: bool) -> str:
@@ -115,7 +117,7 @@ class MessageSQL(SourceSQL):
         if self.scope is None:
             return ""
         ranges, start, end = self.scope
-        m, h = self._m, self.grain.reply_within_seconds if self.grain else 0
+        m, h = self._m, self._g.reply_within_seconds
         before = -h if back else 0
         if ranges:
             return " AND (" + " OR ".join(
@@ -144,7 +146,7 @@ class MessageSQL(SourceSQL):
 
     @property
     def _late(self) -> str:
-        h = self.grain.reply_within_seconds if self.grain else 0
+        h = self._g.reply_within_seconds
         return f"at >= asked + interval '{h} seconds'"
 
     # -- the turns --------------------------------------------------------------------------
@@ -181,8 +183,7 @@ class MessageSQL(SourceSQL):
     def shape_probes(self) -> list[tuple[str, str]]:
         """(key, a statement reading no row) for each declared piece of SQL: PostgreSQL parses
         a path or a filter it cannot run before any row is read."""
-        g, base = self.grain, self._m.base
-        assert g is not None
+        g, base = self._g, self._m.base
         probes = [("messages.role_path" if g.role_path else "messages.role_column",
                    f"SELECT {self.asks} FROM {base} LIMIT 0"),
                   ("messages.text_path" if g.text_path else "messages.text_column",
