@@ -454,3 +454,59 @@ def test_a_misdeclared_message_table_is_refused_in_one_line_naming_its_key_befor
     with pytest.raises(Exception) as refused:
         resolve_config({}, conf={}, declared=SourceDeclaration.of("the test", **declared))
     assert str(refused.value).startswith(failure) and "\n" not in str(refused.value)
+
+
+def test_a_redacted_message_table_replays_as_declared_and_a_blanked_column_deletes_nothing(
+        airflow_db, local_pg, synap, use_connections, declare, tmp_path, monkeypatch,
+        stored_documents):
+    """The one declaration read the same way by a region's replay (started with no conf), with
+    redaction; then a migration that blanks the message text is refused before any delete."""
+    from include.synap_local.process import running_synap
+    from tests.conftest import read_store
+
+    messages = [m for m in conversations(10, seed=9, key=lambda k: uuid.UUID(int=3 << 64 | k),
+                                         conversation=lambda c: uuid.UUID(int=4 << 64 | c))
+                if m.kept]
+    for m in messages:
+        if m.role == "user" and m.text.startswith("my plan"):
+            m.text += f" (write to person{m.conversation.int % 100}@example.com)"
+    insert(local_pg, ["DROP TABLE IF EXISTS shared_messages",
+                      "CREATE TABLE shared_messages (id uuid PRIMARY KEY, conversation_id uuid,"
+                      " author text, tenant text, role text, content text,"
+                      " created_at timestamptz)"],
+           "INSERT INTO shared_messages VALUES (%s,%s,%s,%s,%s,%s,%s)",
+           [(m.key, m.conversation, m.user, "acme", m.role, m.text, m.at) for m in messages])
+    declare(source_table="shared_messages", user_id_column="author", customer_id_column="tenant",
+            message_key_column="id", ledger_schema="msg_shared", redact_pii=True,
+            pii_entities=["email"], messages={"role_column": "role", "text_column": "content"})
+    regions = tmp_path / "regions.yaml"
+    regions.write_text("regions:\n  - {name: second, synap_conn_id: synap_second, "
+                       "schedule: after_primary}\n")
+    monkeypatch.setenv("SYNAP_REGIONS_FILE", str(regions))
+    use_connections(synap_extra=FAST)
+    turns = expected_turns(messages)
+    with running_synap(tmp_path / "second.sqlite3", "--tenant",
+                       "second-key:inst_00000000000000e3:b2b") as second:
+        monkeypatch.setenv("AIRFLOW_CONN_SYNAP_SECOND", json.dumps(
+            {"conn_type": "synap", "host": second.url, "password": "second-key",
+             "extra": FAST}))
+        assert result(local_airflow.run_dag("synap_backfill", {"verify_sample": 0}))[
+            "ingested"] == len(turns)
+        assert result(local_airflow.run_dag("synap_replay_second", {}))["ingested"] == len(turns)
+        first, replayed = stored_documents(), read_store(second.db_path)
+    assert {d["document_id"]: d["document"] for d in replayed} == {
+        d["document_id"]: d["document"] for d in first}
+    assert len(first) == len(turns)
+    assert all("@example.com" not in d["document"] for d in first)
+    assert sum("<EMAIL>" in d["document"] for d in first) == 10
+
+    # A migration blanks every message's text: refused before the first delete.
+    with local_pg.connect() as conn:
+        conn.execute("UPDATE shared_messages SET content = ''")
+    refused = local_airflow.run_dag("synap_backfill", {"verify_sample": 0,
+                                                       "apply_source_changes": "apply"})
+    assert str(refused.state) == "failed"
+    (failure,) = local_airflow.task_xcom(refused, "plan_partitions", "failure")
+    assert f"{len(turns)} emptied in the source), more than max_source_change_share" in failure
+    assert synap.get("/_local/stats")["memory_deletes"] == {}
+    assert len(live_documents(synap)) == len(turns), "a memory was deleted"
