@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from synap_backfill.common.db import quote_identifier
+from synap_backfill.deletion.undo import UndoReport
 
 REJECTS_PAGE = 100
 
@@ -145,9 +146,9 @@ class SurveyProgress:
         rate = sum(int(r.get("documents") or 0) / float(r["seconds"]) for r in reports
                    if not r.get("finished") and float(r.get("seconds") or 0) > 0)
         memories = sum(int(r.get("memories") or 0) for r in reports)
-        scaled = sum(round(int(r.get("memories") or 0) * int(r.get("total") or 0)
-                           / int(r["documents"])) if r.get("sampled") and r.get("documents")
-                     else int(r.get("memories") or 0) for r in reports)
+        scaled = sum(UndoReport.from_xcom({"label": part, "key": part, **{
+            k: v for k, v in r.items() if k in REPORT_FIELDS}}).memories_estimate
+            for part, r in self.parts.items())
         left = max(0, to_survey - surveyed)
         return {"surveyed": surveyed, "of": to_survey, "memories": memories,
                 "memories_estimate": scaled, "sampled": any(r.get("sampled") for r in reports),
@@ -156,6 +157,9 @@ class SurveyProgress:
                 "estimate": (estimate or {}).get("line"),
                 "finished": bool(reports) and all(r.get("finished") for r in reports)
                 and surveyed >= to_survey}
+
+
+REPORT_FIELDS = frozenset(UndoReport.__dataclass_fields__)
 
 
 def survey_progress(conn: Any, schema: str, dag_id: str, run_id: str) -> SurveyProgress:
