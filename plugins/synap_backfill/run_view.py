@@ -14,29 +14,18 @@ from typing import Any, Iterable, Mapping
 
 from synap_backfill.common.db import quote_identifier
 from synap_backfill.deletion.undo import UndoReport
+from synap_backfill.delivery.accounting import PartitionReport
 
 REJECTS_PAGE = 100
 
 
 @dataclass
 class PartitionProgress:
-    """One partition as its latest checkpoint has it (empty until it starts)."""
+    """One partition as its latest checkpoint has it: its counts, whether it finished, when."""
 
-    key: str
-    label: str
-    rows_read: int = 0
-    ingested: int = 0
-    duplicates: int = 0
-    rejected: int = 0
-    unchanged: int = 0
-    rows_planned: int | None = None
-    rate_limited: int = 0
-    paced_seconds: float = 0.0
+    report: PartitionReport
     finished: bool = False
     updated_at: float | None = None
-    suppressed: int = 0  # rows held back: their person was erased
-    redacted: dict[str, int] = field(default_factory=dict)  # values replaced, by kind (redact_pii)
-    turns_redacted: int = 0
 
 
 def partitions(conn: Any, schema: str, dag_id: str, run_id: str) -> dict[str, PartitionProgress]:
@@ -44,17 +33,9 @@ def partitions(conn: Any, schema: str, dag_id: str, run_id: str) -> dict[str, Pa
     s = quote_identifier(schema)
     rows = _all(conn, f"SELECT window_key, partition, report, finished, extract(epoch FROM updated_at)"
                       f" FROM {s}.checkpoints WHERE dag_id = %s AND run_id = %s", (dag_id, run_id))
-    out = {}
-    for key, label, report, finished, updated in rows:
-        r = _json(report)
-        out[key] = PartitionProgress(
-            key, label, int(r.get("rows_read") or 0), int(r.get("ingested") or 0),
-            int(r.get("duplicates") or 0), int(r.get("rejected") or 0), int(r.get("unchanged") or 0),
-            r.get("rows_planned"), int(r.get("rate_limited") or 0),
-            float(r.get("paced_seconds") or 0.0), bool(finished), float(updated) if updated else None,
-            int(r.get("suppressed") or 0), dict(r.get("redacted_by_kind") or {}),
-            int(r.get("turns_redacted") or 0))
-    return out
+    return {key: PartitionProgress(PartitionReport.from_xcom({**_json(report), "label": label}),
+                                   bool(finished), float(updated) if updated else None)
+            for key, label, report, finished, updated in rows}
 
 
 def ledger_written(conn: Any, schema: str) -> bool:
@@ -146,9 +127,8 @@ class SurveyProgress:
         rate = sum(int(r.get("documents") or 0) / float(r["seconds"]) for r in reports
                    if not r.get("finished") and float(r.get("seconds") or 0) > 0)
         memories = sum(int(r.get("memories") or 0) for r in reports)
-        scaled = sum(UndoReport.from_xcom({"label": part, "key": part, **{
-            k: v for k, v in r.items() if k in REPORT_FIELDS}}).memories_estimate
-            for part, r in self.parts.items())
+        scaled = sum(UndoReport.from_xcom({**r, "label": part, "key": part}).memories_estimate
+                     for part, r in self.parts.items())
         left = max(0, to_survey - surveyed)
         return {"surveyed": surveyed, "of": to_survey, "memories": memories,
                 "memories_estimate": scaled, "sampled": any(r.get("sampled") for r in reports),
@@ -157,9 +137,6 @@ class SurveyProgress:
                 "estimate": (estimate or {}).get("line"),
                 "finished": bool(reports) and all(r.get("finished") for r in reports)
                 and surveyed >= to_survey}
-
-
-REPORT_FIELDS = frozenset(UndoReport.__dataclass_fields__)
 
 
 def survey_progress(conn: Any, schema: str, dag_id: str, run_id: str) -> SurveyProgress:

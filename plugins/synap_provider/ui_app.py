@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -231,6 +231,8 @@ def _backfill_view(dag_id: str, run_id: str, config: Any, xcoms: dict, states: d
                    labels: dict, *, seconds: float | None = None) -> dict[str, Any]:
     """A backfill's progress; ``seconds``: a finished run's duration, for its own average rate
     (a running one's rate is the last minute's, and its time left follows from it)."""
+    from synap_backfill.common.counters import add_up
+    from synap_backfill.delivery.accounting import PartitionReport
     from synap_backfill.run_view import partitions, run_plan, undo_partitions
 
     planned = xcoms.get(("plan_partitions", -1, "return_value"))
@@ -245,14 +247,14 @@ def _backfill_view(dag_id: str, run_id: str, config: Any, xcoms: dict, states: d
     rows = []
     for index, window in enumerate(planned):
         key = f"{window.get('start')}|{window.get('end')}"
-        p = progress.get(key)
+        p = progress[key].report if key in progress else PartitionReport(window["label"], None, None)
         rows.append({"index": index, "label": window["label"],
                      "state": states.get(("backfill_partition", index), "none"),
                      "planned": window.get("rows"), "unchanged": window.get("unchanged") or 0,
-                     "read": p.rows_read if p else 0, "ingested": p.ingested if p else 0,
-                     "duplicates": p.duplicates if p else 0, "rejected": p.rejected if p else 0,
-                     "redacted": p.turns_redacted if p else 0,
+                     "read": p.rows_read, "ingested": p.ingested, "duplicates": p.duplicates,
+                     "rejected": p.rejected_total, "redacted": p.turns_redacted,
                      "failure": xcoms.get(("backfill_partition", index, "failure"))})
+    sent = add_up(PartitionReport("TOTAL", None, None), (p.report for p in progress.values()))
     read = sum(r["read"] for r in rows)
     unchanged = int(plan.get("unchanged") or 0)
     total = int(plan.get("rows") or sum(r["planned"] or 0 for r in rows)) + unchanged
@@ -279,13 +281,10 @@ def _backfill_view(dag_id: str, run_id: str, config: Any, xcoms: dict, states: d
                    "unchanged_buckets": plan.get("unchanged_buckets"),
                    "ingested": ingested, "duplicates": sum(r["duplicates"] for r in rows),
                    "rejected": sum(r["rejected"] for r in rows),
-                   "suppressed": sum(p.suppressed for p in progress.values()), "rows_per_s": rate,
-                   "turns_redacted": sum(p.turns_redacted for p in progress.values()),
-                   "redacted_by_kind": dict(sum((Counter(p.redacted) for p in progress.values()),
-                                                Counter())),
-                   "seconds_left": left,
-                   "rate_limited": sum(p.rate_limited for p in progress.values()),
-                   "paced_seconds": round(sum(p.paced_seconds for p in progress.values()), 1),
+                   "suppressed": sent.suppressed, "rows_per_s": rate,
+                   "turns_redacted": sent.turns_redacted, "redacted_by_kind": dict(sent.redacted),
+                   "seconds_left": left, "rate_limited": sent.rate_limited,
+                   "paced_longest": round(sent.paced_longest, 1),
                    "credits_estimate": estimate, "credits_metric": plan.get("credits_metric"),
                    "credits_spent": round(estimate * ingested / planned_rows, 1)
                    if estimate is not None and planned_rows else None},

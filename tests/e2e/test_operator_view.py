@@ -236,6 +236,8 @@ def test_at_rest_the_tab_says_a_dag_is_paused_a_run_took_so_long_and_there_was_n
     figures = frame.locator("#figures").inner_text()
     assert re.search(r"took \d+ (s|min)", figures) and "rows/s on average" in figures, figures
     assert "measuring" not in figures and "time left" not in figures, figures
+    # Pacing as one request's longest wait: concurrent waits added up can exceed the run's time.
+    assert re.search(r"answered 429, longest wait for a pacing slot [\d.,]+ s", figures), figures
     assert frame.locator(".paused-notice").count() == 0
     assert rows_done(frame) == rows
     page.screenshot(path=str(artifacts / "synap-tab-finished.png"), full_page=True)

@@ -42,3 +42,19 @@ def test_a_429_holds_every_partition_of_the_target_back(two_workers):
     first, second = two_workers
     first.hold_now(3)
     assert second.reserve() == pytest.approx(3.0, abs=0.1)
+
+
+def test_the_longest_wait_is_one_requests_wait_while_waited_adds_them_up(two_workers):
+    import asyncio
+
+    first, _ = two_workers
+
+    async def five_at_once():
+        await asyncio.gather(*(first.acquire() for _ in range(5)))
+
+    asyncio.run(five_at_once())
+    # Slots 0.1 s apart: waits of about 0, 0.1, 0.2, 0.3 and 0.4 s, overlapping in time.
+    assert first.slots == 5
+    assert first.longest == pytest.approx(0.4, abs=0.1)
+    assert first.waited == pytest.approx(1.0, abs=0.25)
+    assert first.waited > first.longest

@@ -19,6 +19,7 @@ class RecordingPacer:
     """The ``Pacer`` interface, recording the holds asked of the shared schedule."""
 
     waited = 0.0
+    longest = 0.0
     slots = 0
 
     def __init__(self) -> None:

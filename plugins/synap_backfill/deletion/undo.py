@@ -34,6 +34,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Awaitable, Callable, Mapping, Protocol, TypeVar
 
+from synap_backfill.common import counters
+from synap_backfill.common.counters import counter
 from synap_backfill.common.errors import first_line, shorten
 from synap_backfill.common.ids import conversation_of, next_generation
 from synap_backfill.delivery.pacing import Pacer, paced
@@ -70,21 +72,23 @@ class UndoReport:
 
     label: str
     key: str
-    documents: int = 0  # documents with an ingestion id, looked at
-    memories: int = 0  # memories their status listed
-    deleted: int = 0
-    already_gone: int = 0  # a 404 on delete: deleted before (by an earlier undo, or anyone)
-    failed: Counter[str] = field(default_factory=Counter)  # permanent failures, by reason
-    without_id: int = 0  # counted as the run's from a duplicate answer: no ingestion id
-    not_reached: Counter[str] = field(default_factory=Counter)  # documents, by reason
-    conversations: int = 0  # conversations whose raw turns were (would be) deleted
-    turns: int = 0
-    requests: int = 0
-    seconds: float = 0.0
-    dry_run: bool = False
-    already_undone: bool = False  # an earlier undo finished this partition: nothing to do
-    total: int = 0  # the partition's documents with an ingestion id (surveyed or not)
-    sampled: bool = False  # a survey of a sample: ``memories`` counts the sample's
+    documents: int = counter()  # documents with an ingestion id, looked at
+    memories: int = counter()  # memories their status listed
+    deleted: int = counter()
+    already_gone: int = counter()  # a 404 on delete: deleted before (by an earlier undo, or anyone)
+    failed: Counter[str] = counter(add="tally")  # permanent failures, by reason
+    without_id: int = counter()  # counted as the run's from a duplicate answer: no ingestion id
+    not_reached: Counter[str] = counter(add="tally")  # documents, by reason
+    conversations: int = counter()  # conversations whose raw turns were (would be) deleted
+    turns: int = counter()
+    requests: int = counter()
+    seconds: float = counter(0.0, digits=1)
+    dry_run: bool = counter(False, add="any", resumed=False)
+    # An earlier undo finished this partition: nothing to do.
+    already_undone: bool = counter(False, add=None, resumed=False)
+    total: int = counter()  # the partition's documents with an ingestion id (surveyed or not)
+    # A survey of a sample: ``memories`` counts the sample's.
+    sampled: bool = counter(False, add="any", resumed=False)
 
     @property
     def memories_estimate(self) -> int:
@@ -98,23 +102,15 @@ class UndoReport:
         return sum(self.failed.values())
 
     def to_xcom(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["failed"], out["not_reached"] = dict(self.failed), dict(self.not_reached)
-        out["seconds"] = round(self.seconds, 1)
-        return out
+        return counters.to_xcom(self)
 
     @classmethod
     def from_xcom(cls, raw: Mapping[str, Any]) -> "UndoReport":
-        values = dict(raw)
-        values["failed"] = Counter(values.get("failed") or {})
-        values["not_reached"] = Counter(values.get("not_reached") or {})
-        return cls(**values)
+        return counters.from_xcom(cls, raw)
 
     def restore(self, earlier: "UndoReport") -> None:
         """Take the counts of an earlier attempt's checkpoint (label and key stay)."""
-        for name in ("documents", "memories", "deleted", "already_gone", "failed", "without_id",
-                     "not_reached", "conversations", "turns", "requests", "seconds"):
-            setattr(self, name, getattr(earlier, name))
+        counters.resume(self, earlier)
 
     def label_with_counts(self) -> str:
         if self.dry_run and self.sampled:

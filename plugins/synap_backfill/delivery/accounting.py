@@ -13,6 +13,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
+from synap_backfill.common import counters
+from synap_backfill.common.counters import counter
 from synap_backfill.common.windows import window_key
 from synap_backfill.delivery.results import BatchOutcome
 from synap_backfill.privacy.turns import Reason as TurnReason
@@ -25,37 +27,41 @@ class PartitionReport:
     label: str
     start: str | None
     end: str | None
-    rows_read: int = 0
-    ingested: int = 0
-    duplicates: int = 0
-    rejected: Counter[str] = field(default_factory=Counter)
-    not_sent: int = 0  # documents built but held back: a dry run
+    rows_read: int = counter()
+    ingested: int = counter()
+    duplicates: int = counter()
+    rejected: Counter[str] = counter(add="tally", xcom="rejected_by_reason")
+    not_sent: int = counter()  # documents built but held back: a dry run
     # Of ``ingested``: found already stored when sent again after a lost answer
     # or a stopped attempt; this run's write, unless it was in Synap before the run.
-    ingested_on_resend: int = 0
-    batches: int = 0
-    seconds: float = 0.0
-    started_at: float | None = None  # epoch seconds: the first attempt's start
-    finished_at: float | None = None
+    ingested_on_resend: int = counter()
+    batches: int = counter()
+    # Time the partition's attempts took (a resumed attempt adds its own to the last one's).
+    seconds: float = counter(0.0, digits=3, resumed=False)
+    started_at: float | None = counter(None, add="min", resumed=False)  # epoch s: first attempt
+    finished_at: float | None = counter(None, add="max")
     # From the plan: rows held unchanged inside this partition's span (not read), and the
     # rows it planned to read (what the read is checked against).
-    unchanged: int = 0
-    rows_planned: int | None = None
-    rate_limited: int = 0  # batch requests Synap answered 429
-    paced_seconds: float = 0.0  # seconds its requests waited for slots of the shared schedule
+    unchanged: int = counter(resumed=False)
+    rows_planned: int | None = counter(None, add=None, resumed=False)
+    rate_limited: int = counter()  # batch requests Synap answered 429
+    # Seconds its requests waited for slots of the shared schedule, added up (concurrent
+    # requests' waits overlap, so this can exceed the run's time), and the longest one wait.
+    paced_seconds: float = counter(0.0, digits=1)
+    paced_longest: float = counter(0.0, add="max", digits=1)
     # Of ``duplicates``: turns of a changed bucket not sent, as the ledger knows the target
     # holds them (held_turns.py).
-    known_held: int = 0
+    known_held: int = counter()
     # From the plan: turns in its span the target holds that the source has edited or deleted
     # since (``changes.py``); whether they were applied is the run's ``source_changes``.
-    edited: int = 0
-    deleted: int = 0
+    edited: int = counter(resumed=False)
+    deleted: int = counter(resumed=False)
     # Read and not sent: the turn's person was erased (synap_erase); counted, never lost.
-    suppressed: int = 0
+    suppressed: int = counter()
     # redact_pii: values replaced in the documents built, by kind, and the turns holding them.
     # Not a fate: a redacted turn is ingested, a duplicate or rejected like any other.
-    redacted: Counter[str] = field(default_factory=Counter)
-    turns_redacted: int = 0
+    redacted: Counter[str] = counter(add="tally", xcom="redacted_by_kind")
+    turns_redacted: int = counter()
 
     @property
     def key(self) -> str:
@@ -83,39 +89,11 @@ class PartitionReport:
         self.rejected[reason] += n
 
     def to_xcom(self) -> dict[str, Any]:
-        return {
-            "label": self.label, "start": self.start, "end": self.end,
-            "rows_read": self.rows_read, "ingested": self.ingested,
-            "duplicates": self.duplicates, "rejected": self.rejected_total,
-            "rejected_by_reason": dict(self.rejected), "not_sent": self.not_sent,
-            "ingested_on_resend": self.ingested_on_resend, "batches": self.batches,
-            "seconds": round(self.seconds, 3),
-            "started_at": self.started_at, "finished_at": self.finished_at,
-            "unchanged": self.unchanged, "rows_planned": self.rows_planned,
-            "rate_limited": self.rate_limited, "paced_seconds": round(self.paced_seconds, 1),
-            "known_held": self.known_held, "edited": self.edited, "deleted": self.deleted,
-            "suppressed": self.suppressed,
-            "redacted_by_kind": dict(self.redacted), "turns_redacted": self.turns_redacted,
-        }
+        return {**counters.to_xcom(self), "rejected": self.rejected_total}
 
     @classmethod
     def from_xcom(cls, raw: Mapping[str, Any]) -> "PartitionReport":
-        report = cls(raw["label"], raw.get("start"), raw.get("end"),
-                     rows_read=raw["rows_read"], ingested=raw["ingested"],
-                     duplicates=raw["duplicates"],
-                     rejected=Counter(raw.get("rejected_by_reason") or {}),
-                     not_sent=raw.get("not_sent", 0),
-                     ingested_on_resend=raw.get("ingested_on_resend", 0),
-                     batches=raw.get("batches", 0),
-                     seconds=raw.get("seconds", 0.0), started_at=raw.get("started_at"),
-                     finished_at=raw.get("finished_at"), unchanged=raw.get("unchanged", 0),
-                     rows_planned=raw.get("rows_planned"),
-                     rate_limited=raw.get("rate_limited", 0),
-                     paced_seconds=raw.get("paced_seconds", 0.0),
-                     known_held=raw.get("known_held", 0), edited=raw.get("edited", 0),
-                     deleted=raw.get("deleted", 0), suppressed=raw.get("suppressed", 0),
-                     redacted=Counter(raw.get("redacted_by_kind") or {}),
-                     turns_redacted=raw.get("turns_redacted", 0))
+        report = counters.from_xcom(cls, raw)
         if report.rejected_total != raw.get("rejected", report.rejected_total):
             # Trust the total over the breakdown if they ever disagree.
             report.rejected["unexplained"] += raw["rejected"] - report.rejected_total
@@ -158,25 +136,7 @@ class RunSummary:
 
     @property
     def total(self) -> PartitionReport:
-        total = PartitionReport("TOTAL", None, None)
-        for p in self.partitions:
-            total.rows_read += p.rows_read
-            total.ingested += p.ingested
-            total.duplicates += p.duplicates
-            total.rejected.update(p.rejected)
-            total.not_sent += p.not_sent
-            total.ingested_on_resend += p.ingested_on_resend
-            total.batches += p.batches
-            total.seconds += p.seconds
-            total.unchanged += p.unchanged
-            total.rate_limited += p.rate_limited
-            total.paced_seconds += p.paced_seconds
-            total.known_held += p.known_held
-            total.edited += p.edited
-            total.deleted += p.deleted
-            total.suppressed += p.suppressed
-            total.redacted.update(p.redacted)
-            total.turns_redacted += p.turns_redacted
+        total = counters.add_up(PartitionReport("TOTAL", None, None), self.partitions)
         total.unchanged += self.unchanged_outside
         return total
 

@@ -48,6 +48,7 @@ def create_tables(cur: Any, s: str) -> None:
 
 class Pacer(Protocol):
     waited: float  # seconds this partition's requests spent waiting for slots, summed
+    longest: float  # the longest one request waited
     slots: int  # slots taken
 
     async def acquire(self) -> None: ...
@@ -59,6 +60,7 @@ class Unpaced:
     """No pacing (``requests_per_minute`` 0, or a dry run)."""
 
     waited = 0.0
+    longest = 0.0
     slots = 0
 
     async def acquire(self) -> None:
@@ -91,6 +93,7 @@ class SharedPacer:
         self.label = label
         self.interval = 60.0 / requests_per_minute * (1 + ARRIVAL_HEADROOM)
         self.waited = 0.0  # seconds this partition's requests spent waiting for slots, summed
+        self.longest = 0.0  # the longest one request waited
         self.slots = 0
         self._held_until = 0.0  # monotonic; a hold this process learned of
         self._bounded = False  # lock waits of the connection bounded (SESSION_LOCK_TIMEOUT)
@@ -111,20 +114,25 @@ class SharedPacer:
         return max(0.0, float(wait))
 
     async def acquire(self) -> None:
-        while True:
-            wait = await asyncio.to_thread(self.reserve)  # never block an event loop on the DB
-            self.slots += 1
-            if wait > 0:
-                self.waited += wait
-                await wait_logged(wait, f"the next free slot of the shared pacing schedule of"
-                                  f" {self.target} (held back by a 429, or busy)", self.label)
-            held = self._held_until - time.monotonic()
-            if held <= 0:
-                return
-            # A 429 came back while this slot was waiting: the slot predates the
-            # hold, so wait the hold out and take a new one.
-            self.waited += held
-            await wait_logged(held, "a 429's hold on the shared pacing schedule", self.label)
+        waited = 0.0  # this request's wait, over every slot it took
+        try:
+            while True:
+                wait = await asyncio.to_thread(self.reserve)  # never block an event loop on the DB
+                self.slots += 1
+                if wait > 0:
+                    waited += wait
+                    await wait_logged(wait, f"the next free slot of the shared pacing schedule of"
+                                      f" {self.target} (held back by a 429, or busy)", self.label)
+                held = self._held_until - time.monotonic()
+                if held <= 0:
+                    return
+                # A 429 came back while this slot was waiting: the slot predates the
+                # hold, so wait the hold out and take a new one.
+                waited += held
+                await wait_logged(held, "a 429's hold on the shared pacing schedule", self.label)
+        finally:
+            self.waited += waited
+            self.longest = max(self.longest, waited)
 
     def _bound_lock_waits(self) -> None:
         if not self._bounded:  # a session idle in a transaction on the row must not stall us

@@ -78,6 +78,7 @@ class Checkpointer:
             report.rate_limited += delivery.rate_limited
         report.seconds = state.elapsed()
         report.paced_seconds = state.base_paced + settings.pacer.waited
+        report.paced_longest = max(report.paced_longest, settings.pacer.longest)
         if cut.finished:
             report.finished_at = time.time()
         state.position = cut.position

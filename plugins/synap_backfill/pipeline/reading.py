@@ -14,15 +14,13 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, AsyncIterator, Callable, Iterable
 
+from synap_backfill.common import counters
 from synap_backfill.delivery.accounting import PartitionReport
 from synap_backfill.extract.reader import Position, SourceRow
 from synap_backfill.pipeline.settings import PartitionSettings
 
 Read = Callable[[Position | None], Iterable[SourceRow]]
 READ_CHUNK = 500  # rows fetched from the source per trip to a thread
-RESUMED = ("rows_read", "ingested", "duplicates", "rejected", "not_sent", "ingested_on_resend",
-           "batches", "finished_at", "rate_limited", "paced_seconds", "known_held", "suppressed",
-           "redacted", "turns_redacted")
 
 
 async def off_the_loop(rows: Iterable[SourceRow]) -> AsyncIterator[SourceRow]:
@@ -69,8 +67,7 @@ class State:
     def resume(self, position: Position | None, counts: dict[str, Any]) -> None:
         self.position = position
         restored = PartitionReport.from_xcom(counts)
-        for name in RESUMED:
-            setattr(self.report, name, getattr(restored, name))
+        counters.resume(self.report, restored)
         self.report.started_at = restored.started_at or self.report.started_at
         self.base_seconds = restored.seconds
         self.base_paced = restored.paced_seconds

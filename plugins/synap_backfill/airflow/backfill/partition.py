@@ -112,8 +112,8 @@ def run_partition(config_dict: Mapping[str, Any], window_dict: Mapping[str, Any]
              report.duplicates, report.rejected_total,
              f", not sent (dry run) {report.not_sent}" if config.dry_run else "", report.batches,
              report.seconds, report.rows_read / report.seconds if report.seconds else 0.0,
-             f"; a request waited {pacer.waited / slots:.2f} s on average for its pacing slot"
-             if slots else "")
+             f"; a request waited {pacer.waited / slots:.2f} s on average for its pacing slot,"
+             f" {pacer.longest:.2f} s at most" if slots else "")
     if report.turns_redacted:
         log.info("partition %s: personal data redacted in %d turns: %s", report.label,
                  report.turns_redacted, ", ".join(f"{k} {n}" for k, n in report.redacted.most_common()))

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 from synap_backfill.airflow.erase.finder import Finder
 from synap_backfill.airflow.metrics import StatsMeter, deletion_observed
 from synap_backfill.airflow.shared import stopped_before
+from synap_backfill.common.counters import add_up
 from synap_backfill.deletion.erase import (EraseTarget, HeldDocument, forget, frozen_documents,
                                            record_erasure, still_held, wait_for_batches)
 from synap_backfill.holdings.inventory import Holding, holdings
@@ -288,8 +289,7 @@ def summarize_erase(plan_dict: Mapping[str, Any] | None, targets: Sequence[Mappi
     plan = ErasePlan.from_dict(plan_dict)
     found = [EraseTarget.from_dict(t) for t in targets]
     results = {int(str(r["key"]).split("|", 1)[1]): r for r in erased or [] if r}
-    reports = {h: UndoReport.from_xcom({k: v for k, v in r.items() if k in UNDO_FIELDS})
-               for h, r in results.items()}
+    reports = {h: UndoReport.from_xcom(r) for h, r in results.items()}
     problems = [f"target {t.label} did not finish (failed or upstream failed)" for t in found
                 if t.holding not in results]
     for t in found:
@@ -297,17 +297,14 @@ def summarize_erase(plan_dict: Mapping[str, Any] | None, targets: Sequence[Mappi
         if r is None or report is None or plan.dry_run:
             continue
         problems += _left_behind(t, r, report, plan.extraction_wait)
-    summary = [r for r in reports.values()]
+    total = add_up(UndoReport("TOTAL", ""), reports.values())
     result = {"person": _person_label(plan), "dry_run": plan.dry_run, "targets": len(found),
-              "documents": sum(r.documents for r in summary),
-              "memories": sum(r.memories for r in summary),
-              "deleted": sum(r.deleted for r in summary),
-              "already_gone": sum(r.already_gone for r in summary),
-              "without_id": sum(r.without_id for r in summary),
+              "documents": total.documents, "memories": total.memories, "deleted": total.deleted,
+              "already_gone": total.already_gone, "without_id": total.without_id,
               "pending": sum(int(r.get("pending") or 0) for r in results.values()),
               "unattributed": sum(int(r.get("unattributed") or 0) for r in results.values()),
               "in_source": sum(t.in_source for t in found),
-              "requests": sum(r.requests for r in summary), "problems": problems,
+              "requests": total.requests, "problems": problems,
               "live": [r.get("live") for r in results.values() if r.get("live")]}
     nothing = _nothing_found(found)
     result["notes"] = [nothing] if nothing else []
@@ -329,9 +326,6 @@ def summarize_erase(plan_dict: Mapping[str, Any] | None, targets: Sequence[Mappi
             ti.xcom_push(key="problems", value=problems)  # each in one line, for the Synap tab
         raise AirflowFailException("erasure incomplete: " + "; ".join(problems[:5]))
     return result
-
-
-UNDO_FIELDS = frozenset(UndoReport.__dataclass_fields__)
 
 
 def _left_behind(target: EraseTarget, result: Mapping[str, Any], report: UndoReport,

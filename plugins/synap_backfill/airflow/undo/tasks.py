@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Mapping, S
 
 from synap_backfill.airflow.metrics import deletion_observed
 from synap_backfill.airflow.shared import stopped_before
+from synap_backfill.common import counters
 from synap_backfill.common.config import ParamError
 from synap_backfill.holdings.inventory import Inventory
 from synap_backfill.schema import ensure_tables
@@ -277,17 +278,7 @@ def summarize_undo(config_dict: Mapping[str, Any] | None, planned: Sequence[Mapp
 
 
 def _total(reports: Iterable[UndoReport]) -> UndoReport:
-    total = UndoReport("TOTAL", "")
-    for r in reports:
-        for name in ("documents", "memories", "deleted", "already_gone", "without_id",
-                     "conversations", "turns", "requests", "seconds"):
-            setattr(total, name, getattr(total, name) + getattr(r, name))
-        total.failed.update(r.failed)
-        total.not_reached.update(r.not_reached)
-        total.dry_run = r.dry_run
-        total.total += r.total or r.documents
-        total.sampled = total.sampled or r.sampled
-    return total
+    return counters.add_up(UndoReport("TOTAL", ""), reports)
 
 
 def _memories(reports: Iterable[UndoReport]) -> int:
