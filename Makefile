@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt constraints.txt pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install demo demo-fresh ui cluster test test-unit test-e2e lint bench synap-api docs lock clean
+.PHONY: install demo demo-fresh ui cluster test test-unit test-e2e lint bench synap-api docs lock matrix clean
 
 $(STAMP): requirements.txt constraints.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version' 
@@ -52,11 +52,15 @@ synap-api: $(STAMP)  ## serve the local Synap API on 127.0.0.1:8765 (store .loca
 docs: $(STAMP)  ## regenerate docs/reference.md from the models that declare every param and extra
 	$(PY) -m include.reference_docs
 
-lock:  ## re-resolve requirements.txt into constraints.txt in a scratch venv
+lock:  ## re-resolve requirements.txt into constraints.txt, then constraints/ for every supported Python × Airflow
 	rm -rf .local/lock-venv && $(PYTHON) -m venv .local/lock-venv
 	.local/lock-venv/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
 	{ echo "# Full resolved dependency set for requirements.txt on Python 3.11 (pip freeze)."; \
 	  echo "# Regenerate with: make lock"; .local/lock-venv/bin/pip freeze --disable-pip-version-check; } > constraints.txt
+	.local/lock-venv/bin/python -m include.matrix lock
+
+matrix: $(STAMP)  ## the wheel on every supported Python × Airflow: install, provider, DAGs, a backfill (table in test-artifacts/matrix.md)
+	$(PY) -m pytest tests/e2e/test_matrix.py
 
 clean:
 	rm -rf $(VENV) .local .pytest_cache

@@ -76,10 +76,18 @@ def ensure_connections(connections: Mapping[str, str]) -> None:
             session.add(Connection.from_json(value, conn_id=conn_id))
 
 
-def load_dag(dag_id: str = "synap_backfill") -> Any:
-    from airflow.dag_processing.dagbag import DagBag
+def dag_bag() -> Any:
+    """This repo's DAG files, parsed (``DagBag`` moved in Airflow 3.2; the matrix runs 3.1)."""
+    try:
+        from airflow.dag_processing.dagbag import DagBag
+    except ImportError:
+        from airflow.models.dagbag import DagBag
 
-    bag = DagBag(dag_folder=str(REPO_ROOT / "dags"))
+    return DagBag(dag_folder=str(REPO_ROOT / "dags"))
+
+
+def load_dag(dag_id: str = "synap_backfill") -> Any:
+    bag = dag_bag()
     if bag.import_errors:
         raise RuntimeError(f"DAG import errors: {bag.import_errors}")
     return bag.dags[dag_id]

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -14,7 +17,8 @@ import pytest
 from include.local_airflow import REPO_ROOT
 from include.local_stack import LocalStack, free_port
 
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO / "test-artifacts"
 
 
 class AirflowClient:
@@ -219,3 +223,20 @@ def airflow(stack: LocalStack) -> AirflowClient:
 def artifacts() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The distribution, built once a session as a user's ``pip wheel`` builds it."""
+    out = tmp_path_factory.mktemp("wheel")
+    # From a copy of what the build reads: pip builds in the source tree (build/).
+    source = tmp_path_factory.mktemp("source")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    shutil.copytree(REPO / "plugins", source / "plugins",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
+                    "--no-deps", "--wheel-dir", str(out), str(source)],
+                   check=True, capture_output=True, timeout=300)
+    (built,) = out.glob("synap_backfill-*.whl")
+    return built

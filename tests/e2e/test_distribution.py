@@ -66,22 +66,6 @@ build_backfill_dag("my_old_backfill")
 '''
 
 
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("wheel")
-    # From a copy of what the build reads: pip builds in the source tree (build/).
-    source = tmp_path_factory.mktemp("source")
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(REPO / name, source / name)
-    shutil.copytree(REPO / "plugins", source / "plugins",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
-                    "--no-deps", "--wheel-dir", str(out), str(source)],
-                   check=True, capture_output=True, timeout=300)
-    (built,) = out.glob("synap_backfill-*.whl")
-    return built
-
-
 def test_the_wheel_holds_the_engine_and_the_provider_and_no_local_tooling(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     top = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
@@ -102,16 +86,11 @@ def test_the_wheel_holds_the_engine_and_the_provider_and_no_local_tooling(wheel)
 
 def test_installed_with_its_extras_and_the_constraints_it_parses_the_dags_in_a_project_with_its_own_include(
         wheel, tmp_path):
+    from include.matrix import PRIMARY, Combo, make_venv
+
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-    python = venv / "bin" / "python"
-    # --no-compile: byte-compiling every package of the set is a third of the install's time, and
-    # the test imports a small part of it.
-    install = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                              "--no-compile",
-                              "-c", str(REPO / "constraints.txt"), f"{wheel}[openlineage,metrics]"],
-                             capture_output=True, text=True, timeout=900)
-    assert install.returncode == 0, install.stderr[-3000:]
+    # As a user installs it: the extras, under the constraints of the development combination.
+    python = make_venv(Combo(*PRIMARY), sys.executable, wheel, venv)
 
     project = tmp_path / "project"  # an Astronomer-style project: dags/, include/, plugins/
     (project / "dags").mkdir(parents=True)

@@ -53,19 +53,32 @@ def test_airflow_services_mount_the_dags_and_the_projects_include_folder(service
     assert "PYTHONPATH" not in SERVICES[service]["environment"]
 
 
-def test_the_image_installs_the_wheel_with_the_constraints():
+def test_the_image_installs_the_wheel_with_the_constraints_of_its_python_and_airflow():
     dockerfile = (REPO / "Dockerfile").read_text()
     assert "pip wheel --no-cache-dir --no-deps" in dockerfile
-    assert "pip install --no-cache-dir -c /home/airflow/constraints.txt" in dockerfile
+    assert ('-c "/home/airflow/constraints/python${PYTHON_VERSION}-airflow${AIRFLOW_VERSION%.*}.txt"'
+            in dockerfile)
     assert "synap_backfill-*.whl" in dockerfile
+
+
+def test_the_image_builds_any_supported_pair_and_defaults_to_the_newest():
+    from include.matrix import AIRFLOWS, COMBOS, PYTHONS
+
+    dockerfile = (REPO / "Dockerfile").read_text()
+    defaults = dict(re.findall(r"^ARG (PYTHON_VERSION|AIRFLOW_VERSION)=(\S+)$", dockerfile, re.M))
+    assert defaults == {"PYTHON_VERSION": PYTHONS[-1], "AIRFLOW_VERSION": AIRFLOWS[-1]}
+    assert "FROM apache/airflow:${AIRFLOW_VERSION}-python${PYTHON_VERSION}" in dockerfile
+    args = COMPOSE["x-airflow-common"]["build"]["args"]
+    assert args == {"PYTHON_VERSION": f"${{PYTHON_VERSION:-{PYTHONS[-1]}}}",
+                    "AIRFLOW_VERSION": f"${{AIRFLOW_VERSION:-{AIRFLOWS[-1]}}}"}
+    for combo in COMBOS:  # the file the image's pip reads, for every pair it may be built for
+        assert combo.constraints.exists(), combo.constraints
     assert "COPY --chown=airflow:root plugins " in dockerfile
     assert "COPY --chown=airflow:root include" not in dockerfile  # no local tooling in the image
     assert " -e " not in dockerfile
     pins = dict(re.findall(r"^([A-Za-z0-9_.\-]+)==(\S+)", (REPO / "requirements.txt").read_text(), re.M))
-    bases = re.findall(r"FROM apache/airflow:(\S+)-python3\.11", dockerfile)
-    assert bases and set(bases) == {pins["apache-airflow"]}
-    for package in ("apache-airflow", "apache-airflow-providers-celery"):
-        assert f'"{package}=={pins[package]}"' in dockerfile
+    assert AIRFLOWS[-1] == pins["apache-airflow"]  # the newest is the one the whole suite runs on
+    assert '"apache-airflow==${AIRFLOW_VERSION}"' in dockerfile
 
 
 @pytest.mark.parametrize("service", ["synap-api", "source-init"])

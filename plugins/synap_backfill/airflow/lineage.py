@@ -22,9 +22,9 @@ log = logging.getLogger("synap_backfill")
 
 
 def _collector() -> Any:
-    from airflow.sdk.lineage import get_hook_lineage_collector
+    from synap_backfill.airflow.compat import hook_lineage_collector
 
-    return get_hook_lineage_collector()
+    return hook_lineage_collector()
 
 
 def source_host(host: str | None) -> str:

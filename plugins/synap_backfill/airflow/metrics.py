@@ -1,6 +1,6 @@
 """The engine's counts as Airflow metrics: ``synap_backfill.<name>``, tagged by DAG and target.
 
-Sent through Airflow's own Stats (``airflow.sdk.observability.stats``, which the task runner
+Sent through Airflow's own Stats (``compat.stats()``, which the task runner
 sets up from ``[metrics]``): StatsD with ``statsd_on`` (the distribution's ``metrics`` extra
 brings its client), Datadog, or OpenTelemetry. Plain StatsD drops tags; the names alone add
 up across DAGs and targets then. The table of names is in docs/operating.md, "Metrics".
@@ -31,9 +31,9 @@ class StatsMeter:
 
     def _send(self, kind: str, name: str, value: object) -> None:
         try:
-            from airflow.sdk.observability.stats import Stats
+            from synap_backfill.airflow.compat import stats
 
-            getattr(Stats, kind)(f"{PREFIX}.{name}", value, tags=self.tags)
+            getattr(stats(), kind)(f"{PREFIX}.{name}", value, tags=self.tags)
         except Exception as exc:  # metrics never fail the work they count
             log.debug("metric %s not sent: %s", name, type(exc).__name__)
 

@@ -18,7 +18,7 @@ DEFAULT_POOL = "synap_api"  # the primary's pool; a region's is synap_<region>
 def stopped_before(what: str, reasons: Sequence[str | None] | None) -> NoReturn:
     """A summary's failure when its run stopped before the mapped tasks: the first reason an
     earlier task left (its ``failure`` XCom), in one line."""
-    from airflow.sdk.exceptions import AirflowFailException
+    from synap_backfill.airflow.compat import AirflowFailException
 
     reason = next((r for r in reasons or () if r), "see the first task's log")
     raise AirflowFailException(f"the {what}: {reason}")
@@ -26,7 +26,7 @@ def stopped_before(what: str, reasons: Sequence[str | None] | None) -> NoReturn:
 
 def fail_before_planning(ti: Any, message: str) -> NoReturn:
     """Fail the task, without retries, leaving the one-line reason for the summary."""
-    from airflow.sdk.exceptions import AirflowFailException
+    from synap_backfill.airflow.compat import AirflowFailException
 
     if ti is not None:
         ti.xcom_push(key="failure", value=message)
@@ -48,7 +48,7 @@ def raise_scrubbed(exc: BaseException) -> None:
 
 def one_line(exc: BaseException) -> str:
     """A task's failure in one line: our own reasons as written, anything else scrubbed and cut."""
-    from airflow.sdk.exceptions import AirflowFailException
+    from synap_backfill.airflow.compat import AirflowFailException
 
     from synap_backfill.common.checks import ParamError
     from synap_backfill.pipeline.settings import PartitionFailed

@@ -96,7 +96,7 @@ class VerifyExtractionOperator(BaseOperator):
         self.config = config
 
     def execute(self, context: Any) -> Any:
-        from airflow.sdk.exceptions import AirflowSkipException
+        from synap_backfill.airflow.compat import AirflowSkipException
 
         config = BackfillConfig.from_dict(self.config)
         if config.verify_sample == 0 or config.dry_run:
@@ -109,7 +109,7 @@ class VerifyExtractionOperator(BaseOperator):
             timeout=timedelta(seconds=config.verify_timeout + 600))
 
     def execute_complete(self, context: Any, event: Mapping[str, Any]) -> dict[str, Any]:
-        from airflow.sdk.exceptions import AirflowFailException
+        from synap_backfill.airflow.compat import AirflowFailException
 
         from synap_backfill.delivery.verify import VerifyReport
 

@@ -91,7 +91,7 @@ def apply_source_changes(config_dict: Mapping[str, Any], windows: Iterable[Mappi
                     " id): Synap still holds their old version, their buckets are not held as read,"
                     " and the next run finds and applies them", pending)
     if report.failed:
-        from airflow.sdk.exceptions import AirflowFailException
+        from synap_backfill.airflow.compat import AirflowFailException
 
         raise AirflowFailException(
             f"source changes: {report.failed_total} memories could not be deleted: "

@@ -52,7 +52,7 @@ def run_partition(config_dict: Mapping[str, Any], window_dict: Mapping[str, Any]
     try:
         settings = partition_settings(config, partition, target, connection_errors())
     except ShapingNotReady as exc:
-        from airflow.sdk.exceptions import AirflowFailException
+        from synap_backfill.airflow.compat import AirflowFailException
 
         raise AirflowFailException(f"partition {partition.label}: {exc}") from None
     ledger_hook = PostgresHook(postgres_conn_id=config.ledger_conn_id or config.postgres_conn_id)
@@ -93,7 +93,7 @@ def run_partition(config_dict: Mapping[str, Any], window_dict: Mapping[str, Any]
             asyncio.run(run(ledger, pacing_conn))
     except PartitionFailed as exc:
         if exc.permanent:
-            from airflow.sdk.exceptions import AirflowFailException
+            from synap_backfill.airflow.compat import AirflowFailException
 
             raise AirflowFailException(str(exc)) from None  # retrying cannot help
         raise

@@ -47,7 +47,7 @@ def plan_partitions(config_dict: Mapping[str, Any], *, dag_id: str = "synap_back
     each partition sends only the earliest copy. A failure's one-line reason also goes
     to XCom (key ``failure``) for the summary.
     """
-    from airflow.sdk.exceptions import AirflowFailException
+    from synap_backfill.airflow.compat import AirflowFailException
 
     config = BackfillConfig.from_dict(config_dict)
     try:
@@ -106,7 +106,7 @@ def _plan(config: BackfillConfig, dag_id: str, run_id: str) -> list[dict[str, An
                           covered=inventory.covered(holding) if config.lookback and holding else (),
                           settings=config.document_settings())
         if diff.conflicts:
-            from airflow.sdk.exceptions import AirflowFailException
+            from synap_backfill.airflow.compat import AirflowFailException
 
             raise AirflowFailException(conflict_message(
                 diff.conflicts, config.document_settings(), source=config.source,
@@ -156,7 +156,7 @@ def _plan(config: BackfillConfig, dag_id: str, run_id: str) -> list[dict[str, An
                                                            holding),
                                    lambda: sum(b.rows for b in held.values()))
         except DeletionRefused as exc:
-            from airflow.sdk.exceptions import AirflowFailException
+            from synap_backfill.airflow.compat import AirflowFailException
 
             raise AirflowFailException(str(exc)) from None
         save_copies(ledger_conn, config.ledger_schema, dag_id, run_id, copies)
@@ -197,7 +197,7 @@ def _plan(config: BackfillConfig, dag_id: str, run_id: str) -> list[dict[str, An
     if credits is not None:
         log.info("Synap credits for the whole plan: %s", credits.describe())
         if credits.short and not sampling:
-            from airflow.sdk.exceptions import AirflowFailException
+            from synap_backfill.airflow.compat import AirflowFailException
 
             raise AirflowFailException(
                 f"not enough Synap credits: the plan needs {credits.describe()}; nothing was sent"
@@ -220,7 +220,7 @@ def _check_unusable(config: BackfillConfig, plan: Any) -> None:
     """State the share of rows without a usable timestamp; fail before sending when they alone
     are more than ``max_rejected_share`` of the rows to read (each would be rejected anyway,
     and the run would fail at its end, after hours of sending the rest)."""
-    from airflow.sdk.exceptions import AirflowFailException
+    from synap_backfill.airflow.compat import AirflowFailException
 
     unusable = sum(p.rows for p in plan.partitions if not p.timed)
     if not unusable:

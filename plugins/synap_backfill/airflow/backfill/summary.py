@@ -35,7 +35,7 @@ def summarize_run(windows: Iterable[Mapping[str, Any]] | None,
     the primary's instance holds this region's instance holds too.
     ``changes``: what ``apply_source_changes`` did (None: it did not run, or failed).
     """
-    from airflow.sdk.exceptions import AirflowFailException
+    from synap_backfill.airflow.compat import AirflowFailException
 
     if windows is None:
         failures = dict(zip(("resolve_config", "plan_partitions"), before_planning or ()))
@@ -198,7 +198,7 @@ def _changes_note(found: Mapping[str, Any], config: BackfillConfig,
 
 def announce_complete(config_dict: Mapping[str, Any], summary: Mapping[str, Any]) -> None:
     """Let the run's assets be emitted only when it sent the whole table."""
-    from airflow.sdk.exceptions import AirflowSkipException
+    from synap_backfill.airflow.compat import AirflowSkipException
 
     if config_dict.get("dry_run"):
         raise AirflowSkipException("a dry run sent nothing: not announcing the backfill complete")

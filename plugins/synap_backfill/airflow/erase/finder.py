@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 def instance_isolation(holding: Holding, *, changes: str = "nothing was deleted") -> str | None:
     """The holding's instance's user_context_isolation, through the connection its last run
     used (whoami); refused in one line if that connection opens another instance now."""
-    from airflow.sdk.exceptions import AirflowFailException
+    from synap_backfill.airflow.compat import AirflowFailException
 
     conn_id = holding.synap_conn_id
     try:
@@ -60,7 +60,7 @@ class Finder:
     def source(self, holding: Holding) -> SourceMatch:
         """The person's rows in the holding's source; a source that cannot be read stops the
         erasure (turns sent before the person key existed are found only there)."""
-        from airflow.sdk.exceptions import AirflowFailException
+        from synap_backfill.airflow.compat import AirflowFailException
 
         from synap_backfill.airflow.source_hook import source_hook
 
@@ -81,7 +81,7 @@ class Finder:
 
     def target(self, conn: Any, holding: Holding, live: bool
                ) -> tuple[EraseTarget, list[HeldDocument]]:
-        from airflow.sdk.exceptions import AirflowFailException
+        from synap_backfill.airflow.compat import AirflowFailException
         from maximem_synap.scoping import B2C_ISOLATION
 
         b2c = self.isolation(holding) == B2C_ISOLATION or not holding.columns.get("customer_id")

@@ -96,7 +96,7 @@ def plan_erase(plan_dict: Mapping[str, Any], params: Mapping[str, Any] | None = 
                ti: Any = None) -> list[dict[str, Any]]:
     """The targets holding documents of the person, with counts: small dicts, never ids."""
     from airflow.providers.postgres.hooks.postgres import PostgresHook
-    from airflow.sdk.exceptions import AirflowFailException
+    from synap_backfill.airflow.compat import AirflowFailException
 
     plan = ErasePlan.from_dict(plan_dict)
     finder = Finder(plan, require_keyring(plan.person_key_conn_id))
@@ -134,7 +134,7 @@ def suppress_person(plan_dict: Mapping[str, Any], targets: Sequence[Mapping[str,
     it, and read the targets again under the fence: what ``erase_target`` maps over. A dry
     run records nothing and passes the plan's targets on."""
     from airflow.providers.postgres.hooks.postgres import PostgresHook
-    from airflow.sdk.exceptions import AirflowFailException
+    from synap_backfill.airflow.compat import AirflowFailException
 
     plan = ErasePlan.from_dict(plan_dict)
     try:
@@ -282,7 +282,7 @@ def summarize_erase(plan_dict: Mapping[str, Any] | None, targets: Sequence[Mappi
                     before: Sequence[str | None] | None = None, ti: Any = None) -> dict[str, Any]:
     """Add up the targets; fail when one did not finish, or anything of the person is left."""
     from airflow.providers.postgres.hooks.postgres import PostgresHook
-    from airflow.sdk.exceptions import AirflowFailException
+    from synap_backfill.airflow.compat import AirflowFailException
 
     if plan_dict is None or targets is None:
         stopped_before("erasure stopped before any target", before)

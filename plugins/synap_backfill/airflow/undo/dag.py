@@ -94,7 +94,7 @@ def build_undo_dag(dag_id: str = "synap_undo", *, doc_md: str | None = None,
 
         @task(map_index_template="{{ undo_label }}", pool=DEFAULT_POOL, multiple_outputs=False)
         def survey_partition(config: dict, partition: dict) -> dict:
-            from airflow.sdk.exceptions import AirflowSkipException
+            from synap_backfill.airflow.compat import AirflowSkipException
 
             from synap_backfill.deletion.undo import UndoReport
             from synap_backfill.airflow.undo.tasks import survey
@@ -112,7 +112,7 @@ def build_undo_dag(dag_id: str = "synap_undo", *, doc_md: str | None = None,
         @task(map_index_template="{{ undo_label }}", pool=DEFAULT_POOL, multiple_outputs=False,
               retries=2, retry_delay=timedelta(seconds=20), trigger_rule="none_failed")
         def undo_partition(config: dict, partition: dict) -> dict:
-            from airflow.sdk.exceptions import AirflowSkipException
+            from synap_backfill.airflow.compat import AirflowSkipException
 
             from synap_backfill.deletion.undo import UndoReport
             from synap_backfill.airflow.undo.tasks import undo

@@ -168,7 +168,7 @@ def undo(config_dict: Mapping[str, Any], partition_dict: Mapping[str, Any], *,
     """Delete a partition's memories; resumable, and idempotent across undo runs.
 
     ``run_id``, ``dag_id``: the undo's own run (its metrics are tagged by its DAG)."""
-    from airflow.sdk.exceptions import AirflowFailException
+    from synap_backfill.airflow.compat import AirflowFailException
 
     config = UndoConfig.from_dict(config_dict)
     report = _run(config, UndoPartition.from_dict(partition_dict), dry_run=False, undo_run=run_id,
@@ -246,7 +246,7 @@ def summarize_undo(config_dict: Mapping[str, Any] | None, planned: Sequence[Mapp
                    before: Sequence[str | None] | None = None, ti: Any = None) -> dict[str, Any]:
     """Add up the partitions; fail when a deletion failed or a partition did not finish."""
     from airflow.providers.postgres.hooks.postgres import PostgresHook
-    from airflow.sdk.exceptions import AirflowFailException
+    from synap_backfill.airflow.compat import AirflowFailException
 
     if config_dict is None or planned is None:
         stopped_before("undo stopped before any partition", before)
