@@ -225,3 +225,58 @@ def test_a_sampled_survey_reads_a_spread_sample_says_its_time_before_it_starts_a
     assert survey["sampled"] and survey["memories_estimate"] == summary["memories_estimate"]
     assert {p["state"] for p in view["partitions"]} == {"success"}  # the survey's state
     assert deletes(synap) == {}
+
+
+def test_an_undo_dry_runs_view_shows_its_survey_growing_within_10_s_of_the_surveys_start(
+        local_pg, run_backfill, synap, monkeypatch):
+    """While a paced survey runs, what its view reads from the ledger (documents surveyed of
+    those to survey) is there within 10 s of the survey's start and grows, not only at the end."""
+    import threading
+
+    from synap_backfill.run_view import survey_progress
+
+    with local_pg.connect() as conn:
+        total = load_demo_table(conn, "undo_growing", turns=120, days=1, seed=79)
+    sent = run_backfill(source_table="undo_growing", synap_extra={"requests_per_minute": 0})
+    assert summary_of(sent)["ingested"] == total
+    # Paced at 600 a minute: the 120 status calls take about 12 s, seen as they go.
+    monkeypatch.setenv("AIRFLOW_CONN_SYNAP_DEFAULT", json.dumps(
+        {"conn_type": "synap", "host": synap.url, "password": "local-dev-key",
+         "extra": {"requests_per_minute": 600, "backoff_max": 2}}))
+    with local_pg.connect() as conn:
+        before = {r for (r,) in conn.execute(
+            "SELECT run_id FROM synap_backfill.surveys WHERE dag_id = 'synap_undo'").fetchall()}
+    seen: list[tuple[float, int, int]] = []  # seconds since the run's start, surveyed, of
+    started, done = time.monotonic(), threading.Event()
+
+    def watch() -> None:  # what the view reads, every half second, from another connection
+        with local_pg.connect() as conn:
+            while not done.is_set() and time.monotonic() - started < 120:
+                runs = {r for (r,) in conn.execute("SELECT run_id FROM synap_backfill.surveys"
+                                                    " WHERE dag_id = 'synap_undo'").fetchall()}
+                conn.commit()
+                for run_id in runs - before:
+                    shown = survey_progress(conn, "synap_backfill", "synap_undo", run_id).totals(None)
+                    seen.append((time.monotonic() - started, shown["surveyed"], shown["of"]))
+                done.wait(0.5)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        dry = run_undo(None, run_id=sent.run_id)
+    finally:
+        done.set()
+        watcher.join(5)
+    assert summary_of(dry, "summarize_undo")["documents"] == total
+    assert seen, "the survey never showed in the ledger"
+    # Counted from the survey's start (its first save, 0 of them): the run's tasks before it
+    # parse and plan, which a loaded machine can stretch.
+    begun = seen[0][0]
+    early = [(t, n) for t, n, of in seen if t - begun <= 10 and 0 < n < of]
+    assert early, f"nothing surveyed shown within 10 s of the survey's start: {seen[:24]}"
+    counts = [n for _, n, _ in seen]
+    assert len({n for n in counts if 0 < n < total}) >= 2, counts  # it grew while running
+    assert counts == sorted(counts)
+    with local_pg.connect() as conn:  # and, once finished, it shows every document
+        shown = survey_progress(conn, "synap_backfill", "synap_undo", dry.run_id).totals(None)
+    assert (shown["surveyed"], shown["of"], shown["finished"]) == (total, total, True)
