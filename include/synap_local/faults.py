@@ -120,6 +120,10 @@ class Controls:
     refuse_documents: str = ""
     # Refusals echo the refused document, as FastAPI's default 422 does with its input.
     echo_input: bool = False
+    # This share of documents (chosen by their document id, so the same ones every time) fails
+    # in a batch's answer with documents_failure_reason, and is not stored: a service in trouble.
+    documents_failed_share: float = 0.0
+    documents_failure_reason: str = "internal error while ingesting; please try again later"
     # Seconds added to this server's clock (its queued_at): a worker clock
     # 10 minutes ahead of the server is -600 here.
     clock_offset_seconds: float = 0.0
@@ -159,6 +163,10 @@ class Controls:
                 self.refuse_documents = str(raw["refuse_documents"] or "")
             if "echo_input" in raw:
                 self.echo_input = bool(raw["echo_input"])
+            if "documents_failed_share" in raw:
+                self.documents_failed_share = float(raw["documents_failed_share"] or 0)
+            if "documents_failure_reason" in raw:
+                self.documents_failure_reason = str(raw["documents_failure_reason"] or "")
             if "clock_offset_seconds" in raw:
                 self.clock_offset_seconds = float(raw["clock_offset_seconds"] or 0)
             if "extraction_seconds" in raw:
@@ -186,6 +194,8 @@ class Controls:
                 "refuse_documents": self.refuse_documents,
                 "clock_offset_seconds": self.clock_offset_seconds,
                 "echo_input": self.echo_input,
+                "documents_failed_share": self.documents_failed_share,
+                "documents_failure_reason": self.documents_failure_reason,
                 "extraction_seconds": self.extraction_seconds,
                 "extraction_failed_share": self.extraction_failed_share,
                 "extraction_failure_reason": self.extraction_failure_reason,

@@ -59,6 +59,7 @@ connection after storing a batch, which an ASGI server cannot do.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import logging
@@ -590,6 +591,10 @@ class _Handler(BaseHTTPRequestHandler):
                 stop = fail_fast
                 continue
             doc["document_id"] = doc["document_id"] or f"doc_{uuid.uuid4()}"
+            if controls.documents_failed_share and _share_of(doc["document_id"]) < \
+                    controls.documents_failed_share:
+                results[index] = _failed(document_id, controls.documents_failure_reason, now)
+                continue
             doc["queued_at"] = now
             to_store.append((index, doc))
 
@@ -654,6 +659,11 @@ def extraction_status(doc: Any, controls: Controls) -> dict[str, Any]:
     memories = 1 + int(uuid.UUID(doc.ingestion_id).hex[8:10], 16) % 3
     return {**answer, "status": "completed", "started_at": started, "completed_at": done,
             "memories_created": memories, "memory_ids": memory_ids(doc.ingestion_id, memories)}
+
+
+def _share_of(document_id: str) -> float:
+    """Where a document id falls in [0, 1): the same place every time it is sent."""
+    return int(hashlib.md5(document_id.encode()).hexdigest()[:8], 16) / 2 ** 32
 
 
 def _failed(document_id: Any, message: str, now: str) -> dict[str, Any]:

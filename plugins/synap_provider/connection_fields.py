@@ -63,6 +63,11 @@ class SynapExtras(BaseModel):
         None, label="Duplicate pattern (regex)",
         description="A regular expression that marks a per-document failure as a duplicate "
                     "document_id (empty: the built-in pattern).")
+    retry_pattern: str | None = extra(
+        None, label="Retry pattern (regex)",
+        description="A regular expression that marks a per-document failure as Synap's own "
+                    "trouble (an internal error, a limit), not the row's: the turn is not held, "
+                    "and the next run of its range sends it again (empty: the built-in pattern).")
 
     @classmethod
     def parse(cls, conn_id: str, stored: Mapping[str, Any]) -> "SynapExtras":
@@ -107,7 +112,7 @@ def _checked(conn_id: str, name: str, info: FieldInfo, raw: Any) -> Any:
     if kind is str:
         if not isinstance(raw, str):
             raise refuse("must be text")
-        if name == "duplicate_pattern":
+        if name in ("duplicate_pattern", "retry_pattern"):
             try:
                 re.compile(raw)
             except re.error as exc:

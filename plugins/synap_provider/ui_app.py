@@ -282,6 +282,7 @@ def _backfill_view(dag_id: str, run_id: str, config: Any, xcoms: dict, states: d
                    "ingested": ingested, "duplicates": sum(r["duplicates"] for r in rows),
                    "rejected": sum(r["rejected"] for r in rows),
                    "suppressed": sent.suppressed, "rows_per_s": rate,
+                   "retrying": sent.retrying_total,
                    "turns_redacted": sent.turns_redacted, "redacted_by_kind": dict(sent.redacted),
                    "seconds_left": left, "rate_limited": sent.rate_limited,
                    "paced_longest": round(sent.paced_longest, 1),

@@ -178,3 +178,37 @@ def test_a_plan_whose_rows_without_a_timestamp_alone_exceed_max_rejected_share_f
     dag_run = run_backfill(source_table="poison_untimed", max_rejected_share=0.3)
     assert str(dag_run.state) == "success"
     assert "10 of 40 rows to read (25.00%) have no usable created_at" in caplog.text
+
+
+def test_documents_synap_fails_for_its_own_trouble_wait_for_a_retry_and_the_next_run_sends_exactly_them(
+        local_pg, run_backfill, synap, stored_documents):
+    """5% of documents answered 'failed' with an internal error: not rejected, not held. The
+    run says how many wait for a retry and why; the next run with defaults sends those alone,
+    and every row is in Synap."""
+    from include.demo_data import load_demo_table
+
+    with local_pg.connect() as conn:
+        total = load_demo_table(conn, "refused_internal", turns=400, days=4, seed=83)
+    synap.controls(documents_failed_share=0.05)
+    first = run_backfill(source_table="refused_internal", synap_extra={"requests_per_minute": 0})
+    (summary,) = local_airflow.task_results(first, "summarize")
+    waiting = summary["retrying"]
+    assert 0 < waiting < total * 0.1 and summary["rejected"] == 0 and summary["problems"] == []
+    assert summary["ingested"] + waiting == summary["rows_read"] == total
+    (reason,) = summary["retrying_by_reason"]
+    assert reason.startswith("server: internal error")
+    assert len(stored_documents()) == total - waiting
+    batches_before = synap.get("/_local/stats")["requests"]["POST /api/v1/memories/batch 200"]
+
+    synap.controls(documents_failed_share=0)
+    second = run_backfill(source_table="refused_internal", synap_extra={"requests_per_minute": 0})
+    (again,) = local_airflow.task_results(second, "summarize")
+    # Only the buckets holding a turn to retry are read; their other turns are known held.
+    assert again["ingested"] == waiting and again["retrying"] == 0 and again["problems"] == []
+    assert again["duplicates"] == again["known_held"] == again["rows_read"] - waiting
+    sent = synap.get("/_local/stats")["requests"]["POST /api/v1/memories/batch 200"] - batches_before
+    assert sent * 100 >= waiting and sent <= waiting  # batches of those turns alone
+    assert len({d["document_id"] for d in stored_documents()}) == total
+    third = run_backfill(source_table="refused_internal", synap_extra={"requests_per_minute": 0})
+    (nothing,) = local_airflow.task_results(third, "summarize")
+    assert (nothing["rows_read"], nothing["unchanged"]) == (0, total)

@@ -43,6 +43,7 @@ def test_the_xcom_form_carries_counts_only():
                                 "rejected", "rejected_by_reason", "not_sent", "ingested_on_resend",
                                 "batches", "seconds", "started_at", "finished_at", "unchanged",
                                 "rows_planned", "rate_limited", "paced_seconds", "paced_longest",
+                                "retrying", "retrying_by_reason", "retry_buckets",
                                 "known_held",
                                 "edited", "deleted", "suppressed", "redacted_by_kind", "turns_redacted"}
     assert PartitionReport.from_xcom(r.to_xcom()).balanced

@@ -32,9 +32,28 @@ def test_a_custom_duplicate_pattern_overrides_the_default():
     assert outcome.duplicates == 1
 
 
-def test_a_document_without_a_result_is_counted_not_lost():
+def test_a_document_without_a_result_is_counted_not_lost_and_waits_for_a_retry():
     outcome = classify_batch(["a", "b"], [result("a")])
-    assert outcome.ingested == 1 and dict(outcome.rejected) == {MISSING_RESULT: 1}
+    assert outcome.ingested == 1 and not outcome.rejected
+    assert dict(outcome.retrying) == {MISSING_RESULT: 1} and outcome.retrying_ids == [("b", MISSING_RESULT)]
+
+
+@pytest.mark.parametrize("message", ["Internal Server Error", "temporarily unavailable",
+                                     "request timed out", "rate limit exceeded, try again"])
+def test_synaps_own_trouble_waits_for_a_retry_and_the_rows_fault_is_rejected(message):
+    outcome = classify_batch(["a", "b"], [
+        result("a", "failed", message),
+        result("b", "failed", "user_id without customer_id is not accepted on a B2B instance")])
+    assert [doc for doc, _ in outcome.retrying_ids] == ["a"] and outcome.retrying_total == 1
+    assert [doc for doc, _ in outcome.rejected_ids] == ["b"]
+
+
+def test_a_custom_retry_pattern_overrides_the_default():
+    outcome = classify_batch(["a", "b"], [result("a", "failed", "E503 later"),
+                                          result("b", "failed", "Internal Server Error")],
+                             retry_pattern=r"E503")
+    assert [doc for doc, _ in outcome.retrying_ids] == ["a"]
+    assert [doc for doc, _ in outcome.rejected_ids] == ["b"]
 
 
 def test_the_same_id_twice_in_one_batch_is_one_ingest_and_one_copy_in_the_source():

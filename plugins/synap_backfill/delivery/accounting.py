@@ -31,6 +31,11 @@ class PartitionReport:
     ingested: int = counter()
     duplicates: int = counter()
     rejected: Counter[str] = counter(add="tally", xcom="rejected_by_reason")
+    # Refused for Synap's own trouble (results.py): not held, so the next run of the range
+    # sends them again; by reason.
+    retrying: Counter[str] = counter(add="tally", xcom="retrying_by_reason")
+    # Their buckets (by number): held short of them, which the summary's check expects.
+    retry_buckets: Counter[str] = counter(add="tally")
     not_sent: int = counter()  # documents built but held back: a dry run
     # Of ``ingested``: found already stored when sent again after a lost answer
     # or a stopped attempt; this run's write, unless it was in Synap before the run.
@@ -72,8 +77,13 @@ class PartitionReport:
         return sum(self.rejected.values())
 
     @property
+    def retrying_total(self) -> int:
+        return sum(self.retrying.values())
+
+    @property
     def accounted(self) -> int:
-        return self.ingested + self.duplicates + self.rejected_total + self.not_sent + self.suppressed
+        return (self.ingested + self.duplicates + self.rejected_total + self.retrying_total
+                + self.not_sent + self.suppressed)
 
     @property
     def balanced(self) -> bool:
@@ -84,12 +94,14 @@ class PartitionReport:
         self.ingested_on_resend += outcome.recovered
         self.duplicates += outcome.duplicates
         self.rejected.update(outcome.rejected)
+        self.retrying.update(outcome.retrying)
 
     def reject(self, reason: str, n: int = 1) -> None:
         self.rejected[reason] += n
 
     def to_xcom(self) -> dict[str, Any]:
-        return {**counters.to_xcom(self), "rejected": self.rejected_total}
+        return {**counters.to_xcom(self), "rejected": self.rejected_total,
+                "retrying": self.retrying_total}
 
     @classmethod
     def from_xcom(cls, raw: Mapping[str, Any]) -> "PartitionReport":
@@ -169,7 +181,8 @@ class RunSummary:
     def to_xcom(self) -> dict[str, Any]:
         total = self.total.to_xcom()
         return {**{k: total[k] for k in ("rows_read", "ingested", "duplicates", "rejected",
-                                          "rejected_by_reason", "not_sent", "ingested_on_resend",
+                                          "rejected_by_reason", "retrying", "retrying_by_reason",
+                                          "not_sent", "ingested_on_resend",
                                           "batches", "unchanged", "known_held", "suppressed",
                                           "redacted_by_kind", "turns_redacted")},
                 "rows_planned": self.rows_planned,
@@ -222,6 +235,12 @@ class RunSummary:
             out += [f"  {n:>8}  {reason}" for reason, n in self.total.rejected.most_common()]
             if rejects_at:
                 out.append(f"each one is recorded (row key, reason; no text): {rejects_at}")
+        if self.total.retrying:
+            out.append("")
+            out.append(f"{self.total.retrying_total} turns wait for a retry: Synap refused them for"
+                       " its own trouble, not the row's; they are not held, and the next run of"
+                       " their range sends them again (no resend_unchanged needed):")
+            out += [f"  {n:>8}  {reason}" for reason, n in self.total.retrying.most_common()]
         if self.total.turns_redacted:
             kinds = ", ".join(f"{kind} {n}" for kind, n in self.total.redacted.most_common())
             out.append(f"personal data redacted: {sum(self.total.redacted.values())} values in"
@@ -258,6 +277,7 @@ class RunSummary:
             out.append("nothing to send: the target holds every row of the range unchanged")
         else:
             out.append("every row accounted for: read = ingested + duplicates + rejected"
+                       + (" + waiting for a retry" if self.total.retrying else "")
                        + (" + suppressed" if self.total.suppressed else ""))
         return "\n".join(out)
 
@@ -276,6 +296,8 @@ def counts_label(report: Mapping[str, Any]) -> str:
     """A finished partition's label with its counts: ``2024-03-01 → 2024-03-02 · 812 ingested, ...``."""
     counts = (f"{report['ingested']} ingested, {report['duplicates']} duplicates,"
               f" {report['rejected']} rejected")
+    if report.get("retrying"):
+        counts += f", {report['retrying']} to retry"
     if report.get("suppressed"):
         counts += f", {report['suppressed']} suppressed (erased)"
     if report.get("not_sent"):

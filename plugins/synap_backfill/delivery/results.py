@@ -15,6 +15,12 @@ lost answer, after a killed worker, or after ``restart_partitions``). Their
 duplicates are this run's own writes, counted as ingested; any other
 duplicate is earlier work, a duplicate skip. Copies inside the source are
 found on the read side and never reach here.
+
+Any other per-document failure is Synap's refusal, and its text says whether the row is at
+fault (a scope the instance does not take) or Synap is (an internal error, a limit). Those
+Synap words as its own trouble (``DEFAULT_RETRY_PATTERN``, or the connection's
+``retry_pattern`` extra) wait for a retry: the turn is not held, so the next run of its range
+sends it again. A missing result is the same. The rest are rejected, with the reason.
 """
 
 from __future__ import annotations
@@ -27,6 +33,10 @@ from typing import Any, Container, Iterable, Mapping
 from synap_backfill.common.errors import scrub, shorten
 
 DEFAULT_DUPLICATE_PATTERN = r"duplicate|already (exists|ingested)"
+# Synap's own trouble, not the row's: nothing published lists the texts (the connection's
+# retry_pattern extra overrides this for a server that words them differently).
+DEFAULT_RETRY_PATTERN = (r"internal|temporar|timed? ?out|unavailable|try again|overload|"
+                         r"rate.?limit|quota|capacity|busy")
 ACCEPTED_STATUSES = frozenset({"queued", "processing", "completed", "partial_success"})
 MISSING_RESULT = "server returned no result for this document"
 DUPLICATED_IN_SOURCE = "row duplicated in the source (same conversation_id and message_index)"
@@ -43,6 +53,9 @@ class BatchOutcome:
     recovered: int = 0
     recovered_ids: list[str] = field(default_factory=list)  # their document ids
     rejected_ids: list[tuple[str, str]] = field(default_factory=list)  # (document_id, reason)
+    # Refused for Synap's own trouble, not the row's: sent again by the next run of the range.
+    retrying: Counter[str] = field(default_factory=Counter)
+    retrying_ids: list[tuple[str, str]] = field(default_factory=list)  # (document_id, reason)
     # Of each document this answer accepted: its ingestion_id, to check extraction later.
     # (A document recovered from an earlier send has none: that send's answer was lost.)
     ingestion_ids: list[str] = field(default_factory=list)
@@ -55,10 +68,15 @@ class BatchOutcome:
     def rejected_total(self) -> int:
         return sum(self.rejected.values())
 
+    @property
+    def retrying_total(self) -> int:
+        return sum(self.retrying.values())
+
 
 def classify_batch(document_ids: Iterable[str], results: Iterable[Any],
                    duplicate_pattern: str = DEFAULT_DUPLICATE_PATTERN,
-                   ours: Container[str] = (), texts: Mapping[str, str] = {}) -> BatchOutcome:
+                   ours: Container[str] = (), texts: Mapping[str, str] = {},
+                   retry_pattern: str = DEFAULT_RETRY_PATTERN) -> BatchOutcome:
     """Match results to the submitted ids (not by position) and count outcomes.
 
     ``ours``: ids this run sent before this request; a duplicate of one of
@@ -66,6 +84,7 @@ def classify_batch(document_ids: Iterable[str], results: Iterable[Any],
     of any reason.
     """
     duplicate = re.compile(duplicate_pattern, re.IGNORECASE)
+    retry = re.compile(retry_pattern, re.IGNORECASE)
     by_id: dict[str, deque[Any]] = defaultdict(deque)
     for result in results:
         by_id[str(result.document_id)].append(result)
@@ -81,7 +100,8 @@ def classify_batch(document_ids: Iterable[str], results: Iterable[Any],
         status = getattr(status, "value", status)
         reason = None
         if result is None:
-            reason = MISSING_RESULT
+            outcome.retrying[MISSING_RESULT] += 1
+            outcome.retrying_ids.append((doc_id, MISSING_RESULT))
         elif status in ACCEPTED_STATUSES:
             outcome.ingested += 1
             ingestion_id = getattr(result, "ingestion_id", None)
@@ -99,6 +119,10 @@ def classify_batch(document_ids: Iterable[str], results: Iterable[Any],
             else:
                 outcome.duplicates += 1
                 outcome.duplicate_ids.append(doc_id)
+        elif retry.search(result.error_message or ""):
+            waiting = server_reason(result.error_message, texts.get(doc_id, ""))
+            outcome.retrying[waiting] += 1
+            outcome.retrying_ids.append((doc_id, waiting))
         else:
             reason = server_reason(result.error_message, texts.get(doc_id, ""))
         if reason:

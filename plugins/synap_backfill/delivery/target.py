@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from synap_backfill.delivery.pacing import Pacer, SharedPacer, Unpaced, pacing_target
-from synap_backfill.delivery.results import DEFAULT_DUPLICATE_PATTERN
+from synap_backfill.delivery.results import DEFAULT_DUPLICATE_PATTERN, DEFAULT_RETRY_PATTERN
 from synap_backfill.delivery.sending import RetryPolicy
 
 if TYPE_CHECKING:
@@ -59,6 +59,10 @@ class SynapTarget:
     @property
     def duplicate_pattern(self) -> str:
         return self.settings.duplicate_pattern or DEFAULT_DUPLICATE_PATTERN
+
+    @property
+    def retry_pattern(self) -> str:
+        return self.settings.retry_pattern or DEFAULT_RETRY_PATTERN
 
     def session(self) -> AbstractAsyncContextManager["MaximemSynapSDK"]:
         """An initialized SDK for this connection, shut down on exit."""

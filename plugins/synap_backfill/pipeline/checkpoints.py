@@ -151,12 +151,17 @@ class Checkpointer:
             ids = [id_of(d) for d in sent.documents]
             outcome = classify_batch(ids, sent.response.results, settings.duplicate_pattern,
                                      ours=set(ids) if sent.resent_unknown else sent_before,
-                                     texts={id_of(d): text_of(d) for d in sent.documents})
+                                     texts={id_of(d): text_of(d) for d in sent.documents},
+                                     retry_pattern=settings.retry_pattern)
             report.add(outcome)
             ingestion_ids += outcome.ingestion_ids
             recovered += outcome.recovered_ids
             state.refused.update({r: n for r, n in outcome.rejected.items()
                                   if r.startswith(SERVER_PREFIX)})
+            state.refused.update(outcome.retrying)
+            for doc_id, _ in outcome.retrying_ids:
+                for bucket in _unhold(cut, rows_by_id[doc_id]):
+                    report.retry_buckets[str(bucket)] += 1
             rejects += [_reject_row(rows_by_id, doc_id, reason)
                         for doc_id, reason in outcome.rejected_ids]
             turns += [self._turn(rows_by_id[doc_id][0][0], doc_id, ingestion_id, scopes[doc_id])
@@ -226,6 +231,26 @@ def _metered(report: PartitionReport) -> dict[str, float]:
             "documents.accepted": report.ingested, "documents.duplicate": report.duplicates,
             "documents.rejected": report.rejected_total, "documents.suppressed": report.suppressed,
             "rate_limited": report.rate_limited, "pacing_wait_seconds": report.paced_seconds}
+
+
+def _unhold(cut: Cut, rows: list[tuple[SourceRow, int]]) -> list[int]:
+    """A turn to retry leaves its bucket's tally, as if unread: the bucket the ledger holds
+    then differs from the source's, so the next run reads it again and, its other turns held,
+    sends this one alone (``holdings.held_turns``). Returns the buckets."""
+    buckets = []
+    for row, _ in rows:
+        bucket = UNTIMED if row.created_at is None else bucket_of(row.created_at)
+        tally = cut.tallies.get(bucket)
+        if tally is None:
+            continue
+        buckets.append(bucket)
+        tally[0] -= 1
+        tally[1] -= row.row_hash
+        if len(tally) > 2:
+            tally[2] -= row.content_hash
+        if tally[0] == 0:  # nothing of the bucket held: it is read again as a new one
+            del cut.tallies[bucket]
+    return buckets
 
 
 def _reject_row(rows_by_id: RowsById, document_id: str, reason: str) -> RejectRow:

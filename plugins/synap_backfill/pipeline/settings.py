@@ -11,7 +11,7 @@ from synap_backfill.common.db import quote_identifier
 from synap_backfill.common.metrics import Meter, NoMeter
 from synap_backfill.deletion.undo_ledger import generations
 from synap_backfill.delivery.pacing import Pacer, Unpaced
-from synap_backfill.delivery.results import DEFAULT_DUPLICATE_PATTERN
+from synap_backfill.delivery.results import DEFAULT_DUPLICATE_PATTERN, DEFAULT_RETRY_PATTERN
 from synap_backfill.delivery.sending import RetryPolicy
 from synap_backfill.extract.planning import BucketCount
 from synap_backfill.holdings.held_turns import HeldTurn, TurnWrite, held_turns, write_turns
@@ -80,6 +80,7 @@ class PartitionSettings:
     mode: str
     max_in_flight: int  # batches sent and not yet answered
     duplicate_pattern: str = DEFAULT_DUPLICATE_PATTERN
+    retry_pattern: str = DEFAULT_RETRY_PATTERN
     max_chars: int | None = None
     isolation: str | None = None  # the instance's user_context_isolation (None: not reported)
     copies: dict[str, datetime] = field(default_factory=dict)  # turns at several timestamps

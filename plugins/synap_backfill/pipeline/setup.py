@@ -24,7 +24,8 @@ def partition_settings(config: BackfillConfig, partition: PlannedPartition, targ
     """How the partition reads and sends; ``ShapingNotReady`` when its transform cannot load."""
     return PartitionSettings(
         batch_size=config.batch_size, mode=config.mode, max_in_flight=target.settings.max_in_flight,
-        duplicate_pattern=target.duplicate_pattern, retry=target.retry,
+        duplicate_pattern=target.duplicate_pattern, retry_pattern=target.retry_pattern,
+        retry=target.retry,
         max_chars=config.max_document_chars, read_errors=read_errors,
         expected_rows=partition.rows, shaper=shaper_for(config))
 

@@ -143,7 +143,9 @@ def _check_against_source(config: BackfillConfig, dag_id: str, run_id: str,
             try:
                 source = source_hook(config.postgres_conn_id, config.source_statement_timeout)
                 with closing(source.get_conn()) as conn:
-                    unheld = pending_buckets(ledger_conn, config.ledger_schema, record.id)
+                    # Held short of their turns to retry, on purpose: not a read that skipped.
+                    retry = {int(b) for r in reports for b in (r.get("retry_buckets") or {})}
+                    unheld = {*pending_buckets(ledger_conn, config.ledger_schema, record.id), *retry}
                     checked = reconcile(conn, config, inventory, record, finished, unheld)
                 source_read(source, config.source)
             except Exception as exc:  # the summary must still be given
