@@ -66,6 +66,10 @@ class FaultRule:
     before its ``Retry-After`` is up gets hit again).
     created_from/created_to: only batches holding a document whose
     ``document_created_at`` falls in ``[created_from, created_to)``.
+    on: which requests it hits: ``ingest`` (batch and create, the default), ``status``
+    (a memory's ingestion status) or ``delete`` (a memory's delete).
+    reason: with ``status`` 429, a credit or plan stop's reason in the body (as the credit
+    gate answers: ``trial_limit_reached``), which the SDK reads as ``RateLimitError.reason``.
     """
 
     kind: str
@@ -76,6 +80,8 @@ class FaultRule:
     created_from: datetime | None = None
     created_to: datetime | None = None
     for_seconds: float | None = None
+    on: str = "ingest"
+    reason: str | None = None
     hits: int = 0
     _first_hit: float | None = None
 
@@ -93,6 +99,8 @@ class FaultRule:
             created_from=_parse(raw.get("created_from")),
             created_to=_parse(raw.get("created_to")),
             for_seconds=None if raw.get("for_seconds") is None else float(raw["for_seconds"]),
+            on=_on(raw.get("on", "ingest")),
+            reason=None if raw.get("reason") is None else str(raw["reason"]),
         )
 
     def matches(self, created_ats: list[datetime]) -> bool:
@@ -231,12 +239,12 @@ class Controls:
                 bucket = self._buckets[instance_id] = TokenBucket(self.rate_limit_per_minute)
         return bucket.take()
 
-    def take_fault(self, created_ats: list[datetime]) -> FaultRule | None:
+    def take_fault(self, created_ats: list[datetime], on: str = "ingest") -> FaultRule | None:
         """The first rule matching this request, consuming one of its uses."""
         with self._lock:
             now = time.monotonic()
             for rule in list(self.faults):
-                if not rule.matches(created_ats):
+                if rule.on != on or not rule.matches(created_ats):
                     continue
                 if rule.for_seconds is not None:
                     rule._first_hit = rule._first_hit or now
@@ -250,6 +258,12 @@ class Controls:
                 rule.hits += 1
                 return rule
         return None
+
+
+def _on(value: Any) -> str:
+    if value not in ("ingest", "status", "delete"):
+        raise ValueError("a fault's 'on' must be one of ingest, status, delete")
+    return str(value)
 
 
 def _parse(value: Any) -> datetime | None:

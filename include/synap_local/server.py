@@ -431,6 +431,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _status(self) -> None:
         tenant = self._tenant()
+        self._fault_on("status")
         ingestion_id = self.path.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
         doc = self.server.store.get_by_ingestion(tenant.instance_id, ingestion_id)
         controls = self.server.settings.controls
@@ -469,6 +470,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _delete_memory(self) -> None:
         tenant = self._tenant()
         memory_id = self._memory_id()
+        self._fault_on("delete")
         self.server.stats.count_delete(memory_id)
         at = self.server.settings.controls.server_now().isoformat()
         if not self.server.store.delete_memory(tenant.instance_id, memory_id, at):
@@ -630,9 +632,23 @@ class _Handler(BaseHTTPRequestHandler):
                                 "message": "This instance's memory architecture is still being"
                                            " built."}, {"Retry-After": retry_after_header(left)})
 
+    def _fault_on(self, on: str) -> None:
+        """An injected fault for a status or delete request, before it does anything."""
+        fault = self.server.settings.controls.take_fault([], on=on)
+        if fault is not None:
+            self._apply_fault_before(fault)
+
     def _apply_fault_before(self, fault: FaultRule) -> None:
         if fault.kind == "status":
             headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
+            if fault.status == 409:  # as a new instance answers (the SDK's InstanceNotReadyError)
+                raise _Answer(409, {"error": "instance_not_ready", "state": "building",
+                                    "retry_after_seconds": fault.retry_after or 1,
+                                    "message": "injected fault: instance not ready"}, headers)
+            if fault.reason:  # a credit or plan stop, as the credit gate words it
+                raise _Answer(fault.status, {"detail": {
+                    "error": "credit_limit", "reason": fault.reason,
+                    "message": f"injected fault: {fault.reason}"}}, headers)
             raise _Answer(fault.status, {"detail": f"injected fault: HTTP {fault.status}"}, headers)
         if fault.kind == "drop_before_store":
             raise _DropConnection()

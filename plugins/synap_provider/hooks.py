@@ -92,7 +92,7 @@ class SynapHook(BaseHook):
             cache_backend=None,  # a backfill reads nothing back; keep workers stateless
             history_search_model=None,
             timeouts=TimeoutConfig(read=s.timeout_seconds),
-            retry_policy=None,  # the backfill's own loop retries (synap_backfill.delivery.sending)
+            retry_policy=None,  # the package's one retry policy (synap_backfill.delivery.calls)
         )
         self.log.info("Synap client for connection %s at %s", self.synap_conn_id,
                       s.base_url or "the hosted default")

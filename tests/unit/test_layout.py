@@ -226,3 +226,31 @@ def test_sql_against_the_source_is_written_in_its_one_module_alone():
                  if name not in (SOURCE_SQL_MODULE, MESSAGE_SQL_MODULE)
                  for line in reads_a_whole_relation(ast.parse(path.read_text()))]
     assert offenders == [], "SQL against the source belongs in extract/source_sql.py"
+
+
+# The SDK calls that read or change a Synap instance, and the one module allowed each: the
+# send in delivery.sending, the status the verify step polls in delivery.verify, the rest in
+# the undo's client. Each of those modules makes them through the one paced call.
+SDK_CALLS = re.compile(r"\.(memories\.(batch_create|status|delete|get|create)|data\.delete)\(")
+SDK_CALLERS = {"synap_backfill.delivery.sending", "synap_backfill.delivery.verify",
+               "synap_backfill.deletion.undo"}
+
+
+def test_synap_is_called_only_through_the_one_paced_call_from_delivery_and_deletion():
+    import synap_provider
+
+    callers = {name for name, path in MODULES.items() if SDK_CALLS.search(path.read_text())}
+    provider = [p.name for p in Path(synap_provider.__file__).parent.rglob("*.py")
+                if SDK_CALLS.search(p.read_text())]
+    assert callers == SDK_CALLERS and provider == []
+    # In the undo's client, every such call is made through its ``_call`` (``Calls``).
+    undo = MODULES["synap_backfill.deletion.undo"].read_text()
+    for line in undo.splitlines():
+        if SDK_CALLS.search(line):
+            assert "self._call(lambda: self.sdk." in line, line.strip()
+    # The send and the status are handed to ``deliver`` (``Calls``) and ``check_extraction``
+    # (``paced``), their only users.
+    sending = MODULES["synap_backfill.delivery.sending"].read_text()
+    assert "await calls(lambda: submit(docs), attempts)" in sending
+    verify = MODULES["synap_backfill.delivery.verify"].read_text()
+    assert "await paced(pacer, lambda: status(ingestion_id)" in verify

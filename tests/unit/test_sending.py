@@ -1,4 +1,5 @@
-"""The sending loop's waits and its reading of what the SDK raises (the SDK's own exception types)."""
+"""The one paced call's waits and its reading of what the SDK raises (the SDK's own exception
+types), as a batch's send meets them."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import pytest
 from maximem_synap import (InstanceNotReadyError, NetworkTimeoutError, RateLimitError,
                            ServiceUnavailableError, SynapTransientError)
 
-from synap_backfill.delivery.sending import Delivery, GaveUp, RetryPolicy, _send, outcome_unknown
+from synap_backfill.delivery.calls import Calls, GaveUp, RetryPolicy, outcome_unknown
+from synap_backfill.delivery.sending import deliver
 
 ANSWER = object()
 
@@ -27,7 +29,9 @@ def send(failures: list[Exception], policy: RetryPolicy) -> tuple[Any, list[floa
     async def sleep(seconds: float) -> None:
         slept.append(seconds)
 
-    return asyncio.run(_send([], submit, policy, Delivery(), "p", sleep)), slept
+    delivery = asyncio.run(deliver([], submit, Calls(policy, label="p", sleep=sleep)))
+    (sent,) = delivery.sent
+    return sent, slept
 
 
 def test_a_building_instance_is_waited_for_without_spending_attempts():
@@ -60,3 +64,15 @@ def test_only_a_missing_answer_leaves_the_outcome_unknown(error, unknown):
     assert outcome_unknown(error) is unknown
     sent, _ = send([error], RetryPolicy(backoff_base=0))
     assert sent.resent_unknown is unknown
+
+
+@pytest.mark.parametrize("attempt", range(1, 12))
+def test_no_backoff_is_longer_than_backoff_max_whatever_its_jitter(attempt):
+    policy = RetryPolicy(backoff_max=8)
+    assert all(policy.backoff(attempt) <= 8 for _ in range(200))
+
+
+def test_a_plan_stop_is_raised_at_once_without_a_wait():
+    stop = RateLimitError("trial spent", retry_after_seconds=60, reason="trial_limit_reached")
+    with pytest.raises(RateLimitError):
+        send([stop], RetryPolicy())

@@ -16,7 +16,6 @@ import time
 from contextlib import closing
 from datetime import timedelta
 from typing import Any, AsyncIterator, Mapping, Sequence
-from uuid import UUID
 
 from airflow.sdk import BaseOperator
 from airflow.triggers.base import BaseTrigger, TriggerEvent
@@ -54,7 +53,7 @@ async def verify_run(config: BackfillConfig, dag_id: str, run_id: str, *, deadli
 
     from synap_backfill.store.ledger import sample_ingestions
     from synap_backfill.delivery.target import SynapTarget
-    from synap_backfill.delivery.verify import check_extraction, fit_to_pace
+    from synap_backfill.delivery.verify import check_extraction, fit_to_pace, status_of
 
     ledger = PostgresHook(postgres_conn_id=config.ledger_conn_id or config.postgres_conn_id)
 
@@ -73,7 +72,7 @@ async def verify_run(config: BackfillConfig, dag_id: str, run_id: str, *, deadli
                             label="verify")
         try:
             report = await check_extraction(
-                ids, lambda i: sdk.memories.status(UUID(i)), pacer, poll_every=poll_every,
+                ids, status_of(sdk), pacer, poll_every=poll_every,
                 max_wait=float(synap.settings.max_wait), label="verify",
                 deadline=time.monotonic() + max(0.0, deadline - time.time()))
         finally:

@@ -38,8 +38,8 @@ from synap_backfill.common import counters
 from synap_backfill.common.counters import counter
 from synap_backfill.common.errors import first_line, shorten
 from synap_backfill.common.ids import conversation_of, next_generation
-from synap_backfill.delivery.pacing import Pacer, paced
-from synap_backfill.delivery.sending import RetryPolicy, wait_logged
+from synap_backfill.delivery.pacing import Pacer
+from synap_backfill.delivery.calls import Calls, RetryPolicy
 
 log = logging.getLogger("synap_backfill")
 T = TypeVar("T")
@@ -132,29 +132,15 @@ class UndoClient:
 
     def __init__(self, sdk: Any, pacer: Pacer, policy: RetryPolicy, label: str,
                  sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
-        self.sdk, self.pacer, self.policy, self.label, self.sleep = sdk, pacer, policy, label, sleep
-        self.requests = 0
+        self.sdk, self.label = sdk, label
+        self.calls = Calls(policy, pacer, label, sleep)  # the package's one paced call
+
+    @property
+    def requests(self) -> int:
+        return self.calls.requests
 
     async def _call(self, make: Callable[[], Awaitable[T]]) -> T:
-        from maximem_synap import RateLimitError, SynapTransientError
-
-        attempt = 0
-        while True:
-            attempt += 1
-            self.requests += 1
-            try:
-                return await paced(self.pacer, make, max_wait=self.policy.max_wait,
-                                   unsaid=self.policy.backoff(attempt))
-            except RateLimitError as exc:
-                wait = min(float(exc.retry_after_seconds or self.policy.backoff(attempt)),
-                           self.policy.max_wait)
-                error: Exception = exc
-            except SynapTransientError as exc:
-                wait, error = self.policy.backoff(attempt), exc
-            if attempt >= self.policy.max_attempts:
-                raise error
-            await wait_logged(wait, f"{type(error).__name__}, retry {attempt}", self.label,
-                              self.sleep)
+        return await self.calls(make)
 
     async def status(self, ingestion_id: str) -> Any:
         from uuid import UUID

@@ -30,12 +30,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Awaitable, Callable, Protocol, TypeVar
+from typing import Any, Protocol
 
 from synap_backfill.common.db import limit_lock_waits, quote_identifier
-from synap_backfill.delivery.sending import wait_logged
+from synap_backfill.delivery.waits import wait_logged
 
-T = TypeVar("T")
 
 ARRIVAL_HEADROOM = 0.01  # pace 1% under the limit: arrivals at the server jitter
 
@@ -160,23 +159,3 @@ class SharedPacer:
 def pacing_target(base_url: str | None, instance_id: str | None) -> str:
     """The shared schedule's key for one Synap target: its base URL and instance, never the key."""
     return f"{base_url or 'hosted'} {instance_id or ''}".strip()
-
-
-async def paced(pacer: Pacer, call: Callable[[], Awaitable[T]], *, max_wait: float,
-                unsaid: float = 0.0) -> T:
-    """One request on the target's shared schedule: a slot first, then the call. A 429 holds the
-    whole schedule for its ``Retry-After`` (``unsaid`` when it names none; at most ``max_wait``:
-    one answer's "Retry-After: 3600" must not stop every sender for an hour), and is raised
-    for the caller's own retry. A plan or credit stop holds nothing: waiting will not help."""
-    from maximem_synap import RateLimitError
-
-    from synap_backfill.delivery.sending import is_plan_stop
-
-    await pacer.acquire()
-    try:
-        return await call()
-    except RateLimitError as exc:
-        wait = float(exc.retry_after_seconds or unsaid)
-        if wait and not is_plan_stop(exc):
-            await pacer.hold(min(wait, max_wait))
-        raise

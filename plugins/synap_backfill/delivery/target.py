@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from synap_backfill.delivery.pacing import Pacer, SharedPacer, Unpaced, pacing_target
 from synap_backfill.delivery.results import DEFAULT_DUPLICATE_PATTERN, DEFAULT_RETRY_PATTERN
-from synap_backfill.delivery.sending import RetryPolicy
+from synap_backfill.delivery.calls import RetryPolicy
 
 if TYPE_CHECKING:
     from maximem_synap import MaximemSynapSDK

@@ -25,7 +25,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
-from synap_backfill.delivery.pacing import Pacer, paced
+from synap_backfill.delivery.calls import paced
+from synap_backfill.delivery.pacing import Pacer
 from synap_backfill.common.errors import first_line, reason_code
 
 log = logging.getLogger("synap_backfill")
@@ -117,6 +118,13 @@ def fit_to_pace(sample: dict[str, list[str]], requests_per_minute: float,
                 kept.append(ids[rank])
         rank += 1
     return kept, len(picked) - len(kept)
+
+
+def status_of(sdk: Any) -> Callable[[str], Awaitable[Any]]:
+    """The SDK's ``memories.status`` for an ingestion id given as text."""
+    from uuid import UUID
+
+    return lambda ingestion_id: sdk.memories.status(UUID(ingestion_id))
 
 
 async def check_extraction(ingestion_ids: list[str], status: Callable[[str], Awaitable[Any]],

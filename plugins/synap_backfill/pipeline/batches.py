@@ -10,7 +10,7 @@ from typing import Awaitable, Callable
 
 from maximem_synap import BatchCreateResponse, CreateMemoryRequest
 
-from synap_backfill.delivery.pacing import paced
+from synap_backfill.delivery.calls import Calls
 from synap_backfill.delivery.sending import Delivery, deliver
 from synap_backfill.pipeline.building import Cut
 from synap_backfill.pipeline.held import regenerate
@@ -26,6 +26,7 @@ class InFlight:
     def __init__(self, submit: Submit | None, state: State, ledger: Ledger | None,
                  apply: Callable[[Cut], Awaitable[None]]) -> None:
         self.submit, self.state, self.ledger, self.apply = submit, state, ledger, apply
+        self.calls: Calls | None = None
         self.pending: deque[Cut] = deque()
 
     async def add(self, cut: Cut) -> None:
@@ -67,11 +68,6 @@ class InFlight:
                 cut.documents = keep
                 if not keep:
                     return Delivery()
-        submit = self.submit
-
-        async def one(documents: list[CreateMemoryRequest]) -> BatchCreateResponse:
-            return await paced(settings.pacer, lambda: submit(documents),
-                               max_wait=settings.retry.max_wait)
-
-        return await deliver([d for d, _, _ in cut.documents], one, settings.retry,
-                             label=self.state.report.label)
+        if self.calls is None:  # the pacer is the partition's from here on
+            self.calls = Calls(settings.retry, settings.pacer, self.state.report.label)
+        return await deliver([d for d, _, _ in cut.documents], self.submit, self.calls)

@@ -46,7 +46,7 @@ import time
 from synap_backfill.common.db import is_database_error
 from synap_backfill.common.errors import sql_error
 from synap_backfill.delivery.accounting import PartitionReport
-from synap_backfill.delivery.sending import wait_logged
+from synap_backfill.delivery.waits import wait_logged
 from synap_backfill.extract.reader import position_from_json
 from synap_backfill.pipeline.batches import InFlight, Submit
 from synap_backfill.pipeline.building import CutBuilder

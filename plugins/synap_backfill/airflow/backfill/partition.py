@@ -16,6 +16,7 @@ from synap_backfill.pipeline.settings import PartitionFailed
 from synap_backfill.delivery.accounting import PartitionReport
 from synap_backfill.extract.planning import PlannedPartition
 from synap_backfill.privacy.redaction import ShapingNotReady
+from synap_backfill.delivery.sending import batch_submit
 from synap_backfill.delivery.target import SynapTarget
 from synap_backfill.airflow.shared import connection_errors
 from synap_backfill.extract.reader import read_window
@@ -76,11 +77,7 @@ def run_partition(config_dict: Mapping[str, Any], window_dict: Mapping[str, Any]
             # schedule. Its own connection: checkpoints commit from another thread.
             settings.pacer = target.pacer(pacing_conn, config.ledger_schema, instance,
                                           label=report.label)
-
-            async def submit(documents: list[Any]) -> Any:
-                return await sdk.memories.batch_create(documents=documents, fail_fast=False)
-
-            await run_partition_rows(read, submit, report, settings, ledger,
+            await run_partition_rows(read, batch_submit(sdk), report, settings, ledger,
                                      restart=config.restart_partitions)
 
     try:
