@@ -41,6 +41,7 @@ from synap_backfill.extract.source_sql import SourceSQL
 from synap_backfill.holdings.inventory import Holding
 from synap_backfill.deletion.person import PersonRef
 from synap_backfill.identity.keys import Keyring
+from synap_backfill.store.locks import BACKFILL, held_sql
 from synap_backfill.common.db import as_text, quote_identifier
 
 log = logging.getLogger("synap_backfill")
@@ -297,12 +298,8 @@ def wait_for_batches(conn: Any, schema: str, holding_ids: Iterable[int], *,
         with conn.cursor() as cur:
             cur.execute(
                 f"SELECT c.dag_id, c.run_id, c.window_key, r.holding, c.sent_through, c.report,"
-                " EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted"
-                " AND l.objsubid = 1 AND l.classid = ((k.id >> 32) & 4294967295)::oid"
-                " AND l.objid = (k.id & 4294967295)::oid)"
+                f" {held_sql(BACKFILL, 'c.dag_id', 'c.run_id', 'c.window_key')}"
                 f" FROM {s}.checkpoints c JOIN {s}.runs r ON (r.dag_id, r.run_id) = (c.dag_id, c.run_id)"
-                " CROSS JOIN LATERAL (SELECT hashtextextended('synap_backfill|' || c.dag_id || '|'"
-                " || c.run_id || '|' || c.window_key, 0) AS id) k"
                 " WHERE r.holding = ANY(%s) AND NOT c.finished AND c.sent_through > 0", (ids,))
             rows = cur.fetchall()
         conn.commit()

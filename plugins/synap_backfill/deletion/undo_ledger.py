@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from typing import Any, Iterable, Mapping
 
 from synap_backfill.common.db import quote_identifier
 from synap_backfill.common.ids import turn_of
 from synap_backfill.deletion.undo import Document, Progress
+from synap_backfill.store.locks import UNDO, hold, lock_name
 from synap_backfill.common.ids import with_generation
 
 
@@ -162,20 +162,8 @@ class PartitionUndoLedger:
 
     def lock(self, wait_seconds: float) -> None:
         """Held for the connection's life: a zombie attempt and its retry never both delete."""
-        deadline = time.monotonic() + wait_seconds
-        while True:
-            with self._io, self.conn.cursor() as cur:
-                cur.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))",
-                            (f"synap_undo|{self.owner}|{self.key}",))
-                (held,) = cur.fetchone()
-                self.conn.commit()
-            if held:
-                return
-            if time.monotonic() >= deadline:
-                raise RuntimeError(f"undo {self.label}: another attempt of it still runs (it holds"
-                                   " the partition's lock in the ledger); if no worker runs it,"
-                                   " end its database session with pg_terminate_backend")
-            time.sleep(1.0)
+        hold(self.conn, self._io, lock_name(UNDO, self.owner, self.key), f"undo {self.label}",
+             wait_seconds)
 
     def load(self) -> Progress | None:
         with self._io, self.conn.cursor() as cur:

@@ -54,7 +54,8 @@ from synap_backfill.pipeline.checkpoints import Checkpointer
 from synap_backfill.pipeline.held import keep_unheld
 from synap_backfill.pipeline.reading import Read, State, off_the_loop
 from synap_backfill.pipeline.settings import PartitionFailed, PartitionSettings
-from synap_backfill.store.ledger import Ledger, PartitionBusy
+from synap_backfill.store.ledger import Ledger
+from synap_backfill.store.locks import PartitionBusy
 
 log = logging.getLogger("synap_backfill")
 __all__ = ["PartitionFailed", "PartitionSettings", "run_partition_rows"]

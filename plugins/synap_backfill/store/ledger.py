@@ -40,22 +40,18 @@ import functools
 import json
 import logging
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, TypeVar
 
-from synap_backfill.common.db import add_column, is_database_error, limit_lock_waits, quote_identifier
+from synap_backfill.common.db import add_column, is_database_error, quote_identifier
 from synap_backfill.common.errors import sql_error
+from synap_backfill.store.locks import BACKFILL, PartitionBusy, hold, lock_name
 
 Write = Callable[[Any], None]  # a concern's write, given the transaction's cursor
 
 DEFAULT_SCHEMA = "synap_backfill"
 T = TypeVar("T")
 log = logging.getLogger("synap_backfill")
-
-
-class PartitionBusy(RuntimeError):
-    """Another attempt of the same partition still holds its lock."""
 
 
 @dataclass(frozen=True)
@@ -147,36 +143,9 @@ class Ledger:
 
     @_ledger_call
     def lock(self, wait_seconds: float) -> None:
-        """Hold this partition's lock for the connection's life; wait for another attempt's.
-
-        A zombie (a worker the scheduler gave up on, still sending) and its
-        retry must not both send and both write the checkpoint.
-        """
-        limit_lock_waits(self.conn)  # the first statement of the attempt's ledger session
-        deadline = time.monotonic() + wait_seconds
-        warned = False
-        while True:
-            with self._io, self.conn.cursor() as cur:
-                cur.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))",
-                            ("synap_backfill|" + "|".join(self.key),))
-                (held,) = cur.fetchone()
-                self.conn.commit()
-            if held:
-                if warned:
-                    log.info("partition %s: the other attempt ended; going on", self.label)
-                return
-            if time.monotonic() >= deadline:
-                raise PartitionBusy(
-                    f"partition {self.label}: another attempt of it still runs (it holds the"
-                    f" partition's lock in the ledger) after {wait_seconds:.0f}s of waiting;"
-                    " if no worker runs it, its database session is stale: end it with"
-                    " pg_terminate_backend")
-            if not warned:
-                log.warning("partition %s: another attempt of it is still running (a zombie"
-                            " worker?); waiting up to %.0f s for it to end", self.label,
-                            wait_seconds)
-                warned = True
-            time.sleep(1.0)
+        """Hold this partition's lock for the connection's life; wait for another attempt's."""
+        hold(self.conn, self._io, lock_name(BACKFILL, *self.key), f"partition {self.label}",
+             wait_seconds)
 
     @_ledger_call
     def load(self) -> Checkpoint | None:
