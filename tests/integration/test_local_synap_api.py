@@ -19,7 +19,7 @@ from maximem_synap import (AuthenticationError, CreateMemoryRequest, InstanceNot
 from maximem_synap.scoping import B2C_ISOLATION, CustomerIdNotAcceptedError
 from synap_provider.hooks import SynapHook
 
-from synap_backfill.delivery.sending import outcome_unknown
+from synap_backfill.delivery.calls import outcome_unknown
 from include.synap_local import LocalSynapServer, ServerSettings, Tenant
 from include.synap_local.server import CONTROL_HEADER
 from include.synap_local.store import DocumentStore
