@@ -254,3 +254,25 @@ def test_synap_is_called_only_through_the_one_paced_call_from_delivery_and_delet
     assert "await calls(lambda: submit(docs), attempts)" in sending
     verify = MODULES["synap_backfill.delivery.verify"].read_text()
     assert "await paced(pacer, lambda: status(ingestion_id)" in verify
+
+
+SHARED_SIDE = {"shared", "compat", "approval", "lineage", "metrics", "source_hook",
+               "verify_extraction"}
+
+
+@pytest.mark.parametrize("dag_package", sorted(SIDE))
+def test_each_dags_package_says_what_it_is_and_imports_only_what_its_docstring_allows(dag_package):
+    doc = ast.get_docstring(ast.parse((PACKAGE / "airflow" / dag_package / "__init__.py").read_text()))
+    assert doc and "TODO" not in doc
+    match = re.search(r"^May import: (.+?)$(?:\n(.+?)$)?", doc, re.MULTILINE)
+    assert match, f"airflow.{dag_package}: say what it may import"
+    named = {n.strip() for n in " ".join(g for g in match.groups() if g).replace("(", ",")
+             .replace(")", ",").replace(";", ",").split(",") if n.strip()}
+    shared = {n.removeprefix("airflow.") for n in named} & SHARED_SIDE
+    for name, targets in GRAPH.items():
+        if side(name) != dag_package:
+            continue
+        for target in targets:
+            parts = target.split(".")
+            if parts[1] == "airflow" and len(parts) > 2 and side(target) is None:
+                assert parts[2] in shared, f"{name} -> {target}: not in its docstring"

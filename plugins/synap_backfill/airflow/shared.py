@@ -6,7 +6,8 @@ Light at the top: DAG files import it when they are parsed."""
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping, NoReturn, Sequence
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping, NoReturn, Sequence
 
 from synap_backfill.common.errors import describe_error
 
@@ -57,6 +58,25 @@ def one_line(exc: BaseException) -> str:
     if isinstance(exc, (AirflowFailException, PartitionFailed, ParamError, PreflightError)):
         return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return describe_error(exc)
+
+
+@contextmanager
+def failure_to_xcom(ti: Any, refusals: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
+    """A task body's failure left in XCom (key ``failure``), in one line, for the summary and
+    the Synap tab. A refusal (``refusals``: a param or a precondition the operator fixes)
+    fails the task without retries; anything else is re-raised, a database error without
+    its text (``raise_scrubbed``)."""
+    from synap_backfill.common.db import is_database_error
+
+    try:
+        yield
+    except Exception as exc:
+        if isinstance(exc, refusals) and not is_database_error(exc):
+            fail_before_planning(ti, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        if ti is not None:
+            ti.xcom_push(key="failure", value=one_line(exc))
+        raise_scrubbed(exc)
+        raise
 
 
 def connection_errors() -> tuple[type[BaseException], ...]:

@@ -367,8 +367,8 @@ def estimate_seconds(requests: int, requests_per_minute: float) -> float | None:
     return requests / requests_per_minute * 60 if requests_per_minute > 0 else None
 
 
-def describe_duration(seconds: float | None) -> str:
-    """As ``delivery.accounting.describe_duration``; None: unpaced."""
+def describe_time_at_pace(seconds: float | None) -> str:
+    """``estimate_seconds`` in words (``delivery.accounting.describe_duration``); None: unpaced."""
     from synap_backfill.delivery.accounting import describe_duration as duration
 
     return "as fast as Synap answers (unpaced)" if seconds is None else duration(seconds)

@@ -22,9 +22,8 @@ from synap_backfill.extract import sources
 from contextlib import closing
 from synap_backfill.delivery.credits import credits_for
 from datetime import datetime
-from synap_backfill.common.errors import describe_error
 from synap_backfill.holdings.held_turns import held_turn_count
-from synap_backfill.airflow.shared import raise_scrubbed
+from synap_backfill.airflow.shared import failure_to_xcom
 from dataclasses import replace
 from synap_backfill.extract.copies import save_copies
 from synap_backfill.holdings.guard import DeletionRefused, emptied_to_let_go, guard_deletes
@@ -47,18 +46,10 @@ def plan_partitions(config_dict: Mapping[str, Any], *, dag_id: str = "synap_back
     each partition sends only the earliest copy. A failure's one-line reason also goes
     to XCom (key ``failure``) for the summary.
     """
-    from synap_backfill.airflow.compat import AirflowFailException
 
     config = BackfillConfig.from_dict(config_dict)
-    try:
+    with failure_to_xcom(ti):
         return _plan(config, dag_id, run_id)
-    except Exception as exc:
-        if ti is not None:
-            # Our own one-line reasons go as they are; anything else, scrubbed and cut short.
-            ti.xcom_push(key="failure", value=str(exc) if isinstance(exc, AirflowFailException)
-                         else describe_error(exc))
-        raise_scrubbed(exc)
-        raise
 
 
 def _plan(config: BackfillConfig, dag_id: str, run_id: str) -> list[dict[str, Any]]:

@@ -14,8 +14,7 @@ from synap_backfill.common.config import RENAMED_PARAMS, SHAPE_PARAMS, BackfillC
 from synap_backfill.common.source import SourceDeclaration, form_source_warning
 from contextlib import closing
 from datetime import datetime
-from synap_backfill.common.errors import describe_error
-from synap_backfill.airflow.shared import fail_before_planning, raise_scrubbed
+from synap_backfill.airflow.shared import failure_to_xcom
 
 DECLARED_ONLY = ("source_query", *SHAPE_PARAMS)  # what reads SQL or reshapes turns: never a conf
 
@@ -48,7 +47,7 @@ def resolve_config(params: Mapping[str, Any], *, conf: Mapping[str, Any] | None 
 
     from synap_backfill.airflow.source_hook import source_hook
 
-    try:
+    with failure_to_xcom(ti, (ParamError, PreflightError)):
         if declared is None:
             log.warning(form_source_warning(dag_id or "this DAG"))
             for name in DECLARED_ONLY:
@@ -98,13 +97,6 @@ def resolve_config(params: Mapping[str, Any], *, conf: Mapping[str, Any] | None 
         config = config.model_copy(update={
             "target": instance, "source": source, "lookback": lookback, "pii_key_id": pii_key_id,
             "isolation": who.get("user_context_isolation") or None})
-    except (ParamError, PreflightError) as exc:
-        fail_before_planning(ti, str(exc))
-    except Exception as exc:  # unforeseen: still say which task stopped the run, and why
-        if ti is not None:
-            ti.xcom_push(key="failure", value=describe_error(exc))
-        raise_scrubbed(exc)
-        raise
     log.info("backfill of %s into Synap connection %s%s, batches of %d, mode %s; preflight passed",
              source, config.synap_conn_id, f" (instance {instance})" if instance else "",
              config.batch_size, config.mode)

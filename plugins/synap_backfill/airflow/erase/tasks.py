@@ -25,7 +25,6 @@ from synap_backfill.holdings.inventory import Holding, holdings
 from synap_backfill.deletion.person import PersonRef
 from synap_backfill.deletion.erase_config import EraseConfig, ErasePlan
 from synap_backfill.schema import ensure_tables
-from synap_backfill.common.errors import describe_error
 from synap_backfill.identity.keys import (PersonKeyMismatch, PersonKeyMissing, Suppression,
                                          check_keyring, require_keyring, suppress)
 from synap_backfill.preflight import PreflightError, unknown_keys
@@ -48,9 +47,12 @@ def resolve_erase(params: Mapping[str, Any], *, conf: Mapping[str, Any] | None =
     params, and a conf that changes it is refused."""
     from airflow.providers.postgres.hooks.postgres import PostgresHook
 
-    from synap_backfill.airflow.shared import fail_before_planning
+    from synap_backfill.airflow.shared import failure_to_xcom
+    from synap_backfill.common.checks import ParamError
 
-    try:
+    # A param, a key or a precondition to fix; a ValueError: a value the models refuse.
+    with failure_to_xcom(ti, (PreflightError, PersonKeyMissing, PersonKeyMismatch, ParamError,
+                              ValueError)):
         if source is not None:
             params = source.apply(params, conf, source.fixed(EraseConfig.params(), backfill=False))
         if conf is not None:
@@ -72,16 +74,6 @@ def resolve_erase(params: Mapping[str, Any], *, conf: Mapping[str, Any] | None =
         else:
             assert config.user_id is not None  # the model requires one of the two
             ref = PersonRef.of(keyring, config.user_id, config.customer_id)
-    except (PreflightError, PersonKeyMissing, PersonKeyMismatch) as exc:
-        fail_before_planning(ti, str(exc))
-    except Exception as exc:
-        from synap_backfill.common.checks import ParamError
-
-        if isinstance(exc, (ParamError, ValueError)) and not hasattr(exc, "sqlstate"):
-            fail_before_planning(ti, str(exc).splitlines()[0])
-        if ti is not None:
-            ti.xcom_push(key="failure", value=describe_error(exc))
-        raise
     plan = ErasePlan(person=ref.token(), dry_run=config.dry_run,
                      include_live_memories=config.include_live_memories,
                      require_approval=config.require_approval,

@@ -18,10 +18,9 @@ from synap_backfill.common import counters
 from synap_backfill.common.config import ParamError
 from synap_backfill.holdings.inventory import Inventory
 from synap_backfill.schema import ensure_tables
-from synap_backfill.common.errors import describe_error
 from synap_backfill.preflight import PreflightError, check_synap, check_synap_settings, unknown_keys
 from synap_backfill.delivery.target import SynapTarget
-from synap_backfill.deletion.undo import (UndoClient, UndoPartition, UndoReport, describe_duration,
+from synap_backfill.deletion.undo import (UndoClient, UndoPartition, UndoReport, describe_time_at_pace,
                                           estimate_seconds)
 from synap_backfill.deletion.undo_config import UndoConfig, undo_config_from_params
 from synap_backfill.deletion.undo_ledger import (documents, finish_undo, partitions,
@@ -49,9 +48,9 @@ def resolve_undo(params: Mapping[str, Any], *, conf: Mapping[str, Any] | None = 
     """
     from airflow.providers.postgres.hooks.postgres import PostgresHook
 
-    from synap_backfill.airflow.shared import fail_before_planning
+    from synap_backfill.airflow.shared import failure_to_xcom
 
-    try:
+    with failure_to_xcom(ti, (ParamError, PreflightError)):
         if source is not None:
             params = source.apply(params, conf, source.fixed(UndoConfig.params(), backfill=False))
         if conf is not None:
@@ -80,12 +79,6 @@ def resolve_undo(params: Mapping[str, Any], *, conf: Mapping[str, Any] | None = 
                 f"connection {record.synap_conn_id!r} now opens Synap instance {instance}, not"
                 f" {record.target} that {config.describe_run} wrote to; nothing was deleted."
                 " Point the connection back at that instance to undo the run")
-    except (ParamError, PreflightError) as exc:
-        fail_before_planning(ti, str(exc))
-    except Exception as exc:
-        if ti is not None:
-            ti.xcom_push(key="failure", value=describe_error(exc))
-        raise
     config = config.model_copy(update={
         "undone_run": record.id, "holding": record.holding, "target": record.target,
         "synap_conn_id": record.synap_conn_id, "source": record.source,
@@ -143,11 +136,11 @@ def survey_estimate(config: UndoConfig, found: Sequence[UndoPartition]) -> dict[
     exact = sum(p.documents for p in found)
     calls = (sum(min(p.documents, config.survey_sample) for p in found) if config.survey_sample
              else exact)
-    line = (f"{calls:,} status calls, {describe_duration(estimate_seconds(calls, rate))}"
+    line = (f"{calls:,} status calls, {describe_time_at_pace(estimate_seconds(calls, rate))}"
             + (f" at {rate:,.0f} requests a minute" if rate else ""))
     if calls < exact:
         line += (f" for a sample of {calls:,} of {exact:,} documents (every document:"
-                 f" {describe_duration(estimate_seconds(exact, rate))})")
+                 f" {describe_time_at_pace(estimate_seconds(exact, rate))})")
     elif exact > 1000:
         line += "; survey_sample reads fewer, spread over each partition, for an estimate"
     return {"calls": calls, "documents": exact, "seconds": estimate_seconds(calls, rate),
@@ -322,7 +315,7 @@ def render_undo(config: UndoConfig, planned: list[Mapping[str, Any]], reports: l
     if config.dry_run:
         requests = total.total + _memories(reports) + total.conversations
         out.append(f"deleting takes {requests} requests (a status call a document, a delete a"
-                   f" memory): {describe_duration(estimate_seconds(requests, rate))} at the"
+                   f" memory): {describe_time_at_pace(estimate_seconds(requests, rate))} at the"
                    f" connection's {rate:,.0f} requests a minute")
     if total.conversations:
         out.append(f"conversations: {total.conversations}, raw turns"
@@ -351,7 +344,7 @@ def approval_body(config: UndoConfig, surveys: list[Mapping[str, Any]]) -> str:
     lines = [f"**Delete {about}{memories:,} memories** made from **{total.total:,} documents**"
              f" of {config.describe_run}, on Synap instance `{config.target}`"
              f" ({parts} partition{'' if parts == 1 else 's'}).", "",
-             f"- time: about {describe_duration(estimate_seconds(requests, rate))} at the"
+             f"- time: about {describe_time_at_pace(estimate_seconds(requests, rate))} at the"
              f" connection's {rate:,.0f} requests a minute ({requests:,} requests)",
              f"- documents without an ingestion id (not deletable, listed): {total.without_id:,}"]
     if total.sampled:
