@@ -47,8 +47,8 @@ def migrate_db(pool_slots: int = 4) -> None:
 
 def synap_pools(slots: int = 4) -> dict[str, int]:
     """One pool per Synap target: the primary's and each replay region's."""
-    from synap_backfill.airflow.shared import DEFAULT_POOL
     from synap_backfill.airflow.backfill.regions import load_regions
+    from synap_backfill.airflow.shared import DEFAULT_POOL
 
     return {DEFAULT_POOL: slots, **{r.pool_name: slots for r in load_regions(REGIONS_FILE)}}
 

@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .local_stack import COMPONENTS, LocalStack, free_port, serve, stack_arguments
 from .local_airflow import REPO_ROOT
+from .local_stack import COMPONENTS, LocalStack, free_port, serve, stack_arguments
 
 METADATA_DB = "airflow_metadata"
 WORKER_ENV = "SYNAP_CLUSTER_WORKER"

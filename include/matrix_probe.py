@@ -30,9 +30,9 @@ def _plugins() -> tuple[list[str], dict[str, str]]:
 
 def probe() -> dict[str, Any]:
     import airflow
-    import synap_backfill
     from airflow.providers_manager import ProvidersManager
 
+    import synap_backfill
     from include import local_airflow
 
     out: dict[str, Any] = {"airflow": airflow.__version__, "python": sys.version.split()[0],

@@ -93,8 +93,8 @@ def render() -> str:
     """The whole of docs/reference.md."""
     from synap_backfill.common.config import BackfillConfig
     from synap_backfill.deletion.erase_config import EraseConfig
-    from synap_backfill.identity.rekey_config import RekeyConfig
     from synap_backfill.deletion.undo_config import UndoConfig
+    from synap_backfill.identity.rekey_config import RekeyConfig
 
     parts = [
         "# Reference: params and connection extras",

@@ -29,8 +29,12 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from synap_backfill.airflow.backfill.apply import apply_source_changes
-from synap_backfill.airflow.backfill.tasks import (plan_partitions, resolve_config, run_partition,
-                                                   summarize_run)
+from synap_backfill.airflow.backfill.tasks import (
+    plan_partitions,
+    resolve_config,
+    run_partition,
+    summarize_run,
+)
 
 _RUN: dict[str, Any] = {}
 

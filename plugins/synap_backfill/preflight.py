@@ -14,10 +14,10 @@ from dataclasses import fields
 from typing import TYPE_CHECKING, Any, Iterable
 
 from synap_backfill.common.config import BackfillConfig, SourceColumns
+from synap_backfill.common.db import as_text, quote_identifier
 from synap_backfill.common.errors import sql_error
 from synap_backfill.extract import sources
 from synap_backfill.extract.source_sql import SourceSQL
-from synap_backfill.common.db import as_text, quote_identifier
 
 if TYPE_CHECKING:
     from synap_backfill.delivery.target import SynapTarget
@@ -196,9 +196,8 @@ def check_ledger(conn: Any, config: BackfillConfig) -> None:
 def check_synap_settings(conn_id: str) -> "SynapTarget":
     """The connection read, its extras typed and bounded (``SynapExtras``), before any call:
     a bad one fails the run in the line ``InvalidExtra`` words, naming connection and extra."""
-    from synap_provider.connection_fields import InvalidExtra
-
     from synap_backfill.delivery.target import SynapTarget
+    from synap_provider.connection_fields import InvalidExtra
 
     try:
         return SynapTarget.connect(conn_id)

@@ -10,8 +10,13 @@ import time
 import pytest
 
 from include.demo_data import load_demo_table
-from tests.e2e.conftest import (answer, local_api_stats, scheduler_errors, wait_for_parked_try_report,
-                                wait_for_question)
+from tests.e2e.conftest import (
+    answer,
+    local_api_stats,
+    scheduler_errors,
+    wait_for_parked_try_report,
+    wait_for_question,
+)
 
 pytestmark = pytest.mark.e2e
 DAG = "synap_backfill"

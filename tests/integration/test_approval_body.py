@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import pytest
 
-from synap_backfill.airflow.approval import describe_plan
-from synap_backfill.common.config import BackfillConfig
-from synap_backfill.airflow.backfill.tasks import plan_partitions, resolve_config
 from include.demo_data import load_demo_table
+from synap_backfill.airflow.approval import describe_plan
+from synap_backfill.airflow.backfill.tasks import plan_partitions, resolve_config
+from synap_backfill.common.config import BackfillConfig
 
 pytestmark = pytest.mark.integration
 

@@ -156,8 +156,13 @@ def test_an_erasure_while_another_dag_sends_into_the_instance_leaves_nothing_of_
     import sys
     import time
 
-    from synap_backfill.airflow.erase.tasks import (erase_target, plan_erase, resolve_erase,
-                                                    summarize_erase, suppress_person)
+    from synap_backfill.airflow.erase.tasks import (
+        erase_target,
+        plan_erase,
+        resolve_erase,
+        summarize_erase,
+        suppress_person,
+    )
 
     with local_pg.connect() as conn:
         load_demo_table(conn, "race_first", turns=200, days=2, seed=92)

@@ -253,8 +253,13 @@ print("SUMMARY " + json.dumps(summary))
 
 def test_an_erasure_waits_for_a_batch_held_on_429s_however_old_its_checkpoint_looks(
         local_pg, run_backfill, synap, use_connections, monkeypatch, airflow_db):
-    from synap_backfill.airflow.erase.tasks import (erase_target, plan_erase, resolve_erase,
-                                                    summarize_erase, suppress_person)
+    from synap_backfill.airflow.erase.tasks import (
+        erase_target,
+        plan_erase,
+        resolve_erase,
+        summarize_erase,
+        suppress_person,
+    )
 
     ledger = {"ledger_schema": "persons_held"}
     use_key(monkeypatch, KEY_ONE)
@@ -300,8 +305,8 @@ def test_an_erasure_waits_for_a_batch_held_on_429s_however_old_its_checkpoint_lo
 
 
 def test_a_partition_picks_up_a_person_key_created_after_it_started(local_pg, monkeypatch):
-    from synap_backfill.schema import ensure_tables
     from synap_backfill.identity.keys import HeldBack, PersonKey, Suppression, suppress
+    from synap_backfill.schema import ensure_tables
 
     monkeypatch.delenv("AIRFLOW_CONN_SYNAP_PERSON_KEY", raising=False)
     with local_pg.connect() as conn:

@@ -230,9 +230,9 @@ def test_a_worker_killed_after_a_buckets_last_batch_but_before_its_checkpoint_le
     import uuid
     from datetime import datetime, timedelta, timezone
 
-    from synap_backfill.common.buckets import bucket_of
     from synap_backfill.airflow.backfill.dag import backfill_params
     from synap_backfill.airflow.backfill.tasks import plan_partitions, resolve_config, run_partition
+    from synap_backfill.common.buckets import bucket_of
     from tests.conftest import make_table
 
     conv = str(uuid.uuid4())
@@ -393,8 +393,8 @@ def test_two_attempts_sharing_one_server_session_as_behind_a_pooler_only_one_sen
     """A transaction pooler can give two attempts one server session: the session's advisory
     lock then lets both in. The fencing token in every ledger write stops the stale one."""
 
-    from synap_backfill.store.ledger import Ledger, Superseded
     from synap_backfill.airflow.backfill.tasks import plan_partitions, resolve_config, run_partition
+    from synap_backfill.store.ledger import Ledger, Superseded
 
     with local_pg.connect() as conn:
         load_demo_table(conn, "fault_pooled", turns=200, days=1, seed=42)

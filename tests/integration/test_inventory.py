@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from include import local_airflow
-from synap_backfill.airflow.backfill.dag import backfill_params
 from include.demo_data import load_demo_table
+from synap_backfill.airflow.backfill.dag import backfill_params
 from tests.conftest import make_table, read_store
 
 pytestmark = pytest.mark.integration
@@ -105,8 +105,12 @@ def test_late_rows_in_held_windows_and_new_rows_are_each_sent_once_and_nothing_e
 
 def run_tasks(interval: Any, run_id: str, table: str, **params: Any) -> dict:
     """resolve_config, plan_partitions, each partition and summarize, as a DAG run calls them."""
-    from synap_backfill.airflow.backfill.tasks import (plan_partitions, resolve_config, run_partition,
-                                                       summarize_run)
+    from synap_backfill.airflow.backfill.tasks import (
+        plan_partitions,
+        resolve_config,
+        run_partition,
+        summarize_run,
+    )
 
     declared = {name: param.value for name, param in backfill_params().items()}
     params = {"source_table": table, "verify_sample": 0, **params}
@@ -234,8 +238,12 @@ def test_a_region_replay_of_an_already_replayed_table_sends_nothing_and_states_p
 
 def test_a_row_that_arrives_while_the_run_reads_is_named_and_read_by_the_next_run(
         local_pg, airflow_db, use_connections, synap):
-    from synap_backfill.airflow.backfill.tasks import (plan_partitions, resolve_config, run_partition,
-                                                       summarize_run)
+    from synap_backfill.airflow.backfill.tasks import (
+        plan_partitions,
+        resolve_config,
+        run_partition,
+        summarize_run,
+    )
 
     conv = str(uuid.uuid4())
     at = datetime(2024, 5, 1, 9, tzinfo=UTC)
@@ -264,8 +272,12 @@ def test_a_read_that_skipped_rows_of_an_unchanged_bucket_fails_the_run_naming_th
         local_pg, airflow_db, use_connections, synap):
     from airflow.sdk.exceptions import AirflowFailException
 
-    from synap_backfill.airflow.backfill.tasks import (plan_partitions, resolve_config, run_partition,
-                                                       summarize_run)
+    from synap_backfill.airflow.backfill.tasks import (
+        plan_partitions,
+        resolve_config,
+        run_partition,
+        summarize_run,
+    )
 
     conv = str(uuid.uuid4())
     at = datetime(2024, 5, 1, 9, tzinfo=UTC)

@@ -13,16 +13,26 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from maximem_synap import (AuthenticationError, CreateMemoryRequest, InstanceNotReadyError,
-                           InvalidInputError, MaximemSynapSDK, NetworkTimeoutError, RateLimitError,
-                           RetryPolicy, SDKConfig, ServiceUnavailableError, SynapTransientError)
+from maximem_synap import (
+    AuthenticationError,
+    CreateMemoryRequest,
+    InstanceNotReadyError,
+    InvalidInputError,
+    MaximemSynapSDK,
+    NetworkTimeoutError,
+    RateLimitError,
+    RetryPolicy,
+    SDKConfig,
+    ServiceUnavailableError,
+    SynapTransientError,
+)
 from maximem_synap.scoping import B2C_ISOLATION, CustomerIdNotAcceptedError
-from synap_provider.hooks import SynapHook
 
-from synap_backfill.delivery.calls import outcome_unknown
 from include.synap_local import LocalSynapServer, ServerSettings, Tenant
 from include.synap_local.server import CONTROL_HEADER
 from include.synap_local.store import DocumentStore
+from synap_backfill.delivery.calls import outcome_unknown
+from synap_provider.hooks import SynapHook
 
 pytestmark = pytest.mark.integration
 AT = datetime(2024, 3, 1, 12, 0, tzinfo=timezone.utc)

@@ -6,8 +6,8 @@ import uuid
 
 import pytest
 
-from synap_backfill.schema import ensure_tables
 from synap_backfill.delivery.pacing import SharedPacer
+from synap_backfill.schema import ensure_tables
 
 
 @pytest.fixture()

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from synap_backfill.store.locks import BACKFILL, UNDO, PartitionBusy, hold, held_sql, lock_name
+from synap_backfill.store.locks import BACKFILL, UNDO, PartitionBusy, held_sql, hold, lock_name
 
 pytestmark = pytest.mark.integration
 

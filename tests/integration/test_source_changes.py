@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 
 from include import local_airflow
-from synap_backfill.delivery.accounting import counts_label
 from include.demo_data import load_demo_table
+from synap_backfill.delivery.accounting import counts_label
 from tests.conftest import read_store
 from tests.integration.synap_memories import live_documents, memories
 
@@ -185,11 +185,15 @@ apply_source_changes(args["config"], args["windows"], dag_id="synap_backfill", r
 def test_a_worker_killed_mid_apply_is_retried_without_deleting_a_memory_twice_or_losing_a_turn(
         local_pg, run_backfill, synap, use_connections, airflow_db):
     from synap_backfill.airflow.approval import describe_plan
-    from synap_backfill.airflow.backfill.dag import backfill_params
-    from synap_backfill.common.config import BackfillConfig
     from synap_backfill.airflow.backfill.apply import apply_source_changes
-    from synap_backfill.airflow.backfill.tasks import (plan_partitions, resolve_config, run_partition,
-                                              summarize_run)
+    from synap_backfill.airflow.backfill.dag import backfill_params
+    from synap_backfill.airflow.backfill.tasks import (
+        plan_partitions,
+        resolve_config,
+        run_partition,
+        summarize_run,
+    )
+    from synap_backfill.common.config import BackfillConfig
 
     with local_pg.connect() as conn:
         load_demo_table(conn, "chg_killed", turns=400, days=2, seed=83)

@@ -20,8 +20,8 @@ import pytest
 
 from include import local_airflow
 from include.demo_data import load_demo_table
-from include.synap_local.server import extraction_status
 from include.synap_local.faults import Controls
+from include.synap_local.server import extraction_status
 from include.synap_local.store import DocumentStore
 
 pytestmark = pytest.mark.integration

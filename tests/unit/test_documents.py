@@ -2,7 +2,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from synap_backfill.delivery.documents import RejectReason, Rejected, build_document
+from synap_backfill.delivery.documents import Rejected, RejectReason, build_document
 from synap_backfill.extract.reader import SourceRow
 
 CONV = "3f2b8c1e-8f1a-4c3e-9d0a-0b6f5e2d7c11"

@@ -251,7 +251,7 @@ def test_synap_is_called_only_through_the_one_paced_call_from_delivery_and_delet
     # The send and the status are handed to ``deliver`` (``Calls``) and ``check_extraction``
     # (``paced``), their only users.
     sending = MODULES["synap_backfill.delivery.sending"].read_text()
-    assert "await calls(lambda: submit(docs), attempts)" in sending
+    assert "await calls(lambda: submit(docs), attempts" in sending
     verify = MODULES["synap_backfill.delivery.verify"].read_text()
     assert "await paced(pacer, lambda: status(ingestion_id)" in verify
 

@@ -3,8 +3,15 @@
 from datetime import datetime, timezone
 
 from synap_backfill.common.buckets import UNTIMED, bucket_of
-from synap_backfill.extract.planning import (BucketCount, HeldBucket, Holder, PlannedPartition,
-                                       conflict_message, difference, lost_ranges)
+from synap_backfill.extract.planning import (
+    BucketCount,
+    HeldBucket,
+    Holder,
+    PlannedPartition,
+    conflict_message,
+    difference,
+    lost_ranges,
+)
 
 UTC = timezone.utc
 EARLIER = Holder("synap_backfill", "manual__1", "digest-a",

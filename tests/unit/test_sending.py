@@ -7,8 +7,13 @@ import asyncio
 from typing import Any
 
 import pytest
-from maximem_synap import (InstanceNotReadyError, NetworkTimeoutError, RateLimitError,
-                           ServiceUnavailableError, SynapTransientError)
+from maximem_synap import (
+    InstanceNotReadyError,
+    NetworkTimeoutError,
+    RateLimitError,
+    ServiceUnavailableError,
+    SynapTransientError,
+)
 
 from synap_backfill.delivery.calls import Calls, GaveUp, RetryPolicy, outcome_unknown
 from synap_backfill.delivery.sending import deliver

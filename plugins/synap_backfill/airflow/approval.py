@@ -18,21 +18,45 @@ from airflow.providers.standard.operators.hitl import ApprovalOperator
 from synap_backfill.common.config import BackfillConfig
 
 
-class PlanApprovalOperator(ApprovalOperator):
+class AskFirst(ApprovalOperator):
+    """The approval a big send or any delete waits at, the same for every DAG: it asks only
+    when ``question`` gives a body (the figures to approve, in Markdown), and otherwise
+    passes at once, its log saying why. Reject: every task after it is skipped."""
+
+    SUBJECT = ""  # the question, in the UI's Required Actions
+    ASKS_FOR = ""  # what is approved, for the log
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(subject=self.SUBJECT, ignore_downstream_trigger_rules=True, **kwargs)
+
+    def question(self, context: Any) -> str | None:
+        """The body to approve, or None (logged) when there is nothing to ask."""
+        raise NotImplementedError
+
+    def execute(self, context: Any) -> Any:
+        body = self.question(context)
+        if body is None:
+            return None
+        self.body = body
+        self.log.info("asking for approval of %s:\n%s", self.ASKS_FOR, body)
+        return super().execute(context)
+
+
+class PlanApprovalOperator(AskFirst):
     """Asks a human to approve the plan before any partition sends, when ``require_approval``.
 
     :param config: the run's config (``resolve_config``'s XCom).
     :param plan: the planned windows (``plan_partitions``' XCom).
     """
 
+    SUBJECT, ASKS_FOR = "Send this backfill to Synap?", "the plan"
     template_fields: Sequence[str] = (*ApprovalOperator.template_fields, "config", "plan")
 
     def __init__(self, *, config: Any, plan: Any, **kwargs: Any) -> None:
-        super().__init__(subject="Send this backfill to Synap?", ignore_downstream_trigger_rules=True,
-                         **kwargs)
+        super().__init__(**kwargs)
         self.config, self.plan = config, plan
 
-    def execute(self, context: Any) -> Any:
+    def question(self, context: Any) -> str | None:
         config = BackfillConfig.from_dict(self.config)
         if not config.require_approval:
             self.log.info("require_approval is off: the plan goes ahead without asking")
@@ -43,9 +67,7 @@ class PlanApprovalOperator(ApprovalOperator):
             self.log.info("nothing to send (the instance holds every row unchanged): nothing to approve")
             return None
         run = context["dag_run"]
-        self.body = describe_plan(config, list(self.plan or []), dag_id=run.dag_id, run_id=run.run_id)
-        self.log.info("asking for approval of the plan:\n%s", self.body)
-        return super().execute(context)
+        return describe_plan(config, list(self.plan or []), dag_id=run.dag_id, run_id=run.run_id)
 
 
 def describe_plan(config: BackfillConfig, windows: list[dict[str, Any]], *, dag_id: str = "",
@@ -56,10 +78,10 @@ def describe_plan(config: BackfillConfig, windows: list[dict[str, Any]], *, dag_
     from contextlib import closing
 
     from airflow.providers.postgres.hooks.postgres import PostgresHook
-    from synap_backfill.delivery.target import SynapTarget
 
     from synap_backfill.delivery.accounting import describe_duration
     from synap_backfill.delivery.credits import credits_for
+    from synap_backfill.delivery.target import SynapTarget
     from synap_backfill.holdings.inventory import Inventory
 
     rows = sum(int(w.get("rows") or 0) for w in windows)

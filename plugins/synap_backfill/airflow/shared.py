@@ -50,7 +50,6 @@ def raise_scrubbed(exc: BaseException) -> None:
 def one_line(exc: BaseException) -> str:
     """A task's failure in one line: our own reasons as written, anything else scrubbed and cut."""
     from synap_backfill.airflow.compat import AirflowFailException
-
     from synap_backfill.common.checks import ParamError
     from synap_backfill.pipeline.settings import PartitionFailed
     from synap_backfill.preflight import PreflightError

@@ -51,9 +51,9 @@ async def verify_run(config: BackfillConfig, dag_id: str, run_id: str, *, deadli
     """The report of a run's sample (``deadline``: wall-clock epoch seconds)."""
     from airflow.providers.postgres.hooks.postgres import PostgresHook
 
-    from synap_backfill.store.ledger import sample_ingestions
     from synap_backfill.delivery.target import SynapTarget
     from synap_backfill.delivery.verify import check_extraction, fit_to_pace, status_of
+    from synap_backfill.store.ledger import sample_ingestions
 
     ledger = PostgresHook(postgres_conn_id=config.ledger_conn_id or config.postgres_conn_id)
 
@@ -109,7 +109,6 @@ class VerifyExtractionOperator(BaseOperator):
 
     def execute_complete(self, context: Any, event: Mapping[str, Any]) -> dict[str, Any]:
         from synap_backfill.airflow.compat import AirflowFailException
-
         from synap_backfill.delivery.verify import VerifyReport
 
         config = BackfillConfig.from_dict(self.config)

@@ -18,13 +18,13 @@ from datetime import datetime
 from typing import Any, Literal, Mapping
 
 from pydantic import model_validator
-from synap_provider.connection_fields import DEFAULT_CONN_ID
 
 from synap_backfill.common.checks import ParamError
 from synap_backfill.common.frame import FRAME, RECIPE_FRAME
 from synap_backfill.common.grain import MessageGrain, grain_of
 from synap_backfill.common.ids import DOCUMENT_ID_FORMAT
 from synap_backfill.common.params import ParamsModel, param
+from synap_provider.connection_fields import DEFAULT_CONN_ID
 
 log = logging.getLogger("synap_backfill")
 MAX_BATCH_SIZE = 100  # what batch_create accepts per call

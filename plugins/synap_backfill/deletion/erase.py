@@ -36,13 +36,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
-from synap_backfill.common.db import stream
+from synap_backfill.common.db import as_text, quote_identifier, stream
+from synap_backfill.deletion.person import PersonRef
 from synap_backfill.extract.source_sql import SourceSQL
 from synap_backfill.holdings.inventory import Holding
-from synap_backfill.deletion.person import PersonRef
 from synap_backfill.identity.keys import Keyring
 from synap_backfill.store.locks import BACKFILL, held_sql
-from synap_backfill.common.db import as_text, quote_identifier
 
 log = logging.getLogger("synap_backfill")
 BATCH_WAIT = 600.0  # the longest an erasure waits for batches marked before its suppression
@@ -258,8 +257,8 @@ def forget(conn: Any, schema: str, holding: int, docs: list[HeldDocument]) -> No
     """The person's turns are gone from the target (everything it held of the user was deleted):
     no longer held, their document ids undone (never sent again as they were), in one
     transaction."""
-    from synap_backfill.holdings.held_turns import forget_turns
     from synap_backfill.common.ids import next_generation
+    from synap_backfill.holdings.held_turns import forget_turns
 
     s = quote_identifier(schema)
     with conn.cursor() as cur:

@@ -38,8 +38,8 @@ from synap_backfill.common import counters
 from synap_backfill.common.counters import counter
 from synap_backfill.common.errors import first_line, shorten
 from synap_backfill.common.ids import conversation_of, next_generation
-from synap_backfill.delivery.pacing import Pacer
 from synap_backfill.delivery.calls import Calls, RetryPolicy
+from synap_backfill.delivery.pacing import Pacer
 
 log = logging.getLogger("synap_backfill")
 T = TypeVar("T")

@@ -21,10 +21,9 @@ import threading
 from typing import Any, Iterable, Mapping
 
 from synap_backfill.common.db import quote_identifier
-from synap_backfill.common.ids import turn_of
+from synap_backfill.common.ids import turn_of, with_generation
 from synap_backfill.deletion.undo import Document, Progress
 from synap_backfill.store.locks import UNDO, hold, lock_name
-from synap_backfill.common.ids import with_generation
 
 
 def create_tables(cur: Any, s: str) -> None:

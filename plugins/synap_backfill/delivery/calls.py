@@ -23,17 +23,18 @@ The backoff doubles from ``backoff_base`` with up to 25% jitter and never exceed
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, TypeVar
 
-from synap_provider.connection_fields import SynapExtras
-
 from synap_backfill.common.errors import first_line
 from synap_backfill.delivery.pacing import Pacer, Unpaced
 from synap_backfill.delivery.waits import wait_logged
+from synap_provider.connection_fields import SynapExtras
 
 T = TypeVar("T")
+log = logging.getLogger("synap_backfill")
 _EXTRAS = SynapExtras.model_fields
 NOT_READY_WAIT = 30.0  # a 409 instance_not_ready without a Retry-After
 
@@ -118,7 +119,8 @@ class Calls:
     requests: int = 0  # requests made, retries included
     longest_wait: float = 0.0  # the longest pause between two attempts of one request
 
-    async def __call__(self, make: Callable[[], Awaitable[T]], attempts: Attempts | None = None) -> T:
+    async def __call__(self, make: Callable[[], Awaitable[T]], attempts: Attempts | None = None,
+                       what: str = "request") -> T:
         from maximem_synap import InstanceNotReadyError, RateLimitError, SynapTransientError
 
         policy, seen = self.policy, attempts if attempts is not None else Attempts()
@@ -158,6 +160,8 @@ class Calls:
                 raise GaveUp(f"gave up after {attempt} attempts: {type(error).__name__}: "
                              f"{first_line(error)[:200]}") from error
             seen.retries += 1
+            log.warning("partition %s: %s not accepted (attempt %d/%d, %s); retrying in %.1fs",
+                        self.label, what, attempt, policy.max_attempts, type(error).__name__, wait)
             await self._wait(wait, cause)
 
     async def _wait(self, seconds: float, cause: str) -> None:

@@ -55,6 +55,7 @@ class CreditCheck:
 async def check_credits(sdk: Any, documents: int, metric: str, mode: str) -> CreditCheck:
     """Ask Synap for the balance and an estimate; whatever it cannot answer stays None."""
     from maximem_synap.models.errors import SynapError
+
     from synap_provider.hooks import SynapHook
 
     balance = estimate = None

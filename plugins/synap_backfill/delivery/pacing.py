@@ -35,7 +35,6 @@ from typing import Any, Protocol
 from synap_backfill.common.db import limit_lock_waits, quote_identifier
 from synap_backfill.delivery.waits import wait_logged
 
-
 ARRIVAL_HEADROOM = 0.01  # pace 1% under the limit: arrivals at the server jitter
 
 

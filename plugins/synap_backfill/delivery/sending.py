@@ -61,7 +61,7 @@ async def deliver(documents: list[CreateMemoryRequest], submit: RawSubmit, calls
         docs = pending.pop()
         attempts = Attempts()
         try:
-            response = await calls(lambda: submit(docs), attempts)
+            response = await calls(lambda: submit(docs), attempts, what=f"batch of {len(docs)}")
             delivery.sent.append(Sent(docs, response, attempts.unknown))
         except InvalidInputError as exc:
             if len(docs) == 1:

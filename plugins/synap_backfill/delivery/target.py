@@ -12,12 +12,13 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from synap_backfill.delivery.calls import RetryPolicy
 from synap_backfill.delivery.pacing import Pacer, SharedPacer, Unpaced, pacing_target
 from synap_backfill.delivery.results import DEFAULT_DUPLICATE_PATTERN, DEFAULT_RETRY_PATTERN
-from synap_backfill.delivery.calls import RetryPolicy
 
 if TYPE_CHECKING:
     from maximem_synap import MaximemSynapSDK
+
     from synap_provider.connection_fields import SynapSettings
     from synap_provider.hooks import SynapHook
 

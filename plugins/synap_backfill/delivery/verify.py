@@ -25,9 +25,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
+from synap_backfill.common.errors import first_line, reason_code
 from synap_backfill.delivery.calls import paced
 from synap_backfill.delivery.pacing import Pacer
-from synap_backfill.common.errors import first_line, reason_code
 
 log = logging.getLogger("synap_backfill")
 TERMINAL = frozenset({"completed", "failed", "partial_success"})
@@ -136,8 +136,7 @@ async def check_extraction(ingestion_ids: list[str], status: Callable[[str], Awa
     ``status(id)``: the SDK's ``memories.status``; every call takes a slot of
     ``pacer`` first. A 429 holds the shared schedule for its ``Retry-After``.
     """
-    from maximem_synap.models.errors import (ContextNotFoundError, RateLimitError,
-                                             SynapTransientError)
+    from maximem_synap.models.errors import ContextNotFoundError, RateLimitError, SynapTransientError
 
     started = clock()
     report = VerifyReport(sampled=len(ingestion_ids))

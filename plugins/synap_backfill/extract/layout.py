@@ -17,8 +17,7 @@ from typing import Iterable
 
 from synap_backfill.common.buckets import UNTIMED, bucket_end, bucket_of, bucket_start
 from synap_backfill.common.windows import Grid, window_between
-from synap_backfill.extract.planning import (UNTIMED_LABEL, BucketCount, Difference,
-                                             PlannedPartition, Range)
+from synap_backfill.extract.planning import UNTIMED_LABEL, BucketCount, Difference, PlannedPartition, Range
 
 
 @dataclass

@@ -29,14 +29,13 @@ Planned buckets are then laid on the calendar of ``window_size`` (``layout.py``)
 from __future__ import annotations
 
 import json
-
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Iterable, Mapping
 
-from synap_backfill.common.windows import window_key
-from synap_backfill.common.config import PRIVATE_SETTINGS
 from synap_backfill.common.buckets import UNTIMED, bucket_end, bucket_label, bucket_start
+from synap_backfill.common.config import PRIVATE_SETTINGS
+from synap_backfill.common.windows import window_key
 
 UNTIMED_LABEL = "rows without a usable timestamp"
 Range = tuple[datetime, datetime]

@@ -52,21 +52,21 @@ earliest.
 from __future__ import annotations
 
 import logging
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from decimal import Decimal
-from typing import Any, Iterator, Sequence, Tuple
+from typing import Any, Callable, Iterator, Sequence, Tuple
 
 from synap_backfill.common.buckets import UNTIMED, fingerprint
+from synap_backfill.common.config import BackfillConfig
 from synap_backfill.common.db import as_text, is_database_error, sqlstate
 from synap_backfill.common.errors import sql_error
-from synap_backfill.common.config import BackfillConfig
-from synap_backfill.extract.planning import BucketCount
+from synap_backfill.common.ids import document_id, row_key
 from synap_backfill.extract import sources
 from synap_backfill.extract.message_sql import MessageSQL
+from synap_backfill.extract.planning import BucketCount
 from synap_backfill.extract.source_sql import NULL_INDEX
-from synap_backfill.common.ids import document_id, row_key
-
 
 log = logging.getLogger("synap_backfill")
 CONNECTION_LOST = ("08000", "08003", "08006", "57P01", "57P02", "57P03")  # not the relation's fault
@@ -244,6 +244,18 @@ def timestamp_index(conn: Any, config: BackfillConfig) -> bool | None:
     if row is None or not row[0]:
         return None
     return bool(row[1])
+
+
+def window_reader(connect: Callable[[], Any], config: BackfillConfig,
+                  ranges: Sequence[tuple[datetime, datetime]] | None
+                  ) -> Callable[[Position | None], Iterator[SourceRow]]:
+    """A partition's read, from where a pass starts: each pass on a new connection
+    (``connect``), so that after a lost connection the next pass opens another."""
+    def read(after: Position | None) -> Iterator[SourceRow]:
+        with closing(connect()) as conn:
+            yield from read_window(conn, config, ranges, after)
+
+    return read
 
 
 def read_window(conn: Any, config: BackfillConfig,

@@ -30,13 +30,11 @@ from datetime import datetime, timedelta
 from itertools import groupby
 from typing import Any, Iterable, Iterator, Literal
 
-from synap_backfill.common.db import stream
 from synap_backfill.common.buckets import BUCKET_SECONDS, bucket_label, bucket_of, bucket_start
 from synap_backfill.common.config import BackfillConfig
-from synap_backfill.common.db import add_column
-from synap_backfill.extract.reader import range_args, set_session_timezone
+from synap_backfill.common.db import add_column, as_text, quote_identifier, stream
 from synap_backfill.extract import sources
-from synap_backfill.common.db import as_text, quote_identifier
+from synap_backfill.extract.reader import range_args, set_session_timezone
 
 Kind = Literal["edited", "deleted"]
 RANGES_FOR_INDEX = 200  # changed buckets read as ranges (an index helps) up to this many runs

@@ -31,8 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from synap_backfill.common.db import add_column
-from synap_backfill.common.db import quote_identifier
+from synap_backfill.common.db import add_column, quote_identifier
 
 
 @dataclass(frozen=True)

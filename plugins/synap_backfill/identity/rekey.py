@@ -23,10 +23,9 @@ from dataclasses import asdict, dataclass, field
 from itertools import groupby
 from typing import Any, Iterator, Mapping
 
-from synap_backfill.common.db import stream
+from synap_backfill.common.db import as_text, quote_identifier, stream
 from synap_backfill.holdings.inventory import Holding
 from synap_backfill.identity.keys import LEGACY, Keyring, suppressions_under
-from synap_backfill.common.db import as_text, quote_identifier
 
 log = logging.getLogger("synap_backfill")
 WRITE_EVERY = 5000  # held turns re-derived per ledger transaction

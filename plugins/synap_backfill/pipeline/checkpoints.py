@@ -15,9 +15,9 @@ from maximem_synap import SynapPermanentError
 from synap_backfill.common.buckets import UNTIMED, bucket_of, fingerprint
 from synap_backfill.common.errors import describe_error
 from synap_backfill.delivery.accounting import PartitionReport
+from synap_backfill.delivery.calls import GaveUp
 from synap_backfill.delivery.documents import id_of, text_of
 from synap_backfill.delivery.results import SERVER_PREFIX, classify_batch
-from synap_backfill.delivery.calls import GaveUp
 from synap_backfill.delivery.sending import Delivery
 from synap_backfill.extract.planning import BucketCount
 from synap_backfill.extract.reader import SourceRow, position_to_json

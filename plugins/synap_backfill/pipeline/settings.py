@@ -10,9 +10,9 @@ from typing import Callable
 from synap_backfill.common.db import quote_identifier
 from synap_backfill.common.metrics import Meter, NoMeter
 from synap_backfill.deletion.undo_ledger import generations
+from synap_backfill.delivery.calls import RetryPolicy
 from synap_backfill.delivery.pacing import Pacer, Unpaced
 from synap_backfill.delivery.results import DEFAULT_DUPLICATE_PATTERN, DEFAULT_RETRY_PATTERN
-from synap_backfill.delivery.calls import RetryPolicy
 from synap_backfill.extract.planning import BucketCount
 from synap_backfill.holdings.held_turns import HeldTurn, TurnWrite, held_turns, write_turns
 from synap_backfill.holdings.inventory import release_buckets, write_held

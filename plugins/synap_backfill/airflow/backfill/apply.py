@@ -23,17 +23,22 @@ from contextlib import closing
 from typing import Any, Iterable, Mapping
 
 from synap_backfill.airflow.metrics import deletion_observed
-from synap_backfill.common.windows import window_key
-from synap_backfill.holdings.changes import (SourceChanges, TurnChange, load_changes, mark_applied,
-                                             pending_buckets)
 from synap_backfill.common.config import BackfillConfig
-from synap_backfill.holdings.inventory import Inventory
+from synap_backfill.common.windows import window_key
+from synap_backfill.deletion.memories import Place, delete_memories
+from synap_backfill.deletion.undo import Document, UndoReport
+from synap_backfill.delivery.target import SynapTarget
 from synap_backfill.extract.layout import in_plan
 from synap_backfill.extract.planning import PlannedPartition
+from synap_backfill.holdings.changes import (
+    SourceChanges,
+    TurnChange,
+    load_changes,
+    mark_applied,
+    pending_buckets,
+)
 from synap_backfill.holdings.guard import applied_to_let_go
-from synap_backfill.delivery.target import SynapTarget
-from synap_backfill.deletion.undo import Document, UndoReport
-from synap_backfill.deletion.memories import Place, delete_memories
+from synap_backfill.holdings.inventory import Inventory
 
 log = logging.getLogger("synap_backfill")
 CHANGES_KEY = "source-changes"  # the undo ledger's partition key for a run's source changes

@@ -20,11 +20,11 @@ from typing import Any, Iterable
 import pendulum
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 
-from synap_backfill.common.config import BackfillConfig
-from synap_backfill.common.source import SourceDeclaration, declared_form, form_source_warning
 from synap_backfill.airflow.approval import PlanApprovalOperator
 from synap_backfill.airflow.shared import DEFAULT_POOL
 from synap_backfill.airflow.verify_extraction import VerifyExtractionOperator
+from synap_backfill.common.config import BackfillConfig
+from synap_backfill.common.source import SourceDeclaration, declared_form, form_source_warning
 
 # Emitted by the primary backfill's summary when every row is accounted for;
 # a region replay can be scheduled on it.
@@ -106,9 +106,9 @@ def build_backfill_dag(dag_id: str, *, doc_md: str | None = None, schedule: Any 
         @task(map_index_template=PARTITION_LABEL, pool=pool, retries=2, multiple_outputs=False,
               retry_delay=timedelta(seconds=20), pre_execute=_set_partition_time_limit)
         def backfill_partition(config: dict, window: dict) -> dict:
-            from synap_backfill.delivery.accounting import counts_label
             from synap_backfill.airflow.backfill.partition import run_partition
             from synap_backfill.airflow.shared import one_line
+            from synap_backfill.delivery.accounting import counts_label
             from synap_backfill.pipeline.time_limit import TARGET_KEY
 
             context = get_current_context()

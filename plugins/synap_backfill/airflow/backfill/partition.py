@@ -3,24 +3,25 @@ and the SDK session Airflow gives it."""
 
 from __future__ import annotations
 
-import logging
-from typing import Any, Iterator, Mapping
 import asyncio
+import logging
+from contextlib import ExitStack, closing
+from typing import Any, Mapping
+
 from synap_backfill.airflow.lineage import source_read, target_changed
 from synap_backfill.airflow.metrics import StatsMeter
-from synap_backfill.pipeline.setup import log_scope, partition_settings, prepare
+from synap_backfill.airflow.shared import connection_errors
 from synap_backfill.common.config import BackfillConfig
-from contextlib import ExitStack, closing
-from synap_backfill.store.ledger import Ledger
-from synap_backfill.pipeline.settings import PartitionFailed
 from synap_backfill.delivery.accounting import PartitionReport
-from synap_backfill.extract.planning import PlannedPartition
-from synap_backfill.privacy.redaction import ShapingNotReady
 from synap_backfill.delivery.sending import batch_submit
 from synap_backfill.delivery.target import SynapTarget
-from synap_backfill.airflow.shared import connection_errors
-from synap_backfill.extract.reader import read_window
+from synap_backfill.extract.planning import PlannedPartition
+from synap_backfill.extract.reader import window_reader
 from synap_backfill.pipeline.partition import run_partition_rows
+from synap_backfill.pipeline.settings import PartitionFailed
+from synap_backfill.pipeline.setup import log_scope, partition_settings, prepare
+from synap_backfill.privacy.redaction import ShapingNotReady
+from synap_backfill.store.ledger import Ledger
 
 log = logging.getLogger("synap_backfill")
 
@@ -43,12 +44,7 @@ def run_partition(config_dict: Mapping[str, Any], window_dict: Mapping[str, Any]
                              edited=partition.edited, deleted=partition.deleted)
     source = source_hook(config.postgres_conn_id, config.source_statement_timeout)
     target = synap or SynapTarget.connect(config.synap_conn_id)
-    ranges = partition.ranges if partition.timed else None
-
-    def read(after: Any) -> Iterator[Any]:
-        # A connection per pass: after a lost connection the next pass opens a new one.
-        with closing(source.get_conn()) as conn:
-            yield from read_window(conn, config, ranges, after)
+    read = window_reader(source.get_conn, config, partition.ranges if partition.timed else None)
 
     try:
         settings = partition_settings(config, partition, target, connection_errors())

@@ -4,29 +4,40 @@ planned by difference against what the target holds."""
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping
-from synap_backfill.airflow.lineage import source_read
-from synap_backfill.holdings.changes import describe as describe_changes
-from synap_backfill.common.config import BackfillConfig
-from synap_backfill.extract.layout import lay_out
-from synap_backfill.extract.planning import (Difference, conflict_message, describe_range, difference,
-                                             lost_ranges)
-from synap_backfill.common.windows import Grid
-from synap_backfill.holdings.inventory import Inventory
-from synap_backfill.holdings.changes import SourceChanges, find_changes, save_changes
 from concurrent.futures import ThreadPoolExecutor
-from synap_backfill.common.buckets import UNTIMED, bucket_label
-from synap_backfill.extract.reader import (bucket_counts, copies_at_different_times,
-                                           skipped_messages, timestamp_index, turns_are_unique)
-from synap_backfill.extract import sources
 from contextlib import closing
-from synap_backfill.delivery.credits import credits_for
-from datetime import datetime
-from synap_backfill.holdings.held_turns import held_turn_count
-from synap_backfill.airflow.shared import failure_to_xcom
 from dataclasses import replace
+from datetime import datetime
+from typing import Any, Mapping
+
+from synap_backfill.airflow.lineage import source_read
+from synap_backfill.airflow.shared import failure_to_xcom
+from synap_backfill.common.buckets import UNTIMED, bucket_label
+from synap_backfill.common.config import BackfillConfig
+from synap_backfill.common.windows import Grid
+from synap_backfill.delivery.credits import credits_for
+from synap_backfill.extract import sources
 from synap_backfill.extract.copies import save_copies
+from synap_backfill.extract.layout import lay_out
+from synap_backfill.extract.planning import (
+    Difference,
+    conflict_message,
+    describe_range,
+    difference,
+    lost_ranges,
+)
+from synap_backfill.extract.reader import (
+    bucket_counts,
+    copies_at_different_times,
+    skipped_messages,
+    timestamp_index,
+    turns_are_unique,
+)
+from synap_backfill.holdings.changes import SourceChanges, find_changes, save_changes
+from synap_backfill.holdings.changes import describe as describe_changes
 from synap_backfill.holdings.guard import DeletionRefused, emptied_to_let_go, guard_deletes
+from synap_backfill.holdings.held_turns import held_turn_count
+from synap_backfill.holdings.inventory import Inventory
 
 log = logging.getLogger("synap_backfill")
 

@@ -4,17 +4,24 @@ before anything is read or sent."""
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable, Mapping
-from synap_backfill.privacy.redaction import check as check_shaping
-from synap_backfill.common.checks import ParamError
-from synap_backfill.identity.keys import PersonKeyMismatch, PersonKeyMissing, check_keyring, load_keyring
-from synap_backfill.preflight import (PreflightError, check_ledger, check_source, check_synap_settings,
-                                      unknown_keys, who_is)
-from synap_backfill.common.config import RENAMED_PARAMS, SHAPE_PARAMS, BackfillConfig, config_from_params
-from synap_backfill.common.source import SourceDeclaration, form_source_warning
 from contextlib import closing
 from datetime import datetime
+from typing import Any, Iterable, Mapping
+
 from synap_backfill.airflow.shared import failure_to_xcom
+from synap_backfill.common.checks import ParamError
+from synap_backfill.common.config import RENAMED_PARAMS, SHAPE_PARAMS, BackfillConfig, config_from_params
+from synap_backfill.common.source import SourceDeclaration, form_source_warning
+from synap_backfill.identity.keys import PersonKeyMismatch, PersonKeyMissing, check_keyring, load_keyring
+from synap_backfill.preflight import (
+    PreflightError,
+    check_ledger,
+    check_source,
+    check_synap_settings,
+    unknown_keys,
+    who_is,
+)
+from synap_backfill.privacy.redaction import check as check_shaping
 
 DECLARED_ONLY = ("source_query", *SHAPE_PARAMS)  # what reads SQL or reshapes turns: never a conf
 

@@ -4,18 +4,19 @@ source, the run failed when anything is unaccounted for; the assets emitted afte
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable, Mapping, Sequence
-from synap_backfill.airflow.lineage import source_read
-from synap_backfill.common.config import BackfillConfig
-from synap_backfill.airflow.backfill.plan import DELETIONS_KEPT
-from synap_backfill.holdings.inventory import Inventory
-from synap_backfill.extract.planning import PlannedPartition
-from synap_backfill.common.buckets import bucket_label
 from contextlib import closing
-from synap_backfill.common.errors import describe_error
-from synap_backfill.holdings.changes import pending_buckets
-from synap_backfill.delivery.accounting import summarize
+from typing import Any, Iterable, Mapping, Sequence
+
+from synap_backfill.airflow.backfill.plan import DELETIONS_KEPT
+from synap_backfill.airflow.lineage import source_read
 from synap_backfill.airflow.shared import window_key_of
+from synap_backfill.common.buckets import bucket_label
+from synap_backfill.common.config import BackfillConfig
+from synap_backfill.common.errors import describe_error
+from synap_backfill.delivery.accounting import summarize
+from synap_backfill.extract.planning import PlannedPartition
+from synap_backfill.holdings.changes import pending_buckets
+from synap_backfill.holdings.inventory import Inventory
 
 log = logging.getLogger("synap_backfill")
 
@@ -93,7 +94,6 @@ def _check_against_source(config: BackfillConfig, dag_id: str, run_id: str,
     from airflow.providers.postgres.hooks.postgres import PostgresHook
 
     from synap_backfill.airflow.source_hook import source_hook
-
     from synap_backfill.holdings.reconcile import reconcile
 
     ledger_hook = PostgresHook(postgres_conn_id=config.ledger_conn_id or config.postgres_conn_id)

@@ -17,6 +17,7 @@ import pendulum
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, dag, get_current_context, task
 
+from synap_backfill.airflow.approval import AskFirst
 from synap_backfill.airflow.shared import DEFAULT_POOL
 from synap_backfill.common.source import SourceDeclaration, declared_form
 from synap_backfill.deletion.erase_config import EraseConfig
@@ -28,17 +29,17 @@ def erase_params(source: SourceDeclaration | None = None) -> dict[str, Param]:
     return declared_form(EraseConfig, source)
 
 
-class EraseApprovalOperator(ApprovalOperator):
+class EraseApprovalOperator(AskFirst):
     """Asks a human to approve the erasure, showing its counts, when ``require_approval``."""
 
+    SUBJECT, ASKS_FOR = "Erase this person from Synap?", "the erasure"
     template_fields: Sequence[str] = (*ApprovalOperator.template_fields, "plan", "targets")
 
     def __init__(self, *, plan: Any, targets: Any, **kwargs: Any) -> None:
-        super().__init__(subject="Erase this person from Synap?",
-                         ignore_downstream_trigger_rules=True, **kwargs)
+        super().__init__(**kwargs)
         self.plan, self.targets = plan, targets
 
-    def execute(self, context: Any) -> Any:
+    def question(self, context: Any) -> str | None:
         from synap_backfill.airflow.erase.tasks import approval_body
         from synap_backfill.deletion.erase_config import ErasePlan
 
@@ -47,9 +48,7 @@ class EraseApprovalOperator(ApprovalOperator):
             self.log.info("no approval asked: %s", "a dry run deletes nothing" if plan.dry_run
                           else "require_approval is off")
             return None
-        self.body = approval_body(plan, list(self.targets or []))
-        self.log.info("asking for approval of the erasure:\n%s", self.body)
-        return super().execute(context)
+        return approval_body(plan, list(self.targets or []))
 
 
 def build_erase_dag(dag_id: str = "synap_erase", *, doc_md: str | None = None,

@@ -12,8 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 from synap_backfill.airflow.lineage import source_read
 from synap_backfill.common.errors import describe_error
-from synap_backfill.deletion.erase import (AmbiguousPerson, EraseTarget, HeldDocument, SourceMatch,
-                                           find_in_source, resolve_target)
+from synap_backfill.deletion.erase import (
+    AmbiguousPerson,
+    EraseTarget,
+    HeldDocument,
+    SourceMatch,
+    find_in_source,
+    resolve_target,
+)
 from synap_backfill.deletion.erase_config import ErasePlan
 from synap_backfill.holdings.inventory import Holding, holdings
 from synap_backfill.identity.keys import Keyring
@@ -61,7 +67,6 @@ class Finder:
         """The person's rows in the holding's source; a source that cannot be read stops the
         erasure (turns sent before the person key existed are found only there)."""
         from synap_backfill.airflow.compat import AirflowFailException
-
         from synap_backfill.airflow.source_hook import source_hook
 
         key = (holding.postgres_conn_id, holding.sql)
@@ -81,8 +86,9 @@ class Finder:
 
     def target(self, conn: Any, holding: Holding, live: bool
                ) -> tuple[EraseTarget, list[HeldDocument]]:
-        from synap_backfill.airflow.compat import AirflowFailException
         from maximem_synap.scoping import B2C_ISOLATION
+
+        from synap_backfill.airflow.compat import AirflowFailException
 
         b2c = self.isolation(holding) == B2C_ISOLATION or not holding.columns.get("customer_id")
         try:

@@ -12,14 +12,21 @@ import logging
 from contextlib import closing
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from synap_backfill.holdings.inventory import holdings
-from synap_backfill.schema import ensure_tables
-from synap_backfill.identity.keys import (PersonKeyMismatch, PersonKeyMissing, check_keyring, describe_keys,
-                       require_keyring, retire_unused, suppressions_under)
-from synap_backfill.identity.rekey import RekeyReport, rekey_holding
-from synap_backfill.identity.rekey_config import RekeyConfig
 from synap_backfill.common.checks import ParamError
 from synap_backfill.common.db import quote_identifier
+from synap_backfill.holdings.inventory import holdings
+from synap_backfill.identity.keys import (
+    PersonKeyMismatch,
+    PersonKeyMissing,
+    check_keyring,
+    describe_keys,
+    require_keyring,
+    retire_unused,
+    suppressions_under,
+)
+from synap_backfill.identity.rekey import RekeyReport, rekey_holding
+from synap_backfill.identity.rekey_config import RekeyConfig
+from synap_backfill.schema import ensure_tables
 
 if TYPE_CHECKING:
     from synap_backfill.common.source import SourceDeclaration
@@ -74,9 +81,8 @@ def rekey_target(params: Mapping[str, Any], item: Mapping[str, Any]) -> dict[str
     from airflow.providers.postgres.hooks.postgres import PostgresHook
     from maximem_synap.scoping import B2C_ISOLATION
 
-    from synap_backfill.airflow.source_hook import source_hook
-
     from synap_backfill.airflow.erase.finder import instance_isolation
+    from synap_backfill.airflow.source_hook import source_hook
 
     config: RekeyConfig = RekeyConfig.from_params(params)
     keyring = require_keyring(config.person_key_conn_id)

@@ -19,18 +19,31 @@ from synap_backfill.airflow.erase.finder import Finder
 from synap_backfill.airflow.metrics import StatsMeter, deletion_observed
 from synap_backfill.airflow.shared import stopped_before
 from synap_backfill.common.counters import add_up
-from synap_backfill.deletion.erase import (EraseTarget, HeldDocument, forget, frozen_documents,
-                                           record_erasure, still_held, wait_for_batches)
-from synap_backfill.holdings.inventory import Holding, holdings
-from synap_backfill.deletion.person import PersonRef
+from synap_backfill.deletion.erase import (
+    EraseTarget,
+    HeldDocument,
+    forget,
+    frozen_documents,
+    record_erasure,
+    still_held,
+    wait_for_batches,
+)
 from synap_backfill.deletion.erase_config import EraseConfig, ErasePlan
-from synap_backfill.schema import ensure_tables
-from synap_backfill.identity.keys import (PersonKeyMismatch, PersonKeyMissing, Suppression,
-                                         check_keyring, require_keyring, suppress)
-from synap_backfill.preflight import PreflightError, unknown_keys
-from synap_backfill.delivery.target import SynapTarget
-from synap_backfill.deletion.undo import Document, UndoClient, UndoReport
 from synap_backfill.deletion.memories import Place, delete_memories
+from synap_backfill.deletion.person import PersonRef
+from synap_backfill.deletion.undo import Document, UndoClient, UndoReport
+from synap_backfill.delivery.target import SynapTarget
+from synap_backfill.holdings.inventory import Holding, holdings
+from synap_backfill.identity.keys import (
+    PersonKeyMismatch,
+    PersonKeyMissing,
+    Suppression,
+    check_keyring,
+    require_keyring,
+    suppress,
+)
+from synap_backfill.preflight import PreflightError, unknown_keys
+from synap_backfill.schema import ensure_tables
 
 if TYPE_CHECKING:
     from synap_backfill.common.source import SourceDeclaration
@@ -88,6 +101,7 @@ def plan_erase(plan_dict: Mapping[str, Any], params: Mapping[str, Any] | None = 
                ti: Any = None) -> list[dict[str, Any]]:
     """The targets holding documents of the person, with counts: small dicts, never ids."""
     from airflow.providers.postgres.hooks.postgres import PostgresHook
+
     from synap_backfill.airflow.compat import AirflowFailException
 
     plan = ErasePlan.from_dict(plan_dict)
@@ -126,6 +140,7 @@ def suppress_person(plan_dict: Mapping[str, Any], targets: Sequence[Mapping[str,
     it, and read the targets again under the fence: what ``erase_target`` maps over. A dry
     run records nothing and passes the plan's targets on."""
     from airflow.providers.postgres.hooks.postgres import PostgresHook
+
     from synap_backfill.airflow.compat import AirflowFailException
 
     plan = ErasePlan.from_dict(plan_dict)
@@ -274,6 +289,7 @@ def summarize_erase(plan_dict: Mapping[str, Any] | None, targets: Sequence[Mappi
                     before: Sequence[str | None] | None = None, ti: Any = None) -> dict[str, Any]:
     """Add up the targets; fail when one did not finish, or anything of the person is left."""
     from airflow.providers.postgres.hooks.postgres import PostgresHook
+
     from synap_backfill.airflow.compat import AirflowFailException
 
     if plan_dict is None or targets is None:

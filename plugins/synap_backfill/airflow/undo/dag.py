@@ -20,6 +20,7 @@ import pendulum
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, dag, get_current_context, task
 
+from synap_backfill.airflow.approval import AskFirst
 from synap_backfill.airflow.shared import DEFAULT_POOL
 from synap_backfill.common.params import form_schema
 from synap_backfill.common.source import SourceDeclaration, declared_form
@@ -38,21 +39,21 @@ def undo_params(source: SourceDeclaration | None = None, dag_ids: Sequence[str] 
     return form
 
 
-class UndoApprovalOperator(ApprovalOperator):
+class UndoApprovalOperator(AskFirst):
     """Asks a human to approve the deletion, showing the dry run's figures, when ``require_approval``.
 
     :param config: the undo's config (``resolve_undo``'s XCom).
     :param surveys: the survey partitions' reports.
     """
 
+    SUBJECT, ASKS_FOR = "Delete these memories from Synap?", "the undo"
     template_fields: Sequence[str] = (*ApprovalOperator.template_fields, "config", "surveys")
 
     def __init__(self, *, config: Any, surveys: Any, **kwargs: Any) -> None:
-        super().__init__(subject="Delete these memories from Synap?",
-                         ignore_downstream_trigger_rules=True, **kwargs)
+        super().__init__(**kwargs)
         self.config, self.surveys = config, surveys
 
-    def execute(self, context: Any) -> Any:
+    def question(self, context: Any) -> str | None:
         from synap_backfill.airflow.undo.tasks import approval_body
 
         config = UndoConfig.from_dict(self.config)
@@ -60,9 +61,7 @@ class UndoApprovalOperator(ApprovalOperator):
             self.log.info("no approval asked: %s", "a dry run deletes nothing" if config.dry_run
                           else "require_approval is off")
             return None
-        self.body = approval_body(config, list(self.surveys or []))
-        self.log.info("asking for approval of the undo:\n%s", self.body)
-        return super().execute(context)
+        return approval_body(config, list(self.surveys or []))
 
 
 def build_undo_dag(dag_id: str = "synap_undo", *, doc_md: str | None = None,
@@ -95,9 +94,8 @@ def build_undo_dag(dag_id: str = "synap_undo", *, doc_md: str | None = None,
         @task(map_index_template="{{ undo_label }}", pool=DEFAULT_POOL, multiple_outputs=False)
         def survey_partition(config: dict, partition: dict) -> dict:
             from synap_backfill.airflow.compat import AirflowSkipException
-
-            from synap_backfill.deletion.undo import UndoReport
             from synap_backfill.airflow.undo.tasks import survey
+            from synap_backfill.deletion.undo import UndoReport
 
             context = get_current_context()
             context["undo_label"] = partition["label"]
@@ -113,9 +111,8 @@ def build_undo_dag(dag_id: str = "synap_undo", *, doc_md: str | None = None,
               retries=2, retry_delay=timedelta(seconds=20), trigger_rule="none_failed")
         def undo_partition(config: dict, partition: dict) -> dict:
             from synap_backfill.airflow.compat import AirflowSkipException
-
-            from synap_backfill.deletion.undo import UndoReport
             from synap_backfill.airflow.undo.tasks import undo
+            from synap_backfill.deletion.undo import UndoReport
 
             context = get_current_context()
             context["undo_label"] = partition["label"]

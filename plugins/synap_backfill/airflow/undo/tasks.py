@@ -16,17 +16,21 @@ from synap_backfill.airflow.metrics import deletion_observed
 from synap_backfill.airflow.shared import stopped_before
 from synap_backfill.common import counters
 from synap_backfill.common.config import ParamError
-from synap_backfill.holdings.inventory import Inventory
-from synap_backfill.schema import ensure_tables
-from synap_backfill.preflight import PreflightError, check_synap, check_synap_settings, unknown_keys
-from synap_backfill.delivery.target import SynapTarget
-from synap_backfill.deletion.undo import (UndoClient, UndoPartition, UndoReport, describe_time_at_pace,
-                                          estimate_seconds)
-from synap_backfill.deletion.undo_config import UndoConfig, undo_config_from_params
-from synap_backfill.deletion.undo_ledger import (documents, finish_undo, partitions,
-                          record_undo)
 from synap_backfill.deletion.memories import Place, delete_memories
+from synap_backfill.deletion.undo import (
+    UndoClient,
+    UndoPartition,
+    UndoReport,
+    describe_time_at_pace,
+    estimate_seconds,
+)
+from synap_backfill.deletion.undo_config import UndoConfig, undo_config_from_params
+from synap_backfill.deletion.undo_ledger import documents, finish_undo, partitions, record_undo
+from synap_backfill.delivery.target import SynapTarget
 from synap_backfill.extract import sources
+from synap_backfill.holdings.inventory import Inventory
+from synap_backfill.preflight import PreflightError, check_synap, check_synap_settings, unknown_keys
+from synap_backfill.schema import ensure_tables
 
 if TYPE_CHECKING:
     from synap_backfill.common.source import SourceDeclaration
@@ -239,6 +243,7 @@ def summarize_undo(config_dict: Mapping[str, Any] | None, planned: Sequence[Mapp
                    before: Sequence[str | None] | None = None, ti: Any = None) -> dict[str, Any]:
     """Add up the partitions; fail when a deletion failed or a partition did not finish."""
     from airflow.providers.postgres.hooks.postgres import PostgresHook
+
     from synap_backfill.airflow.compat import AirflowFailException
 
     if config_dict is None or planned is None:
