@@ -276,3 +276,24 @@ def test_each_dags_package_says_what_it_is_and_imports_only_what_its_docstring_a
             parts = target.split(".")
             if parts[1] == "airflow" and len(parts) > 2 and side(target) is None:
                 assert parts[2] in shared, f"{name} -> {target}: not in its docstring"
+
+
+def test_the_provider_sits_below_the_engine_and_only_its_ui_app_reads_the_engines_concerns():
+    """``synap_provider``'s connection type, hook and assets are what the engine's concerns
+    build on (``common.config`` imports them): they import nothing of the engine but
+    ``common``. Its UI app sits above everything and reads the ledger through the concerns."""
+    import synap_provider
+
+    provider = Path(synap_provider.__file__).parent
+    below = []
+    for path in sorted(provider.glob("*.py")):
+        if path.stem in ("ui_app",):  # the operator's view: the top of the stack
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(ENGINE + "."):
+                if not node.module.startswith(f"{ENGINE}.common"):
+                    below.append(f"synap_provider.{path.stem} -> {node.module}")
+    assert below == []
+    # And the engine never imports the UI app.
+    assert not [name for name, path in MODULES.items() for node in ast.walk(ast.parse(path.read_text()))
+                if isinstance(node, ast.ImportFrom) and node.module == "synap_provider.ui_app"]
