@@ -94,7 +94,7 @@ def render() -> str:
     from synap_backfill.common.config import BackfillConfig
     from synap_backfill.deletion.erase_config import EraseConfig
     from synap_backfill.deletion.undo_config import UndoConfig
-    from synap_backfill.identity.rekey_config import RekeyConfig
+    from synap_backfill.rekeying.config import RekeyConfig
 
     parts = [
         "# Reference: params and connection extras",
@@ -147,7 +147,7 @@ def render() -> str:
         "",
         "## Rekey params (`synap_rekey`)",
         "",
-        "Declared once in `synap_backfill.identity.rekey_config.RekeyConfig`. The person key connection's"
+        "Declared once in `synap_backfill.rekeying.config.RekeyConfig`. The person key connection's"
         " password is the current key; its `previous_passwords` extra (a list) holds the keys"
         " before it, until this DAG retires them.",
         "",

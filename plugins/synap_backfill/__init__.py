@@ -3,13 +3,15 @@
     common      the shared parts: params and their checks, the run's config, buckets and
                 windows, document ids, database helpers, error scrubbing
     store       the ledger's shared store: each partition's checkpoint, sent mark, rejects
-    extract     reading and planning the source relation
+    planner     the plan by difference and its windows: bounds, never rows
+    extract     reading the source relation, counting its buckets
     privacy     what leaves a turn before it is sent: redaction, document_transform
     delivery    the Synap target and what reaches it: documents, batches, pacing, results,
                 verification, credits, the counts
     holdings    what each target holds: the inventory, held turns, source changes, the
                 deletion guard
-    identity    persons as keyed hashes, their keys, suppressions, rekeying
+    identity    persons as keyed hashes, their keys, suppressions
+    rekeying    moving the ledger's person hashes to a new key
     deletion    deleting what was written: the one memory-deletion path, undo, erasure
     pipeline    one partition's work, stage by stage
     (modules)   schema (every concern's tables, in order), preflight, run_view
@@ -47,7 +49,9 @@ MOVED = {
     "ddl": "common.db",
     "ledger": "store.ledger",
     "source": "extract.reader",
-    "planning": "extract.planning",
+    "planning": "planner.difference",
+    "extract.planning": "planner.difference",
+    "extract.layout": "planner.layout",
     "pii": "privacy.pii",
     "turns": "privacy.turns",
     "redaction": "privacy.redaction",
@@ -64,8 +68,10 @@ MOVED = {
     "changes": "holdings.changes",
     "reconcile": "holdings.reconcile",
     "persons": "identity.keys",
-    "rekey": "identity.rekey",
-    "rekey_config": "identity.rekey_config",
+    "rekey": "rekeying.process",
+    "rekey_config": "rekeying.config",
+    "identity.rekey": "rekeying.process",
+    "identity.rekey_config": "rekeying.config",
     "undo": "deletion.undo",
     "undo_ledger": "deletion.undo_ledger",
     "undo_config": "deletion.undo_config",

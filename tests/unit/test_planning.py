@@ -3,7 +3,7 @@
 from datetime import datetime, timezone
 
 from synap_backfill.common.buckets import UNTIMED, bucket_of
-from synap_backfill.extract.planning import (
+from synap_backfill.planner.difference import (
     BucketCount,
     HeldBucket,
     Holder,

@@ -11,7 +11,7 @@ from include.reference_docs import REFERENCE, render
 from synap_backfill.common.config import BackfillConfig
 from synap_backfill.deletion.erase_config import EraseConfig
 from synap_backfill.deletion.undo_config import UndoConfig
-from synap_backfill.identity.rekey_config import RekeyConfig
+from synap_backfill.rekeying.config import RekeyConfig
 from synap_provider.connection_fields import SynapExtras
 
 REPO = Path(__file__).resolve().parents[2]

@@ -5,8 +5,8 @@ import pytest
 from synap_backfill.common.buckets import bucket_of, bucket_start
 from synap_backfill.common.checks import ParamError, timestamp
 from synap_backfill.common.windows import Grid
-from synap_backfill.extract.layout import lay_out
-from synap_backfill.extract.planning import BucketCount, Difference
+from synap_backfill.planner.difference import BucketCount, Difference
+from synap_backfill.planner.layout import lay_out
 
 UTC = timezone.utc
 

@@ -3,5 +3,5 @@ paced, write-ahead, resumable) that an apply, an undo and an erasure all take; t
 one run; the erasure of one person in every target.
 
 Owns: undo_checkpoints, undo_unreached, undone, undos, erase_documents.
-May import: common, store, extract, privacy, delivery, holdings, identity
+May import: common, store, planner, extract, privacy, delivery, holdings, identity
 """

@@ -3,5 +3,5 @@ retried, the shared pacing schedule and its paced calls, answers classified, wha
 partition counts, extraction verified, credits.
 
 Owns: pacing.
-May import: common, store, extract, privacy
+May import: common, store, planner, extract, privacy
 """

@@ -1,8 +1,7 @@
-"""Reading and planning the source: every SQL statement against it (``source_sql``, alone),
-the relation's rows in the backfill's order, its buckets
-counted and fingerprinted, copies of a turn, and the plan by difference against what the
-target holds (window bounds, never rows).
+"""Reading the source: every SQL statement against it (``source_sql``, ``message_sql``), the
+relation's rows in the backfill's order, its buckets counted and fingerprinted for the
+planner, and copies of a turn.
 
 Owns: source_copies.
-May import: common
+May import: common, planner
 """

@@ -65,8 +65,8 @@ from synap_backfill.common.errors import sql_error
 from synap_backfill.common.ids import document_id, row_key
 from synap_backfill.extract import sources
 from synap_backfill.extract.message_sql import MessageSQL
-from synap_backfill.extract.planning import BucketCount
 from synap_backfill.extract.source_sql import NULL_INDEX
+from synap_backfill.planner.difference import BucketCount
 
 log = logging.getLogger("synap_backfill")
 CONNECTION_LOST = ("08000", "08003", "08006", "57P01", "57P02", "57P03")  # not the relation's fault

@@ -3,5 +3,5 @@ one, the source's edits and deletions found turn by turn, the reads checked agai
 source, and the guard on what an apply would delete.
 
 Owns: holdings, runs, inventory, plan_buckets, held_turns, source_changes.
-May import: common, store, extract
+May import: common, store, planner, extract
 """

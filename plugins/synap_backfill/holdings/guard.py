@@ -12,9 +12,9 @@ import logging
 from typing import Callable, Iterable
 
 from synap_backfill.common.config import BackfillConfig
-from synap_backfill.extract.layout import in_plan
-from synap_backfill.extract.planning import Difference, PlannedPartition, describe_range
 from synap_backfill.holdings.changes import SourceChanges, TurnChange
+from synap_backfill.planner.difference import Difference, PlannedPartition, describe_range
+from synap_backfill.planner.layout import in_plan
 
 log = logging.getLogger("synap_backfill")
 

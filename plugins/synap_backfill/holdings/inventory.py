@@ -27,8 +27,8 @@ from typing import Any, Iterable, Mapping
 from synap_backfill.common.buckets import bucket_of, bucket_start, fingerprint
 from synap_backfill.common.db import add_column, quote_identifier
 from synap_backfill.extract import sources
-from synap_backfill.extract.planning import BucketCount, HeldBucket, Holder
 from synap_backfill.extract.source_sql import SourceSQL
+from synap_backfill.planner.difference import BucketCount, HeldBucket, Holder
 
 
 def create_tables(cur: Any, s: str) -> None:

@@ -25,9 +25,9 @@ from typing import Any, Iterable
 
 from synap_backfill.common.buckets import UNTIMED, fingerprint
 from synap_backfill.common.config import BackfillConfig
-from synap_backfill.extract.planning import BucketCount, PlannedPartition, describe_buckets
 from synap_backfill.extract.reader import bucket_counts
 from synap_backfill.holdings.inventory import Inventory, RunRecord
+from synap_backfill.planner.difference import BucketCount, PlannedPartition, describe_buckets
 
 
 @dataclass

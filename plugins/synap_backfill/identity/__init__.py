@@ -1,6 +1,6 @@
 """Persons as the ledger names them: keyed hashes under a keyring (never an id), the key ids,
-the erased held back under every holding's fence, and rekeying after a new key.
+the erased held back under every holding's fence (``rekeying`` moves them to a new key).
 
 Owns: suppressions, fences, erasures, person_keys.
-May import: common, store, extract, holdings
+May import: common, store, planner, extract, holdings
 """

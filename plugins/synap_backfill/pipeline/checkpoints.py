@@ -19,12 +19,12 @@ from synap_backfill.delivery.calls import GaveUp
 from synap_backfill.delivery.documents import id_of, text_of
 from synap_backfill.delivery.results import SERVER_PREFIX, classify_batch
 from synap_backfill.delivery.sending import Delivery
-from synap_backfill.extract.planning import BucketCount
 from synap_backfill.extract.reader import SourceRow, position_to_json
 from synap_backfill.holdings.held_turns import TurnWrite
 from synap_backfill.pipeline.building import NAIVE_LAG, Cut, RejectRow
 from synap_backfill.pipeline.reading import State
 from synap_backfill.pipeline.settings import PartitionFailed
+from synap_backfill.planner.difference import BucketCount
 from synap_backfill.store.ledger import Ledger
 
 log = logging.getLogger("synap_backfill")

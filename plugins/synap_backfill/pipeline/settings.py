@@ -13,11 +13,11 @@ from synap_backfill.deletion.undo_ledger import generations
 from synap_backfill.delivery.calls import RetryPolicy
 from synap_backfill.delivery.pacing import Pacer, Unpaced
 from synap_backfill.delivery.results import DEFAULT_DUPLICATE_PATTERN, DEFAULT_RETRY_PATTERN
-from synap_backfill.extract.planning import BucketCount
 from synap_backfill.holdings.held_turns import HeldTurn, TurnWrite, held_turns, write_turns
 from synap_backfill.holdings.inventory import release_buckets, write_held
 from synap_backfill.identity.keys import HeldBack
 from synap_backfill.pipeline.time_limit import LOCK_WAIT
+from synap_backfill.planner.difference import BucketCount
 from synap_backfill.privacy.turns import TurnShaper
 from synap_backfill.store.ledger import Ledger, Write
 

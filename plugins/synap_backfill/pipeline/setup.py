@@ -8,11 +8,11 @@ import logging
 from synap_backfill.common.config import BackfillConfig
 from synap_backfill.delivery.target import SynapTarget
 from synap_backfill.extract.copies import copies_within
-from synap_backfill.extract.planning import PlannedPartition
 from synap_backfill.holdings.changes import pending_buckets
 from synap_backfill.holdings.inventory import Inventory
 from synap_backfill.identity.keys import HeldBack
 from synap_backfill.pipeline.settings import PartitionSettings, TargetHolding
+from synap_backfill.planner.difference import PlannedPartition
 from synap_backfill.privacy.redaction import shaper_for
 from synap_backfill.store.ledger import Ledger
 

@@ -28,8 +28,6 @@ from synap_backfill.common.windows import window_key
 from synap_backfill.deletion.memories import Place, delete_memories
 from synap_backfill.deletion.undo import Document, UndoReport
 from synap_backfill.delivery.target import SynapTarget
-from synap_backfill.extract.layout import in_plan
-from synap_backfill.extract.planning import PlannedPartition
 from synap_backfill.holdings.changes import (
     SourceChanges,
     TurnChange,
@@ -39,6 +37,8 @@ from synap_backfill.holdings.changes import (
 )
 from synap_backfill.holdings.guard import applied_to_let_go
 from synap_backfill.holdings.inventory import Inventory
+from synap_backfill.planner.difference import PlannedPartition
+from synap_backfill.planner.layout import in_plan
 
 log = logging.getLogger("synap_backfill")
 CHANGES_KEY = "source-changes"  # the undo ledger's partition key for a run's source changes

@@ -15,11 +15,11 @@ from synap_backfill.common.config import BackfillConfig
 from synap_backfill.delivery.accounting import PartitionReport
 from synap_backfill.delivery.sending import batch_submit
 from synap_backfill.delivery.target import SynapTarget
-from synap_backfill.extract.planning import PlannedPartition
 from synap_backfill.extract.reader import window_reader
 from synap_backfill.pipeline.partition import run_partition_rows
 from synap_backfill.pipeline.settings import PartitionFailed
 from synap_backfill.pipeline.setup import log_scope, partition_settings, prepare
+from synap_backfill.planner.difference import PlannedPartition
 from synap_backfill.privacy.redaction import ShapingNotReady
 from synap_backfill.store.ledger import Ledger
 

@@ -18,14 +18,6 @@ from synap_backfill.common.windows import Grid
 from synap_backfill.delivery.credits import credits_for
 from synap_backfill.extract import sources
 from synap_backfill.extract.copies import save_copies
-from synap_backfill.extract.layout import lay_out
-from synap_backfill.extract.planning import (
-    Difference,
-    conflict_message,
-    describe_range,
-    difference,
-    lost_ranges,
-)
 from synap_backfill.extract.reader import (
     bucket_counts,
     copies_at_different_times,
@@ -38,6 +30,14 @@ from synap_backfill.holdings.changes import describe as describe_changes
 from synap_backfill.holdings.guard import DeletionRefused, emptied_to_let_go, guard_deletes
 from synap_backfill.holdings.held_turns import held_turn_count
 from synap_backfill.holdings.inventory import Inventory
+from synap_backfill.planner.difference import (
+    Difference,
+    conflict_message,
+    describe_range,
+    difference,
+    lost_ranges,
+)
+from synap_backfill.planner.layout import lay_out
 
 log = logging.getLogger("synap_backfill")
 
@@ -51,7 +51,7 @@ def plan_partitions(config_dict: Mapping[str, Any], *, dag_id: str = "synap_back
 
     One pass counts every row into the inventory's buckets, with the fingerprint of
     their keys (with no start and end, the relation's whole range); buckets the target
-    holds unchanged are skipped (``planning.py``). Rows without a usable timestamp get a
+    holds unchanged are skipped (``planner.difference``). Rows without a usable timestamp get a
     partition of their own that rejects them with a reason, so none is lost. One more
     pass lists the turns the source holds at several timestamps, for the ledger, so
     each partition sends only the earliest copy. A failure's one-line reason also goes

@@ -14,9 +14,9 @@ from synap_backfill.common.buckets import bucket_label
 from synap_backfill.common.config import BackfillConfig
 from synap_backfill.common.errors import describe_error
 from synap_backfill.delivery.accounting import summarize
-from synap_backfill.extract.planning import PlannedPartition
 from synap_backfill.holdings.changes import pending_buckets
 from synap_backfill.holdings.inventory import Inventory
+from synap_backfill.planner.difference import PlannedPartition
 
 log = logging.getLogger("synap_backfill")
 

@@ -14,7 +14,7 @@ import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 
 from synap_backfill.common.source import SourceDeclaration, declared_form
-from synap_backfill.identity.rekey_config import RekeyConfig
+from synap_backfill.rekeying.config import RekeyConfig
 
 
 def rekey_params(source: SourceDeclaration | None = None) -> dict[str, Param]:

@@ -2,7 +2,7 @@
 
     plan_rekey → rekey_holding[n] → summarize_rekey
 
-The engine is ``rekey.py``; nothing is sent to Synap (whoami only, to learn how
+The engine is ``rekeying.process``; nothing is sent to Synap (whoami only, to learn how
 each instance names a person).
 """
 
@@ -24,8 +24,8 @@ from synap_backfill.identity.keys import (
     retire_unused,
     suppressions_under,
 )
-from synap_backfill.identity.rekey import RekeyReport, rekey_holding
-from synap_backfill.identity.rekey_config import RekeyConfig
+from synap_backfill.rekeying.config import RekeyConfig
+from synap_backfill.rekeying.process import RekeyReport, rekey_holding
 from synap_backfill.schema import ensure_tables
 
 if TYPE_CHECKING:

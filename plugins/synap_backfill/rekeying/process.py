@@ -13,7 +13,7 @@ same pass sees, and recorded again under the current key.
 What cannot be re-derived stays under its key: turns whose rows left every
 source, suppressions of persons no source holds any more. Their key must stay
 in the connection's ``previous_passwords`` until nothing is left under it;
-``keys.retire_unused`` retires it then. Nothing is sent to Synap.
+``identity.keys.retire_unused`` retires it then. Nothing is sent to Synap.
 """
 
 from __future__ import annotations

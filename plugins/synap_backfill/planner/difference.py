@@ -23,7 +23,7 @@ A bucket cut by an explicit ``start`` or ``end`` holds only part of its rows:
 it is always planned, and never written to the inventory, so partial counts
 never stand for a whole bucket.
 
-Planned buckets are then laid on the calendar of ``window_size`` (``layout.py``).
+Planned buckets are then laid on the calendar of ``window_size`` (``layout``).
 """
 
 from __future__ import annotations

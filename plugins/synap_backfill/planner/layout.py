@@ -3,7 +3,7 @@
 Busy windows are cut between buckets, quiet neighbours joined, the number of
 partitions capped. A partition reads its span minus every bucket it must not read
 (its ``ranges``); unchanged rows inside its span are counted in its report, so its
-label adds up with what it read. ``planning.difference`` says which buckets are
+label adds up with what it read. ``difference`` says which buckets are
 planned; this module only places them.
 """
 
@@ -17,7 +17,7 @@ from typing import Iterable
 
 from synap_backfill.common.buckets import UNTIMED, bucket_end, bucket_of, bucket_start
 from synap_backfill.common.windows import Grid, window_between
-from synap_backfill.extract.planning import UNTIMED_LABEL, BucketCount, Difference, PlannedPartition, Range
+from synap_backfill.planner.difference import UNTIMED_LABEL, BucketCount, Difference, PlannedPartition, Range
 
 
 @dataclass
