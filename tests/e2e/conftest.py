@@ -240,3 +240,13 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
                    check=True, capture_output=True, timeout=300)
     (built,) = out.glob("synap_backfill-*.whl")
     return built
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The Python × Airflow matrix in the run's log, as in test-artifacts/matrix.md (the
+    matrix test leaves its table on the config: ``synap_matrix``)."""
+    for table in getattr(terminalreporter.config, "synap_matrix", []):
+        terminalreporter.write_line("")
+        terminalreporter.write_line("Python × Airflow matrix (test-artifacts/matrix.md):")
+        for line in table.splitlines():
+            terminalreporter.write_line(line)

@@ -87,14 +87,15 @@ def _run(combo: Combo, wheel: Path, local_pg: Any, scratch: Path, artifacts: Pat
 
 @pytest.fixture(scope="module")
 def outcomes(wheel: Path, local_pg: Any, tmp_path_factory: pytest.TempPathFactory,
-             artifacts: Path) -> dict[str, dict[str, Any]]:
+             artifacts: Path, request: pytest.FixtureRequest) -> dict[str, dict[str, Any]]:
     with ThreadPoolExecutor(max_workers=2) as pool:
         runs = pool.map(lambda c: _run(c, wheel, local_pg, tmp_path_factory.mktemp(c.name), artifacts),
                         COMBOS)
         results = dict(zip((c.name for c in COMBOS), runs))
     rendered = table(list(results.values()))
     (artifacts / "matrix.md").write_text("# Python × Airflow matrix\n\n" + rendered + "\n")
-    print("\n" + rendered)
+    # Printed at the end of the run (conftest.pytest_terminal_summary).
+    request.config.synap_matrix = [rendered]  # type: ignore[attr-defined]
     return results
 
 
