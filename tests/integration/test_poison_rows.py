@@ -212,3 +212,20 @@ def test_documents_synap_fails_for_its_own_trouble_wait_for_a_retry_and_the_next
     third = run_backfill(source_table="refused_internal", synap_extra={"requests_per_minute": 0})
     (nothing,) = local_airflow.task_results(third, "summarize")
     assert (nothing["rows_read"], nothing["unchanged"]) == (0, total)
+
+
+def test_a_refusal_worded_as_no_known_trouble_is_rejected_and_counted_as_before(
+        local_pg, run_backfill, synap, stored_documents):
+    """Nothing published lists Synap's failure texts: a hosted Synap that words its trouble
+    otherwise ('E42') gets the row rejected with the reason, every row still accounted for."""
+    from include.demo_data import load_demo_table
+
+    with local_pg.connect() as conn:
+        total = load_demo_table(conn, "refused_unknown", turns=200, days=2, seed=89)
+    synap.controls(documents_failed_share=0.05, documents_failure_reason="E42")
+    first = run_backfill(source_table="refused_unknown", max_rejected_share=0.5,
+                         synap_extra={"requests_per_minute": 0})
+    (summary,) = local_airflow.task_results(first, "summarize")
+    assert summary["retrying"] == 0 and summary["rejected_by_reason"] == {"server: E42": summary["rejected"]}
+    assert 0 < summary["rejected"] and summary["ingested"] + summary["rejected"] == summary["rows_read"] == total
+    assert len(stored_documents()) == total - summary["rejected"]

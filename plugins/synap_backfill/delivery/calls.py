@@ -1,5 +1,10 @@
 """One paced call with one retry policy: every request this package makes to a Synap target.
 
+The SDK's own retries are switched off (``SynapHook``): they cap a 429's ``Retry-After`` at
+10 s and make three attempts, they never retry a POST whose outcome is unknown, and they
+never wait for a new instance. Every wait of ``LONG_WAIT`` seconds or more is logged with
+its cause and end (``waits``).
+
 A send (``batch_create``), a status, a delete, a data delete: each takes a slot of the
 target's shared pacing schedule (``pacing.paced``), then is answered the same way, whoever
 calls it (backfill, apply, undo, erase):

@@ -3,5 +3,5 @@ and redact documents, batch and send them paced, apply the answers in order and 
 and the partition's set-up and time limit.
 
 Owns no ledger table (it writes through the store and the holdings).
-May import: common, store, planner, extract, privacy, delivery, holdings, identity, deletion, rekeying
+May import: common, store, planner, extract, privacy, delivery, holdings, identity, deletion
 """

@@ -26,7 +26,8 @@ class InFlight:
     def __init__(self, submit: Submit | None, state: State, ledger: Ledger | None,
                  apply: Callable[[Cut], Awaitable[None]]) -> None:
         self.submit, self.state, self.ledger, self.apply = submit, state, ledger, apply
-        self.calls: Calls | None = None
+        # Every batch's requests, paced on the partition's schedule by the one retry policy.
+        self.calls = Calls(state.settings.retry, state.settings.pacer, state.report.label)
         self.pending: deque[Cut] = deque()
 
     async def add(self, cut: Cut) -> None:
@@ -68,6 +69,4 @@ class InFlight:
                 cut.documents = keep
                 if not keep:
                     return Delivery()
-        if self.calls is None:  # the pacer is the partition's from here on
-            self.calls = Calls(settings.retry, settings.pacer, self.state.report.label)
         return await deliver([d for d, _, _ in cut.documents], self.submit, self.calls)
