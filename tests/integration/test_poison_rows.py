@@ -226,6 +226,7 @@ def test_a_refusal_worded_as_no_known_trouble_is_rejected_and_counted_as_before(
     first = run_backfill(source_table="refused_unknown", max_rejected_share=0.5,
                          synap_extra={"requests_per_minute": 0})
     (summary,) = local_airflow.task_results(first, "summarize")
-    assert summary["retrying"] == 0 and summary["rejected_by_reason"] == {"server: E42": summary["rejected"]}
-    assert 0 < summary["rejected"] and summary["ingested"] + summary["rejected"] == summary["rows_read"] == total
+    rejected = summary["rejected"]
+    assert summary["retrying"] == 0 and summary["rejected_by_reason"] == {"server: E42": rejected}
+    assert 0 < rejected and summary["ingested"] + rejected == summary["rows_read"] == total
     assert len(stored_documents()) == total - summary["rejected"]
